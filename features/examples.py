@@ -1,0 +1,815 @@
+"""Candidate-generation examples: user-side features with rollback, and item-side feature codes.
+
+Where this sits: contract tables (`features.tables.Dataset`) + a `features.split.TimeSplit` ->
+`CandidateFeaturizer` (vocabularies, duration buckets, quantile normalizer, all fitted on the
+train window) -> `CandidateExamples` (training / validation labels), `UserFeatures` (serving)
+and `ItemFeatures` (every catalog item) -> `candidate_gen` towers.
+
+Rollback (SPEC §2, [YT16] Fig. 5b): the label is watch i of a user; its features use only that
+user's events with a timestamp strictly before watch i's timestamp. Events at the same second
+as the label are excluded too, even when they come earlier in the file, because their order
+within a second is not known.
+
+Everything is built in bulk: events are sorted by (user, time) once, "how many events of this
+user come strictly before time t" is a merge of two sorted sequences (`np.lexsort` + a
+cumulative count), and the last-50 bags are gathered with index arithmetic into padded arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.atomic import atomic_write_json
+from features.normalize import QuantileNormalizer
+from features.split import TimeSplit
+from features.tables import USER_CATEGORICAL, Dataset
+from features.text import tokens_flat
+from features.vocab import IdVocabulary, NotFittedError
+
+SECONDS_PER_DAY = 86_400.0
+
+# Upload-age buckets (days since upload at the reference time). Code 1 = uploaded after the
+# reference time; codes 2.. = [0, 1), [1, 3), [3, 7), [7, 14), [14, 30), [30, 90), [90, 365),
+# [365, inf) days. Fixed edges: freshness matters on a log-like scale whatever the source.
+UPLOAD_AGE_EDGES_DAYS: tuple[float, ...] = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0, 365.0)
+
+ACTIVITY_FEATURES: tuple[str, ...] = (
+    "n_watches_before",  # watches strictly before the example time
+    "n_searches_before",  # searches strictly before the example time
+    "days_since_first_event",  # example time - the user's first watch or search (0 if none)
+)
+
+ITEM_CATEGORICAL_FEATURES: tuple[str, ...] = ("channel_id", "language")
+
+# Rows processed per chunk when gathering padded bags, to bound temporary (rows, width) arrays.
+_CHUNK = 1 << 17
+
+
+# ----------------------------------------------------------------------------- containers
+
+
+@dataclass
+class UserFeatures:
+    """User-side inputs of the candidate generator, one row per (user, time) query.
+
+    Bags are left-aligned, padded with 0 (0 is also the OOV code; towers mask code 0).
+    """
+
+    user_id: np.ndarray  # (N,) int64 raw user ids
+    history: np.ndarray  # (N, L) int32 item codes of the last <= L watches, oldest first
+    history_len: np.ndarray  # (N,) int32 filled slots of `history` (OOV items included)
+    search_tokens: np.ndarray  # (N, S) int32 token codes of the last searches (OOV dropped)
+    search_len: np.ndarray  # (N,) int32 filled slots of `search_tokens`
+    categorical: np.ndarray  # (N, C) int32 codes of the user's categorical attributes
+    continuous: np.ndarray  # (N, 3K) float32 [x~, x~^2, sqrt x~] of K continuous features
+    example_age: np.ndarray  # (N, 3) float32 [a, a^2, sqrt a], a = normalized example age
+
+    def __len__(self) -> int:
+        return int(len(self.user_id))
+
+    def take(self, index: np.ndarray) -> UserFeatures:
+        """Return the rows at `index` (integer or boolean array)."""
+        return UserFeatures(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def with_example_age(self, value: float = 0.0) -> UserFeatures:
+        """Return a copy whose example age is `value` (normalized units) for every row."""
+        a = np.full(len(self), float(np.clip(value, 0.0, 1.0)), dtype=np.float32)
+        age = np.stack([a, a * a, np.sqrt(a)], axis=1)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["example_age"] = age
+        return UserFeatures(**data)
+
+
+@dataclass
+class CandidateExamples:
+    """Next-watch training/evaluation examples: user features + the watched (label) item."""
+
+    features: UserFeatures
+    label_item: np.ndarray  # (N,) int64 raw item id watched at `timestamp`
+    label_code: np.ndarray  # (N,) int64 item-vocabulary code of the label (0 = OOV)
+    timestamp: np.ndarray  # (N,) int64 label time (UTC s)
+    featurizer: CandidateFeaturizer
+    window: tuple[int, int]  # [lo, hi) label time window
+    n_labels_in_window: int  # labels before the per-user cap
+    n_dropped_by_cap: int  # labels removed by `max_examples_per_user`
+
+    def __len__(self) -> int:
+        return int(len(self.label_item))
+
+    @property
+    def user_id(self) -> np.ndarray:
+        """(N,) raw user id of each example."""
+        return self.features.user_id
+
+    def take(self, index: np.ndarray) -> CandidateExamples:
+        """Return the examples at `index` (integer or boolean array)."""
+        idx = np.asarray(index)
+        n = int(idx.sum()) if idx.dtype == bool else int(len(idx))
+        return CandidateExamples(
+            features=self.features.take(idx),
+            label_item=self.label_item[idx],
+            label_code=self.label_code[idx],
+            timestamp=self.timestamp[idx],
+            featurizer=self.featurizer,
+            window=self.window,
+            n_labels_in_window=n,
+            n_dropped_by_cap=0,
+        )
+
+
+@dataclass
+class ItemFeatures:
+    """Feature codes for every catalog item (seen in training or not), for the item tower."""
+
+    item_id: np.ndarray  # (N,) int64 raw item ids, in catalog order
+    single: np.ndarray  # (N, Fs) int32 codes of single-valued features, see `single_names`
+    topics: np.ndarray  # (N, T) int32 topic codes, left-aligned, 0 = pad/OOV (T may be 0)
+    single_names: tuple[str, ...]
+    single_cardinalities: tuple[int, ...]  # embedding rows per single-valued feature
+    topic_cardinality: int  # embedding rows for topics (0 = no topics feature)
+    reference_time: int  # time the upload-age buckets were computed at
+
+    def __len__(self) -> int:
+        return int(len(self.item_id))
+
+    @property
+    def has_topics(self) -> bool:
+        """Whether the catalog has a topics feature."""
+        return self.topic_cardinality > 0
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Item-tower feature order: the single-valued features, then "topics" if present."""
+        return self.single_names + (("topics",) if self.has_topics else ())
+
+    def codes(self) -> np.ndarray:
+        """Return (N, F) int64 codes, one column per item-tower feature (for mutual information).
+
+        The multi-valued topics feature is represented by its first topic (0 when none).
+        """
+        cols = [self.single.astype(np.int64)]
+        if self.has_topics:
+            first = self.topics[:, 0] if self.topics.shape[1] else np.zeros(len(self), np.int32)
+            cols.append(first.astype(np.int64)[:, None])
+        return np.concatenate(cols, axis=1)
+
+    def rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Return the catalog row of each raw item id (-1 where the item is not in the catalog)."""
+        return pd.Index(self.item_id).get_indexer(np.asarray(item_ids, dtype=np.int64))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Return the arrays and metadata as a dict of numpy arrays (for `np.savez`)."""
+        return {
+            "item_id": self.item_id,
+            "single": self.single,
+            "topics": self.topics,
+            "single_names": np.asarray(self.single_names, dtype=str),
+            "single_cardinalities": np.asarray(self.single_cardinalities, dtype=np.int64),
+            "topic_cardinality": np.asarray(self.topic_cardinality, dtype=np.int64),
+            "reference_time": np.asarray(self.reference_time, dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> ItemFeatures:
+        """Return the item features stored by `to_arrays` (a dict or an `np.load` result)."""
+        return cls(
+            item_id=np.asarray(arrays["item_id"], dtype=np.int64),
+            single=np.asarray(arrays["single"], dtype=np.int32),
+            topics=np.asarray(arrays["topics"], dtype=np.int32),
+            single_names=tuple(str(s) for s in arrays["single_names"]),
+            single_cardinalities=tuple(int(c) for c in arrays["single_cardinalities"]),
+            topic_cardinality=int(arrays["topic_cardinality"]),
+            reference_time=int(arrays["reference_time"]),
+        )
+
+
+# ----------------------------------------------------------------------------- featurizer
+
+
+class CandidateFeaturizer:
+    """Fits vocabularies/normalizers on the train window; builds examples, serving and item features.
+
+    Parameters
+    ----------
+    max_history: watched items per bag (the last <= this many watches).
+    max_searches: search queries per bag (the last <= this many searches).
+    max_search_tokens: tokens per search bag (the most recent tokens win; OOV tokens dropped).
+    max_topics: topics kept per item (the first ones listed).
+    min_item_count: training watches an item needs to get its own id code (else OOV).
+    min_token_count: training occurrences a query token needs (else dropped as OOV).
+    min_category_count: rows a categorical value needs (user and item attributes).
+    n_duration_buckets: item duration buckets (quantiles of the train-window catalog).
+    n_quantiles: quantiles of the continuous-feature normalizer.
+    """
+
+    def __init__(
+        self,
+        max_history: int = 50,
+        max_searches: int = 50,
+        max_search_tokens: int = 64,
+        max_topics: int = 8,
+        min_item_count: int = 1,
+        min_token_count: int = 2,
+        min_category_count: int = 1,
+        n_duration_buckets: int = 10,
+        n_quantiles: int = 1000,
+    ) -> None:
+        for name, value, low in (
+            ("max_history", max_history, 1),
+            ("max_searches", max_searches, 1),
+            ("max_search_tokens", max_search_tokens, 1),
+            ("max_topics", max_topics, 1),
+            ("min_item_count", min_item_count, 1),
+            ("min_token_count", min_token_count, 1),
+            ("min_category_count", min_category_count, 1),
+            ("n_duration_buckets", n_duration_buckets, 1),
+            ("n_quantiles", n_quantiles, 2),
+        ):
+            if not isinstance(value, int | np.integer) or value < low:
+                raise ValueError(
+                    f"CandidateFeaturizer: {name} must be an integer >= {low}, got {value!r}"
+                )
+        self.max_history = int(max_history)
+        self.max_searches = int(max_searches)
+        self.max_search_tokens = int(max_search_tokens)
+        self.max_topics = int(max_topics)
+        self.min_item_count = int(min_item_count)
+        self.min_token_count = int(min_token_count)
+        self.min_category_count = int(min_category_count)
+        self.n_duration_buckets = int(n_duration_buckets)
+        self.n_quantiles = int(n_quantiles)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, dataset: Dataset, split: TimeSplit) -> CandidateFeaturizer:
+        """Learn every vocabulary, bucket edge and normalizer from the train window; returns self."""
+        _require(dataset.watches, "watches", ("user_id", "item_id", "timestamp"))
+        _require(dataset.items, "items", ("item_id", "upload_time"))
+        _require(dataset.users, "users", ("user_id",))
+        lo, hi = split.bounds("train")
+        self.split_ = split
+        self.reference_time_ = int(split.train_end)
+        self.train_days_ = (split.train_end - split.start) / SECONDS_PER_DAY  # > 0 by TimeSplit
+
+        watches = dataset.watches
+        wt = watches["timestamp"].to_numpy()
+        train_watches = watches.loc[(wt >= lo) & (wt < hi)]
+        if len(train_watches) == 0:
+            raise ValueError(
+                f"the train window [{lo}, {hi}) holds no watches; choose a later train_end"
+            )
+        self.item_vocab_ = IdVocabulary(min_count=self.min_item_count, name="item_id").fit(
+            train_watches["item_id"].to_numpy()
+        )
+
+        searches = dataset.searches
+        self.use_searches_ = searches is not None and len(searches) > 0
+        train_queries = pd.Series([], dtype="object")
+        if self.use_searches_:
+            _require(searches, "searches", ("user_id", "timestamp", "query"))
+            st = searches["timestamp"].to_numpy()
+            train_queries = searches.loc[(st >= lo) & (st < hi), "query"]
+        _, train_tokens = tokens_flat(train_queries)
+        self.token_vocab_ = IdVocabulary(min_count=self.min_token_count, name="query_token").fit(
+            train_tokens.astype(str)
+        )
+
+        # Static user attributes, counted over the users active in the train window.
+        users = dataset.users
+        active = users.loc[users["user_id"].isin(train_watches["user_id"].unique())]
+        self.user_categorical_ = tuple(c for c in USER_CATEGORICAL if c in users.columns)
+        self.user_vocabs_ = {
+            c: IdVocabulary(min_count=self.min_category_count, name=f"user.{c}").fit(
+                active[c].astype("string").to_numpy(dtype=object, na_value=None)
+            )
+            for c in self.user_categorical_
+        }
+        self.user_numeric_ = tuple(
+            c
+            for c in users.columns
+            if c != "user_id"
+            and c not in USER_CATEGORICAL
+            and pd.api.types.is_numeric_dtype(users[c].dtype)
+            and not pd.api.types.is_bool_dtype(users[c].dtype)
+        )
+
+        # Item attributes, from the catalog known at the end of the train window.
+        items = dataset.items
+        known = items.loc[items["upload_time"].to_numpy() < hi]
+        self.item_categorical_ = tuple(c for c in ITEM_CATEGORICAL_FEATURES if c in items.columns)
+        self.item_vocabs_ = {
+            c: IdVocabulary(min_count=self.min_category_count, name=f"item.{c}").fit(
+                known[c].astype("string").to_numpy(dtype=object, na_value=None)
+            )
+            for c in self.item_categorical_
+        }
+        self.has_topics_ = "topics" in items.columns
+        if self.has_topics_:
+            flat = known["topics"].explode()
+            self.topic_vocab_ = IdVocabulary(
+                min_count=self.min_category_count, name="item.topics"
+            ).fit(flat.dropna().astype(str).to_numpy(dtype=object))
+        self.duration_edges_ = np.zeros(0, dtype=np.float64)
+        self.has_duration_ = "duration" in items.columns
+        if self.has_duration_:
+            d = known["duration"].to_numpy(dtype=np.float64)
+            d = d[np.isfinite(d)]
+            if len(d):
+                levels = np.linspace(0.0, 1.0, self.n_duration_buckets + 1)[1:-1]
+                self.duration_edges_ = np.unique(np.quantile(d, levels))
+
+        # Continuous features of the training labels -> the quantile normalizer.
+        self.continuous_names_ = self.user_numeric_ + ACTIVITY_FEATURES
+        train_labels = _sorted_watches(train_watches)
+        index = _EventIndex.build(dataset)
+        raw = self._raw_continuous(
+            dataset, index, train_labels["user_id"].to_numpy(), train_labels["timestamp"].to_numpy()
+        )
+        self.normalizer_ = QuantileNormalizer(n_quantiles=self.n_quantiles).fit(raw)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "normalizer_"):
+            raise NotFittedError(
+                "This CandidateFeaturizer is not fitted yet. Call 'fit(dataset, split)' before "
+                "building examples, serving features or item features."
+            )
+
+    # --------------------------------------------------------------- schema
+    def schema(self) -> dict[str, Any]:
+        """Return the sizes the towers are built from (vocabulary sizes, feature counts)."""
+        self._check_fitted()
+        single_names, single_card = self._item_single_schema()
+        return {
+            "n_item_codes": len(self.item_vocab_),
+            "n_token_codes": len(self.token_vocab_),
+            "user_categorical": list(self.user_categorical_),
+            "user_categorical_cardinalities": [
+                len(self.user_vocabs_[c]) for c in self.user_categorical_
+            ],
+            "continuous": list(self.continuous_names_),
+            "n_continuous": 3 * len(self.continuous_names_),
+            "n_example_age": 3,
+            "max_history": self.max_history,
+            "max_search_tokens": self.max_search_tokens,
+            "item_single": list(single_names),
+            "item_single_cardinalities": list(single_card),
+            "topic_cardinality": len(self.topic_vocab_) if self.has_topics_ else 0,
+            "max_topics": self.max_topics,
+        }
+
+    def _item_single_schema(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        names: list[str] = ["item_id"]
+        card: list[int] = [len(self.item_vocab_)]
+        for c in self.item_categorical_:
+            names.append(c)
+            card.append(len(self.item_vocabs_[c]))
+        if self.has_duration_:
+            names.append("duration_bucket")
+            card.append(len(self.duration_edges_) + 2)  # 0 = unknown, 1.. = buckets
+        names.append("upload_age_bucket")
+        card.append(len(UPLOAD_AGE_EDGES_DAYS) + 3)  # 0 unused, 1 = future, 2.. = ages
+        return tuple(names), tuple(card)
+
+    # -------------------------------------------------------------- examples
+    def examples(
+        self,
+        dataset: Dataset,
+        window: str | tuple[int, int] = "train",
+        *,
+        max_examples_per_user: int | None = None,
+    ) -> CandidateExamples:
+        """Return next-watch examples whose labels are the watches in `window` (rollback).
+
+        `window` is "train", "valid", "test" (of the fitted split) or explicit `(lo, hi)` times.
+        With `max_examples_per_user`, each user keeps only their most recent labels.
+        """
+        self._check_fitted()
+        if isinstance(window, str):
+            lo, hi = self.split_.bounds(window)
+        else:
+            lo, hi = (int(window[0]), int(window[1]))
+            if hi < lo:
+                raise ValueError(f"example window must have lo <= hi, got ({lo}, {hi})")
+        if max_examples_per_user is not None and max_examples_per_user < 1:
+            raise ValueError(
+                f"max_examples_per_user must be >= 1 or None, got {max_examples_per_user}"
+            )
+        _require(dataset.watches, "watches", ("user_id", "item_id", "timestamp"))
+        index = _EventIndex.build(dataset)
+        in_window = (index.w_ts >= lo) & (index.w_ts < hi)
+        label_pos = np.flatnonzero(in_window)  # positions in the (user, time)-sorted watches
+        n_in_window = int(len(label_pos))
+        if max_examples_per_user is not None and n_in_window:
+            users = index.w_user[label_pos]
+            # labels are sorted by (user, time): rank from the end of each user's run
+            starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+            ends = np.r_[starts[1:], len(users)]
+            run_end = np.repeat(ends, ends - starts)
+            rank_from_end = run_end - 1 - np.arange(len(users))
+            label_pos = label_pos[rank_from_end < max_examples_per_user]
+        users = index.w_user[label_pos]
+        times = index.w_ts[label_pos]
+        label_item = index.w_item[label_pos]
+        feats = self._user_features(dataset, index, users, times, serving=False)
+        return CandidateExamples(
+            features=feats,
+            label_item=label_item.astype(np.int64),
+            label_code=self.item_vocab_.transform(label_item),
+            timestamp=times.astype(np.int64),
+            featurizer=self,
+            window=(lo, hi),
+            n_labels_in_window=n_in_window,
+            n_dropped_by_cap=n_in_window - int(len(label_pos)),
+        )
+
+    def serving(
+        self, dataset: Dataset, user_ids: np.ndarray, at_time: int | np.ndarray
+    ) -> UserFeatures:
+        """Return user features at `at_time` (history strictly before it) with example age 0."""
+        self._check_fitted()
+        users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        times = np.broadcast_to(np.asarray(at_time, dtype=np.int64), users.shape).copy()
+        index = _EventIndex.build(dataset)
+        return self._user_features(dataset, index, users, times, serving=True)
+
+    def _user_features(
+        self,
+        dataset: Dataset,
+        index: _EventIndex,
+        users: np.ndarray,
+        times: np.ndarray,
+        *,
+        serving: bool,
+    ) -> UserFeatures:
+        n = len(users)
+        # watched-item bag: events strictly before (user, time)
+        w_hi = _first_at_or_after(index.w_user, index.w_ts, users, times)  # (N,)
+        w_lo = np.searchsorted(index.w_user, users, side="left")  # (N,) user's first watch
+        item_codes = self.item_vocab_.transform(index.w_item).astype(np.int32)
+        history, history_len = _gather_last(item_codes, w_lo, w_hi, self.max_history)
+
+        # search-token bag
+        if self.use_searches_ and index.s_user is not None:
+            s_hi = _first_at_or_after(index.s_user, index.s_ts, users, times)
+            s_lo_user = np.searchsorted(index.s_user, users, side="left")
+            s_lo = np.maximum(s_lo_user, s_hi - self.max_searches)
+            codes = self.token_vocab_.transform(index.s_tokens.astype(str)).astype(np.int32)
+            keep = codes > 0
+            kept_before = np.zeros(len(codes) + 1, dtype=np.int64)
+            np.cumsum(keep, out=kept_before[1:])
+            tok_ptr = kept_before[index.s_token_ptr]  # (M+1,) offsets into kept tokens
+            search_tokens, search_len = _gather_last(
+                codes[keep], tok_ptr[s_lo], tok_ptr[s_hi], self.max_search_tokens
+            )
+        else:
+            search_tokens = np.zeros((n, self.max_search_tokens), dtype=np.int32)
+            search_len = np.zeros(n, dtype=np.int32)
+
+        # static user attributes
+        rows = pd.Index(dataset.users["user_id"].to_numpy(dtype=np.int64)).get_indexer(users)
+        known = rows >= 0
+        categorical = np.zeros((n, len(self.user_categorical_)), dtype=np.int32)
+        for j, c in enumerate(self.user_categorical_):  # a few columns, vectorized over rows
+            if c not in dataset.users.columns:
+                raise KeyError(
+                    f"users table lacks column {c!r}, which the featurizer was fitted with; "
+                    "serve with the same user attributes as in training"
+                )
+            col = dataset.users[c].astype("string").to_numpy(dtype=object, na_value=None)
+            codes_c = self.user_vocabs_[c].transform(col)
+            categorical[known, j] = codes_c[rows[known]]
+
+        raw = self._raw_continuous(dataset, index, users, times, w_lo=w_lo, w_hi=w_hi, rows=rows)
+        continuous = QuantileNormalizer.expand(self.normalizer_.transform(raw))
+
+        if serving:
+            a = np.zeros(n, dtype=np.float32)
+        else:
+            days = (self.reference_time_ - times) / SECONDS_PER_DAY
+            a = np.clip(days / self.train_days_, 0.0, 1.0).astype(np.float32)
+        example_age = np.stack([a, a * a, np.sqrt(a)], axis=1).astype(np.float32)
+        return UserFeatures(
+            user_id=users.astype(np.int64),
+            history=history,
+            history_len=history_len,
+            search_tokens=search_tokens,
+            search_len=search_len,
+            categorical=categorical,
+            continuous=continuous.astype(np.float32),
+            example_age=example_age,
+        )
+
+    def _raw_continuous(
+        self,
+        dataset: Dataset,
+        index: _EventIndex,
+        users: np.ndarray,
+        times: np.ndarray,
+        *,
+        w_lo: np.ndarray | None = None,
+        w_hi: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(N, K) float64 raw continuous features: user-table numerics, then activity so far."""
+        n = len(users)
+        if w_hi is None or w_lo is None:
+            w_hi = _first_at_or_after(index.w_user, index.w_ts, users, times)
+            w_lo = np.searchsorted(index.w_user, users, side="left")
+        if rows is None:
+            rows = pd.Index(dataset.users["user_id"].to_numpy(dtype=np.int64)).get_indexer(users)
+        out = np.full((n, len(self.user_numeric_) + len(ACTIVITY_FEATURES)), np.nan)
+        known = rows >= 0
+        for j, c in enumerate(self.user_numeric_):
+            if c not in dataset.users.columns:
+                raise KeyError(
+                    f"users table lacks numeric column {c!r}, which the featurizer was fitted "
+                    "with; serve with the same user attributes as in training"
+                )
+            values = dataset.users[c].to_numpy(dtype=np.float64, na_value=np.nan)
+            out[known, j] = values[rows[known]]
+        k = len(self.user_numeric_)
+        n_w = (w_hi - w_lo).astype(np.float64)
+        first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        has_w = w_hi > w_lo
+        first[has_w] = index.w_ts[w_lo[has_w]]
+        n_s = np.zeros(n, dtype=np.float64)
+        if index.s_user is not None:
+            s_hi = _first_at_or_after(index.s_user, index.s_ts, users, times)
+            s_lo = np.searchsorted(index.s_user, users, side="left")
+            n_s = (s_hi - s_lo).astype(np.float64)
+            has_s = s_hi > s_lo
+            first[has_s] = np.minimum(first[has_s], index.s_ts[s_lo[has_s]])
+        any_event = first != np.iinfo(np.int64).max
+        days = np.zeros(n, dtype=np.float64)
+        days[any_event] = (times[any_event] - first[any_event]) / SECONDS_PER_DAY
+        out[:, k] = n_w
+        out[:, k + 1] = n_s
+        out[:, k + 2] = days
+        return out
+
+    # ----------------------------------------------------------------- items
+    def item_features(
+        self, catalog: Dataset | pd.DataFrame, reference_time: int | None = None
+    ) -> ItemFeatures:
+        """Return feature codes for every item of `catalog` (a Dataset or its items table).
+
+        Items never watched in training get id code 0 but keep their other features, so the
+        item tower still embeds them. Upload-age buckets are computed at `reference_time`
+        (default: the end of the train window).
+        """
+        self._check_fitted()
+        items = catalog.items if isinstance(catalog, Dataset) else catalog
+        _require(items, "items", ("item_id", "upload_time"))
+        ref = self.reference_time_ if reference_time is None else int(reference_time)
+        n = len(items)
+        names, card = self._item_single_schema()
+        single = np.zeros((n, len(names)), dtype=np.int32)
+        item_ids = items["item_id"].to_numpy(dtype=np.int64)
+        single[:, 0] = self.item_vocab_.transform(item_ids)
+        j = 1
+        for c in self.item_categorical_:
+            if c not in items.columns:
+                raise KeyError(
+                    f"items table lacks column {c!r}, which the featurizer was fitted with; "
+                    "pass a catalog with the same item attributes as in training"
+                )
+            col = items[c].astype("string").to_numpy(dtype=object, na_value=None)
+            single[:, j] = self.item_vocabs_[c].transform(col)
+            j += 1
+        if self.has_duration_:
+            if "duration" not in items.columns:
+                raise KeyError(
+                    "items table lacks column 'duration', which the featurizer was fitted with"
+                )
+            d = items["duration"].to_numpy(dtype=np.float64, na_value=np.nan)
+            bucket = 1 + np.searchsorted(self.duration_edges_, d, side="right")
+            single[:, j] = np.where(np.isfinite(d), bucket, 0)
+            j += 1
+        age_days = (ref - items["upload_time"].to_numpy(dtype=np.int64)) / SECONDS_PER_DAY
+        age_bucket = 2 + np.searchsorted(np.asarray(UPLOAD_AGE_EDGES_DAYS), age_days, side="right")
+        single[:, j] = np.where(age_days < 0, 1, age_bucket)
+
+        if self.has_topics_:
+            if "topics" not in items.columns:
+                raise KeyError(
+                    "items table lacks column 'topics', which the featurizer was fitted with"
+                )
+            topics = _topic_bags(items["topics"], self.topic_vocab_, self.max_topics)
+            topic_card = len(self.topic_vocab_)
+        else:
+            topics = np.zeros((n, 0), dtype=np.int32)
+            topic_card = 0
+        return ItemFeatures(
+            item_id=item_ids,
+            single=single,
+            topics=topics,
+            single_names=names,
+            single_cardinalities=card,
+            topic_cardinality=topic_card,
+            reference_time=ref,
+        )
+
+    # --------------------------------------------------------------- persist
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fitted featurizer as a JSON-ready dict (vocabularies included)."""
+        self._check_fitted()
+        return {
+            "kind": "CandidateFeaturizer",
+            "params": {
+                "max_history": self.max_history,
+                "max_searches": self.max_searches,
+                "max_search_tokens": self.max_search_tokens,
+                "max_topics": self.max_topics,
+                "min_item_count": self.min_item_count,
+                "min_token_count": self.min_token_count,
+                "min_category_count": self.min_category_count,
+                "n_duration_buckets": self.n_duration_buckets,
+                "n_quantiles": self.n_quantiles,
+            },
+            "split": self.split_.to_dict(),
+            "reference_time": self.reference_time_,
+            "train_days": self.train_days_,
+            "use_searches": self.use_searches_,
+            "item_vocab": self.item_vocab_.to_dict(),
+            "token_vocab": self.token_vocab_.to_dict(),
+            "user_categorical": list(self.user_categorical_),
+            "user_vocabs": {c: v.to_dict() for c, v in self.user_vocabs_.items()},
+            "user_numeric": list(self.user_numeric_),
+            "item_categorical": list(self.item_categorical_),
+            "item_vocabs": {c: v.to_dict() for c, v in self.item_vocabs_.items()},
+            "has_topics": self.has_topics_,
+            "topic_vocab": self.topic_vocab_.to_dict() if self.has_topics_ else None,
+            "has_duration": self.has_duration_,
+            "duration_edges": self.duration_edges_.tolist(),
+            "continuous_names": list(self.continuous_names_),
+            "normalizer": self.normalizer_.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CandidateFeaturizer:
+        """Return the featurizer stored by `to_dict`."""
+        if d.get("kind") != "CandidateFeaturizer":
+            raise ValueError(f"not a CandidateFeaturizer record (kind={d.get('kind')!r})")
+        f = cls(**d["params"])
+        f.split_ = TimeSplit.from_dict(d["split"])
+        f.reference_time_ = int(d["reference_time"])
+        f.train_days_ = float(d["train_days"])
+        f.use_searches_ = bool(d["use_searches"])
+        f.item_vocab_ = IdVocabulary.from_dict(d["item_vocab"])
+        f.token_vocab_ = IdVocabulary.from_dict(d["token_vocab"])
+        f.user_categorical_ = tuple(d["user_categorical"])
+        f.user_vocabs_ = {c: IdVocabulary.from_dict(v) for c, v in d["user_vocabs"].items()}
+        f.user_numeric_ = tuple(d["user_numeric"])
+        f.item_categorical_ = tuple(d["item_categorical"])
+        f.item_vocabs_ = {c: IdVocabulary.from_dict(v) for c, v in d["item_vocabs"].items()}
+        f.has_topics_ = bool(d["has_topics"])
+        if f.has_topics_:
+            f.topic_vocab_ = IdVocabulary.from_dict(d["topic_vocab"])
+        f.has_duration_ = bool(d["has_duration"])
+        f.duration_edges_ = np.asarray(d["duration_edges"], dtype=np.float64)
+        f.continuous_names_ = tuple(d["continuous_names"])
+        f.normalizer_ = QuantileNormalizer.from_dict(d["normalizer"])
+        return f
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted featurizer as JSON (atomically); returns the path."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> CandidateFeaturizer:
+        """Return the featurizer saved at `path`."""
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class _EventIndex:
+    """Watches and searches sorted by (user, time), with search tokens in CSR layout."""
+
+    w_user: np.ndarray  # (W,) int64
+    w_ts: np.ndarray  # (W,) int64
+    w_item: np.ndarray  # (W,) int64
+    s_user: np.ndarray | None  # (M,) int64
+    s_ts: np.ndarray | None  # (M,) int64
+    s_token_ptr: np.ndarray  # (M+1,) int64 offsets into s_tokens
+    s_tokens: np.ndarray  # (T,) object tokens of the sorted searches
+
+    @classmethod
+    def build(cls, dataset: Dataset) -> _EventIndex:
+        w = _sorted_watches(dataset.watches)
+        s_user = s_ts = None
+        ptr = np.zeros(1, dtype=np.int64)
+        tokens = np.zeros(0, dtype=object)
+        searches = dataset.searches
+        if searches is not None and len(searches):
+            _require(searches, "searches", ("user_id", "timestamp", "query"))
+            su = searches["user_id"].to_numpy(dtype=np.int64)
+            st = searches["timestamp"].to_numpy(dtype=np.int64)
+            order = np.lexsort((st, su))
+            s_user, s_ts = su[order], st[order]
+            ptr, tokens = tokens_flat(searches["query"].iloc[order])
+        return cls(
+            w_user=w["user_id"].to_numpy(dtype=np.int64),
+            w_ts=w["timestamp"].to_numpy(dtype=np.int64),
+            w_item=w["item_id"].to_numpy(dtype=np.int64),
+            s_user=s_user,
+            s_ts=s_ts,
+            s_token_ptr=ptr,
+            s_tokens=tokens,
+        )
+
+
+def _sorted_watches(watches: pd.DataFrame) -> pd.DataFrame:
+    """Watches sorted by (user, time), file order kept within ties."""
+    u = watches["user_id"].to_numpy(dtype=np.int64)
+    t = watches["timestamp"].to_numpy(dtype=np.int64)
+    return watches.iloc[np.lexsort((t, u))]
+
+
+def _first_at_or_after(
+    ev_user: np.ndarray, ev_ts: np.ndarray, q_user: np.ndarray, q_ts: np.ndarray
+) -> np.ndarray:
+    """Return, per query, the index of the first event with (user, ts) >= (q_user, q_ts).
+
+    `ev_user`, `ev_ts` must be sorted lexicographically by (user, ts). Equivalently: how many
+    events are lexicographically strictly before each query, which is the end of the query
+    user's strictly-earlier history. A merge: queries sort before events at equal (user, ts).
+    """
+    n, m = len(ev_user), len(q_user)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n == 0:
+        return np.zeros(m, dtype=np.int64)
+    users = np.concatenate([ev_user, q_user])
+    ts = np.concatenate([ev_ts, q_ts])
+    is_event = np.concatenate([np.ones(n, dtype=np.int8), np.zeros(m, dtype=np.int8)])
+    order = np.lexsort((is_event, ts, users))  # (n+m,)
+    events_sorted = is_event[order].astype(np.int64)
+    before = np.cumsum(events_sorted) - events_sorted  # events strictly earlier in merged order
+    position = np.empty(n + m, dtype=np.int64)
+    position[order] = np.arange(n + m)
+    return before[position[n:]]
+
+
+def _gather_last(
+    values: np.ndarray, lo: np.ndarray, hi: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `(bags (N, width) int32, lengths (N,) int32)`: row i holds values[max(lo, hi-width):hi].
+
+    Left-aligned (oldest of the kept values first), zero-padded on the right.
+    """
+    n = len(lo)
+    out = np.zeros((n, width), dtype=np.int32)
+    start = np.maximum(lo, hi - width)
+    length = (hi - start).astype(np.int32)
+    if len(values) == 0 or n == 0:
+        return out, np.zeros(n, dtype=np.int32)
+    offsets = np.arange(width, dtype=np.int64)
+    last = len(values) - 1
+    for c0 in range(0, n, _CHUNK):  # chunks bound the (rows, width) temporaries
+        c1 = min(n, c0 + _CHUNK)
+        idx = start[c0:c1, None] + offsets[None, :]  # (n_chunk, width)
+        valid = offsets[None, :] < length[c0:c1, None]
+        out[c0:c1] = np.where(valid, values[np.minimum(idx, last)], 0)
+    return out, length
+
+
+def _topic_bags(topics: pd.Series, vocab: IdVocabulary, width: int) -> np.ndarray:
+    """(N, width) int32 topic codes per item (first `width` known topics), zero-padded."""
+    n = len(topics)
+    exploded = topics.reset_index(drop=True).explode()
+    row = exploded.index.to_numpy(dtype=np.int64)
+    values = exploded.to_numpy(dtype=object)
+    present = pd.notna(values)
+    codes = np.zeros(len(values), dtype=np.int64)
+    if present.any():
+        codes[present] = vocab.transform(values[present].astype(str))
+    keep = codes > 0
+    row, codes = row[keep], codes[keep]
+    counts = np.bincount(row, minlength=n)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    hi = np.minimum(ptr[1:], ptr[:-1] + width)
+    # first `width` topics: take the window [ptr, hi) -> _gather_last with lo = ptr
+    bags, _ = _gather_last(codes.astype(np.int32), ptr[:-1], hi, width)
+    return bags
+
+
+def _require(frame: pd.DataFrame | None, table: str, columns: tuple[str, ...]) -> None:
+    if frame is None:
+        raise ValueError(f"table {table!r} is required here but the dataset has none")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(
+            f"table {table!r} lacks required column(s) {missing} (has {list(frame.columns)}); "
+            "see features.tables for the data contract"
+        )
