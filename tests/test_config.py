@@ -1,0 +1,50 @@
+import pytest
+
+from pipelines.config import (
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    flatten,
+    load_preset,
+    parse_value,
+    resolve_config,
+)
+
+BASE = {"seed": 0, "ranking": {"hidden": [256], "lr": 0.01, "epochs": 3, "weighting": "watch_time"}}
+
+
+def test_presets_load_and_share_keys():
+    keys = {p: set(flatten(load_preset(p))) for p in ("tiny", "default", "large")}
+    assert keys["tiny"] == keys["default"] == keys["large"]
+
+
+def test_parse_value():
+    assert parse_value("[1024,512,256]") == [1024, 512, 256]
+    assert parse_value("0.5") == 0.5
+    assert parse_value("true") is True
+    assert parse_value("cfm") == "cfm"
+
+
+def test_overrides_apply_and_validate():
+    out = apply_overrides(BASE, ["ranking.hidden=[1024,512]", "ranking.lr=1", "seed=3"])
+    assert out["ranking"]["hidden"] == [1024, 512]
+    assert out["ranking"]["lr"] == 1.0 and isinstance(out["ranking"]["lr"], float)
+    assert BASE["ranking"]["hidden"] == [256]  # the input is not modified
+    with pytest.raises(ConfigError, match="unknown config key 'ranking.hiden'.*ranking.hidden"):
+        apply_overrides(BASE, ["ranking.hiden=[1]"])
+    with pytest.raises(ConfigError, match="'ranking.epochs' expects int, got 'many'"):
+        apply_overrides(BASE, ["ranking.epochs=many"])
+    with pytest.raises(ConfigError, match="expects list"):
+        apply_overrides(BASE, ["ranking.hidden=5"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(BASE, ["ranking.hidden"])
+
+
+def test_resolve_config_seed_and_hash():
+    a = resolve_config("tiny", seed=1)
+    b = resolve_config("tiny", seed=2)
+    assert a["seed"] == 1 and b["seed"] == 2
+    assert config_hash(a) != config_hash(b)
+    assert config_hash(a) == config_hash(resolve_config("tiny", seed=1))
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        resolve_config("huge")
