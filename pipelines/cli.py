@@ -29,10 +29,9 @@ def _setup_logging(verbose: bool) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_simulate_data(args: argparse.Namespace) -> int:
+    from features.atomic import atomic_write_json
     from features.io import write_dataset
     from features.sources.synthetic import WorldConfig, generate_world
-
-    from features.atomic import atomic_write_json
 
     overrides: dict[str, str] = {}
     if args.catalog:
