@@ -1,0 +1,524 @@
+"""Inner-product candidate indexes over item embeddings (SPEC §4).
+
+Where it sits: the item tower exports one embedding per catalog item; an index over them
+answers "the k items with the largest u·v" for user vectors u. `ExactIndex` is the brute-force
+oracle (blocked matrix products, exact); `AnnoyIndex` is the sub-linear approximate index
+served in production (annoy, `dot` metric). Both implement `CandidateIndex`, so the retriever
+and the ANN evaluation (recall of annoy's top-k against the exact top-k) swap one for the other.
+
+Conventions shared by both:
+- `ids` are the caller's item ids (int64); results are ids, not row positions.
+- `exclude[q]` lists item ids that must not be returned for query q (e.g. already-watched
+  items); ids that are not in the index are ignored.
+- When fewer than k items remain, rows are padded with id -1 and score -inf.
+- `save(dir)` writes every file atomically and `index.json` last, so a directory with an
+  `index.json` is complete; `load(dir)` memory-maps the large files; `load_index(dir)` opens
+  whichever kind the directory holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import annoy
+import numpy as np
+import torch
+
+from features.atomic import atomic_path, atomic_write_json
+
+__all__ = ["CandidateIndex", "ExactIndex", "AnnoyIndex", "load_index", "INDEX_META_FILE"]
+
+INDEX_META_FILE = "index.json"
+_FORMAT_VERSION = 1
+_IDS_FILE = "ids.npy"
+
+
+@runtime_checkable
+class CandidateIndex(Protocol):
+    """An inner-product top-k index over item vectors."""
+
+    @property
+    def size(self) -> int:
+        """Return the number of indexed items."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Return the embedding dimension."""
+        ...
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (ids (Q, k) int64, scores (Q, k) float32), best first, padded with -1/-inf."""
+        ...
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the index into `directory` and return it."""
+        ...
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CandidateIndex:
+        """Return the index saved in `directory` (large files memory-mapped)."""
+        ...
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate_items(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(vectors)
+    if v.ndim != 2 or v.shape[0] == 0 or v.shape[1] == 0:
+        raise ValueError(f"vectors must be a non-empty 2-D array (items, dim), got shape {v.shape}")
+    if not np.issubdtype(v.dtype, np.number):
+        raise TypeError(f"vectors must be numeric, got dtype {v.dtype}")
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if not np.isfinite(v).all():
+        bad = int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
+        raise ValueError(
+            f"vectors contain NaN or infinite values (first at row {bad}); check the exported "
+            "item embeddings (a diverged model?)"
+        )
+    i = np.asarray(ids)
+    if i.shape != (v.shape[0],):
+        raise ValueError(
+            f"ids must be a 1-D array with one id per vector ({v.shape[0]}), got shape {i.shape}"
+        )
+    if not np.issubdtype(i.dtype, np.integer):
+        raise TypeError(f"ids must be integer item ids, got dtype {i.dtype}")
+    i = np.ascontiguousarray(i, dtype=np.int64)
+    if (i < 0).any():
+        raise ValueError(
+            f"ids must be >= 0 (-1 marks padding in results); first negative id: {int(i[i < 0][0])}"
+        )
+    uniq, counts = np.unique(i, return_counts=True)
+    if len(uniq) != len(i):
+        raise ValueError(
+            f"ids must be unique; id {int(uniq[counts > 1][0])} occurs {int(counts.max())} times"
+        )
+    return v, i
+
+
+def _validate_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    q = np.asarray(queries)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must have shape (Q, {dim}) to match the index, got {q.shape}")
+    if not np.issubdtype(q.dtype, np.number):
+        raise TypeError(f"queries must be numeric, got dtype {q.dtype}")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if not np.isfinite(q).all():
+        bad = int(np.flatnonzero(~np.isfinite(q).all(axis=1))[0])
+        raise ValueError(f"queries contain NaN or infinite values (first at row {bad})")
+    return q
+
+
+def _validate_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _exclusion_pairs(
+    exclude: list[np.ndarray] | None, n_queries: int, sorted_ids: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (rows, positions) int64 of the excluded (query, item row) pairs, rows ascending.
+
+    `sorted_ids`/`order` are np.sort(ids) and its argsort; unknown item ids are dropped.
+    """
+    if exclude is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    if len(exclude) != n_queries:
+        raise ValueError(
+            f"exclude must have one array of item ids per query ({n_queries}), got {len(exclude)}"
+        )
+    arrays = [np.asarray(e).reshape(-1) for e in exclude]
+    lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=n_queries)
+    if lengths.sum() == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    flat = np.concatenate(arrays)
+    if not np.issubdtype(flat.dtype, np.integer):
+        raise TypeError(f"exclude must hold integer item ids, got dtype {flat.dtype}")
+    flat = flat.astype(np.int64, copy=False)
+    rows = np.repeat(np.arange(n_queries, dtype=np.int64), lengths)
+    at = np.searchsorted(sorted_ids, flat)
+    at_clipped = np.minimum(at, len(sorted_ids) - 1)
+    known = sorted_ids[at_clipped] == flat
+    return rows[known], order[at_clipped[known]]
+
+
+def _read_meta(directory: Path, kind: str) -> dict[str, Any]:
+    meta_path = directory / INDEX_META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"no {INDEX_META_FILE} in {directory}: not a saved index, or its save did not finish; "
+            "rebuild the index"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("kind") != kind:
+        raise ValueError(
+            f"{directory} holds a {meta.get('kind')!r} index, not {kind!r}; open it with "
+            "candidate_gen.index.load_index"
+        )
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"{directory} has index format {meta.get('format_version')!r}; this version reads "
+            f"{_FORMAT_VERSION}; rebuild the index"
+        )
+    return meta
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # a file handle, not a name: np.save would append ".npy" to the temporary name
+        np.save(fh, np.asarray(arr))
+
+
+def _load_ids(directory: Path, size: int) -> np.ndarray:
+    ids = np.load(directory / _IDS_FILE, mmap_mode="r")
+    if ids.shape != (size,) or ids.dtype != np.int64:
+        raise ValueError(
+            f"{directory / _IDS_FILE} holds {ids.dtype} {ids.shape}, expected int64 ({size},); "
+            "the index directory is inconsistent, rebuild it"
+        )
+    return np.asarray(ids)
+
+
+def _as_tensor(a: np.ndarray) -> torch.Tensor:
+    # torch refuses to share read-only (memory-mapped) buffers without a warning: copy those
+    return torch.from_numpy(a if a.flags.writeable else np.array(a))
+
+
+class _IdLookup:
+    """Maps item ids to row positions by binary search over the sorted ids."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.order = np.argsort(ids, kind="stable").astype(np.int64)
+        self.sorted_ids = np.asarray(ids)[self.order]
+
+
+# ----------------------------------------------------------------------------- exact
+
+
+class ExactIndex:
+    """Exact inner-product top-k by blocked matrix products (the oracle for `AnnoyIndex`).
+
+    Queries are processed in blocks of `query_block` rows and items in blocks sized so that a
+    score block holds about `block_elements` floats; each item block's partial top-k
+    (torch.topk) is merged into a running top-k. torch's intra-op threads parallelise the
+    products (torch.set_num_threads). Exclusions set the excluded scores to -inf.
+    """
+
+    kind: ClassVar[str] = "exact"
+    VECTORS_FILE: ClassVar[str] = "vectors.npy"
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        *,
+        query_block: int = 1024,
+        block_elements: int = 1 << 24,
+    ) -> None:
+        if query_block < 1 or block_elements < 1:
+            raise ValueError(
+                f"query_block and block_elements must be >= 1, got {query_block}, {block_elements}"
+            )
+        self._vectors, self._ids = _validate_items(vectors, ids)
+        self.query_block = int(query_block)
+        self.block_elements = int(block_elements)
+        self._lookup = _IdLookup(self._ids)
+
+    @property
+    def size(self) -> int:
+        """Return the number of indexed items."""
+        return int(self._vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Return the embedding dimension."""
+        return int(self._vectors.shape[1])
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Return the item ids (N,) in row order."""
+        return self._ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Return the item vectors (N, E) float32 in row order."""
+        return self._vectors
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the exact top-k (ids (Q, k) int64, scores (Q, k) float32), best first."""
+        q = _validate_queries(queries, self.dim)
+        k = _validate_k(k)
+        n_q, n = q.shape[0], self.size
+        ex_rows, ex_pos = _exclusion_pairs(
+            exclude, n_q, self._lookup.sorted_ids, self._lookup.order
+        )
+        out_ids = np.full((n_q, k), -1, dtype=np.int64)
+        out_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+        if n_q == 0:
+            return out_ids, out_scores
+        q_block = min(self.query_block, n_q)
+        i_block = min(n, max(k, self.block_elements // q_block))
+        kk = min(k, n)
+        for q0 in range(0, n_q, q_block):
+            q1 = min(q0 + q_block, n_q)
+            qt = torch.from_numpy(q[q0:q1])  # (b, E)
+            # this query block's exclusions, sorted by item row for per-item-block slicing
+            lo, hi = np.searchsorted(ex_rows, [q0, q1])
+            blk_rows, blk_pos = ex_rows[lo:hi] - q0, ex_pos[lo:hi]
+            by_pos = np.argsort(blk_pos, kind="stable")
+            blk_rows, blk_pos = blk_rows[by_pos], blk_pos[by_pos]
+            best_s = torch.empty((q1 - q0, 0), dtype=torch.float32)
+            best_p = torch.empty((q1 - q0, 0), dtype=torch.int64)
+            for i0 in range(0, n, i_block):
+                i1 = min(i0 + i_block, n)
+                scores = qt @ _as_tensor(self._vectors[i0:i1]).T  # (b, i1 - i0)
+                e0, e1 = np.searchsorted(blk_pos, [i0, i1])
+                if e1 > e0:
+                    scores[
+                        torch.from_numpy(blk_rows[e0:e1]), torch.from_numpy(blk_pos[e0:e1] - i0)
+                    ] = -math.inf
+                top_s, top_p = torch.topk(scores, min(kk, i1 - i0), dim=1)  # (b, <=k)
+                cand_s = torch.cat([best_s, top_s], dim=1)
+                cand_p = torch.cat([best_p, top_p + i0], dim=1)
+                best_s, sel = torch.topk(cand_s, min(kk, cand_s.shape[1]), dim=1)
+                best_p = torch.gather(cand_p, 1, sel)
+            s_np = best_s.numpy()
+            p_np = best_p.numpy()
+            valid = np.isfinite(s_np)  # excluded entries came back as -inf
+            width = s_np.shape[1]
+            out_scores[q0:q1, :width] = np.where(valid, s_np, -np.inf)
+            out_ids[q0:q1, :width] = np.where(valid, self._ids[p_np], -1)
+        return out_ids, out_scores
+
+    def save(self, directory: str | Path) -> Path:
+        """Write vectors.npy, ids.npy and index.json (last) into `directory`; return it."""
+        d = Path(directory)
+        _save_npy(d / self.VECTORS_FILE, self._vectors)
+        _save_npy(d / _IDS_FILE, self._ids)
+        atomic_write_json(
+            d / INDEX_META_FILE,
+            {
+                "kind": self.kind,
+                "format_version": _FORMAT_VERSION,
+                "metric": "dot",
+                "size": self.size,
+                "dim": self.dim,
+                "ids_file": _IDS_FILE,
+                "vectors_file": self.VECTORS_FILE,
+            },
+        )
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ExactIndex:
+        """Return the ExactIndex saved in `directory`, vectors memory-mapped read-only."""
+        d = Path(directory)
+        meta = _read_meta(d, cls.kind)
+        vectors = np.load(d / cls.VECTORS_FILE, mmap_mode="r")
+        if vectors.shape != (meta["size"], meta["dim"]) or vectors.dtype != np.float32:
+            raise ValueError(
+                f"{d / cls.VECTORS_FILE} holds {vectors.dtype} {vectors.shape}, expected float32 "
+                f"({meta['size']}, {meta['dim']}); rebuild the index"
+            )
+        self = cls.__new__(cls)
+        self._vectors = vectors  # validated when it was built; not re-scanned on load
+        self._ids = _load_ids(d, meta["size"])
+        self.query_block = 1024
+        self.block_elements = 1 << 24
+        self._lookup = _IdLookup(self._ids)
+        return self
+
+
+# ----------------------------------------------------------------------------- annoy
+
+
+class AnnoyIndex:
+    """Approximate inner-product top-k with annoy's `dot` metric (the served index).
+
+    `n_trees` trades build time and size for recall; `search_k` (-1 = annoy's default of
+    n_trees × n) trades query time for recall. The forest is reproducible for a fixed `seed`
+    *and* `n_jobs` (annoy gives each build thread its own seeded stream; `n_jobs=-1` depends on
+    the machine's core count, so the default is a single thread). annoy's `dot` distance is the
+    inner product itself, so scores are u·v like the exact index's.
+    """
+
+    kind: ClassVar[str] = "annoy"
+    ANN_FILE: ClassVar[str] = "items.ann"
+    _ADD_CHUNK: ClassVar[int] = 8192
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        *,
+        n_trees: int = 50,
+        search_k: int = -1,
+        seed: int = 0,
+        n_jobs: int = 1,
+    ) -> None:
+        if n_trees < 1:
+            raise ValueError(f"n_trees must be >= 1, got {n_trees}")
+        if search_k < -1 or search_k == 0:
+            raise ValueError(f"search_k must be -1 (annoy's default) or >= 1, got {search_k}")
+        if n_jobs == 0 or n_jobs < -1:
+            raise ValueError(f"n_jobs must be -1 (all cores) or >= 1, got {n_jobs}")
+        v, self._ids = _validate_items(vectors, ids)
+        self.n_trees = int(n_trees)
+        self.search_k = int(search_k)
+        self.seed = int(seed)
+        self._dim = int(v.shape[1])
+        index = annoy.AnnoyIndex(self._dim, "dot")
+        index.set_seed(self.seed)
+        # annoy has no bulk insert; lists of Python floats are its fastest input, made per chunk
+        for c0 in range(0, v.shape[0], self._ADD_CHUNK):
+            for j, row in enumerate(v[c0 : c0 + self._ADD_CHUNK].tolist()):
+                index.add_item(c0 + j, row)
+        index.build(self.n_trees, n_jobs=int(n_jobs))
+        self._index = index
+        self._lookup = _IdLookup(self._ids)
+
+    @property
+    def size(self) -> int:
+        """Return the number of indexed items."""
+        return int(self._ids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Return the embedding dimension."""
+        return self._dim
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Return the item ids (N,) in annoy item order."""
+        return self._ids
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: list[np.ndarray] | None = None,
+        *,
+        search_k: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the approximate top-k (ids (Q, k) int64, scores (Q, k) float32), best first.
+
+        With exclusions, query q asks annoy for k + len(exclude[q]) items and drops the excluded
+        ones. `search_k` overrides the index's setting for this call.
+        """
+        q = _validate_queries(queries, self.dim)
+        k = _validate_k(k)
+        sk = self.search_k if search_k is None else int(search_k)
+        if sk < -1 or sk == 0:
+            raise ValueError(f"search_k must be -1 (annoy's default) or >= 1, got {sk}")
+        n_q = q.shape[0]
+        ex_rows, ex_pos = _exclusion_pairs(
+            exclude, n_q, self._lookup.sorted_ids, self._lookup.order
+        )
+        extra = np.bincount(ex_rows, minlength=n_q) if ex_rows.size else np.zeros(n_q, np.int64)
+        fetch = np.minimum(k + extra, self.size)  # (Q,) how many to ask annoy for
+        width = int(fetch.max()) if n_q else 0
+        got_pos = np.full((n_q, width), -1, dtype=np.int64)
+        got_s = np.full((n_q, width), -np.inf, dtype=np.float32)
+        nns = self._index.get_nns_by_vector
+        fetch_l = fetch.tolist()
+        for c0 in range(0, n_q, self._ADD_CHUNK):
+            for j, row in enumerate(q[c0 : c0 + self._ADD_CHUNK].tolist()):
+                i = c0 + j
+                pos, dist = nns(row, fetch_l[i], search_k=sk, include_distances=True)
+                got_pos[i, : len(pos)] = pos
+                got_s[i, : len(pos)] = dist
+        keep = got_pos >= 0
+        if ex_rows.size:
+            key = np.arange(n_q, dtype=np.int64)[:, None] * self.size + got_pos  # (Q, W)
+            keep &= ~np.isin(key, ex_rows * self.size + ex_pos)
+        # compact each row's kept entries to the front, preserving annoy's best-first order
+        rank = np.cumsum(keep, axis=1) - 1
+        sel = keep & (rank < k)
+        r_idx, c_idx = np.nonzero(sel)
+        out_ids = np.full((n_q, k), -1, dtype=np.int64)
+        out_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+        out_ids[r_idx, rank[r_idx, c_idx]] = self._ids[got_pos[r_idx, c_idx]]
+        out_scores[r_idx, rank[r_idx, c_idx]] = got_s[r_idx, c_idx]
+        return out_ids, out_scores
+
+    def save(self, directory: str | Path) -> Path:
+        """Write items.ann, ids.npy and index.json (last) into `directory`; return it."""
+        d = Path(directory)
+        with atomic_path(d / self.ANN_FILE) as tmp:
+            if not self._index.save(str(tmp)):
+                raise OSError(f"annoy could not write {d / self.ANN_FILE}")
+        _save_npy(d / _IDS_FILE, self._ids)
+        atomic_write_json(
+            d / INDEX_META_FILE,
+            {
+                "kind": self.kind,
+                "format_version": _FORMAT_VERSION,
+                "metric": "dot",
+                "size": self.size,
+                "dim": self.dim,
+                "n_trees": self.n_trees,
+                "search_k": self.search_k,
+                "seed": self.seed,
+                "ids_file": _IDS_FILE,
+                "ann_file": self.ANN_FILE,
+                "annoy_version": getattr(annoy, "__version__", None),
+            },
+        )
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AnnoyIndex:
+        """Return the AnnoyIndex saved in `directory`; annoy memory-maps the .ann file."""
+        d = Path(directory)
+        meta = _read_meta(d, cls.kind)
+        ann_path = d / cls.ANN_FILE
+        if not ann_path.is_file():
+            # checked here: annoy crashes the process on some failed loads
+            raise FileNotFoundError(f"{ann_path} is missing; rebuild the index")
+        index = annoy.AnnoyIndex(int(meta["dim"]), "dot")
+        index.load(str(ann_path))
+        if index.get_n_items() != meta["size"]:
+            raise ValueError(
+                f"{ann_path} holds {index.get_n_items()} items but {INDEX_META_FILE} says "
+                f"{meta['size']}; the directory is inconsistent, rebuild the index"
+            )
+        self = cls.__new__(cls)
+        self._index = index
+        self._ids = _load_ids(d, meta["size"])
+        self._dim = int(meta["dim"])
+        self.n_trees = int(meta["n_trees"])
+        self.search_k = int(meta["search_k"])
+        self.seed = int(meta["seed"])
+        self._lookup = _IdLookup(self._ids)
+        return self
+
+
+_KINDS: dict[str, type[ExactIndex] | type[AnnoyIndex]] = {
+    ExactIndex.kind: ExactIndex,
+    AnnoyIndex.kind: AnnoyIndex,
+}
+
+
+def load_index(directory: str | Path) -> ExactIndex | AnnoyIndex:
+    """Return the index saved in `directory`, whichever kind its index.json names."""
+    d = Path(directory)
+    meta_path = d / INDEX_META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"no {INDEX_META_FILE} in {d}: not a saved index, or its save did not finish"
+        )
+    kind = json.loads(meta_path.read_text()).get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"{meta_path} names unknown index kind {kind!r}; known: {sorted(_KINDS)}")
+    return _KINDS[kind].load(d)
