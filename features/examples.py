@@ -741,20 +741,33 @@ def _first_at_or_after(
     """Return, per query, the index of the first event with (user, ts) >= (q_user, q_ts).
 
     `ev_user`, `ev_ts` must be sorted lexicographically by (user, ts). Equivalently: how many
-    events are lexicographically strictly before each query, which is the end of the query
-    user's strictly-earlier history. A merge: queries sort before events at equal (user, ts).
+    events are lexicographically strictly before each query, i.e. the end of the query user's
+    strictly-earlier history. (user, ts) pairs are packed into one int64 key and looked up
+    with `np.searchsorted`; a query user with no events gets an odd rank between two event
+    users, so its history is empty.
     """
     n, m = len(ev_user), len(q_user)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
     if n == 0:
         return np.zeros(m, dtype=np.int64)
-    users = np.concatenate([ev_user, q_user])
+    uniq, ev_rank = np.unique(ev_user, return_inverse=True)
+    q_pos = np.searchsorted(uniq, q_user)
+    present = (q_pos < len(uniq)) & (uniq[np.minimum(q_pos, len(uniq) - 1)] == q_user)
+    q_rank = 2 * q_pos - (~present)  # missing users sit between two present ones
+    t_min = min(int(ev_ts.min()), int(q_ts.min()))
+    span = max(int(ev_ts.max()), int(q_ts.max())) - t_min + 1
+    if (2 * len(uniq) + 1) * span < 2**62:
+        ev_key = 2 * ev_rank.astype(np.int64) * span + (ev_ts - t_min)
+        q_key = q_rank.astype(np.int64) * span + (q_ts - t_min)
+        return np.searchsorted(ev_key, q_key, side="left").astype(np.int64)
+    # keys would overflow (huge time span x many users): merge with a stable lexsort instead
+    users = np.concatenate([2 * ev_rank.astype(np.int64), q_rank.astype(np.int64)])
     ts = np.concatenate([ev_ts, q_ts])
     is_event = np.concatenate([np.ones(n, dtype=np.int8), np.zeros(m, dtype=np.int8)])
-    order = np.lexsort((is_event, ts, users))  # (n+m,)
+    order = np.lexsort((is_event, ts, users))  # queries sort before events at equal keys
     events_sorted = is_event[order].astype(np.int64)
-    before = np.cumsum(events_sorted) - events_sorted  # events strictly earlier in merged order
+    before = np.cumsum(events_sorted) - events_sorted  # events strictly earlier when merged
     position = np.empty(n + m, dtype=np.int64)
     position[order] = np.arange(n + m)
     return before[position[n:]]

@@ -34,13 +34,28 @@ def tokenize_queries(queries: Sequence[str] | pd.Series) -> list[list[str]]:
 
 def tokens_flat(queries: Sequence[str] | pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Return `(offsets (Q+1,) int64, tokens (T,) object)`: query q's tokens are
-    `tokens[offsets[q]:offsets[q+1]]` (CSR layout, for bulk vocabulary lookups)."""
-    lists = tokenize_queries(queries)
-    lengths = np.fromiter((len(t) for t in lists), dtype=np.int64, count=len(lists))
-    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.empty(int(offsets[-1]), dtype=object)
-    flat[:] = [tok for toks in lists for tok in toks]
+    `tokens[offsets[q]:offsets[q+1]]` (CSR layout, for bulk vocabulary lookups).
+
+    Each distinct query is tokenized once (logs repeat queries a lot), then the distinct
+    queries' token runs are gathered back into query order with index arithmetic.
+    """
+    series = pd.Series(queries, dtype="object") if not isinstance(queries, pd.Series) else queries
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    lists = tokenize_queries(pd.Series(np.asarray(uniques, dtype=object), dtype="object"))
+    u_len = np.fromiter((len(t) for t in lists), dtype=np.int64, count=len(lists))
+    u_ptr = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(u_len, out=u_ptr[1:])
+    u_flat = np.empty(int(u_ptr[-1]), dtype=object)
+    u_flat[:] = [tok for toks in lists for tok in toks]
+    offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+    if len(u_len) == 0:  # no query, or only missing ones
+        return offsets, np.empty(0, dtype=object)
+    safe = np.maximum(codes, 0)
+    q_len = np.where(codes >= 0, u_len[safe], 0)  # missing queries (-1) have no tokens
+    np.cumsum(q_len, out=offsets[1:])
+    # token t of query q sits at u_ptr[codes[q]] + t in the distinct-query layout
+    first = np.repeat(u_ptr[safe] - offsets[:-1], q_len)
+    flat = u_flat[np.arange(int(offsets[-1]), dtype=np.int64) + first]
     return offsets, flat
 
 

@@ -338,3 +338,22 @@ def test_errors_are_actionable() -> None:
         f.serving(no_gender, np.array([7]), 200)
     with pytest.raises(ValueError, match="not a CandidateFeaturizer record"):
         CandidateFeaturizer.from_dict({"kind": "IdVocabulary"})
+
+
+@pytest.mark.parametrize("time_scale", [1, 2**55])  # 2**55: packed keys overflow -> lexsort path
+def test_first_at_or_after_matches_brute_force(time_scale: int) -> None:
+    from features.examples import _first_at_or_after
+
+    rng = np.random.default_rng(1)
+    ev_user = rng.integers(0, 30, 400) * 7  # sparse ids: most query users have no events
+    ev_ts = rng.integers(0, 50, 400) * time_scale
+    order = np.lexsort((ev_ts, ev_user))
+    ev_user, ev_ts = ev_user[order], ev_ts[order]
+    q_user = rng.integers(-5, 230, 500)
+    q_ts = rng.integers(-3, 55, 500) * time_scale
+    got = _first_at_or_after(ev_user, ev_ts, q_user, q_ts)
+    # brute force: events lexicographically strictly before (q_user, q_ts)
+    before = (ev_user[None, :] < q_user[:, None]) | (
+        (ev_user[None, :] == q_user[:, None]) & (ev_ts[None, :] < q_ts[:, None])
+    )
+    np.testing.assert_array_equal(got, before.sum(axis=1))

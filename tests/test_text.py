@@ -37,3 +37,13 @@ def test_tokens_flat_is_csr() -> None:
     assert flat.tolist() == ["a", "b", "a b", "c"]
     offsets, flat = tokens_flat([])
     assert offsets.tolist() == [0] and len(flat) == 0
+
+
+def test_tokens_flat_matches_per_query_tokenization_with_repeats() -> None:
+    queries = ["b a", None, "b a", "c", "", "c", "b a"]
+    offsets, flat = tokens_flat(queries)
+    expected = tokenize_queries(queries)
+    got = [flat[offsets[q] : offsets[q + 1]].tolist() for q in range(len(queries))]
+    assert got == expected
+    offsets, flat = tokens_flat([None, None])
+    assert offsets.tolist() == [0, 0, 0] and len(flat) == 0
