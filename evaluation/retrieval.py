@@ -1,0 +1,373 @@
+"""Retrieval metrics for the candidate generator (SPEC §6): pure numpy over id arrays.
+
+Where it sits: the retriever returns, per held-out query (a user at the split time), a ranked
+row of item ids (-1 = padding); the targets are the items that user actually watched next.
+`retrieval_metrics` scores the rows against the targets, overall and per item bucket
+(popularity head/torso/tail from `popularity_buckets`, freshness from `freshness_buckets`);
+`ann_recall` measures an approximate index against the exact one on the same queries.
+
+Definitions (binary relevance; per query q with target set T_q, |T_q| >= 1, and hit indicator
+rel_r = [retrieved[q, r] ∈ T_q] at rank r = 1..k):
+- recall@k   = Σ_{r<=k} rel_r / |T_q|
+- hitrate@k  = [Σ_{r<=k} rel_r > 0]
+- ndcg@k     = Σ_{r<=k} rel_r / log2(r + 1)  ÷  Σ_{r<=min(|T_q|, k)} 1 / log2(r + 1)
+- map@k      = Σ_{r<=k} rel_r · precision@r / min(|T_q|, k)   (AP@k, then mean over queries)
+- coverage@k = |distinct ids among all queries' top k| / catalog_size
+Every per-query metric is averaged over the queries with at least one target; queries without
+targets are counted in `n_queries_without_targets` and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "retrieval_metrics",
+    "popularity_buckets",
+    "freshness_buckets",
+    "ann_recall",
+    "DEFAULT_KS",
+]
+
+DEFAULT_KS: tuple[int, ...] = (10, 50, 100, 500)
+_CHUNK_ELEMENTS = 1 << 21  # rows per chunk × K stays below this: bounded float temporaries
+
+Metrics = dict[str, float | int | str | None]
+
+
+def _as_id_matrix(name: str, a: np.ndarray) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array (queries, k) of item ids, got shape {arr.shape}"
+        )
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer item ids (-1 = padding), got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if (arr < -1).any():
+        r, c = np.argwhere(arr < -1)[0]
+        raise ValueError(
+            f"{name} holds negative id {int(arr[r, c])} at query {int(r)}; item ids are >= 0 "
+            "and -1 is the only padding value"
+        )
+    return arr
+
+
+def _check_no_duplicates(name: str, arr: np.ndarray) -> None:
+    if arr.shape[1] < 2:
+        return
+    s = np.sort(arr, axis=1)
+    dup = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+    if dup.any():
+        r, c = np.argwhere(dup)[0]
+        raise ValueError(
+            f"{name} row {int(r)} returns item {int(s[r, c + 1])} more than once; a retriever "
+            "must return distinct items per query (a duplicate would be counted twice)"
+        )
+
+
+def _flatten_targets(
+    targets: Sequence[np.ndarray], n_queries: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (query index, item id) int64 of every target, in query order."""
+    if len(targets) != n_queries:
+        raise ValueError(
+            f"targets must have one array of relevant item ids per query ({n_queries} rows "
+            f"retrieved), got {len(targets)}"
+        )
+    arrays = [np.asarray(t).reshape(-1) for t in targets]
+    lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=n_queries)
+    if lengths.sum() == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    flat = np.concatenate(arrays)
+    if not np.issubdtype(flat.dtype, np.integer):
+        raise TypeError(f"targets must hold integer item ids, got dtype {flat.dtype}")
+    flat = flat.astype(np.int64, copy=False)
+    if (flat < 0).any():
+        raise ValueError(
+            f"targets hold negative item id {int(flat[flat < 0][0])}; item ids are >= 0"
+        )
+    return np.repeat(np.arange(n_queries, dtype=np.int64), lengths), flat
+
+
+def _hit_matrix(
+    retrieved: np.ndarray, t_rows: np.ndarray, t_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return hits (Q, K) bool, unique target (rows, codes), retrieved codes and the code table.
+
+    Item ids are re-coded densely over the union of retrieved and target ids so a (query, item)
+    pair becomes one int64 key q · U + code, and membership is one np.isin over all queries.
+    """
+    n_q = retrieved.shape[0]
+    valid = retrieved >= 0
+    universe = np.unique(np.concatenate([t_ids, retrieved[valid]]))
+    u = max(len(universe), 1)
+    t_key = np.unique(t_rows * u + np.searchsorted(universe, t_ids))  # deduplicated targets
+    t_rows_u, t_codes_u = np.divmod(t_key, u)
+    r_codes = np.full(retrieved.shape, -1, dtype=np.int64)
+    r_codes[valid] = np.searchsorted(universe, retrieved[valid])
+    hits = np.zeros(retrieved.shape, dtype=bool)
+    rows = np.broadcast_to(np.arange(n_q, dtype=np.int64)[:, None], retrieved.shape)
+    hits[valid] = np.isin(rows[valid] * u + r_codes[valid], t_key, assume_unique=False)
+    return hits, t_rows_u, t_codes_u, r_codes, universe
+
+
+def _validate_ks(ks: Sequence[int]) -> list[int]:
+    out = []
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"every k in ks must be a positive integer, got {k!r}")
+        out.append(int(k))
+    if not out:
+        raise ValueError("ks is empty; pass at least one cutoff, e.g. ks=(10, 50)")
+    return sorted(set(out))
+
+
+def _counts_at(hits: np.ndarray, ks: list[int]) -> np.ndarray:
+    """Return (Q, len(ks)) int64: number of hits within each cutoff, one pass over the columns."""
+    out = np.zeros((hits.shape[0], len(ks)), dtype=np.int64)
+    running = np.zeros(hits.shape[0], dtype=np.int64)
+    prev = 0
+    for j, k in enumerate(ks):
+        running = running + hits[:, prev:k].sum(axis=1)
+        out[:, j] = running
+        prev = k
+    return out
+
+
+def _ranked_gains(hits: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (DCG (Q, len(ks)), Σ rel_r·precision@r (Q, len(ks))) at each cutoff, row-chunked."""
+    n_q, width = hits.shape
+    kmax = ks[-1]
+    cols = np.asarray(ks) - 1
+    disc = 1.0 / np.log2(np.arange(2, kmax + 2, dtype=np.float64))  # (kmax,)
+    inv_rank = 1.0 / np.arange(1, kmax + 1, dtype=np.float64)
+    dcg = np.zeros((n_q, len(ks)))
+    ap = np.zeros((n_q, len(ks)))
+    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    for r0 in range(0, n_q, step):
+        h = hits[r0 : r0 + step, :kmax]  # (c, kmax)
+        hf = h.astype(np.float64)
+        dcg[r0 : r0 + step] = np.cumsum(hf * disc, axis=1)[:, cols]
+        precision = np.cumsum(h, axis=1) * inv_rank  # (c, kmax)
+        ap[r0 : r0 + step] = np.cumsum(hf * precision, axis=1)[:, cols]
+    return dcg, ap
+
+
+def _bucket_label_codes(
+    dim: str, mapping: Mapping[int, str], universe: np.ndarray, t_codes: np.ndarray
+) -> tuple[np.ndarray, list[str]]:
+    """Return (label index per universe code, -1 when unlabeled; sorted label names)."""
+    if not isinstance(mapping, Mapping) or len(mapping) == 0:
+        raise ValueError(f"item_bucket[{dim!r}] must be a non-empty mapping item id -> bucket name")
+    keys = np.fromiter(mapping.keys(), dtype=np.int64, count=len(mapping))
+    names = np.asarray([str(v) for v in mapping.values()])
+    labels, label_idx = np.unique(names, return_inverse=True)
+    per_code = np.full(len(universe), -1, dtype=np.int64)
+    if len(universe):
+        at = np.minimum(np.searchsorted(universe, keys), len(universe) - 1)
+        known = universe[at] == keys
+        per_code[at[known]] = label_idx.reshape(-1)[known]
+    missing = per_code[t_codes] < 0
+    if missing.any():
+        first = universe[t_codes[missing]][:5].tolist()
+        raise ValueError(
+            f"item_bucket[{dim!r}] has no bucket for target item ids {first} "
+            f"({int(missing.sum())} target rows in all); build the buckets over the whole catalog"
+        )
+    return per_code, [str(x) for x in labels]
+
+
+def retrieval_metrics(
+    retrieved: np.ndarray,
+    targets: Sequence[np.ndarray],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    catalog_size: int,
+    item_bucket: Mapping[str, Mapping[int, str]] | None = None,
+) -> Metrics:
+    """Return recall/hitrate/ndcg/map/coverage at each k, overall and per item bucket.
+
+    `retrieved` (Q, K) int64 holds each query's ranked item ids (-1 = padding, no duplicate
+    ids per row); `targets[q]` holds the relevant ids of query q (duplicates are counted once).
+    Keys: "recall@50", "hitrate@50", "ndcg@50", "map@50", "coverage@50", "n_queries",
+    "n_queries_without_targets"; with `item_bucket` = {"popularity": {item: "head"|...}, ...}
+    also "popularity.tail.recall@50", "popularity.tail.hitrate@50" and
+    "popularity.tail.n_queries", where each query's targets are restricted to the bucket's items
+    (queries with no target in the bucket are left out of that bucket's means).
+    A k larger than K cannot be evaluated: its metrics are None and the "note" key says why.
+    A mean over zero queries is None.
+    """
+    ret = _as_id_matrix("retrieved", retrieved)
+    _check_no_duplicates("retrieved", ret)
+    ks_all = _validate_ks(ks)
+    if (
+        isinstance(catalog_size, bool)
+        or not isinstance(catalog_size, int | np.integer)
+        or catalog_size < 1
+    ):
+        raise ValueError(f"catalog_size must be a positive integer, got {catalog_size!r}")
+    n_q, width = ret.shape
+    t_rows, t_ids = _flatten_targets(targets, n_q)
+    hits, t_rows_u, t_codes_u, r_codes, universe = _hit_matrix(ret, t_rows, t_ids)
+    n_rel = np.bincount(t_rows_u, minlength=n_q)  # (Q,) distinct targets per query
+    has = n_rel > 0
+    n_eval = int(has.sum())
+
+    ks_ok = [k for k in ks_all if k <= width]
+    ks_bad = [k for k in ks_all if k > width]
+    out: Metrics = {"n_queries": n_eval, "n_queries_without_targets": int(n_q - n_eval)}
+
+    def mean(x: np.ndarray) -> float | None:
+        return float(x.mean()) if x.size else None
+
+    if ks_ok:
+        nh = _counts_at(hits, ks_ok)[has]  # (Qe, nk)
+        dcg, ap = _ranked_gains(hits, ks_ok)
+        rel = n_rel[has][:, None]  # (Qe, 1)
+        ks_arr = np.asarray(ks_ok)[None, :]
+        n_ideal = np.minimum(rel, ks_arr)  # (Qe, nk)
+        disc_cum = np.cumsum(1.0 / np.log2(np.arange(2, ks_ok[-1] + 2, dtype=np.float64)))
+        idcg = disc_cum[n_ideal - 1]  # (Qe, nk)
+        for j, k in enumerate(ks_ok):
+            out[f"recall@{k}"] = mean(nh[:, j] / rel[:, 0])
+            out[f"hitrate@{k}"] = mean((nh[:, j] > 0).astype(np.float64))
+            out[f"ndcg@{k}"] = mean(dcg[has, j] / idcg[:, j])
+            out[f"map@{k}"] = mean(ap[has, j] / n_ideal[:, j])
+            top = ret[:, :k]
+            out[f"coverage@{k}"] = float(np.unique(top[top >= 0]).size / catalog_size)
+    for k in ks_bad:
+        for m in ("recall", "hitrate", "ndcg", "map", "coverage"):
+            out[f"{m}@{k}"] = None
+    if ks_bad:
+        out["note"] = (
+            f"k={', '.join(map(str, ks_bad))} exceeds the {width} items retrieved per query: "
+            "those metrics are None; retrieve at least max(ks) candidates to report them"
+        )
+
+    for dim, mapping in (item_bucket or {}).items():
+        if "." in str(dim):
+            raise ValueError(f"bucket dimension names must not contain '.', got {dim!r}")
+        per_code, labels = _bucket_label_codes(str(dim), mapping, universe, t_codes_u)
+        t_label = per_code[t_codes_u]  # (T,)
+        hit_label = np.where(hits, per_code[np.maximum(r_codes, 0)], -1)  # (Q, K)
+        for b, name in enumerate(labels):
+            n_rel_b = np.bincount(t_rows_u[t_label == b], minlength=n_q)
+            has_b = n_rel_b > 0
+            out[f"{dim}.{name}.n_queries"] = int(has_b.sum())
+            nh_b = _counts_at(hit_label == b, ks_ok)[has_b]  # (Qb, len(ks_ok))
+            for j, k in enumerate(ks_ok):
+                out[f"{dim}.{name}.recall@{k}"] = mean(nh_b[:, j] / n_rel_b[has_b])
+                out[f"{dim}.{name}.hitrate@{k}"] = mean((nh_b[:, j] > 0).astype(np.float64))
+            for k in ks_bad:
+                out[f"{dim}.{name}.recall@{k}"] = None
+                out[f"{dim}.{name}.hitrate@{k}"] = None
+    return out
+
+
+def _check_item_arrays(
+    item_ids: np.ndarray, values: np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(item_ids)
+    vals = np.asarray(values)
+    if ids.ndim != 1 or vals.shape != ids.shape:
+        raise ValueError(
+            f"item_ids and {what} must be 1-D arrays of the same length, got {ids.shape} and {vals.shape}"
+        )
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"item_ids must be integer item ids, got dtype {ids.dtype}")
+    if vals.size and not np.issubdtype(vals.dtype, np.number):
+        raise TypeError(f"{what} must be numeric, got dtype {vals.dtype}")
+    ids = ids.astype(np.int64, copy=False)
+    uniq, cnt = np.unique(ids, return_counts=True)
+    if len(uniq) != len(ids):
+        raise ValueError(
+            f"item_ids must be unique; item {int(uniq[cnt > 1][0])} occurs twice or more"
+        )
+    return ids, vals
+
+
+def popularity_buckets(
+    item_ids: np.ndarray,
+    counts: np.ndarray,
+    head_share: float = 0.2,
+    tail_share: float = 0.5,
+) -> dict[int, str]:
+    """Return {item id: "head" | "torso" | "tail"} by rank of training watch count.
+
+    Definition (by share of catalog items, the usual Pareto-style split): items are ranked by
+    `counts` (training-window watches), most watched first, ties broken by ascending item id;
+    the first floor(head_share · N) ranks are "head", the last floor(tail_share · N) ranks are
+    "tail", the rest "torso". Every item with a zero count is "tail" whatever its rank (an item
+    never watched in training is long-tail by any definition). Pass the whole catalog, so that
+    target items with no training watch get a bucket too.
+    """
+    ids, c = _check_item_arrays(item_ids, counts, "counts")
+    for name, share in (("head_share", head_share), ("tail_share", tail_share)):
+        if not (isinstance(share, int | float) and 0.0 <= share <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1], got {share!r}")
+    if head_share + tail_share > 1.0:
+        raise ValueError(f"head_share + tail_share must be <= 1, got {head_share} + {tail_share}")
+    c = c.astype(np.float64, copy=False)
+    if (c < 0).any() or not np.isfinite(c).all():
+        raise ValueError("counts must be finite and >= 0 (training watch counts per item)")
+    n = ids.size
+    order = np.lexsort((ids, -c))  # most watched first, then ascending id
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    n_head = math.floor(head_share * n + 1e-9)
+    n_tail = math.floor(tail_share * n + 1e-9)
+    label = np.full(n, "torso", dtype=object)
+    label[rank < n_head] = "head"
+    label[(rank >= n - n_tail) | (c == 0)] = "tail"
+    return dict(zip(ids.tolist(), label.tolist(), strict=True))
+
+
+def freshness_buckets(
+    item_ids: np.ndarray,
+    upload_time: np.ndarray,
+    at_time: int,
+    fresh_days: float = 7,
+) -> dict[int, str]:
+    """Return {item id: "fresh" | "old"}: fresh when uploaded less than fresh_days before at_time.
+
+    Age = at_time − upload_time (UTC seconds); "fresh" when age < fresh_days · 86400. Items
+    uploaded after `at_time` (negative age, e.g. uploaded during the test window when at_time is
+    the end of training) are "fresh".
+    """
+    ids, up = _check_item_arrays(item_ids, upload_time, "upload_time")
+    if not (isinstance(fresh_days, int | float) and math.isfinite(fresh_days) and fresh_days > 0):
+        raise ValueError(f"fresh_days must be a positive number, got {fresh_days!r}")
+    if isinstance(at_time, bool) or not isinstance(at_time, int | np.integer | float):
+        raise TypeError(f"at_time must be a UTC timestamp in seconds, got {at_time!r}")
+    age = float(at_time) - up.astype(np.float64)
+    label = np.where(age < fresh_days * 86400.0, "fresh", "old")
+    return dict(zip(ids.tolist(), label.tolist(), strict=True))
+
+
+def ann_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Return the mean over queries of |approx top-k ∩ exact top-k| / |exact top-k|.
+
+    Both are (Q, k) id arrays from the same queries (-1 = padding, ignored); queries whose
+    exact row is all padding are left out.
+    """
+    a = _as_id_matrix("approx_ids", approx_ids)
+    e = _as_id_matrix("exact_ids", exact_ids)
+    if a.shape != e.shape:
+        raise ValueError(
+            f"approx_ids and exact_ids must have the same shape (Q, k), got {a.shape} and {e.shape}"
+        )
+    _check_no_duplicates("approx_ids", a)
+    _check_no_duplicates("exact_ids", e)
+    n_q = e.shape[0]
+    e_valid = e >= 0
+    e_rows = np.broadcast_to(np.arange(n_q, dtype=np.int64)[:, None], e.shape)[e_valid]
+    hits, t_rows_u, _, _, _ = _hit_matrix(a, e_rows, e[e_valid])
+    n_rel = np.bincount(t_rows_u, minlength=n_q)
+    has = n_rel > 0
+    if not has.any():
+        raise ValueError("exact_ids holds no item for any query (all -1); nothing to compare")
+    return float((hits.sum(axis=1)[has] / n_rel[has]).mean())
