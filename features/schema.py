@@ -1,0 +1,1101 @@
+"""Typed specs of the five contract tables (SPEC §1) and their validation.
+
+Where it sits in the data path: every source (synthetic world, MovieLens, KuaiRand, a user's
+files read by `features.io`) hands its tables to `validate_dataset`, which checks them and
+returns a copy with the canonical dtypes of `features.tables`. Everything downstream may then
+rely on those dtypes without checking again.
+
+Validation collects *every* problem of a dataset before raising one `DataContractError`, so a
+user sees the whole list at once. Each `Problem` names the file, table and column, how many
+rows are affected, the first offending rows (with their row number and CSV line), and what to
+fix. All checks are vectorized (numpy/pandas/pyarrow), so they scale to tables of tens of
+millions of rows.
+
+Coercions (each one is reported in the `ValidationReport`, never silently):
+- ids: int64; digit strings are converted, any other string is an error.
+- times: int64 UTC seconds; ISO-8601 strings and datetime columns are converted (timezone-aware
+  values to UTC, naive values are taken as UTC); fractional seconds are floored. Upload times
+  before 1970 are valid (negative seconds); event timestamps must be >= 0.
+- `topics`: a list of str per row; a '|'-separated string is split; missing means no topics;
+  topics are stripped of surrounding whitespace and empty ones dropped.
+- strings: an empty string is a missing value.
+- extra columns: on `users`, numeric ones are kept as continuous user features (float64);
+  everything else is ignored and listed in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import gc
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, cast
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.tables import OPTIONAL_TABLES, TABLES, Dataset
+
+__all__ = [
+    "ColumnSpec",
+    "DataContractError",
+    "Problem",
+    "TABLE_SPECS",
+    "TableSpec",
+    "ValidationReport",
+    "check_tables",
+    "validate_dataset",
+    "validate_table",
+]
+
+Kind = Literal["id", "time", "seconds", "binary", "count", "str", "topics"]
+
+_CANONICAL_DTYPE: dict[str, str] = {
+    "id": "int64",
+    "time": "int64",
+    "seconds": "float64",
+    "binary": "int8",
+    "count": "int64",
+    "str": "str",
+    "topics": "object",
+}
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+# Seconds beyond this (year 5138) are almost surely milliseconds or microseconds.
+MILLISECONDS_THRESHOLD = 1e11
+_MAX_EXAMPLES = 5
+_MAX_EXAMPLE_CHARS = 60
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One contract column: its name, kind (which fixes the canonical dtype) and meaning."""
+
+    name: str
+    kind: Kind
+    required: bool = False
+    meaning: str = ""
+    allow_negative: bool = False  # only for kind "time": upload times may precede 1970
+
+    @property
+    def dtype(self) -> str:
+        """Return the canonical pandas dtype name of this column."""
+        return _CANONICAL_DTYPE[self.kind]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One contract table: its columns, primary key, references and extra-column policy."""
+
+    name: str
+    columns: tuple[ColumnSpec, ...]
+    primary_key: str | None = None
+    # (column, referenced table): values must exist in the referenced table's primary key
+    references: tuple[tuple[str, str], ...] = ()
+    keep_numeric_extras: bool = False
+
+    @property
+    def required(self) -> bool:
+        """Return whether a dataset must contain this table."""
+        return self.name not in OPTIONAL_TABLES
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """Return the names of the required columns, in contract order."""
+        return tuple(c.name for c in self.columns if c.required)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Return the names of all contract columns, in contract order."""
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> ColumnSpec:
+        """Return the spec of column `name` (KeyError naming the known columns otherwise)."""
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"table {self.name!r} has no column {name!r}; it has {self.column_names}")
+
+    def dtypes(self) -> dict[str, str]:
+        """Return {column: canonical dtype name} for the contract columns."""
+        return {c.name: c.dtype for c in self.columns}
+
+
+def _user_id(required: bool = True) -> ColumnSpec:
+    return ColumnSpec("user_id", "id", required, "integer id of a user in the users table")
+
+
+def _item_id(required: bool = True) -> ColumnSpec:
+    return ColumnSpec("item_id", "id", required, "integer id of an item in the items table")
+
+
+def _event_time() -> ColumnSpec:
+    return ColumnSpec("timestamp", "time", True, "UTC seconds since 1970 when the event happened")
+
+
+TABLE_SPECS: dict[str, TableSpec] = {
+    "users": TableSpec(
+        "users",
+        (
+            ColumnSpec("user_id", "id", True, "unique integer id of the user"),
+            ColumnSpec("gender", "str", meaning="categorical demographic"),
+            ColumnSpec("age_bucket", "str", meaning="categorical age bucket, e.g. '25-34'"),
+            ColumnSpec("country", "str", meaning="categorical geography"),
+            ColumnSpec("region", "str", meaning="categorical geography"),
+            ColumnSpec("language", "str", meaning="categorical language code"),
+            ColumnSpec("device", "str", meaning="categorical device"),
+        ),
+        primary_key="user_id",
+        keep_numeric_extras=True,
+    ),
+    "items": TableSpec(
+        "items",
+        (
+            ColumnSpec("item_id", "id", True, "unique integer id of the item"),
+            ColumnSpec(
+                "upload_time",
+                "time",
+                True,
+                "UTC seconds when the item was uploaded (negative before 1970)",
+                allow_negative=True,
+            ),
+            ColumnSpec("duration", "seconds", meaning="length of the video in seconds"),
+            ColumnSpec("channel_id", "str", meaning="channel (uploader) of the item"),
+            ColumnSpec("topics", "topics", meaning="list of topic strings"),
+            ColumnSpec("language", "str", meaning="language code of the item"),
+            ColumnSpec("title", "str", meaning="title text"),
+        ),
+        primary_key="item_id",
+    ),
+    "watches": TableSpec(
+        "watches",
+        (
+            _user_id(),
+            _item_id(),
+            _event_time(),
+            ColumnSpec("watch_time", "seconds", meaning="seconds watched"),
+        ),
+        references=(("user_id", "users"), ("item_id", "items")),
+    ),
+    "searches": TableSpec(
+        "searches",
+        (
+            _user_id(),
+            _event_time(),
+            ColumnSpec("query", "str", True, "the search query text"),
+        ),
+        references=(("user_id", "users"),),
+    ),
+    "impressions": TableSpec(
+        "impressions",
+        (
+            _user_id(),
+            _item_id(),
+            _event_time(),
+            ColumnSpec("clicked", "binary", True, "1 if the shown item was clicked, else 0"),
+            ColumnSpec("watch_time", "seconds", True, "seconds watched (0 when not clicked)"),
+            ColumnSpec("position", "count", meaning="0-based or 1-based slot in the slate"),
+            ColumnSpec("source", "str", meaning="which candidate source proposed the item"),
+        ),
+        references=(("user_id", "users"), ("item_id", "items")),
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Problems, errors and the report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One violation of the data contract, with what a user needs to find and fix it."""
+
+    table: str
+    column: str | None
+    message: str
+    n_rows: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    file: str | None = None
+    fix: str = ""
+
+    def format(self) -> str:
+        """Return this problem as readable lines (where, what, first rows, fix)."""
+        where = [self.file] if self.file else []
+        where.append(f"table {self.table!r}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        lines = [f"{', '.join(where)}: {self.message}"]
+        if self.examples:
+            lines.append(f"   first offending rows ({len(self.examples)} of {self.n_rows}):")
+            for ex in self.examples:
+                values = {k: v for k, v in ex.items() if k not in ("row", "line")}
+                pos = f"row {ex['row']}" if "row" in ex else "row ?"
+                if "line" in ex:
+                    pos += f" (line {ex['line']})"
+                shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                lines.append(f"     {pos}: {shown}")
+        if self.fix:
+            lines.append(f"   fix: {self.fix}")
+        return "\n".join(lines)
+
+
+class DataContractError(ValueError):
+    """The data violates the contract; `problems` lists every violation found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(problems)
+        self.problems: list[Problem] = list(problems)
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        head = (
+            f"the data does not match the vidrec data contract: {n} problem{'s' if n != 1 else ''}"
+        )
+        body = [f"{i}. {p.format()}" for i, p in enumerate(self.problems, 1)]
+        return "\n\n".join([head, *body])
+
+
+@dataclass
+class ValidationReport:
+    """What validation saw and did: rows per table, ignored columns/files, conversions, notes."""
+
+    source: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    ignored_columns: dict[str, list[str]] = field(default_factory=dict)
+    ignored_files: list[str] = field(default_factory=list)
+    conversions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain JSON-serialisable dicts and lists."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-table checker
+# --------------------------------------------------------------------------------------------
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _py(value: Any) -> Any:
+    """Return `value` as a short plain-Python value for an example row."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [_py(v) for v in value][:10]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        return None
+    if value is pd.NA:
+        return None
+    if isinstance(value, str) and len(value) > _MAX_EXAMPLE_CHARS:
+        return value[: _MAX_EXAMPLE_CHARS - 3] + "..."
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
+
+
+class _TableChecker:
+    """Checks and coerces one table, collecting problems, conversions and notes."""
+
+    def __init__(
+        self, spec: TableSpec, df: pd.DataFrame, file: str | None, report: ValidationReport
+    ) -> None:
+        self.spec = spec
+        self.df = df.reset_index(drop=True)  # row numbers are positions
+        self.file = file
+        self.report = report
+        self.problems: list[Problem] = []
+        self.is_csv = bool(file) and str(file).lower().endswith(".csv")
+        self.context = [c for c in ("user_id", "item_id", "timestamp") if c in self.df.columns]
+        self.coerced: dict[str, pd.Series] = {}  # the columns that passed their own checks
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def flag(
+        self,
+        column: str | None,
+        mask: np.ndarray | pd.Series,
+        what: str,
+        fix: str,
+        show: tuple[str, ...] = (),
+        source: pd.DataFrame | None = None,
+    ) -> None:
+        """Record a problem for the rows where `mask` is True (nothing if none)."""
+        m = np.asarray(mask, dtype=bool)
+        n = int(np.count_nonzero(m))
+        if n == 0:
+            return
+        idx = np.flatnonzero(m)[:_MAX_EXAMPLES]
+        self.problems.append(
+            Problem(
+                table=self.spec.name,
+                column=column,
+                message=f"{what} ({n} of {len(m)} rows)",
+                n_rows=n,
+                examples=self.examples(idx, column, show, source),
+                file=self.file,
+                fix=fix,
+            )
+        )
+
+    def flag_table(self, column: str | None, message: str, fix: str) -> None:
+        """Record a problem about the table or a whole column (no offending rows)."""
+        self.problems.append(Problem(self.spec.name, column, message, 0, [], self.file, fix))
+
+    def examples(
+        self,
+        idx: np.ndarray,
+        column: str | None,
+        show: tuple[str, ...],
+        source: pd.DataFrame | None,
+    ) -> list[dict[str, Any]]:
+        src = self.df if source is None else source
+        cols = list(dict.fromkeys([*self.context, *(c for c in (column,) if c), *show]))
+        cols = [c for c in cols if c in src.columns]
+        out = []
+        for i in idx.tolist():
+            ex: dict[str, Any] = {"row": i}
+            if self.is_csv:
+                ex["line"] = i + 2  # line 1 is the header
+            for c in cols:
+                ex[c] = _py(src[c].iloc[i])
+            out.append(ex)
+        return out
+
+    def convert(self, column: str, what: str) -> None:
+        self.report.conversions.append(f"{self.spec.name}.{column}: {what}")
+
+    def note(self, text: str) -> None:
+        self.report.notes.append(f"{self.spec.name}: {text}")
+
+    # -- the whole table --------------------------------------------------------------------
+
+    def run(self) -> pd.DataFrame | None:
+        """Return the coerced table, or None when a problem was recorded."""
+        df = self.df
+        dup = df.columns.duplicated()
+        if dup.any():
+            for name in dict.fromkeys(df.columns[dup]):
+                self.flag_table(
+                    str(name),
+                    f"column {name!r} appears {int((df.columns == name).sum())} times",
+                    "give every column a distinct name; keep one copy of the contract column",
+                )
+            df = self.df = df.loc[:, ~dup]
+
+        for name in self.spec.required_columns:
+            if name not in df.columns:
+                self.flag_table(name, "required column is missing", self._missing_fix(name))
+
+        out: dict[str, pd.Series] = {}
+        for col in self.spec.columns:
+            if col.name in df.columns:
+                coerced = self.column(col, df[col.name])
+                if coerced is not None:
+                    out[col.name] = coerced
+
+        extras = [c for c in df.columns if c not in self.spec.column_names]
+        ignored: list[str] = []
+        for name in extras:
+            kept = self.extra(name, df[name]) if self.spec.keep_numeric_extras else None
+            if kept is None:
+                ignored.append(str(name))
+            else:
+                out[name] = kept
+        kept_extras = [str(c) for c in extras if c in out]
+        if kept_extras:
+            self.note(f"kept numeric columns {kept_extras} as continuous user features")
+        if ignored:
+            self.report.ignored_columns.setdefault(self.spec.name, []).extend(ignored)
+            why = (
+                "they are not numeric (extra user columns must be numeric continuous features)"
+                if self.spec.keep_numeric_extras
+                else f"they are not part of the contract for {self.spec.name}"
+            )
+            self.note(f"ignored columns {ignored}: {why}")
+
+        self.table_checks(out)
+        self.coerced = out
+        if self.problems:
+            return None
+        ordered = [c for c in self.spec.column_names if c in out] + [
+            c for c in out if c not in self.spec.column_names
+        ]
+        return pd.DataFrame({c: out[c] for c in ordered})
+
+    def _missing_fix(self, name: str) -> str:
+        present = [str(c) for c in self.df.columns]
+        norm = {c.strip().lower().replace(" ", "_"): c for c in present}
+        if name in norm:
+            return f"rename column {norm[name]!r} to {name!r}"
+        close = difflib.get_close_matches(name, present, n=1, cutoff=0.6)
+        if close:
+            return f"add column {name!r} (did you mean to rename {close[0]!r} to {name!r}?)"
+        if len(present) == 1 and any(sep in present[0] for sep in ";\t|"):
+            return (
+                f"the header is one column {present[0][:60]!r}: the file seems to use another "
+                "separator than ','; save it as comma-separated CSV"
+            )
+        return (
+            f"add column {name!r} ({self.spec.column(name).meaning}); "
+            f"the table has columns {present}"
+        )
+
+    def table_checks(self, out: dict[str, pd.Series]) -> None:
+        pk = self.spec.primary_key
+        if pk and pk in out:
+            dup = out[pk].duplicated(keep=False).to_numpy()
+            if dup.any():
+                n_ids = int(out[pk][dup].nunique())
+                ids = "1 id appears" if n_ids == 1 else f"{n_ids} ids appear"
+                self.flag(
+                    pk,
+                    dup,
+                    f"duplicate {pk}: {ids} more than once",
+                    f"each {pk} must appear once in {self.spec.name}; drop or merge the "
+                    "duplicate rows",
+                )
+        if self.spec.name == "impressions" and "clicked" in out and "watch_time" in out:
+            bad = (out["clicked"].to_numpy() == 0) & (out["watch_time"].to_numpy() > 0)
+            self.flag(
+                "watch_time",
+                bad,
+                "watch_time > 0 on an unclicked impression (clicked = 0)",
+                "an impression that was not clicked has watch_time 0; set clicked = 1 if the "
+                "item was watched, or watch_time = 0",
+                show=("clicked",),
+            )
+
+    # -- one column --------------------------------------------------------------------------
+
+    def column(self, col: ColumnSpec, s: pd.Series) -> pd.Series | None:
+        """Return column `s` coerced to the canonical dtype of `col`, or None on problems."""
+        n_before = len(self.problems)
+        result: pd.Series | None
+        if col.kind == "id":
+            result = self.ids(col, s)
+        elif col.kind == "time":
+            result = self.times(col, s)
+        elif col.kind == "topics":
+            result = self.topics(col, s)
+        elif col.kind == "str":
+            result = self.strings(col, s)
+        else:
+            result = self.numbers(col, s)
+        if len(self.problems) > n_before:
+            return None
+        return result
+
+    def missing(self, col: ColumnSpec, missing: np.ndarray, fix: str | None = None) -> None:
+        self.flag(
+            col.name,
+            missing,
+            "missing values",
+            fix or f"every row needs a {col.name} ({col.meaning}); fill it in or drop those rows",
+        )
+
+    def ids(self, col: ColumnSpec, s: pd.Series) -> pd.Series:
+        fix = (
+            f"{col.name} must be an integer (int64) id; map other ids to integers first, e.g. "
+            f"codes, uniques = pandas.factorize(ids), using the same mapping in every table"
+        )
+        values, missing, bad = self._exact_ints(col, s, fix, what="ids")
+        if col.required:
+            self.missing(col, missing)
+        self.flag(col.name, bad, "values that are not integer ids", fix)
+        return pd.Series(values, name=col.name)
+
+    def _exact_ints(
+        self, col: ColumnSpec, s: pd.Series, fix: str, what: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (int64 values, missing mask, bad mask) without going through float64."""
+        n = len(s)
+        dtype = s.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            s = s.astype(dtype.categories.dtype)
+            dtype = s.dtype
+        if pd.api.types.is_object_dtype(dtype):
+            inferred = pd.api.types.infer_dtype(s, skipna=True)
+            if inferred == "integer":
+                s, dtype = s.astype("Int64"), pd.Int64Dtype()
+            elif inferred in ("floating", "mixed-integer-float", "decimal"):
+                s = pd.to_numeric(s, errors="coerce").astype("float64")
+                dtype = s.dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            missing = s.isna().to_numpy()
+            return np.zeros(n, np.int64), missing, ~missing
+        if pd.api.types.is_integer_dtype(dtype):
+            missing = s.isna().to_numpy()
+            if pd.api.types.is_unsigned_integer_dtype(dtype):
+                raw = s.to_numpy(dtype=np.uint64, na_value=0)
+                bad = raw > np.uint64(_INT64_MAX)
+                self.flag(col.name, bad, f"{what} larger than the int64 maximum", fix)
+                values = np.where(bad, 0, raw).astype(np.int64)
+                return values, missing, np.zeros(n, bool)
+            return s.to_numpy(dtype=np.int64, na_value=0), missing, np.zeros(n, bool)
+        if pd.api.types.is_float_dtype(dtype):
+            f = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            missing = np.isnan(f)
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(f) & (np.floor(f) == f) & (np.abs(f) < 2.0**63)
+            return np.where(ok, f, 0).astype(np.int64), missing, ~ok & ~missing
+        if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+            return self._digit_strings(col, s)
+        # datetimes, timedeltas, intervals...: not ids
+        missing = s.isna().to_numpy()
+        return np.zeros(n, np.int64), missing, ~missing
+
+    def _digit_strings(
+        self, col: ColumnSpec, s: pd.Series
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (int64 values, missing, bad) of a column of strings like ' 42'."""
+        n = len(s)
+        t, missing = _stripped(s)
+        ok = _regex_mask(t, _INT_RE)
+        values = np.zeros(n, np.int64)
+        if ok.any():
+            digits = t[ok]
+            fits = np.ones(len(digits), bool)
+            try:
+                parsed = pc.cast(pa.array(digits), pa.int64()).to_numpy()
+            except pa.ArrowInvalid:
+                # some value overflows int64 (error path): range-check the long ones one by one
+                long = (digits.str.lstrip("+-").str.lstrip("0").str.len() >= 19).to_numpy(bool)
+                fits[long] = [_INT64_MIN <= int(v) <= _INT64_MAX for v in digits[long]]
+                parsed = pc.cast(pa.array(digits[fits]), pa.int64()).to_numpy()
+            pos = np.flatnonzero(ok)
+            values[pos[fits]] = parsed
+            over = np.zeros(n, bool)
+            over[pos[~fits]] = True
+            self.flag(
+                col.name,
+                over,
+                "integers outside the int64 range",
+                f"{col.name} must fit in a signed 64-bit integer; remap the ids",
+            )
+            self.convert(col.name, f"converted {int(fits.sum())} digit strings to int64")
+        return values, missing, ~ok & ~missing
+
+    def times(self, col: ColumnSpec, s: pd.Series) -> pd.Series:
+        """Return int64 UTC seconds; flag unparseable, infinite, millisecond-like values."""
+        n = len(s)
+        name = col.name
+        iso_fix = (
+            f"{name} must be UTC seconds since 1970 (an integer) or an ISO-8601 string such as "
+            "'2024-01-31T12:00:00Z'"
+        )
+        values = np.zeros(n, np.int64)
+        dtype = s.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            s = s.astype(dtype.categories.dtype)
+            dtype = s.dtype
+        if pd.api.types.is_object_dtype(dtype):
+            inferred = pd.api.types.infer_dtype(s, skipna=True)
+            if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
+                s = pd.to_numeric(s, errors="coerce")
+                dtype = s.dtype
+            elif inferred in ("datetime", "datetime64", "date"):
+                s = pd.to_datetime(s, utc=True, errors="coerce")
+                dtype = s.dtype
+        valid = np.zeros(n, bool)
+        if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(dtype):
+            missing = s.isna().to_numpy()
+            secs = _datetime_seconds(s)
+            valid = ~missing
+            values[valid] = secs[valid]
+            self.convert(name, f"converted {int(valid.sum())} datetime values to UTC seconds")
+        elif pd.api.types.is_bool_dtype(dtype):
+            missing = s.isna().to_numpy()
+            self.flag(name, ~missing, "boolean values where a time is expected", iso_fix)
+        elif pd.api.types.is_integer_dtype(dtype):
+            missing = s.isna().to_numpy()
+            if pd.api.types.is_unsigned_integer_dtype(dtype):
+                raw = s.to_numpy(np.uint64, na_value=0)
+                values = np.minimum(raw, np.uint64(_INT64_MAX)).astype(np.int64)
+            else:
+                values = s.to_numpy(np.int64, na_value=0)
+            valid = ~missing
+        elif pd.api.types.is_float_dtype(dtype):
+            f = s.to_numpy(np.float64, na_value=np.nan)
+            missing, valid = self._float_seconds(name, f, values)
+        elif pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+            t, missing = _stripped(s)
+            num, is_num = _parse_floats(t)
+            if is_num.any():
+                _, valid_num = self._float_seconds(name, np.where(is_num, num, np.nan), values)
+                valid |= valid_num
+            rest = ~missing & ~is_num
+            if rest.any():
+                parsed = pd.to_datetime(t[rest], format="ISO8601", errors="coerce", utc=True)
+                ok = parsed.notna().to_numpy()
+                pos = np.flatnonzero(rest)
+                values[pos[ok]] = _datetime_seconds(parsed)[ok]
+                valid[pos[ok]] = True
+                bad = np.zeros(n, bool)
+                bad[pos[~ok]] = True
+                self.flag(name, bad, "timestamps that cannot be parsed", iso_fix)
+                if ok.any():
+                    self.convert(
+                        name, f"converted {int(ok.sum())} ISO-8601 timestamps to UTC seconds"
+                    )
+        else:
+            missing = s.isna().to_numpy()
+            self.flag(name, ~missing, f"values of type {dtype} where a time is expected", iso_fix)
+
+        if col.required:
+            self.missing(col, missing)
+        self.flag(
+            name,
+            valid & (np.abs(values) > MILLISECONDS_THRESHOLD),
+            "times beyond 1e11 seconds (after the year 5138), which look like milliseconds",
+            f"{name} must be in seconds: divide milliseconds by 1000 (microseconds by 1e6)",
+        )
+        if not col.allow_negative:
+            self.flag(
+                name,
+                valid & (values < 0),
+                "times before 1970 (negative seconds)",
+                f"event times must be UTC seconds since 1970-01-01; only items.upload_time "
+                f"may be before 1970. Check the unit and epoch of {name}",
+            )
+        return pd.Series(values, name=name)
+
+    def _float_seconds(
+        self, name: str, f: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Write floored float seconds into `values`; return (missing, valid) masks."""
+        missing = np.isnan(f)
+        inf = np.isinf(f)
+        self.flag(name, inf, "infinite values", f"{name} must be a finite number of seconds")
+        # finite and small enough to cast; larger ones are caught by the millisecond check
+        valid = ~missing & ~inf
+        with np.errstate(invalid="ignore"):
+            castable = valid & (np.abs(f) < 9e18)
+            frac = castable & (np.floor(f) != f)
+        values[castable] = np.floor(f[castable]).astype(np.int64)
+        values[valid & ~castable] = _INT64_MAX
+        if frac.any():
+            self.convert(name, f"floored {int(frac.sum())} fractional timestamps to whole seconds")
+        return missing, valid
+
+    def numbers(self, col: ColumnSpec, s: pd.Series) -> pd.Series:
+        """Return seconds (float64), clicked (int8) or position (int64) after range checks."""
+        name = col.name
+        f, missing = self._floats(name, s, allow_bool=col.kind == "binary")
+        self.flag(name, np.isinf(f), "infinite values", f"{name} must be a finite number")
+        if col.kind == "seconds":
+            with np.errstate(invalid="ignore"):
+                neg = f < 0
+            self.flag(name, neg, "negative values", f"{name} ({col.meaning}) must be >= 0")
+            if col.required:
+                fix = None
+                if self.spec.name == "impressions":
+                    fix = "every impression needs a watch_time; use 0 for unclicked impressions"
+                self.missing(col, missing, fix)
+            elif missing.any():
+                self.note(f"{name}: {int(missing.sum())} missing values kept as NaN (unknown)")
+            return pd.Series(f, name=name)
+        self.missing(
+            col,
+            missing,
+            None
+            if col.required
+            else f"fill in {name} for every row, or drop the optional column {name!r}",
+        )
+        finite = ~missing & ~np.isinf(f)
+        if col.kind == "binary":
+            with np.errstate(invalid="ignore"):
+                bad = finite & (f != 0) & (f != 1)
+            self.flag(name, bad, "values other than 0 and 1", f"{name} must be 0 or 1")
+            return pd.Series(np.where(finite & ~bad, f, 0).astype(np.int8), name=name)
+        with np.errstate(invalid="ignore"):
+            bad = finite & ((np.floor(f) != f) | (f < 0) | (f >= 2.0**63))
+        self.flag(
+            name,
+            bad,
+            "values that are not non-negative integers",
+            f"{name} ({col.meaning}) must be an integer >= 0",
+        )
+        return pd.Series(np.where(finite & ~bad, f, 0).astype(np.int64), name=name)
+
+    def _floats(self, name: str, s: pd.Series, allow_bool: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Return (float64 values with NaN for missing/bad, missing mask); flag non-numbers."""
+        dtype = s.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            s = s.astype(dtype.categories.dtype)
+            dtype = s.dtype
+        fix = f"{name} must be a number; values such as the ones shown cannot be read as one"
+        if pd.api.types.is_bool_dtype(dtype):
+            missing = s.isna().to_numpy()
+            if allow_bool:
+                self.convert(name, f"converted {int((~missing).sum())} booleans to 0/1")
+                return s.to_numpy(np.float64, na_value=np.nan), missing
+            self.flag(name, ~missing, "boolean values where a number is expected", fix)
+            return np.full(len(s), np.nan), missing
+        if pd.api.types.is_numeric_dtype(dtype):
+            f = s.to_numpy(np.float64, na_value=np.nan)
+            return f, np.isnan(f)
+        if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+            inferred = pd.api.types.infer_dtype(s, skipna=True)
+            if inferred == "boolean" and allow_bool:
+                return self._floats(name, s.astype("boolean"), allow_bool)
+            if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
+                f = pd.to_numeric(s, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+                return f, np.isnan(f)
+            t, missing = _stripped(s)
+            f, is_num = _parse_floats(t)
+            # "nan", "null", ... are missing values, not bad ones
+            missing = missing | _regex_mask(t, _NA_RE)
+            bad = ~is_num & ~missing
+            self.flag(name, bad, "values that are not numbers", fix)
+            converted = int(is_num.sum())
+            if converted:
+                self.convert(name, f"converted {converted} numeric strings to numbers")
+            return np.where(bad, np.nan, f), missing
+        missing = s.isna().to_numpy()
+        self.flag(name, ~missing, f"values of type {dtype} where a number is expected", fix)
+        return np.full(len(s), np.nan), missing
+
+    def strings(self, col: ColumnSpec, s: pd.Series) -> pd.Series:
+        """Return the column as pandas str dtype; empty strings become missing values."""
+        name = col.name
+        dtype = s.dtype
+        if pd.api.types.is_float_dtype(dtype):
+            f = s.to_numpy(np.float64, na_value=np.nan)
+            fin = f[np.isfinite(f)]
+            if len(fin) and (np.floor(fin) == fin).all() and (np.abs(fin) < 2.0**53).all():
+                s = s.astype("Int64")  # ids read as float because of gaps: "7", not "7.0"
+        if pd.api.types.is_bool_dtype(dtype):
+            s = s.astype("boolean")
+        t = _as_str(s)
+        empty = (t == "").to_numpy(dtype=bool, na_value=False)
+        if empty.any():
+            t = t.where(~empty)
+            self.convert(name, f"treated {int(empty.sum())} empty strings as missing")
+        missing = t.isna().to_numpy()
+        if col.required:
+            self.missing(col, missing)
+        return t.rename(name)
+
+    def topics(self, col: ColumnSpec, s: pd.Series) -> pd.Series:
+        """Return an object column of list[str]; '|'-separated strings are split."""
+        name = col.name
+        fix = (
+            f"{name} must be a list of strings per row (parquet) or one '|'-separated string "
+            "such as 'music|jazz' (CSV); leave it empty for no topics"
+        )
+        lists = _topic_lists(s)
+        if lists is None:
+            kinds = s.map(lambda v: type(v).__name__).to_numpy()  # error path only
+            listy = np.isin(kinds, ["list", "ndarray", "tuple"])
+            stringy = kinds == "str"
+            other = ~listy & ~stringy & ~s.isna().to_numpy(bool)
+            if other.any():
+                self.flag(name, other, "values that are neither a list nor a string", fix)
+            elif listy.any() and stringy.any():
+                self.flag(name, stringy, "'|'-separated strings mixed with lists", fix)
+            else:
+                self.flag(name, listy, "lists holding values that are not strings", fix)
+            return pd.Series([[]] * len(s), name=name, dtype=object)
+        lists, n_split, n_dropped = lists
+        if n_split:
+            self.convert(name, f"split {n_split} '|'-separated strings into topic lists")
+        if n_dropped:
+            self.convert(name, f"dropped {n_dropped} empty topic strings")
+        with _gc_paused():  # the million small lists are acyclic: skip the collector's passes
+            return pd.Series(lists.to_pylist(), name=name, dtype=object)
+
+    def extra(self, name: Any, s: pd.Series) -> pd.Series | None:
+        """Return a numeric extra user column as float64, or None when it is not numeric."""
+        dtype = s.dtype
+        if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+            f = s.to_numpy(np.float64, na_value=np.nan)
+        elif pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+            t, missing = _stripped(s)
+            f, is_num = _parse_floats(t)
+            if not (is_num | missing).all() or not is_num.any():
+                return None
+            self.convert(str(name), "converted numeric strings to a float64 user feature")
+        else:
+            return None
+        self.flag(str(name), np.isinf(f), "infinite values", f"{name} must be finite")
+        n_missing = int(np.isnan(f).sum())
+        if n_missing:
+            self.note(f"{name}: {n_missing} missing values kept as NaN")
+        return pd.Series(f, name=str(name))
+
+
+_INT_RE = r"^\s*[+-]?\d+\s*$"
+_NUMBER_RE = r"(?i)^\s*[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|inf|infinity)\s*$"
+_NA_RE = r"(?i)^(nan|na|n/a|null|none|<na>)$"
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _stripped(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Return (`s` as str with surrounding whitespace removed, mask of missing/blank values)."""
+    t = _as_str(s).str.strip()
+    return t, (t.isna() | (t == "")).to_numpy(dtype=bool, na_value=True)
+
+
+def _regex_mask(t: pd.Series, pattern: str) -> np.ndarray:
+    """Return where the str series `t` matches `pattern` (arrow's RE2: fast, vectorized)."""
+    arr = pa.array(t, type=pa.large_string(), from_pandas=True)
+    hit = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
+    return hit.to_numpy(zero_copy_only=False)
+
+
+def _parse_floats(t: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Return (float64 values, NaN where not a number; mask of numbers) of stripped strings."""
+    is_num = _regex_mask(t, _NUMBER_RE)
+    out = np.full(len(t), np.nan)
+    if is_num.any():
+        try:
+            arr = pa.array(t[is_num], type=pa.large_string())
+            out[is_num] = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:  # a spelling arrow does not parse; pandas does
+            out[is_num] = pd.to_numeric(t[is_num], errors="coerce").to_numpy(np.float64)
+            is_num = is_num & ~np.isnan(out)
+    return out, is_num
+
+
+def _as_str(s: pd.Series) -> pd.Series:
+    """Return `s` as pandas' str dtype with missing values kept missing."""
+    if isinstance(s.dtype, pd.StringDtype) and s.dtype.na_value is np.nan:
+        return s
+    return s.astype("str")
+
+
+def _datetime_seconds(s: pd.Series) -> np.ndarray:
+    """Return int64 UTC seconds (floored) of a datetime column; NaT gives garbage (mask it)."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    # numpy floors when casting to a coarser unit, so -0.5 s becomes -1 s
+    return s.to_numpy().astype("datetime64[s]").astype(np.int64)
+
+
+def _topic_lists(s: pd.Series) -> tuple[pa.Array, int, int] | None:
+    """Return (large_list<string> array, #split strings, #dropped empty topics) or None."""
+    n = len(s)
+    if n == 0:
+        return pa.array([], pa.large_list(pa.string())), 0, 0
+    if pd.api.types.is_float_dtype(s.dtype) and s.isna().all():
+        return pa.array([[]] * n, pa.large_list(pa.string())), 0, 0
+    try:
+        arr = pa.array(s, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return None
+    n_split = 0
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        n_split = int(pc.sum(pc.is_valid(arr)).as_py() or 0)
+        arr = pc.split_pattern(arr, "|")
+    elif pa.types.is_null(arr.type):
+        arr = pa.array([[]] * n, pa.large_list(pa.string()))
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        return None
+    value_type = arr.type.value_type
+    if not (
+        pa.types.is_string(value_type)
+        or pa.types.is_large_string(value_type)
+        or pa.types.is_null(value_type)
+        or pa.types.is_integer(value_type)
+    ):
+        return None
+    arr = arr.cast(pa.large_list(pa.string()))
+    flat = pc.utf8_trim_whitespace(arr.flatten())
+    parent = pc.list_parent_indices(arr).to_numpy()
+    keep = pc.fill_null(pc.not_equal(flat, ""), False).to_numpy(zero_copy_only=False)
+    n_dropped = int(len(keep) - keep.sum())
+    counts = np.bincount(parent[keep], minlength=n)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    values = flat.filter(pa.array(keep))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values), n_split, n_dropped
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _spec(name: str) -> TableSpec:
+    if name not in TABLE_SPECS:
+        raise ValueError(f"unknown table {name!r}; the contract has {', '.join(TABLES)}")
+    return TABLE_SPECS[name]
+
+
+def validate_table(
+    name: str,
+    df: pd.DataFrame,
+    *,
+    file: str | None = None,
+    report: ValidationReport | None = None,
+) -> pd.DataFrame:
+    """Return a copy of table `name` coerced to the canonical dtypes.
+
+    Raises `DataContractError` listing every problem of this table. Cross-table references
+    are checked by `validate_dataset`. `report`, when given, receives the conversions done and
+    the ignored columns.
+    """
+    tables, problems = check_tables(
+        {name: df}, files={name: file} if file else None, report=report, only=(name,)
+    )
+    if problems:
+        raise DataContractError(problems)
+    return cast(pd.DataFrame, tables[name])  # no problems: the table was coerced
+
+
+def check_tables(
+    tables: Mapping[str, pd.DataFrame | None],
+    *,
+    files: Mapping[str, str] | None = None,
+    report: ValidationReport | None = None,
+    only: tuple[str, ...] | None = None,
+    unreadable: tuple[str, ...] = (),
+) -> tuple[dict[str, pd.DataFrame | None], list[Problem]]:
+    """Return (coerced tables, every problem found) without raising.
+
+    `only` restricts the check to those tables (no missing-table or reference checks then);
+    `unreadable` names tables whose file could not be read (already reported by the reader):
+    they are not reported as missing and references into them are not checked.
+    """
+    files = dict(files or {})
+    report = report if report is not None else ValidationReport()
+    names = only if only is not None else TABLES
+    problems: list[Problem] = []
+    out: dict[str, pd.DataFrame | None] = {}
+    checkers: dict[str, _TableChecker] = {}
+    for name in names:
+        spec = _spec(name)
+        df = tables.get(name)
+        if df is None:
+            out[name] = None
+            if only is None and spec.required and name not in unreadable:
+                problems.append(
+                    Problem(
+                        name,
+                        None,
+                        "required table is missing",
+                        fix=f"provide the {name} table (columns {list(spec.required_columns)})",
+                    )
+                )
+            continue
+        if not isinstance(df, pd.DataFrame):
+            out[name] = None
+            problems.append(
+                Problem(
+                    name,
+                    None,
+                    f"expected a pandas DataFrame, got {type(df).__name__}",
+                    file=files.get(name),
+                    fix="pass the table as a pandas.DataFrame",
+                )
+            )
+            continue
+        checker = _TableChecker(spec, df, files.get(name), report)
+        out[name] = checker.run()
+        checkers[name] = checker
+        problems.extend(checker.problems)
+        report.rows[name] = len(df)
+        if only is None and spec.required and len(df) == 0:
+            problems.append(
+                Problem(
+                    name,
+                    None,
+                    "table has no rows",
+                    file=files.get(name),
+                    fix=f"the {name} table must contain at least one row",
+                )
+            )
+    if only is None:
+        problems.extend(_reference_problems(checkers, files))
+    return out, problems
+
+
+def _reference_problems(
+    checkers: Mapping[str, _TableChecker], files: Mapping[str, str]
+) -> list[Problem]:
+    """Return the problems of rows whose user_id/item_id is not in users/items.
+
+    Uses every id column that passed its own checks, so unknown ids are reported even when
+    other columns of the same tables have problems.
+    """
+    problems: list[Problem] = []
+    for name in TABLES:
+        checker = checkers.get(name)
+        if checker is None:
+            continue
+        for column, target in TABLE_SPECS[name].references:
+            key = str(TABLE_SPECS[target].primary_key)
+            target_checker = checkers.get(target)
+            if target_checker is None or key not in target_checker.coerced:
+                continue  # the target's own problems are reported already
+            ids = checker.coerced.get(column)
+            if ids is None:
+                continue
+            unknown = ~ids.isin(target_checker.coerced[key]).to_numpy()
+            if not unknown.any():
+                continue
+            n_ids = int(ids[unknown].nunique())
+            before = len(checker.problems)
+            checker.flag(
+                column,
+                unknown,
+                f"unknown {column}: {n_ids} distinct values not in {target}.{key}",
+                f"every {column} in {name} must exist in the {target} table; add the missing "
+                f"{target} to {files.get(target, target)} or drop these rows",
+            )
+            problems.extend(checker.problems[before:])
+    return problems
+
+
+def validate_dataset(
+    ds: Dataset,
+    *,
+    files: dict[str, str] | None = None,
+    report: ValidationReport | None = None,
+) -> Dataset:
+    """Return a copy of `ds` with every table coerced to the canonical dtypes.
+
+    Checks all five tables and the references between them (watches/searches/impressions of
+    unknown users or items) and raises one `DataContractError` listing every problem found.
+    `files` maps table names to the files they came from (named in the messages).
+    """
+    tables = {name: ds.table(name) for name in TABLES}
+    out, problems = check_tables(tables, files=files, report=report)
+    if problems:
+        raise DataContractError(problems)
+    # no problems: every required table was present and coerced
+    return Dataset(
+        users=cast(pd.DataFrame, out["users"]),
+        items=cast(pd.DataFrame, out["items"]),
+        watches=cast(pd.DataFrame, out["watches"]),
+        searches=out["searches"],
+        impressions=out["impressions"],
+        name=ds.name,
+        meta=dict(ds.meta),
+    )
