@@ -1,0 +1,781 @@
+"""Ranker feature rows (SPEC §5): one row per (user, item, timestamp) request, built in bulk.
+
+Where this sits: contract tables (`Dataset`) + requests -> `RankerFrame` (raw values) ->
+`RankerVocabularies.encode` -> integer codes that the ranking stage embeds. For training the
+requests are the impressions; at serving they are the candidate generator's output with t = now.
+
+Every feature of a row uses only events STRICTLY BEFORE the row's timestamp (an event at the same
+second does not count), so training rows never see their own or any later outcome.
+
+Categorical (raw values here, codes after `RankerVocabularies.encode`):
+    item_id            the scored item (shares the "item" id space with the watched bag)
+    watched bag        the user's last N watched item ids (stored once, gathered per row)
+    user_language      from `users.language`
+    item_language      from `items.language` (shares the "language" id space with user_language)
+    channel_id         from `items.channel_id`
+    topics             the item's topics, padded
+    source             the candidate source (`requests.source`)
+
+Continuous (`CONTINUOUS_COLUMNS`, raw; the ranker normalizes them with a QuantileNormalizer fitted
+on the training frame) and 0/1 indicators (`FLAG_COLUMNS`, fed as they are): see the tuples below.
+
+Implementation: every "how many / when last, before t" feature is one sorted searchsorted over a
+composite (group, time) key, e.g. group = (user, channel); no Python loop per row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.atomic import atomic_write_json
+from features.tables import Dataset
+from features.vocab import IdVocabulary
+
+#: Seconds used for "time since ..." when the user never did it (68 years, above any real gap);
+#: the matching `never_*` flag is 1 for those rows.
+NEVER_SECONDS: float = float(2**31)
+
+#: Raw continuous features, in this column order.
+CONTINUOUS_COLUMNS: tuple[str, ...] = (
+    "user_channel_watches",  # watches by the user of items of this item's channel before t
+    "since_channel_watch",  # s since the user last watched this channel (NEVER_SECONDS if never)
+    "since_topic_watch",  # s since the user last watched any of this item's topics (or NEVER)
+    "user_item_watches",  # times the user already watched this very item before t
+    "user_item_impressions",  # times this item was shown to this user before t (churn)
+    "user_item_unclicked",  # ... of which not clicked
+    "cg_score",  # candidate generator's score; CG_SCORE_ABSENT when the request has none
+    "cg_rank",  # 1-based rank of cg_score within the page (user, timestamp); 0 when absent
+    "item_age",  # t - upload_time in s (clipped at 0: an item is never younger than new)
+    "duration",  # item duration in s (NaN when unknown; normalizes to 0)
+    "item_popularity",  # watches of the item by anyone before t
+    "user_activity",  # watches by the user before t
+)
+
+#: 0/1 indicators that qualify the continuous features.
+FLAG_COLUMNS: tuple[str, ...] = (
+    "never_watched_channel",  # the user never watched this channel before t (or item has none)
+    "never_watched_topic",  # the user never watched any of this item's topics before t
+    "has_cg_score",  # the request carried a candidate-generator score for this row
+)
+
+#: Value of `cg_score` for rows without a candidate-generator score (with has_cg_score = 0).
+CG_SCORE_ABSENT: float = 0.0
+
+#: Names of the id spaces; the scored item and the watched bag share "item", user and item
+#: language share "language".
+ID_SPACES: tuple[str, ...] = ("item", "language", "channel", "topic", "source")
+
+
+def embedding_width(
+    vocab_size: int, *, scale: float = 6.0, min_width: int = 4, max_width: int = 128
+) -> int:
+    """Return the embedding width for a vocabulary: round(scale * log2(vocab_size)), clipped.
+
+    The rule that the width grows with the log of the vocabulary size (SPEC §5): 2 codes -> 6,
+    10 -> 20, 1 000 -> 60, 100 000 -> 100, 1 000 000 -> 120 with the defaults; clipped to
+    [min_width, max_width].
+    """
+    if vocab_size < 1:
+        raise ValueError(f"embedding_width: vocab_size must be >= 1, got {vocab_size}")
+    return int(min(max_width, max(min_width, round(scale * math.log2(max(vocab_size, 1))))))
+
+
+# --------------------------------------------------------------------------- the frame
+
+
+@dataclass
+class RankerFrame:
+    """Raw ranker features for N requests, in the requests' order.
+
+    rows            (N) user_id, item_id, timestamp, source, user_language, item_language,
+                    channel_id [, position][, clicked, watch_time]   (labels when the requests had them)
+    continuous      (N, len(CONTINUOUS_COLUMNS)) float64
+    flags           (N, len(FLAG_COLUMNS)) float32 0/1
+    history_items   (W,) int64 watched item ids of the frame's users, grouped by user, oldest first
+                    within a user; shared by all rows (and by frames made with `take`)
+    history_end     (N,) int64: the row's watches strictly before t are history_items[start:end]
+    history_count   (N,) int64: how many of them (end - start); the bag is the last
+                    min(count, history_len) of them
+    topics          (I, T) object: padded topic lists (None = padding) of the frame's distinct items
+    topic_row       (N,) int64: row -> index into `topics`
+    history_len     the default bag size N of `history_matrix`
+    """
+
+    rows: pd.DataFrame
+    continuous: pd.DataFrame
+    flags: pd.DataFrame
+    history_items: np.ndarray
+    history_end: np.ndarray
+    history_count: np.ndarray
+    topics: np.ndarray
+    topic_row: np.ndarray
+    history_len: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def has_labels(self) -> bool:
+        """Return True when the rows carry `clicked` and `watch_time` labels."""
+        return "clicked" in self.rows.columns and "watch_time" in self.rows.columns
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return (clicked int8 (N,), watch_time float64 (N,)); raises if the frame has no labels."""
+        if not self.has_labels:
+            raise ValueError(
+                "this RankerFrame has no labels: build it from requests with 'clicked' and "
+                "'watch_time' columns (e.g. dataset.impressions) to train or evaluate on it"
+            )
+        return (
+            self.rows["clicked"].to_numpy(dtype=np.int8),
+            self.rows["watch_time"].to_numpy(dtype=np.float64),
+        )
+
+    def history_matrix(
+        self, rows: np.ndarray | None = None, history_len: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (positions (B, L) int64 into history_items, valid (B, L) bool), most recent first.
+
+        Gathering per batch keeps memory at O(W + N) instead of O(N * L).
+        """
+        length = self.history_len if history_len is None else int(history_len)
+        sel = slice(None) if rows is None else rows
+        end = self.history_end[sel]  # (B,)
+        count = np.minimum(self.history_count[sel], length)  # (B,)
+        offs = np.arange(length, dtype=np.int64)  # (L,)
+        valid = offs[None, :] < count[:, None]  # (B, L)
+        pos = np.where(valid, end[:, None] - 1 - offs[None, :], 0)  # (B, L)
+        return pos, valid
+
+    def history_ids(
+        self, rows: np.ndarray | None = None, history_len: int | None = None
+    ) -> np.ndarray:
+        """Return the raw watched-item ids (B, L) int64, most recent first, -1 = padding."""
+        pos, valid = self.history_matrix(rows, history_len)
+        if len(self.history_items) == 0:
+            return np.full(pos.shape, -1, dtype=np.int64)
+        return np.where(valid, self.history_items[pos], -1)
+
+    def page_ids(self) -> np.ndarray:
+        """Return (N,) int64 page codes: rows sharing (user_id, timestamp) form one page."""
+        codes, _ = pd.MultiIndex.from_arrays(
+            [self.rows["user_id"].to_numpy(), self.rows["timestamp"].to_numpy()]
+        ).factorize()
+        return codes.astype(np.int64)
+
+    def take(self, indices: np.ndarray) -> RankerFrame:
+        """Return the frame restricted to `indices` (rows re-indexed 0..n-1; shared arrays kept)."""
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return RankerFrame(
+            rows=self.rows.iloc[idx].reset_index(drop=True),
+            continuous=self.continuous.iloc[idx].reset_index(drop=True),
+            flags=self.flags.iloc[idx].reset_index(drop=True),
+            history_items=self.history_items,
+            history_end=self.history_end[idx],
+            history_count=self.history_count[idx],
+            topics=self.topics,
+            topic_row=self.topic_row[idx],
+            history_len=self.history_len,
+        )
+
+
+# ----------------------------------------------------------------- bulk "before t" lookups
+
+
+def _pair(a: np.ndarray, n_a: int, b: np.ndarray, n_b: int) -> tuple[np.ndarray, int]:
+    """Return (group code of the pair (a, b), number of groups); -1 where a or b is -1."""
+    bad = (a < 0) | (b < 0)
+    if n_a * n_b < 2**62:
+        return np.where(bad, -1, a * n_b + b), n_a * n_b
+    # too many combinations for a product code: number the pairs that occur instead
+    codes, uniq = pd.MultiIndex.from_arrays([a, b]).factorize()
+    return np.where(bad, -1, codes).astype(np.int64), len(uniq)
+
+
+def _before(
+    ev_g: np.ndarray,
+    ev_t: np.ndarray,
+    q_g: np.ndarray,
+    q_t: np.ndarray,
+    n_groups: int,
+    *,
+    stable: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (count (Q,), end (Q,), order (E,)): events of the query's group strictly before its time.
+
+    Events sorted by (group, time) are `ev[order]`; a query's events are the sorted positions
+    end - count .. end - 1, oldest first. Group codes lie in [0, n_groups); -1 = no group (an
+    event that never counts, a query that gets count 0). `stable` keeps events of the same
+    group and second in input order (needed only where their order is kept, the watched bag).
+    """
+    n_ev = len(ev_t)
+    t_all = np.concatenate([ev_t, q_t]).astype(np.int64)
+    t_min = int(t_all.min()) if len(t_all) else 0
+    span = int(t_all.max()) - t_min + 1 if len(t_all) else 1
+    ev_tc, q_tc = ev_t.astype(np.int64) - t_min, q_t.astype(np.int64) - t_min
+    if n_groups * span >= 2**62:  # the composite key would overflow: renumber groups densely
+        g_all = np.concatenate([ev_g, q_g])
+        codes, uniq = pd.factorize(g_all)
+        codes = np.where(g_all < 0, -1, codes).astype(np.int64)
+        ev_g, q_g, n_groups = codes[:n_ev], codes[n_ev:], len(uniq)
+        if n_groups * span >= 2**62:  # ... and code times by their rank
+            rank_times = np.unique(t_all)
+            ev_tc = np.searchsorted(rank_times, ev_t).astype(np.int64)
+            q_tc = np.searchsorted(rank_times, q_t).astype(np.int64)
+            span = len(rank_times)
+    ev_key = np.where(ev_g >= 0, ev_g * span + ev_tc, -1)
+    order = np.argsort(ev_key, kind="stable" if stable else "quicksort")
+    key = ev_key[order]
+    valid = q_g >= 0
+    q_key = np.where(valid, q_g * span + q_tc, -1)
+    q_order = np.argsort(q_key)  # sorted needles keep searchsorted cache-friendly
+    end = np.empty(len(q_t), dtype=np.int64)
+    start = np.empty(len(q_t), dtype=np.int64)
+    end[q_order] = np.searchsorted(key, q_key[q_order], side="left")
+    start[q_order] = np.searchsorted(key, (np.maximum(q_g, 0) * span)[q_order], side="left")
+    count = np.where(valid, end - start, 0)
+    return count, end, order
+
+
+def _count_and_last(
+    ev_g: np.ndarray, ev_t: np.ndarray, q_g: np.ndarray, q_t: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (count (Q,) int64, last time (Q,) float64, NaN if none) of events before each query."""
+    count, end, order = _before(ev_g, ev_t, q_g, q_t, n_groups)
+    last = np.full(len(q_t), np.nan)
+    has = count > 0
+    if has.any():
+        last[has] = ev_t[order[end[has] - 1]]
+    return count.astype(np.int64), last
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _first_rows(df: pd.DataFrame, mask: np.ndarray, n: int = 5) -> str:
+    return df.loc[mask].head(n).to_string()
+
+
+def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(requests, pd.DataFrame):
+        raise TypeError(f"requests must be a pandas DataFrame, got {type(requests).__name__}")
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in requests.columns]
+    if missing:
+        raise ValueError(
+            f"requests is missing column(s) {missing}; it needs user_id, item_id, timestamp "
+            "(optional: source, cg_score, clicked, watch_time, position)"
+        )
+    req = requests.reset_index(drop=True)
+    for col in ("user_id", "item_id", "timestamp"):
+        if not pd.api.types.is_integer_dtype(req[col].dtype):
+            raise TypeError(
+                f"requests.{col} must be an integer column (canonical int64; timestamps in UTC "
+                f"seconds), got dtype {req[col].dtype}; convert it with .astype('int64')"
+            )
+    has_clicked, has_wt = "clicked" in req.columns, "watch_time" in req.columns
+    if has_clicked != has_wt:
+        raise ValueError(
+            "requests has only one of 'clicked' / 'watch_time'; give both (labelled impressions) "
+            "or neither (serving candidates)"
+        )
+    if has_clicked:
+        clicked = pd.to_numeric(req["clicked"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isin(clicked, (0.0, 1.0))
+        if bad.any():
+            raise ValueError(
+                f"requests.clicked must be 0 or 1; first offending rows:\n{_first_rows(req, bad)}"
+            )
+        wt = pd.to_numeric(req["watch_time"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(wt) | (wt < 0)
+        if bad.any():
+            raise ValueError(
+                "requests.watch_time must be finite and >= 0 (0 when not clicked); first "
+                f"offending rows:\n{_first_rows(req, bad)}"
+            )
+    if "cg_score" in req.columns:
+        sc = pd.to_numeric(req["cg_score"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isinf(sc)
+        if bad.any():
+            raise ValueError(
+                f"requests.cg_score contains inf; first offending rows:\n{_first_rows(req, bad)}"
+            )
+    return req
+
+
+def _str_codes_of(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Return (codes (n,) int64, -1 = missing; names (K,) object str) of a categorical column."""
+    s = values.reset_index(drop=True).astype(object)
+    present = s.notna().to_numpy()
+    codes = np.full(len(s), -1, dtype=np.int64)
+    if not present.any():
+        return codes, np.array([], dtype=object)
+    c, names = pd.factorize(s[present].map(str).to_numpy(dtype=object))
+    codes[present] = c
+    return codes, np.asarray(names, dtype=object)
+
+
+def _topic_codes_of(topics: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Return (codes (I, T) int64 with -1 padding, names (K,) object) of per-item topic lists."""
+    n = len(topics)
+    ex = topics.reset_index(drop=True).explode()
+    ex = ex[ex.notna()]
+    if len(ex) == 0:
+        return np.full((n, 1), -1, dtype=np.int64), np.array([], dtype=object)
+    pos = np.asarray(
+        ex.index, dtype=np.int64
+    )  # item position, non-decreasing (explode keeps order)
+    starts = np.r_[0, np.flatnonzero(np.diff(pos)) + 1]
+    within = np.arange(len(pos)) - np.repeat(starts, np.diff(np.r_[starts, len(pos)]))
+    codes, names = pd.factorize(ex.map(str).to_numpy(dtype=object))
+    out = np.full((n, int(within.max()) + 1), -1, dtype=np.int64)
+    out[pos, within] = codes
+    return out, np.asarray(names, dtype=object)
+
+
+def _codes_in(sorted_uniq: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Return the position of each value in `sorted_uniq`, -1 when absent."""
+    if len(sorted_uniq) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_uniq, values), len(sorted_uniq) - 1)
+    return np.where(sorted_uniq[pos] == values, pos, -1).astype(np.int64)
+
+
+def _pair_codes(
+    ev: tuple[np.ndarray, np.ndarray], q: tuple[np.ndarray, np.ndarray], n_a: int, n_b: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Return (event groups, query groups, n_groups) of the pairs (a, b); -1 where a or b is -1."""
+    n_ev = len(ev[0])
+    a = np.concatenate([ev[0], q[0]])
+    b = np.concatenate([ev[1], q[1]])
+    bad = (a < 0) | (b < 0)
+    if n_a * n_b < 2**62:
+        g, n = np.where(bad, -1, a * n_b + b), n_a * n_b
+    else:  # too many combinations for a product code: number the pairs that occur instead
+        codes, uniq = pd.MultiIndex.from_arrays([a, b]).factorize()
+        g, n = np.where(bad, -1, codes).astype(np.int64), len(uniq)
+    return g[:n_ev], g[n_ev:], n
+
+
+def _categorical(codes: np.ndarray, names: np.ndarray) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object))
+
+
+def build_ranker_frame(
+    dataset: Dataset,
+    requests: pd.DataFrame,
+    *,
+    history_len: int = 50,
+) -> RankerFrame:
+    """Return the `RankerFrame` of `requests` (user_id, item_id, timestamp[, source, cg_score]).
+
+    Every feature uses only `dataset` events strictly before the request's timestamp. Requests
+    of items absent from `dataset.items` are refused (their attributes are unknown); a user
+    absent from `dataset.users` gets a missing (OOV) language. Labels (`clicked`, `watch_time`)
+    and `position` are carried through when present.
+    """
+    if history_len < 1:
+        raise ValueError(f"build_ranker_frame: history_len must be >= 1, got {history_len}")
+    req = _validate_requests(requests)
+    n = len(req)
+    items, users = dataset.items, dataset.users
+    for name, table, cols in (
+        ("items", items, ("item_id", "upload_time")),
+        ("users", users, ("user_id",)),
+        ("watches", dataset.watches, ("user_id", "item_id", "timestamp")),
+    ):
+        miss = [c for c in cols if c not in table.columns]
+        if miss:
+            raise ValueError(f"dataset.{name} is missing column(s) {miss} (see features/tables.py)")
+
+    r_user = req["user_id"].to_numpy(dtype=np.int64)
+    r_item = req["item_id"].to_numpy(dtype=np.int64)
+    r_t = req["timestamp"].to_numpy(dtype=np.int64)
+    t_cap = int(r_t.max()) if n else 0  # no event at or after the last request can matter
+
+    # ---- items: attribute codes once per item, gathered per row
+    n_items = len(items)
+    item_index = pd.Index(items["item_id"].to_numpy(dtype=np.int64))
+    if not item_index.is_unique:
+        raise ValueError("dataset.items.item_id has duplicates; each item must appear once")
+    ipos = item_index.get_indexer(r_item)
+    unknown = ipos < 0
+    if unknown.any():
+        raise ValueError(
+            f"requests reference {int(unknown.sum())} row(s) with item_id absent from "
+            f"dataset.items; first offending rows:\n{_first_rows(req, unknown)}\n"
+            "score only items of the catalog (or add them to the items table)"
+        )
+    no_codes = (np.full(n_items, -1, dtype=np.int64), np.array([], dtype=object))
+    ch_codes, ch_names = _str_codes_of(items["channel_id"]) if "channel_id" in items else no_codes
+    il_codes, il_names = _str_codes_of(items["language"]) if "language" in items else no_codes
+    if "topics" in items:
+        tp_codes, tp_names = _topic_codes_of(items["topics"])
+    else:
+        tp_codes, tp_names = np.full((n_items, 1), -1, dtype=np.int64), np.array([], dtype=object)
+    upload = items["upload_time"].to_numpy(dtype=np.int64)[ipos]
+    duration = (
+        pd.to_numeric(items["duration"], errors="coerce").to_numpy(dtype=np.float64)[ipos]
+        if "duration" in items
+        else np.full(n, np.nan)
+    )
+    uniq_ipos, topic_row = np.unique(ipos, return_inverse=True)
+    tp_rows = tp_codes[uniq_ipos]  # (I, T)
+    topics = np.where(
+        tp_rows >= 0, tp_names[np.maximum(tp_rows, 0)] if len(tp_names) else None, None
+    )
+    requested = np.zeros(n_items, dtype=bool)
+    requested[ipos] = True
+
+    # ---- users: dense codes over the requests' users
+    uniq_users = np.unique(r_user)
+    n_u = len(uniq_users)
+    r_uc = np.searchsorted(uniq_users, r_user).astype(np.int64)
+    if "language" in users:
+        ul_codes, ul_names = _str_codes_of(users["language"])
+        upos = pd.Index(users["user_id"].to_numpy(dtype=np.int64)).get_indexer(r_user)
+        user_lang = _categorical(np.where(upos >= 0, ul_codes[np.maximum(upos, 0)], -1), ul_names)
+    else:
+        user_lang = _categorical(np.full(n, -1, dtype=np.int64), np.array([], dtype=object))
+
+    # ---- watches before the last request: all of them for item popularity, the requests'
+    # users' ones for everything user-keyed
+    w = dataset.watches
+    w_t_all = w["timestamp"].to_numpy(dtype=np.int64)
+    early = w_t_all < t_cap
+    w_item_all = w["item_id"].to_numpy(dtype=np.int64)[early]
+    w_t_all = w_t_all[early]
+    w_ipos_all = item_index.get_indexer(w_item_all)
+    w_uc_all = _codes_in(uniq_users, w["user_id"].to_numpy(dtype=np.int64)[early])
+    mine = w_uc_all >= 0
+    w_uc, w_item, w_ipos, w_t = w_uc_all[mine], w_item_all[mine], w_ipos_all[mine], w_t_all[mine]
+
+    # user activity + watched bag: the users' watches sorted by (user, time)
+    user_activity, hist_end, hist_order = _before(w_uc, w_t, r_uc, r_t, n_u, stable=True)
+    history_items = w_item[hist_order]
+
+    # user x item: watches of this very item
+    ev_g, q_g, n_g = _pair_codes((w_uc, w_ipos), (r_uc, ipos), n_u, n_items)
+    user_item_watches, _ = _count_and_last(ev_g, w_t, q_g, r_t, n_g)
+
+    # item popularity: watches by anyone of the scored items
+    pop = (w_ipos_all >= 0) & requested[np.maximum(w_ipos_all, 0)]
+    item_popularity, _ = _count_and_last(w_ipos_all[pop], w_t_all[pop], ipos, r_t, n_items)
+
+    # user x channel
+    n_ch = max(len(ch_names), 1)
+    w_ch = np.where(w_ipos >= 0, ch_codes[np.maximum(w_ipos, 0)], -1)
+    ev_g, q_g, n_g = _pair_codes((w_uc, w_ch), (r_uc, ch_codes[ipos]), n_u, n_ch)
+    user_channel_watches, last_ch = _count_and_last(ev_g, w_t, q_g, r_t, n_g)
+    never_ch = np.isnan(last_ch)
+    since_channel = np.where(never_ch, NEVER_SECONDS, r_t - np.nan_to_num(last_ch))
+
+    # user x topic: one event per (watch, topic of the watched item), one query per (row, topic
+    # of the scored item); the row takes the latest over its topics
+    known = w_ipos >= 0
+    w_tp = tp_codes[w_ipos[known]]  # (Wk, T)
+    e_row, e_col = np.nonzero(w_tp >= 0)
+    q_tp = tp_codes[ipos]  # (N, T)
+    q_row, q_col = np.nonzero(q_tp >= 0)
+    ev_g, q_g, n_g = _pair_codes(
+        (w_uc[known][e_row], w_tp[e_row, e_col]),
+        (r_uc[q_row], q_tp[q_row, q_col]),
+        n_u,
+        max(len(tp_names), 1),
+    )
+    _, last_q = _count_and_last(ev_g, w_t[known][e_row], q_g, r_t[q_row], n_g)
+    last_mat = np.full(q_tp.shape, -np.inf)  # (N, T)
+    last_mat[q_row, q_col] = np.where(np.isnan(last_q), -np.inf, last_q)
+    last_topic = last_mat.max(axis=1)  # (N,)
+    never_topic = ~np.isfinite(last_topic)
+    since_topic = np.where(never_topic, NEVER_SECONDS, r_t - np.where(never_topic, 0, last_topic))
+
+    # ---- churn: impressions of this item to this user before t (and the unclicked ones)
+    imp = dataset.impressions
+    if imp is not None and len(imp):
+        i_t = imp["timestamp"].to_numpy(dtype=np.int64)
+        i_uc = _codes_in(uniq_users, imp["user_id"].to_numpy(dtype=np.int64))
+        i_ipos = item_index.get_indexer(imp["item_id"].to_numpy(dtype=np.int64))
+        m = (i_t < t_cap) & (i_uc >= 0) & (i_ipos >= 0)
+        m &= requested[np.maximum(i_ipos, 0)]
+        ev_g, q_g, n_g = _pair_codes((i_uc[m], i_ipos[m]), (r_uc, ipos), n_u, n_items)
+        shown, _ = _count_and_last(ev_g, i_t[m], q_g, r_t, n_g)
+        m0 = imp["clicked"].to_numpy(dtype=np.int64)[m] == 0
+        unclicked, _ = _count_and_last(ev_g[m0], i_t[m][m0], q_g, r_t, n_g)
+    else:
+        shown = np.zeros(n, dtype=np.int64)
+        unclicked = np.zeros(n, dtype=np.int64)
+
+    # ---- candidate generator score and its rank within the page (user, timestamp)
+    if "cg_score" in req.columns:
+        cg = pd.to_numeric(req["cg_score"], errors="coerce").to_numpy(dtype=np.float64)
+        has_cg = ~np.isnan(cg)
+        rank = (
+            pd.Series(cg)
+            .groupby([r_user, r_t], sort=False)
+            .rank(ascending=False, method="first")
+            .to_numpy()
+        )
+        cg_rank = np.where(has_cg, rank, 0.0)
+        cg_score = np.where(has_cg, cg, CG_SCORE_ABSENT)
+    else:
+        has_cg = np.zeros(n, dtype=bool)
+        cg_rank = np.zeros(n)
+        cg_score = np.full(n, CG_SCORE_ABSENT)
+
+    continuous = pd.DataFrame(
+        {
+            "user_channel_watches": user_channel_watches,
+            "since_channel_watch": since_channel,
+            "since_topic_watch": since_topic,
+            "user_item_watches": user_item_watches,
+            "user_item_impressions": shown,
+            "user_item_unclicked": unclicked,
+            "cg_score": cg_score,
+            "cg_rank": cg_rank,
+            "item_age": np.maximum(r_t - upload, 0),
+            "duration": duration,
+            "item_popularity": item_popularity,
+            "user_activity": user_activity,
+        },
+        columns=list(CONTINUOUS_COLUMNS),
+    ).astype(np.float64)
+    flags = pd.DataFrame(
+        {
+            "never_watched_channel": never_ch,
+            "never_watched_topic": never_topic,
+            "has_cg_score": has_cg,
+        },
+        columns=list(FLAG_COLUMNS),
+    ).astype(np.float32)
+
+    if "source" in req.columns:
+        src_codes, src_names = _str_codes_of(req["source"])
+    else:
+        src_codes, src_names = np.full(n, -1, dtype=np.int64), np.array([], dtype=object)
+    rows = pd.DataFrame(
+        {
+            "user_id": r_user,
+            "item_id": r_item,
+            "timestamp": r_t,
+            "source": _categorical(src_codes, src_names),
+            "user_language": user_lang,
+            "item_language": _categorical(il_codes[ipos], il_names),
+            "channel_id": _categorical(ch_codes[ipos], ch_names),
+        }
+    )
+    if "position" in req.columns:
+        rows["position"] = req["position"].to_numpy()
+    if "clicked" in req.columns:
+        rows["clicked"] = pd.to_numeric(req["clicked"]).to_numpy(dtype=np.int8)
+        rows["watch_time"] = pd.to_numeric(req["watch_time"]).to_numpy(dtype=np.float64)
+
+    return RankerFrame(
+        rows=rows,
+        continuous=continuous,
+        flags=flags,
+        history_items=history_items.astype(np.int64),
+        history_end=hist_end.astype(np.int64),
+        history_count=user_activity.astype(np.int64),
+        topics=topics,
+        topic_row=topic_row.astype(np.int64),
+        history_len=int(history_len),
+    )
+
+
+# ---------------------------------------------------------------------- vocabularies
+
+
+@dataclass
+class EncodedRankerFrame:
+    """Integer codes of a `RankerFrame` (0 = padding/OOV everywhere).
+
+    item, user_language, item_language, channel, source: (N,) int64
+    history_codes (W,) int64 codes of frame.history_items; topic_codes (I, T) int64
+    history_end, history_count, topic_row: as in RankerFrame
+    """
+
+    item: np.ndarray
+    user_language: np.ndarray
+    item_language: np.ndarray
+    channel: np.ndarray
+    source: np.ndarray
+    history_codes: np.ndarray
+    history_end: np.ndarray
+    history_count: np.ndarray
+    topic_codes: np.ndarray
+    topic_row: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def history(self, rows: np.ndarray, history_len: int) -> np.ndarray:
+        """Return the watched-bag codes (B, L) int64 of `rows`, most recent first, 0 = padding."""
+        end = self.history_end[rows]  # (B,)
+        count = np.minimum(self.history_count[rows], history_len)  # (B,)
+        offs = np.arange(history_len, dtype=np.int64)  # (L,)
+        valid = offs[None, :] < count[:, None]  # (B, L)
+        if len(self.history_codes) == 0:
+            return np.zeros(valid.shape, dtype=np.int64)
+        pos = np.where(valid, end[:, None] - 1 - offs[None, :], 0)  # (B, L)
+        return np.where(valid, self.history_codes[pos], 0)
+
+    def topics(self, rows: np.ndarray) -> np.ndarray:
+        """Return the topic codes (B, T) int64 of `rows`, 0 = padding."""
+        return self.topic_codes[self.topic_row[rows]]
+
+
+def _covered(end: np.ndarray, count: np.ndarray, history_len: int, size: int) -> np.ndarray:
+    """Return a (size,) bool mask of history positions that fall in at least one row's bag."""
+    start = end - np.minimum(count, history_len)
+    diff = (
+        np.bincount(start, minlength=size + 1)[: size + 1]
+        - np.bincount(end, minlength=size + 1)[: size + 1]
+    )
+    return np.cumsum(diff)[:size] > 0
+
+
+@dataclass
+class RankerVocabularies:
+    """One `IdVocabulary` per id space (see `ID_SPACES`), fitted on a training frame."""
+
+    item: IdVocabulary
+    language: IdVocabulary
+    channel: IdVocabulary
+    topic: IdVocabulary
+    source: IdVocabulary
+
+    @classmethod
+    def fit(
+        cls,
+        frame: RankerFrame,
+        top_n: int | Mapping[str, int | None] | None = None,
+        *,
+        history_len: int | None = None,
+    ) -> RankerVocabularies:
+        """Return vocabularies of the top-N most frequent values per id space of a TRAINING frame.
+
+        Frequencies: item = scored items + the watches inside the rows' bags (each watch once);
+        language = user and item languages of the rows; channel, topic, source = per row.
+        `top_n` is one cap for every space or a mapping space -> cap (None = keep all);
+        everything cut maps to code 0, whose embedding is the zero vector.
+        """
+        if isinstance(top_n, Mapping):
+            unknown = set(top_n) - set(ID_SPACES)
+            if unknown:
+                raise ValueError(
+                    f"top_n names unknown id space(s) {sorted(unknown)}; known: {ID_SPACES}"
+                )
+            caps = {s: top_n.get(s) for s in ID_SPACES}
+        else:
+            caps = dict.fromkeys(ID_SPACES, top_n)
+        for space, cap in caps.items():
+            if cap is not None and int(cap) < 1:
+                raise ValueError(f"top_n for id space {space!r} must be >= 1 or None, got {cap}")
+        if len(frame) == 0:
+            raise ValueError("RankerVocabularies.fit: the training frame has 0 rows")
+        length = frame.history_len if history_len is None else int(history_len)
+        rows = frame.rows
+        cov = _covered(frame.history_end, frame.history_count, length, len(frame.history_items))
+        item_values = np.concatenate([rows["item_id"].to_numpy(np.int64), frame.history_items[cov]])
+        lang = pd.concat([rows["user_language"], rows["item_language"]], ignore_index=True)
+        topic_values = frame.topics[frame.topic_row].reshape(-1)
+        topic_values = topic_values[pd.notna(topic_values)]
+
+        def vocab(space: str) -> IdVocabulary:
+            return IdVocabulary(max_size=caps[space], name=space)
+
+        return cls(
+            item=vocab("item").fit(item_values),
+            language=vocab("language").fit(lang.dropna().astype(str)),
+            channel=vocab("channel").fit(rows["channel_id"].dropna().astype(str)),
+            topic=vocab("topic").fit(pd.Series(topic_values, dtype=object).astype(str)),
+            source=vocab("source").fit(rows["source"].dropna().astype(str)),
+        )
+
+    def sizes(self) -> dict[str, int]:
+        """Return the number of codes (incl. 0) per id space."""
+        return {s: len(getattr(self, s)) for s in ID_SPACES}
+
+    def embedding_widths(
+        self, *, scale: float = 6.0, min_width: int = 4, max_width: int = 128
+    ) -> dict[str, int]:
+        """Return the embedding width per id space by `embedding_width`."""
+        return {
+            s: embedding_width(n, scale=scale, min_width=min_width, max_width=max_width)
+            for s, n in self.sizes().items()
+        }
+
+    @staticmethod
+    def _codes(vocab: IdVocabulary, column: pd.Series) -> np.ndarray:
+        """Return vocabulary codes (N,) of a categorical (or object) column; missing -> 0."""
+        cat = (
+            column.astype("category")
+            if not isinstance(column.dtype, pd.CategoricalDtype)
+            else column
+        )
+        names = cat.cat.categories.to_numpy(dtype=object)
+        table = np.concatenate(
+            [[0], vocab.transform(np.array([str(v) for v in names], dtype=object))]
+        )
+        return table[cat.cat.codes.to_numpy(dtype=np.int64) + 1].astype(np.int64)  # code -1 -> 0
+
+    @staticmethod
+    def _object_codes(vocab: IdVocabulary, values: np.ndarray) -> np.ndarray:
+        """Return vocabulary codes of an object array (None/NaN -> 0), any shape."""
+        flat = values.reshape(-1)
+        codes, names = pd.factorize(flat)
+        table = np.concatenate(
+            [[0], vocab.transform(np.array([str(v) for v in names], dtype=object))]
+        )
+        return table[codes + 1].astype(np.int64).reshape(values.shape)
+
+    def encode(self, frame: RankerFrame) -> EncodedRankerFrame:
+        """Return the integer codes of `frame` (unknown and missing values -> 0)."""
+        rows = frame.rows
+        return EncodedRankerFrame(
+            item=self.item.transform(rows["item_id"].to_numpy(np.int64)),
+            user_language=self._codes(self.language, rows["user_language"]),
+            item_language=self._codes(self.language, rows["item_language"]),
+            channel=self._codes(self.channel, rows["channel_id"]),
+            source=self._codes(self.source, rows["source"]),
+            history_codes=self.item.transform(frame.history_items),
+            history_end=frame.history_end,
+            history_count=frame.history_count,
+            topic_codes=self._object_codes(self.topic, frame.topics),
+            topic_row=frame.topic_row,
+        )
+
+    # ------------------------------------------------------------------ persist
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable record of all id spaces."""
+        return {"kind": "RankerVocabularies", **{s: getattr(self, s).to_dict() for s in ID_SPACES}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RankerVocabularies:
+        """Return the vocabularies stored by `to_dict`."""
+        if d.get("kind") != "RankerVocabularies":
+            raise ValueError(f"not a RankerVocabularies record (kind={d.get('kind')!r})")
+        missing = [s for s in ID_SPACES if s not in d]
+        if missing:
+            raise ValueError(f"RankerVocabularies record lacks id space(s) {missing}")
+        return cls(**{s: IdVocabulary.from_dict(d[s]) for s in ID_SPACES})
+
+    def save(self, path: str | Path) -> Path:
+        """Write the vocabularies as JSON (atomically); return the path."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> RankerVocabularies:
+        """Return the vocabularies saved at `path`."""
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
