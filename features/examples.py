@@ -270,7 +270,7 @@ class CandidateFeaturizer:
         searches = dataset.searches
         self.use_searches_ = searches is not None and len(searches) > 0
         train_queries = pd.Series([], dtype="object")
-        if self.use_searches_:
+        if searches is not None and len(searches) > 0:
             _require(searches, "searches", ("user_id", "timestamp", "query"))
             st = searches["timestamp"].to_numpy()
             train_queries = searches.loc[(st >= lo) & (st < hi), "query"]
@@ -455,7 +455,7 @@ class CandidateFeaturizer:
         history, history_len = _gather_last(item_codes, w_lo, w_hi, self.max_history)
 
         # search-token bag
-        if self.use_searches_ and index.s_user is not None:
+        if self.use_searches_ and len(index.s_user):
             s_hi = _first_at_or_after(index.s_user, index.s_ts, users, times)
             s_lo_user = np.searchsorted(index.s_user, users, side="left")
             s_lo = np.maximum(s_lo_user, s_hi - self.max_searches)
@@ -539,7 +539,7 @@ class CandidateFeaturizer:
         has_w = w_hi > w_lo
         first[has_w] = index.w_ts[w_lo[has_w]]
         n_s = np.zeros(n, dtype=np.float64)
-        if index.s_user is not None:
+        if len(index.s_user):
             s_hi = _first_at_or_after(index.s_user, index.s_ts, users, times)
             s_lo = np.searchsorted(index.s_user, users, side="left")
             n_s = (s_hi - s_lo).astype(np.float64)
@@ -688,6 +688,30 @@ class CandidateFeaturizer:
             return cls.from_dict(json.load(fh))
 
 
+def watched_before(
+    dataset: Dataset, user_ids: np.ndarray, at_time: int | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `(offsets (Q+1,) int64, item_ids (W,) int64)`: query q's watches strictly before
+    its time are `item_ids[offsets[q]:offsets[q+1]]`, oldest first (CSR layout).
+
+    `at_time` is one time for all users or one per user; unknown users have no watches.
+    """
+    _require(dataset.watches, "watches", ("user_id", "item_id", "timestamp"))
+    users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    times = np.broadcast_to(np.asarray(at_time, dtype=np.int64), users.shape)
+    w = _sorted_watches(dataset.watches)
+    w_user = w["user_id"].to_numpy(dtype=np.int64)
+    w_item = w["item_id"].to_numpy(dtype=np.int64)
+    hi = _first_at_or_after(w_user, w["timestamp"].to_numpy(dtype=np.int64), users, times)
+    lo = np.searchsorted(w_user, users, side="left")
+    lengths = np.maximum(hi - lo, 0)
+    offsets = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # element t of query q is w_item[lo[q] + t]
+    gather = np.repeat(lo - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+    return offsets, w_item[gather]
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -698,15 +722,15 @@ class _EventIndex:
     w_user: np.ndarray  # (W,) int64
     w_ts: np.ndarray  # (W,) int64
     w_item: np.ndarray  # (W,) int64
-    s_user: np.ndarray | None  # (M,) int64
-    s_ts: np.ndarray | None  # (M,) int64
+    s_user: np.ndarray  # (M,) int64 (empty without searches)
+    s_ts: np.ndarray  # (M,) int64
     s_token_ptr: np.ndarray  # (M+1,) int64 offsets into s_tokens
     s_tokens: np.ndarray  # (T,) object tokens of the sorted searches
 
     @classmethod
     def build(cls, dataset: Dataset) -> _EventIndex:
         w = _sorted_watches(dataset.watches)
-        s_user = s_ts = None
+        s_user = s_ts = np.zeros(0, dtype=np.int64)
         ptr = np.zeros(1, dtype=np.int64)
         tokens = np.zeros(0, dtype=object)
         searches = dataset.searches

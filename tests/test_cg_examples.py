@@ -357,3 +357,13 @@ def test_first_at_or_after_matches_brute_force(time_scale: int) -> None:
         (ev_user[None, :] == q_user[:, None]) & (ev_ts[None, :] < q_ts[:, None])
     )
     np.testing.assert_array_equal(got, before.sum(axis=1))
+
+
+def test_watched_before_is_csr_of_strictly_earlier_watches() -> None:
+    from features.examples import watched_before
+
+    ds = _hand_dataset()
+    offsets, items = watched_before(ds, np.array([7, 8, 99, 7]), np.array([200, 300, 300, 301]))
+    # user 7 before 200: [1]; user 8 before 300: [1]; unknown 99: []; user 7 before 301: [1, 2, 3, 4]
+    assert offsets.tolist() == [0, 1, 2, 2, 6]
+    assert items.tolist() == [1, 1, 1, 2, 3, 4]

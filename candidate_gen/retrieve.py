@@ -1,0 +1,109 @@
+"""Candidate retrieval (SPEC §4): user vectors at serving time -> top-k items from an index.
+
+Where it sits: a `TrainedCandidateGenerator` (towers + featurizer) gives user vectors with
+example age 0 from the history strictly before the serving time; a `CandidateIndex`
+(`ExactIndex` oracle or `AnnoyIndex`) over the model's item vectors answers the top-k; the
+result is a long table of candidates that `ranking` scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from candidate_gen.index import AnnoyIndex, CandidateIndex, ExactIndex
+from candidate_gen.train import TrainedCandidateGenerator
+from features.examples import watched_before
+from features.tables import Dataset
+
+__all__ = ["Retriever", "build_index"]
+
+CANDIDATE_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "score", "rank")
+
+
+def build_index(
+    model: TrainedCandidateGenerator,
+    kind: str = "annoy",
+    *,
+    n_trees: int = 50,
+    search_k: int = -1,
+    seed: int = 0,
+) -> CandidateIndex:
+    """Return an index ("annoy" or "exact") over the model's vectors for its whole catalog."""
+    ids, vectors = model.item_embeddings()
+    if kind == "annoy":
+        return AnnoyIndex(vectors, ids, n_trees=n_trees, search_k=search_k, seed=seed)
+    if kind == "exact":
+        return ExactIndex(vectors, ids)
+    raise ValueError(f"unknown index kind {kind!r}; use 'annoy' or 'exact'")
+
+
+class Retriever:
+    """Retrieves candidates for users at a time: model user vectors -> index top-k.
+
+    `dataset` provides the users' histories (watches, searches) and attributes; only events
+    strictly before `at_time` are read.
+    """
+
+    def __init__(
+        self, model: TrainedCandidateGenerator, index: CandidateIndex, dataset: Dataset
+    ) -> None:
+        if index.dim != model.config.embedding_dim:
+            raise ValueError(
+                f"the index holds {index.dim}-dim vectors but the model makes "
+                f"{model.config.embedding_dim}-dim ones; build the index from this model"
+            )
+        self.model = model
+        self.index = index
+        self.dataset = dataset
+
+    def user_vectors(self, user_ids: np.ndarray, at_time: int | np.ndarray) -> np.ndarray:
+        """Return the serving vectors (Q, E) of `user_ids` at `at_time` (example age 0)."""
+        features = self.model.featurizer.serving(self.dataset, user_ids, at_time)
+        return self.model.user_embeddings(features, example_age=0.0)
+
+    def retrieve(
+        self,
+        user_ids: np.ndarray,
+        k: int,
+        *,
+        at_time: int | np.ndarray,
+        exclude_watched: bool = False,
+    ) -> pd.DataFrame:
+        """Return candidates as a DataFrame(user_id, item_id, score, rank), rank 1 = best.
+
+        Up to `k` rows per user (fewer when the catalog, minus exclusions, is smaller); with
+        `exclude_watched`, items the user watched before `at_time` are never returned.
+        """
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        if len(users) == 0:
+            return _empty()
+        vectors = self.user_vectors(users, at_time)
+        exclude = None
+        if exclude_watched:
+            offsets, watched = watched_before(self.dataset, users, at_time)
+            exclude = np.split(watched, offsets[1:-1])  # one array per user, as the index takes
+        ids, scores = self.index.search(vectors, int(k), exclude)
+        found = ids >= 0  # (Q, k) padding where fewer than k items remain
+        ranks = np.broadcast_to(np.arange(1, ids.shape[1] + 1), ids.shape)
+        return pd.DataFrame(
+            {
+                "user_id": np.repeat(users, ids.shape[1]).reshape(ids.shape)[found],
+                "item_id": ids[found],
+                "score": scores[found].astype(np.float32),
+                "rank": ranks[found].astype(np.int64),
+            }
+        )
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": np.zeros(0, np.int64),
+            "item_id": np.zeros(0, np.int64),
+            "score": np.zeros(0, np.float32),
+            "rank": np.zeros(0, np.int64),
+        }
+    )
