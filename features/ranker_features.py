@@ -135,8 +135,8 @@ class RankerFrame:
                 "'watch_time' columns (e.g. dataset.impressions) to train or evaluate on it"
             )
         return (
-            self.rows["clicked"].to_numpy(dtype=np.int8),
-            self.rows["watch_time"].to_numpy(dtype=np.float64),
+            np.array(self.rows["clicked"].to_numpy(dtype=np.int8)),  # writable copies
+            np.array(self.rows["watch_time"].to_numpy(dtype=np.float64)),
         )
 
     def history_matrix(

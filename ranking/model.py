@@ -1,0 +1,200 @@
+"""The deep ranker (SPEC §5, [YT16] §4): embeddings + normalized continuous features -> ReLU
+tower -> one logit, trained by watch-time-weighted logistic regression.
+
+Where this sits: `features.ranker_features` gives integer codes and raw continuous features,
+`ranking.train` normalizes them and batches them as `RankerBatch`; this module holds only the
+network (`DeepRanker`), the objective (`weighted_logistic_loss`, a pure function) and the
+serving transform (`expected_watch_time`).
+
+Why exp(logit) is a watch time: with positives weighted by their watch time T_i and negatives by
+1, the odds the model learns are Σ T_i / (N - k) (k clicks among N impressions), which is
+E[T] (1 + P) ≈ E[T] when the click probability P is small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ranking.config import WEIGHTINGS
+
+#: Embedding tables of the ranker; the scored item and the watched bag share "item", the user
+#: and item language share "language".
+EMBEDDING_SPACES: tuple[str, ...] = ("item", "language", "channel", "topic", "source")
+
+
+@dataclass
+class RankerBatch:
+    """One batch of ranker inputs (0 = padding/OOV in every code tensor).
+
+    item            (B,) int64 scored item codes
+    history         (B, L) int64 watched-bag item codes, 0-padded
+    user_language   (B,) int64
+    item_language   (B,) int64
+    channel         (B,) int64
+    topics          (B, T) int64 topic codes, 0-padded
+    source          (B,) int64 candidate source codes
+    dense           (B, D) float32 normalized continuous features (+ 0/1 flags); D may be 0
+    """
+
+    item: torch.Tensor
+    history: torch.Tensor
+    user_language: torch.Tensor
+    item_language: torch.Tensor
+    channel: torch.Tensor
+    topics: torch.Tensor
+    source: torch.Tensor
+    dense: torch.Tensor
+
+    def to(self, device: torch.device | str) -> RankerBatch:
+        """Return the batch with every tensor moved to `device`."""
+        return RankerBatch(
+            **{
+                name: getattr(self, name).to(device, non_blocking=True)
+                for name in self.__dataclass_fields__
+            }
+        )
+
+    def __len__(self) -> int:
+        return int(self.item.shape[0])
+
+
+class DeepRanker(nn.Module):
+    """Returns one logit per impression; exp(logit) is the expected watch time.
+
+    vocab_sizes / embedding_widths: per space in EMBEDDING_SPACES (rows incl. code 0).
+    n_dense: width of `RankerBatch.dense` (ignored, and not read, when use_continuous=False).
+    hidden: ReLU layer widths; () gives a linear model over the concatenated inputs.
+    """
+
+    def __init__(
+        self,
+        vocab_sizes: Mapping[str, int],
+        embedding_widths: Mapping[str, int],
+        n_dense: int,
+        hidden: Sequence[int] = (1024, 512, 256),
+        *,
+        use_continuous: bool = True,
+    ) -> None:
+        super().__init__()
+        missing = [s for s in EMBEDDING_SPACES if s not in vocab_sizes or s not in embedding_widths]
+        if missing:
+            raise ValueError(
+                f"DeepRanker: vocab_sizes and embedding_widths need the spaces {missing}"
+            )
+        if n_dense < 0:
+            raise ValueError(f"DeepRanker: n_dense must be >= 0, got {n_dense}")
+        self.vocab_sizes = {s: int(vocab_sizes[s]) for s in EMBEDDING_SPACES}
+        self.embedding_widths = {s: int(embedding_widths[s]) for s in EMBEDDING_SPACES}
+        self.n_dense = int(n_dense)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.use_continuous = bool(use_continuous)
+        self.embeddings = nn.ModuleDict(
+            {
+                s: nn.Embedding(self.vocab_sizes[s], self.embedding_widths[s], padding_idx=0)
+                for s in EMBEDDING_SPACES
+            }
+        )
+        for s, table in self.embeddings.items():
+            # small init keeps the first logits near 0; row 0 (padding/OOV) stays the zero vector
+            nn.init.normal_(table.weight, std=1.0 / self.embedding_widths[s] ** 0.5)
+            with torch.no_grad():
+                table.weight[0].zero_()
+        w = self.embedding_widths
+        # scored item, watched bag, user language, item language, channel, topics, source
+        n_in = 2 * w["item"] + 2 * w["language"] + w["channel"] + w["topic"] + w["source"]
+        n_in += self.n_dense if self.use_continuous else 0
+        layers: list[nn.Module] = []
+        for width in self.hidden:
+            layers += [nn.Linear(n_in, width), nn.ReLU()]
+            n_in = width
+        layers.append(nn.Linear(n_in, 1))
+        self.tower = nn.Sequential(*layers)
+
+    def forward(self, batch: RankerBatch) -> torch.Tensor:
+        """Return the logits (B,) of a batch."""
+        e = self.embeddings
+        parts = [
+            e["item"](batch.item),  # (B, Ei)
+            # mean over the non-padding ids of the bag (padding excluded; an empty bag gives 0)
+            F.embedding_bag(batch.history, e["item"].weight, mode="mean", padding_idx=0),  # (B, Ei)
+            e["language"](batch.user_language),  # (B, El)
+            e["language"](batch.item_language),  # (B, El)
+            e["channel"](batch.channel),  # (B, Ec)
+            F.embedding_bag(batch.topics, e["topic"].weight, mode="mean", padding_idx=0),  # (B, Et)
+            e["source"](batch.source),  # (B, Es)
+        ]
+        if self.use_continuous:
+            if batch.dense.shape[1] != self.n_dense:
+                raise ValueError(
+                    f"DeepRanker was built for {self.n_dense} dense features, the batch has "
+                    f"{batch.dense.shape[1]}; normalize with the ranker's own normalizer"
+                )
+            parts.append(batch.dense)  # (B, D)
+        x = torch.cat(parts, dim=1)  # (B, n_in)
+        return self.tower(x).squeeze(-1)  # (B,)
+
+    def spec(self) -> dict[str, object]:
+        """Return the constructor arguments (JSON-serialisable) to rebuild this network."""
+        return {
+            "vocab_sizes": dict(self.vocab_sizes),
+            "embedding_widths": dict(self.embedding_widths),
+            "n_dense": self.n_dense,
+            "hidden": list(self.hidden),
+            "use_continuous": self.use_continuous,
+        }
+
+
+def example_weights(
+    clicked: torch.Tensor, watch_time: torch.Tensor, weighting: str
+) -> torch.Tensor:
+    """Return per-impression weights (B,): watch time for clicks and 1 otherwise, or all 1."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "click":
+        return torch.ones_like(watch_time, dtype=torch.float32)
+    return torch.where(
+        clicked > 0, watch_time.to(torch.float32), torch.ones_like(watch_time, dtype=torch.float32)
+    )
+
+
+def weighted_logistic_loss(
+    logits: torch.Tensor,
+    clicked: torch.Tensor,
+    watch_time: torch.Tensor,
+    weighting: str = "watch_time",
+    *,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Return the weighted cross-entropy of click labels: Σ w_i ℓ_i / Σ w_i (reduction="mean").
+
+    ℓ_i = -[y_i log σ(z_i) + (1 - y_i) log(1 - σ(z_i))]; w_i = watch time for clicked rows and
+    1 for the others ("watch_time"), or 1 for all ("click"). reduction "sum" gives Σ w_i ℓ_i,
+    "none" the per-row w_i ℓ_i (B,).
+    """
+    if logits.shape != clicked.shape or logits.shape != watch_time.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)}, clicked {tuple(clicked.shape)} and watch_time "
+            f"{tuple(watch_time.shape)} must have the same shape"
+        )
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    w = example_weights(clicked, watch_time, weighting)  # (B,)
+    per_row = F.binary_cross_entropy_with_logits(
+        logits.float(), (clicked > 0).float(), reduction="none"
+    )
+    weighted = w * per_row  # (B,)
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    return weighted.sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def expected_watch_time(logits: torch.Tensor) -> torch.Tensor:
+    """Return exp(logit), the expected watch time a watch-time-weighted ranker predicts."""
+    return torch.exp(logits)

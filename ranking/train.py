@@ -1,0 +1,492 @@
+"""Training, checkpointing and scoring of the deep ranker (SPEC §5).
+
+Where this sits: `RankerFrame` (features.ranker_features) -> vocabularies and a QuantileNormalizer
+fitted on the TRAINING frame only -> `DeepRanker` trained with the weighted logistic loss, early
+stopped on the validation weighted log loss -> `TrainedRanker`, which scores frames (logits,
+expected watch time = exp(logit)) and single users' candidate lists.
+
+Checkpoints (`checkpoint_dir`): config.json, vocabularies.json, normalizer.json once, then after
+every epoch one atomic `checkpoint.pt` (model, optimizer, best weights so far, counters, history;
+loaded with torch.load(weights_only=True)) and a readable `progress.json`. Calling
+`train_ranker` again with the same directory and config resumes after the last finished epoch;
+batch order depends only on (seed, epoch), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from features.atomic import atomic_path, atomic_write_json
+from features.normalize import QuantileNormalizer
+from features.ranker_features import (
+    CONTINUOUS_COLUMNS,
+    EncodedRankerFrame,
+    RankerFrame,
+    RankerVocabularies,
+    build_ranker_frame,
+)
+from features.tables import Dataset
+from ranking.config import RankerConfig
+from ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
+
+_CHECKPOINT = "checkpoint.pt"
+_MODEL = "model.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for a config's device string ("auto" = cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} was requested but CUDA is not available; use device='cpu' or 'auto'"
+        )
+    return torch.device(name)
+
+
+def dense_features(
+    config: RankerConfig, normalizer: QuantileNormalizer, frame: RankerFrame
+) -> np.ndarray:
+    """Return the dense input (N, D) float32: [x~, x~^2, sqrt(x~)] (or x~) and the 0/1 flags.
+
+    D = 0 when config.use_continuous is False (the ablation).
+    """
+    if not config.use_continuous:
+        return np.zeros((len(frame), 0), dtype=np.float32)
+    xt = normalizer.transform(frame.continuous)  # (N, F) in [0, 1)
+    parts = [QuantileNormalizer.expand(xt) if config.continuous_powers else xt]
+    parts.append(frame.flags.to_numpy(dtype=np.float32))  # (N, n_flags)
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+
+@dataclass
+class _Inputs:
+    """A frame's model inputs in numpy, batched on demand."""
+
+    codes: EncodedRankerFrame
+    dense: np.ndarray  # (N, D) float32
+    history_len: int
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> RankerBatch:
+        c = self.codes
+        return RankerBatch(
+            item=torch.from_numpy(c.item[rows]),
+            history=torch.from_numpy(c.history(rows, self.history_len)),  # (B, L)
+            user_language=torch.from_numpy(c.user_language[rows]),
+            item_language=torch.from_numpy(c.item_language[rows]),
+            channel=torch.from_numpy(c.channel[rows]),
+            topics=torch.from_numpy(np.ascontiguousarray(c.topics(rows))),  # (B, T)
+            source=torch.from_numpy(c.source[rows]),
+            dense=torch.from_numpy(self.dense[rows]),  # (B, D)
+        ).to(device)
+
+
+class TrainedRanker:
+    """A trained deep ranker with the vocabularies and normalizer it was trained with."""
+
+    def __init__(
+        self,
+        config: RankerConfig,
+        vocabularies: RankerVocabularies,
+        normalizer: QuantileNormalizer,
+        model: DeepRanker,
+        *,
+        history: Sequence[dict[str, float]] = (),
+        best_epoch: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
+        self.config = config
+        self.vocabularies = vocabularies
+        self.normalizer = normalizer
+        self.device = device if device is not None else resolve_device(config.device)
+        self.model = model.to(self.device).eval()
+        self.history = [dict(h) for h in history]
+        self.best_epoch = int(best_epoch)
+
+    def _inputs(self, frame: RankerFrame) -> _Inputs:
+        return _Inputs(
+            codes=self.vocabularies.encode(frame),
+            dense=dense_features(self.config, self.normalizer, frame),
+            history_len=self.config.history_len,
+        )
+
+    def predict_logit(self, frame: RankerFrame, *, batch_size: int = 8192) -> np.ndarray:
+        """Return the logits (N,) float64 of the frame's rows, in row order."""
+        if batch_size < 1:
+            raise ValueError(f"predict_logit: batch_size must be >= 1, got {batch_size}")
+        inputs = self._inputs(frame)
+        out = np.empty(len(frame), dtype=np.float64)
+        self.model.eval()
+        with torch.inference_mode():
+            for lo in range(0, len(frame), batch_size):
+                rows = np.arange(lo, min(lo + batch_size, len(frame)))
+                out[rows] = self.model(inputs.batch(rows, self.device)).double().cpu().numpy()
+        return out
+
+    def predict_expected_watch_time(
+        self, frame: RankerFrame, *, batch_size: int = 8192
+    ) -> np.ndarray:
+        """Return exp(logit) (N,): the expected watch time in seconds (the ranking score).
+
+        Meaningful as a watch time for weighting="watch_time"; for the click-only variant it is
+        the click odds.
+        """
+        return np.exp(self.predict_logit(frame, batch_size=batch_size))
+
+    def score_items(
+        self,
+        dataset: Dataset,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray,
+        t: int,
+        *,
+        cg_scores: Sequence[float] | np.ndarray | None = None,
+        source: str | Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Return DataFrame(item_id, expected_watch_time) for one user's candidates at time t.
+
+        Rows keep the order of `item_ids`; features use only `dataset` events before t.
+        """
+        ids = np.asarray(item_ids, dtype=np.int64)
+        req = pd.DataFrame(
+            {
+                "user_id": np.full(len(ids), int(user_id), dtype=np.int64),
+                "item_id": ids,
+                "timestamp": np.full(len(ids), int(t), dtype=np.int64),
+            }
+        )
+        if cg_scores is not None:
+            scores = np.asarray(cg_scores, dtype=np.float64)
+            if scores.shape != ids.shape:
+                raise ValueError(
+                    f"cg_scores has {scores.size} values for {ids.size} item_ids; give one per item"
+                )
+            req["cg_score"] = scores
+        if source is not None:
+            req["source"] = source if isinstance(source, str) else list(source)
+        if len(ids) == 0:
+            return pd.DataFrame({"item_id": ids, "expected_watch_time": np.zeros(0)})
+        frame = build_ranker_frame(dataset, req, history_len=self.config.history_len)
+        return pd.DataFrame(
+            {"item_id": ids, "expected_watch_time": self.predict_expected_watch_time(frame)}
+        )
+
+    # ------------------------------------------------------------------ persist
+    def save(self, directory: str | Path) -> Path:
+        """Write config, vocabularies, normalizer, weights and training record to `directory`."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "config.json", self.config.to_dict())
+        self.vocabularies.save(d / "vocabularies.json")
+        self.normalizer.save(d / "normalizer.json")
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        with atomic_path(d / _MODEL) as tmp:
+            torch.save(state, tmp)
+        atomic_write_json(
+            d / "ranker.json",
+            {
+                "kind": "TrainedRanker",
+                "model": self.model.spec(),
+                "history": self.history,
+                "best_epoch": self.best_epoch,
+            },
+        )
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | None = None) -> TrainedRanker:
+        """Return the ranker saved in `directory` (on `device`, default the config's)."""
+        d = Path(directory)
+        needed = ["config.json", "vocabularies.json", "normalizer.json", _MODEL, "ranker.json"]
+        missing = [n for n in needed if not (d / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"{d} is not a saved TrainedRanker: missing {missing}")
+        config = RankerConfig.from_dict(_read_json(d / "config.json"))
+        meta = _read_json(d / "ranker.json")
+        dev = resolve_device(device or config.device)
+        model = _build_model(meta["model"])
+        model.load_state_dict(torch.load(d / _MODEL, map_location=dev, weights_only=True))
+        return cls(
+            config,
+            RankerVocabularies.load(d / "vocabularies.json"),
+            QuantileNormalizer.load(d / "normalizer.json"),
+            model,
+            history=meta.get("history", []),
+            best_epoch=meta.get("best_epoch", 0),
+            device=dev,
+        )
+
+
+def predict_expected_watch_time(
+    ranker: TrainedRanker,
+    dataset: Dataset,
+    user_id: int,
+    item_ids: Sequence[int] | np.ndarray,
+    t: int,
+    *,
+    cg_scores: Sequence[float] | np.ndarray | None = None,
+    source: str | Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Return DataFrame(item_id, expected_watch_time) of `item_ids` for `user_id` at time t."""
+    return ranker.score_items(dataset, user_id, item_ids, t, cg_scores=cg_scores, source=source)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _build_model(spec: dict[str, Any]) -> DeepRanker:
+    return DeepRanker(
+        spec["vocab_sizes"],
+        spec["embedding_widths"],
+        spec["n_dense"],
+        spec["hidden"],
+        use_continuous=spec["use_continuous"],
+    )
+
+
+def _labels(frame: RankerFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if not frame.has_labels:
+        raise ValueError(f"{what} has no labels: build it from impressions (clicked, watch_time)")
+    if len(frame) == 0:
+        raise ValueError(f"{what} has 0 rows")
+    return frame.labels()
+
+
+def _weighted_log_loss(
+    model: DeepRanker,
+    inputs: _Inputs,
+    clicked: np.ndarray,
+    watch_time: np.ndarray,
+    weighting: str,
+    device: torch.device,
+    batch_size: int,
+) -> float:
+    """Return Σ w ℓ / Σ w over a frame (the early-stopping criterion)."""
+    total, weight = 0.0, 0.0
+    model.eval()
+    with torch.inference_mode():
+        for lo in range(0, len(clicked), batch_size):
+            rows = np.arange(lo, min(lo + batch_size, len(clicked)))
+            logits = model(inputs.batch(rows, device)).float().cpu()
+            c, wt = torch.from_numpy(clicked[rows]), torch.from_numpy(watch_time[rows])
+            total += float(weighted_logistic_loss(logits, c, wt, weighting, reduction="sum"))
+            weight += float(example_weights(c, wt, weighting).sum())
+    return total / max(weight, 1e-30)
+
+
+#: Fields a resumed run may change: training can be extended or made more patient.
+_RESUMABLE_CHANGES = ("epochs", "patience")
+
+
+def _prepare_dir(d: Path, config: RankerConfig) -> None:
+    """Create the checkpoint directory or check that it holds a run of the same config.
+
+    Only `epochs` and `patience` may differ (to extend a finished or interrupted run).
+    """
+    cfg_path = d / "config.json"
+    new = config.to_dict()
+    if cfg_path.exists():
+        saved = _read_json(cfg_path)
+        diff = sorted(
+            k
+            for k in set(saved) | set(new)
+            if saved.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
+        )
+        if diff:
+            raise ValueError(
+                f"checkpoint directory {d} holds a run with a different config (fields {diff}); "
+                "use another directory or delete it to start over"
+            )
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg_path, new)
+
+
+def train_ranker(
+    config: RankerConfig,
+    train_frame: RankerFrame,
+    valid_frame: RankerFrame | None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainedRanker:
+    """Return a `TrainedRanker` trained on `train_frame`, early-stopped on `valid_frame`.
+
+    Vocabularies and the quantile normalizer are fitted on `train_frame` only. With
+    `valid_frame=None` all `config.epochs` epochs run and the last weights are kept. With a
+    `checkpoint_dir` holding an interrupted run of the same config (epochs and patience may
+    grow), training resumes after its last finished epoch.
+    """
+    clicked, watch_time = _labels(train_frame, "train_frame")
+    if valid_frame is not None:
+        v_clicked, v_watch_time = _labels(valid_frame, "valid_frame")
+    device = resolve_device(config.device)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+    if ckpt_dir is not None and (ckpt_dir / "vocabularies.json").exists():
+        _prepare_dir(ckpt_dir, config)
+        vocabs = RankerVocabularies.load(ckpt_dir / "vocabularies.json")
+        normalizer = QuantileNormalizer.load(ckpt_dir / "normalizer.json")
+    else:
+        vocabs = RankerVocabularies.fit(
+            train_frame, top_n=config.vocab_top_n, history_len=config.history_len
+        )
+        normalizer = QuantileNormalizer(config.n_quantiles).fit(
+            train_frame.continuous[list(CONTINUOUS_COLUMNS)]
+        )
+        if ckpt_dir is not None:
+            _prepare_dir(ckpt_dir, config)
+            vocabs.save(ckpt_dir / "vocabularies.json")
+            normalizer.save(ckpt_dir / "normalizer.json")
+
+    train_in = _Inputs(
+        vocabs.encode(train_frame),
+        dense_features(config, normalizer, train_frame),
+        config.history_len,
+    )
+    valid_in = (
+        _Inputs(
+            vocabs.encode(valid_frame),
+            dense_features(config, normalizer, valid_frame),
+            config.history_len,
+        )
+        if valid_frame is not None
+        else None
+    )
+
+    widths = vocabs.embedding_widths(
+        scale=config.embedding_scale, max_width=config.max_embedding_width
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = DeepRanker(
+            vocabs.sizes(),
+            widths,
+            train_in.dense.shape[1],
+            config.hidden,
+            use_continuous=config.use_continuous,
+        ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    # the loss of a batch is Σ w ℓ / (B * mean training weight): an unbiased estimate of the
+    # full objective, so the fitted odds stay Σ T / (N - k) (a per-batch Σ w would bias them)
+    mean_weight = float(
+        example_weights(
+            torch.from_numpy(clicked), torch.from_numpy(watch_time), config.weighting
+        ).mean()
+    )
+    if not mean_weight > 0:
+        raise ValueError("train_frame: every example weight is 0 (all clicks with watch_time 0?)")
+
+    start_epoch, best_loss, best_epoch, bad_epochs = 1, math.inf, 0, 0
+    history: list[dict[str, float]] = []
+    best_state = copy.deepcopy(model.state_dict())
+    if ckpt_dir is not None and (ckpt_dir / _CHECKPOINT).exists():
+        ck = torch.load(ckpt_dir / _CHECKPOINT, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        best_state = ck["best_model"]
+        start_epoch = int(ck["epoch"]) + 1
+        best_loss, best_epoch, bad_epochs = (
+            float(ck["best_loss"]),
+            int(ck["best_epoch"]),
+            int(ck["bad_epochs"]),
+        )
+        history = [dict(h) for h in ck["history"]]
+        if bad_epochs >= config.patience and valid_in is not None:
+            start_epoch = config.epochs + 1  # the run had already stopped early
+
+    n = len(train_frame)
+    c_t = torch.from_numpy(clicked)
+    w_t = torch.from_numpy(watch_time)
+    for epoch in range(start_epoch, config.epochs + 1):
+        model.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        total, seen = 0.0, 0
+        bar = tqdm(
+            total=n,
+            desc=f"ranker epoch {epoch}/{config.epochs}",
+            unit="row",
+            disable=not progress,
+            leave=False,
+        )
+        for lo in range(0, n, config.batch_size):
+            rows = order[lo : lo + config.batch_size]
+            batch = train_in.batch(rows, device)
+            logits = model(batch)
+            idx = torch.from_numpy(rows)
+            loss_sum = weighted_logistic_loss(
+                logits, c_t[idx].to(device), w_t[idx].to(device), config.weighting, reduction="sum"
+            )
+            loss = loss_sum / (len(rows) * mean_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss_sum.detach())
+            seen += len(rows)
+            bar.update(len(rows))
+            bar.set_postfix(loss=f"{total / (seen * mean_weight):.4f}")
+        bar.close()
+        record = {"epoch": float(epoch), "train_loss": total / (seen * mean_weight)}
+        if valid_in is not None:
+            v_loss = _weighted_log_loss(
+                model,
+                valid_in,
+                v_clicked,
+                v_watch_time,
+                config.weighting,
+                device,
+                max(config.batch_size, 4096),
+            )
+            record["valid_loss"] = v_loss
+            if v_loss < best_loss:
+                best_loss, best_epoch, bad_epochs = v_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+        else:
+            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+        history.append(record)
+        if progress:
+            tqdm.write(
+                f"ranker epoch {epoch}: train {record['train_loss']:.4f}"
+                + (f" valid {record['valid_loss']:.4f}" if "valid_loss" in record else "")
+            )
+        if ckpt_dir is not None:
+            with atomic_path(ckpt_dir / _CHECKPOINT) as tmp:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "best_model": best_state,
+                        "epoch": epoch,
+                        "best_loss": best_loss,
+                        "best_epoch": best_epoch,
+                        "bad_epochs": bad_epochs,
+                        "history": history,
+                    },
+                    tmp,
+                )
+            atomic_write_json(
+                ckpt_dir / "progress.json",
+                {"history": history, "best_epoch": best_epoch, "epoch": epoch},
+            )
+        if valid_in is not None and bad_epochs >= config.patience:
+            break
+
+    model.load_state_dict(best_state)
+    return TrainedRanker(
+        config, vocabs, normalizer, model, history=history, best_epoch=best_epoch, device=device
+    )

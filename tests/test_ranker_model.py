@@ -1,0 +1,354 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from features.normalize import QuantileNormalizer
+from features.ranker_features import CONTINUOUS_COLUMNS, FLAG_COLUMNS, build_ranker_frame
+from features.tables import Dataset
+from ranking.config import LightGBMConfig, RankerConfig
+from ranking.model import DeepRanker, RankerBatch, expected_watch_time, weighted_logistic_loss
+from ranking.train import TrainedRanker, predict_expected_watch_time, train_ranker
+
+torch.set_num_threads(1)
+
+# item -> (click probability, mean watch time of a click): item 0 is click-bait (often clicked,
+# barely watched), item 1 is rarely clicked but watched long
+TRUTH = {0: (0.5, 10.0), 1: (0.1, 300.0), 2: (0.2, 60.0), 3: (0.05, 30.0)}
+
+
+def world(
+    seed: int = 0, n_imps: int = 6000, n_users: int = 40, n_watches: int = 400, plain: bool = False
+) -> Dataset:
+    """Four items with known click rates and watch times (gamma, shape 4); random watches give
+    users histories. `plain`: no watches, one user language and one source, so that only the
+    item's own features vary."""
+    rng = np.random.default_rng(seed)
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(4, dtype=np.int64),
+            "upload_time": np.zeros(4, dtype=np.int64),
+            "duration": [30.0, 600.0, 120.0, 60.0],
+            "channel_id": ["bait", "docs", "docs", "misc"],
+            "topics": [["fun"], ["science", "space"], ["science"], []],
+            "language": ["en", "en", "fr", "en"],
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(n_users, dtype=np.int64),
+            "language": rng.choice(["en"] if plain else ["en", "fr"], n_users).astype(object),
+        }
+    )
+    n_w = 0 if plain else n_watches
+    watches = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users, n_w).astype(np.int64),
+            "item_id": rng.integers(0, 4, n_w).astype(np.int64),
+            "timestamp": rng.integers(0, 10_000, n_w).astype(np.int64),
+        }
+    )
+    item = rng.integers(0, 4, n_imps)
+    p = np.array([TRUTH[i][0] for i in range(4)])[item]
+    mean_t = np.array([TRUTH[i][1] for i in range(4)])[item]
+    clicked = (rng.random(n_imps) < p).astype(np.int8)
+    impressions = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users, n_imps).astype(np.int64),
+            "item_id": item.astype(np.int64),
+            "timestamp": rng.integers(0, 10_000, n_imps).astype(np.int64),
+            "clicked": clicked,
+            "watch_time": clicked * rng.gamma(4.0, mean_t / 4.0),
+            "source": rng.choice(["ann"] if plain else ["ann", "popular"], n_imps).astype(object),
+        }
+    )
+    return Dataset(users=users, items=items, watches=watches, impressions=impressions)
+
+
+def frames(
+    seed: int = 0, n_imps: int = 6000, plain: bool = False
+) -> tuple[Dataset, object, object]:
+    ds = world(seed, n_imps, plain=plain)
+    imps = ds.impressions.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    cut = int(len(imps) * 0.8)
+    return (
+        ds,
+        build_ranker_frame(ds, imps.iloc[:cut], history_len=5),
+        build_ranker_frame(ds, imps.iloc[cut:], history_len=5),
+    )
+
+
+SMALL = dict(
+    hidden=(16,), history_len=5, epochs=2, batch_size=256, n_quantiles=50, lr=0.01, patience=5
+)
+
+
+# ----------------------------------------------------------------------- the loss
+
+
+def test_weighted_logistic_loss_by_hand():
+    logits = torch.tensor([0.0, math.log(3.0)])
+    clicked = torch.tensor([1, 0])
+    wt = torch.tensor([10.0, 0.0])
+    # row 0: clicked, -log σ(0) = ln 2, weight 10; row 1: not clicked, σ(ln 3) = 3/4,
+    # -log(1 - 3/4) = ln 4, weight 1  ->  (10 ln 2 + ln 4) / 11 = (6.93147 + 1.38629) / 11
+    assert float(weighted_logistic_loss(logits, clicked, wt)) == pytest.approx(
+        (10 * math.log(2) + math.log(4)) / 11
+    )
+    # click-only: every weight 1 -> (ln 2 + ln 4) / 2
+    assert float(weighted_logistic_loss(logits, clicked, wt, "click")) == pytest.approx(
+        1.5 * math.log(2)
+    )
+    assert float(weighted_logistic_loss(logits, clicked, wt, reduction="sum")) == pytest.approx(
+        12 * math.log(2)
+    )
+    none = weighted_logistic_loss(logits, clicked, wt, reduction="none")
+    assert none.tolist() == pytest.approx([10 * math.log(2), math.log(4)])
+    assert float(expected_watch_time(torch.tensor(math.log(42.0)))) == pytest.approx(42.0)
+
+
+def test_weighted_logistic_loss_errors():
+    z = torch.zeros(2)
+    with pytest.raises(ValueError, match="must have the same shape"):
+        weighted_logistic_loss(z, torch.zeros(3), z)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        weighted_logistic_loss(z, z, z, "views")
+    with pytest.raises(ValueError, match="reduction must be"):
+        weighted_logistic_loss(z, z, z, reduction="avg")
+
+
+def test_weighted_odds_recover_total_watch_time_over_negatives():
+    # One bias fitted by weighted LR: the optimum has odds Σ T / (N - k) exactly, and that is
+    # ≈ E[T] (1 + P) with E[T] the expected watch time per impression.
+    rng = np.random.default_rng(3)
+    n, p = 20_000, 0.05
+    clicked = torch.from_numpy((rng.random(n) < p).astype(np.int64))
+    wt = torch.from_numpy(np.where(clicked.numpy() == 1, rng.exponential(120.0, n), 0.0))
+    k = int(clicked.sum())
+    target = float(wt.sum()) / (n - k)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = weighted_logistic_loss(b.expand(n), clicked, wt)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert float(torch.exp(b.detach())) == pytest.approx(target, rel=1e-4)
+    true_mean = p * 120.0  # E[T] per impression = P * E[T | click] = 6 s
+    assert float(torch.exp(b.detach())) == pytest.approx(true_mean * (1 + p), rel=0.1)
+
+
+# ---------------------------------------------------------------------- the model
+
+
+def _batch(b: int = 3, d: int = 4) -> RankerBatch:
+    return RankerBatch(
+        item=torch.tensor([1, 2, 0])[:b],
+        history=torch.tensor([[1, 0, 0], [2, 1, 0], [0, 0, 0]])[:b],
+        user_language=torch.tensor([1, 0, 1])[:b],
+        item_language=torch.tensor([1, 1, 0])[:b],
+        channel=torch.tensor([1, 1, 0])[:b],
+        topics=torch.tensor([[1, 2], [0, 0], [2, 0]])[:b],
+        source=torch.tensor([0, 1, 1])[:b],
+        dense=torch.rand(b, d),
+    )
+
+
+SIZES = {"item": 3, "language": 2, "channel": 2, "topic": 3, "source": 2}
+WIDTHS = {"item": 4, "language": 2, "channel": 2, "topic": 3, "source": 2}
+
+
+def test_deep_ranker_shapes_padding_and_shared_item_table():
+    torch.manual_seed(0)
+    m = DeepRanker(SIZES, WIDTHS, n_dense=4, hidden=(8, 4))
+    out = m(_batch())
+    assert out.shape == (3,)
+    # padding row 0 is the zero vector; one video table for the scored item and the bag
+    assert torch.all(m.embeddings["item"].weight[0] == 0)
+    assert set(m.embeddings) == {"item", "language", "channel", "topic", "source"}
+    # no hidden layer: one Linear over 2*4 + 2*2 + 2 + 3 + 2 + 4 = 23 inputs
+    lin = DeepRanker(SIZES, WIDTHS, n_dense=4, hidden=())
+    assert [type(x).__name__ for x in lin.tower] == ["Linear"] and lin.tower[0].in_features == 23
+    # without continuous features the dense block is not read at all
+    nod = DeepRanker(SIZES, WIDTHS, n_dense=4, hidden=(), use_continuous=False)
+    assert nod.tower[0].in_features == 19
+    b = _batch()
+    b.dense = torch.zeros(3, 0)
+    assert nod(b).shape == (3,)
+
+
+def test_bag_is_the_mean_of_non_padding_ids():
+    # a linear ranker whose only non-zero weights read the watched-bag block: logit = v · mean(E[bag])
+    m = DeepRanker(SIZES, WIDTHS, n_dense=0, hidden=(), use_continuous=False)
+    with torch.no_grad():
+        m.tower[0].weight.zero_()
+        m.tower[0].bias.zero_()
+        m.tower[0].weight[0, 4:8] = 1.0  # the bag block follows the scored item's 4 columns
+    b = _batch()
+    b.dense = torch.zeros(3, 0)
+    e = m.embeddings["item"].weight
+    # row 0: bag [1] -> sum E[1]; row 1: bag [2, 1] -> sum (E[1] + E[2]) / 2; row 2: empty -> 0
+    want = torch.stack([e[1].sum(), (e[1] + e[2]).sum() / 2, torch.tensor(0.0)])
+    torch.testing.assert_close(m(b), want)
+
+
+def test_deep_ranker_errors():
+    with pytest.raises(ValueError, match="need the spaces"):
+        DeepRanker({"item": 3}, WIDTHS, n_dense=0)
+    m = DeepRanker(SIZES, WIDTHS, n_dense=5, hidden=())
+    with pytest.raises(ValueError, match="built for 5 dense features"):
+        m(_batch(d=4))
+
+
+def test_config_validation_and_roundtrip():
+    c = RankerConfig(hidden=[64, 32], weighting="click")
+    assert c.hidden == (64, 32) and RankerConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        RankerConfig(weighting="views")
+    with pytest.raises(ValueError, match="hidden widths must be >= 1"):
+        RankerConfig(hidden=(0,))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        RankerConfig(batch_size=0)
+    with pytest.raises(ValueError, match="device must be"):
+        RankerConfig(device="tpu")
+    with pytest.raises(ValueError, match="unknown field"):
+        RankerConfig.from_dict({"hiden": [1]})
+    with pytest.raises(ValueError, match="num_leaves must be >= 2"):
+        LightGBMConfig(num_leaves=1)
+    assert LightGBMConfig.from_dict(LightGBMConfig().to_dict()) == LightGBMConfig()
+
+
+# ---------------------------------------------------------------------- training
+
+
+def test_normalizer_fitted_on_train_frame_only_and_dense_layout():
+    _, tr, va = frames(n_imps=1500)
+    r = train_ranker(RankerConfig(**{**SMALL, "epochs": 1}), tr, va, progress=False)
+    ref = QuantileNormalizer(50).fit(tr.continuous[list(CONTINUOUS_COLUMNS)])
+    np.testing.assert_array_equal(r.normalizer.quantiles_, ref.quantiles_)
+    assert not np.array_equal(
+        r.normalizer.quantiles_, QuantileNormalizer(50).fit(va.continuous).quantiles_
+    )
+    # dense = 3 powers of each continuous feature + the flags
+    assert r.model.n_dense == 3 * len(CONTINUOUS_COLUMNS) + len(FLAG_COLUMNS)
+    lin = train_ranker(
+        RankerConfig(**{**SMALL, "epochs": 1, "continuous_powers": False}), tr, va, progress=False
+    )
+    assert lin.model.n_dense == len(CONTINUOUS_COLUMNS) + len(FLAG_COLUMNS)
+
+
+def test_exp_logit_recovers_expected_watch_time_and_weighting_demotes_click_bait():
+    # `plain` world: only the item's own features vary, so the ranker's optimum is one logit per
+    # item with odds Σ T / (N - k) over that item's impressions (in expectation
+    # p μ / (1 - p): 10, 33.3, 15, 1.58 s for items 0..3)
+    ds, tr, _ = frames(plain=True)
+    cfg = RankerConfig(
+        hidden=(), use_continuous=False, history_len=5, epochs=60, batch_size=1200, lr=0.02
+    )
+    weighted = train_ranker(cfg, tr, None, progress=False)
+    ewt = weighted.predict_expected_watch_time(tr)
+    item = tr.rows["item_id"].to_numpy()
+    clicked, wt = tr.labels()
+    for i in range(4):
+        m = item == i
+        target = wt[m].sum() / (m.sum() - clicked[m].sum())
+        assert ewt[m].mean() == pytest.approx(target, rel=0.05), i
+    # click-bait (p=.5, 10 s) vs long watch (p=.1, 300 s): weighted ranks the long watch first,
+    # click-only ranks the click-bait first
+    assert ewt[item == 1].mean() > 2 * ewt[item == 0].mean()
+    click = train_ranker(
+        RankerConfig(**{**cfg.to_dict(), "weighting": "click"}), tr, None, progress=False
+    )
+    logit = click.predict_logit(tr)
+    assert logit[item == 0].mean() > logit[item == 1].mean()
+    assert weighted.best_epoch == 60 and len(weighted.history) == 60
+
+
+def test_early_stopping_keeps_best_epoch():
+    _, tr, va = frames(n_imps=1500)
+    # a huge step size makes the validation loss worse after a while; patience 1 stops there
+    r = train_ranker(
+        RankerConfig(**{**SMALL, "epochs": 8, "lr": 0.5, "patience": 1}), tr, va, progress=False
+    )
+    losses = [h["valid_loss"] for h in r.history]
+    assert r.best_epoch == 1 + int(np.argmin(losses))
+    assert len(r.history) == r.best_epoch + 1 or len(r.history) == 8
+
+
+def test_checkpoints_resume_to_the_same_weights(tmp_path):
+    _, tr, va = frames(n_imps=1500)
+    cfg4 = RankerConfig(**{**SMALL, "epochs": 4, "patience": 10})
+    straight = train_ranker(cfg4, tr, va, progress=False)
+    ck = tmp_path / "ck"
+    train_ranker(
+        RankerConfig(**{**SMALL, "epochs": 2, "patience": 10}),
+        tr,
+        va,
+        checkpoint_dir=ck,
+        progress=False,
+    )
+    assert {p.name for p in ck.iterdir()} >= {
+        "config.json",
+        "vocabularies.json",
+        "normalizer.json",
+        "checkpoint.pt",
+    }
+    saved = torch.load(ck / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 2
+    resumed = train_ranker(cfg4, tr, va, checkpoint_dir=ck, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v)
+    with pytest.raises(ValueError, match="different config"):
+        train_ranker(
+            RankerConfig(**{**SMALL, "lr": 0.5}), tr, va, checkpoint_dir=ck, progress=False
+        )
+
+
+def test_save_load_roundtrip_and_single_user_scoring(tmp_path):
+    ds, tr, va = frames(n_imps=1500)
+    r = train_ranker(RankerConfig(**{**SMALL, "epochs": 1}), tr, va, progress=False)
+    r.save(tmp_path / "ranker")
+    back = TrainedRanker.load(tmp_path / "ranker")
+    np.testing.assert_allclose(back.predict_logit(va), r.predict_logit(va), rtol=1e-6)
+    assert back.config == r.config and back.best_epoch == r.best_epoch
+    # one user's candidates at t: same numbers as the bulk path
+    df = predict_expected_watch_time(back, ds, 3, [2, 0, 1], 5000, cg_scores=[0.1, 0.3, 0.2])
+    assert df["item_id"].tolist() == [2, 0, 1]
+    req = pd.DataFrame(
+        {
+            "user_id": np.full(3, 3, dtype=np.int64),
+            "item_id": np.array([2, 0, 1], dtype=np.int64),
+            "timestamp": np.full(3, 5000, dtype=np.int64),
+            "cg_score": [0.1, 0.3, 0.2],
+        }
+    )
+    bulk = r.predict_expected_watch_time(build_ranker_frame(ds, req, history_len=5))
+    np.testing.assert_allclose(df["expected_watch_time"].to_numpy(), bulk, rtol=1e-6)
+    assert len(back.score_items(ds, 3, [], 5000)) == 0
+    with pytest.raises(ValueError, match="one per item"):
+        back.score_items(ds, 3, [1, 2], 5000, cg_scores=[0.1])
+    with pytest.raises(FileNotFoundError, match="not a saved TrainedRanker"):
+        TrainedRanker.load(tmp_path / "nothing")
+
+
+def test_training_input_errors():
+    ds, tr, va = frames(n_imps=500)
+    unlabeled = build_ranker_frame(
+        ds, ds.impressions[["user_id", "item_id", "timestamp"]], history_len=5
+    )
+    with pytest.raises(ValueError, match="train_frame has no labels"):
+        train_ranker(RankerConfig(**SMALL), unlabeled, va, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_cuda_request_without_cuda_is_refused():
+    _, tr, va = frames(n_imps=300)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train_ranker(RankerConfig(**{**SMALL, "device": "cuda"}), tr, va, progress=False)
