@@ -41,8 +41,9 @@ def build_index(
 class Retriever:
     """Retrieves candidates for users at a time: model user vectors -> index top-k.
 
-    `dataset` provides the users' histories (watches, searches) and attributes; only events
-    strictly before `at_time` are read.
+    `dataset` provides the users' histories (watches, searches) and attributes, indexed once
+    at construction (build a new Retriever when the logs change); only events strictly before
+    `at_time` are read.
     """
 
     def __init__(
@@ -56,10 +57,12 @@ class Retriever:
         self.model = model
         self.index = index
         self.dataset = dataset
+        # sorted and encoded once: each request then costs O(Q log W), not a pass over the logs
+        self.history = model.featurizer.index_history(dataset)
 
     def user_vectors(self, user_ids: np.ndarray, at_time: int | np.ndarray) -> np.ndarray:
         """Return the serving vectors (Q, E) of `user_ids` at `at_time` (example age 0)."""
-        features = self.model.featurizer.serving(self.dataset, user_ids, at_time)
+        features = self.model.featurizer.serving(self.history, user_ids, at_time)
         return self.model.user_embeddings(features, example_age=0.0)
 
     def retrieve(
@@ -83,7 +86,7 @@ class Retriever:
         vectors = self.user_vectors(users, at_time)
         exclude = None
         if exclude_watched:
-            offsets, watched = watched_before(self.dataset, users, at_time)
+            offsets, watched = watched_before(self.history, users, at_time)
             exclude = np.split(watched, offsets[1:-1])  # one array per user, as the index takes
         ids, scores = self.index.search(vectors, int(k), exclude)
         found = ids >= 0  # (Q, k) padding where fewer than k items remain

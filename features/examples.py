@@ -325,10 +325,10 @@ class CandidateFeaturizer:
 
         # Continuous features of the training labels -> the quantile normalizer.
         self.continuous_names_ = self.user_numeric_ + ACTIVITY_FEATURES
-        train_labels = _sorted_watches(train_watches)
-        index = _EventIndex.build(dataset)
+        history = self._build_history(dataset)
+        in_train = (history.watches.ts >= lo) & (history.watches.ts < hi)
         raw = self._raw_continuous(
-            dataset, index, train_labels["user_id"].to_numpy(), train_labels["timestamp"].to_numpy()
+            history, history.watches.user[in_train], history.watches.ts[in_train]
         )
         self.normalizer_ = QuantileNormalizer(n_quantiles=self.n_quantiles).fit(raw)
         return self
@@ -400,27 +400,27 @@ class CandidateFeaturizer:
             raise ValueError(
                 f"max_examples_per_user must be >= 1 or None, got {max_examples_per_user}"
             )
-        _require(dataset.watches, "watches", ("user_id", "item_id", "timestamp"))
-        index = _EventIndex.build(dataset)
-        in_window = (index.w_ts >= lo) & (index.w_ts < hi)
+        history = self.index_history(dataset)
+        w = history.watches
+        in_window = (w.ts >= lo) & (w.ts < hi)
         label_pos = np.flatnonzero(in_window)  # positions in the (user, time)-sorted watches
         n_in_window = int(len(label_pos))
         if max_examples_per_user is not None and n_in_window:
-            users = index.w_user[label_pos]
+            users = w.user[label_pos]
             # labels are sorted by (user, time): rank from the end of each user's run
             starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
             ends = np.r_[starts[1:], len(users)]
             run_end = np.repeat(ends, ends - starts)
             rank_from_end = run_end - 1 - np.arange(len(users))
             label_pos = label_pos[rank_from_end < max_examples_per_user]
-        users = index.w_user[label_pos]
-        times = index.w_ts[label_pos]
-        label_item = index.w_item[label_pos]
-        feats = self._user_features(dataset, index, users, times, serving=False)
+        users = w.user[label_pos]
+        times = w.ts[label_pos]
+        label_item = history.watch_items[label_pos]
+        feats = self._user_features(history, users, times, serving=False)
         return CandidateExamples(
             features=feats,
             label_item=label_item.astype(np.int64),
-            label_code=self.item_vocab_.transform(label_item),
+            label_code=history.watch_codes[label_pos].astype(np.int64),
             timestamp=times.astype(np.int64),
             featurizer=self,
             window=(lo, hi),
@@ -428,64 +428,118 @@ class CandidateFeaturizer:
             n_dropped_by_cap=n_in_window - int(len(label_pos)),
         )
 
-    def serving(
-        self, dataset: Dataset, user_ids: np.ndarray, at_time: int | np.ndarray
-    ) -> UserFeatures:
-        """Return user features at `at_time` (history strictly before it) with example age 0."""
+    def index_history(self, dataset: Dataset) -> UserHistory:
+        """Return the dataset's events indexed for this featurizer (sorted, encoded once).
+
+        Serving many small requests against the same logs should build this once and pass it
+        to `serving`: each request then costs O(Q log W) instead of re-sorting the logs.
+        """
         self._check_fitted()
-        users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
-        times = np.broadcast_to(np.asarray(at_time, dtype=np.int64), users.shape).copy()
-        index = _EventIndex.build(dataset)
-        return self._user_features(dataset, index, users, times, serving=True)
+        return self._build_history(dataset)
 
-    def _user_features(
-        self,
-        dataset: Dataset,
-        index: _EventIndex,
-        users: np.ndarray,
-        times: np.ndarray,
-        *,
-        serving: bool,
-    ) -> UserFeatures:
-        n = len(users)
-        # watched-item bag: events strictly before (user, time)
-        w_hi = _first_at_or_after(index.w_user, index.w_ts, users, times)  # (N,)
-        w_lo = np.searchsorted(index.w_user, users, side="left")  # (N,) user's first watch
-        item_codes = self.item_vocab_.transform(index.w_item).astype(np.int32)
-        history, history_len = _gather_last(item_codes, w_lo, w_hi, self.max_history)
-
-        # search-token bag
-        if self.use_searches_ and len(index.s_user):
-            s_hi = _first_at_or_after(index.s_user, index.s_ts, users, times)
-            s_lo_user = np.searchsorted(index.s_user, users, side="left")
-            s_lo = np.maximum(s_lo_user, s_hi - self.max_searches)
-            codes = self.token_vocab_.transform(index.s_tokens.astype(str)).astype(np.int32)
-            keep = codes > 0
+    def _build_history(self, dataset: Dataset) -> UserHistory:
+        _require(dataset.watches, "watches", ("user_id", "item_id", "timestamp"))
+        _require(dataset.users, "users", ("user_id",))
+        w = _sorted_watches(dataset.watches)
+        w_items = w["item_id"].to_numpy(dtype=np.int64)
+        watches = _SortedEvents(
+            w["user_id"].to_numpy(dtype=np.int64), w["timestamp"].to_numpy(dtype=np.int64)
+        )
+        s_user = s_ts = np.zeros(0, dtype=np.int64)
+        token_ptr = np.zeros(1, dtype=np.int64)
+        tokens = np.zeros(0, dtype=np.int32)
+        table = dataset.searches
+        if self.use_searches_ and table is not None and len(table):
+            _require(table, "searches", ("user_id", "timestamp", "query"))
+            su = table["user_id"].to_numpy(dtype=np.int64)
+            st = table["timestamp"].to_numpy(dtype=np.int64)
+            order = np.lexsort((st, su))
+            s_user, s_ts = su[order], st[order]
+            ptr, flat = tokens_flat(table["query"].iloc[order])
+            codes = self.token_vocab_.transform(flat.astype(str)).astype(np.int32)
+            keep = codes > 0  # OOV tokens leave the bag instead of taking a slot
             kept_before = np.zeros(len(codes) + 1, dtype=np.int64)
             np.cumsum(keep, out=kept_before[1:])
-            tok_ptr = kept_before[index.s_token_ptr]  # (M+1,) offsets into kept tokens
+            token_ptr = kept_before[ptr]  # (M+1,) offsets into the kept tokens
+            tokens = codes[keep]
+
+        users = dataset.users
+        user_index = pd.Index(users["user_id"].to_numpy(dtype=np.int64))
+        if not user_index.is_unique:
+            dup = user_index[user_index.duplicated()].unique()[:5].tolist()
+            raise ValueError(
+                f"table 'users' has duplicate user_id values (first: {dup}); keep one row per user"
+            )
+        categorical = np.zeros((len(users), len(self.user_categorical_)), dtype=np.int32)
+        for j, c in enumerate(self.user_categorical_):  # a few columns, vectorized over rows
+            if c not in users.columns:
+                raise KeyError(
+                    f"users table lacks column {c!r}, which the featurizer was fitted with; "
+                    "serve with the same user attributes as in training"
+                )
+            col = users[c].astype("string").to_numpy(dtype=object, na_value=None)
+            categorical[:, j] = self.user_vocabs_[c].transform(col)
+        numeric = np.full((len(users), len(self.user_numeric_)), np.nan)
+        for j, c in enumerate(self.user_numeric_):
+            if c not in users.columns:
+                raise KeyError(
+                    f"users table lacks numeric column {c!r}, which the featurizer was fitted "
+                    "with; serve with the same user attributes as in training"
+                )
+            numeric[:, j] = users[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        return UserHistory(
+            watches=watches,
+            watch_items=w_items,
+            watch_codes=self.item_vocab_.transform(w_items).astype(np.int32),
+            searches=_SortedEvents(s_user, s_ts),
+            token_ptr=token_ptr,
+            tokens=tokens,
+            user_index=user_index,
+            user_categorical=categorical,
+            user_numeric=numeric,
+        )
+
+    def serving(
+        self, source: Dataset | UserHistory, user_ids: np.ndarray, at_time: int | np.ndarray
+    ) -> UserFeatures:
+        """Return user features at `at_time` (history strictly before it) with example age 0.
+
+        `source` is the logs (a Dataset) or, for repeated requests, `index_history(dataset)`.
+        `at_time` is one time for all users or one per user.
+        """
+        self._check_fitted()
+        history = source if isinstance(source, UserHistory) else self.index_history(source)
+        users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        times = np.broadcast_to(np.asarray(at_time, dtype=np.int64), users.shape).copy()
+        return self._user_features(history, users, times, serving=True)
+
+    def _user_features(
+        self, history: UserHistory, users: np.ndarray, times: np.ndarray, *, serving: bool
+    ) -> UserFeatures:
+        n = len(users)
+        # watched-item bag: the user's events strictly before (user, time)
+        w_hi = history.watches.count_before(users, times)  # (N,)
+        w_lo = history.watches.user_start(users)  # (N,) the user's first watch
+        bag, bag_len = _gather_last(history.watch_codes, w_lo, w_hi, self.max_history)
+
+        # search-token bag: tokens of the last <= max_searches searches, newest tokens kept
+        if len(history.searches.user):
+            s_hi = history.searches.count_before(users, times)
+            s_lo = np.maximum(history.searches.user_start(users), s_hi - self.max_searches)
+            ptr = history.token_ptr
             search_tokens, search_len = _gather_last(
-                codes[keep], tok_ptr[s_lo], tok_ptr[s_hi], self.max_search_tokens
+                history.tokens, ptr[s_lo], ptr[s_hi], self.max_search_tokens
             )
         else:
             search_tokens = np.zeros((n, self.max_search_tokens), dtype=np.int32)
             search_len = np.zeros(n, dtype=np.int32)
 
-        # static user attributes
-        rows = pd.Index(dataset.users["user_id"].to_numpy(dtype=np.int64)).get_indexer(users)
+        rows = history.user_index.get_indexer(users)  # -1 for users missing from the table
         known = rows >= 0
         categorical = np.zeros((n, len(self.user_categorical_)), dtype=np.int32)
-        for j, c in enumerate(self.user_categorical_):  # a few columns, vectorized over rows
-            if c not in dataset.users.columns:
-                raise KeyError(
-                    f"users table lacks column {c!r}, which the featurizer was fitted with; "
-                    "serve with the same user attributes as in training"
-                )
-            col = dataset.users[c].astype("string").to_numpy(dtype=object, na_value=None)
-            codes_c = self.user_vocabs_[c].transform(col)
-            categorical[known, j] = codes_c[rows[known]]
+        categorical[known] = history.user_categorical[rows[known]]
 
-        raw = self._raw_continuous(dataset, index, users, times, w_lo=w_lo, w_hi=w_hi, rows=rows)
+        raw = self._raw_continuous(history, users, times, w_lo=w_lo, w_hi=w_hi, rows=rows)
         continuous = QuantileNormalizer.expand(self.normalizer_.transform(raw))
 
         if serving:
@@ -496,8 +550,8 @@ class CandidateFeaturizer:
         example_age = np.stack([a, a * a, np.sqrt(a)], axis=1).astype(np.float32)
         return UserFeatures(
             user_id=users.astype(np.int64),
-            history=history,
-            history_len=history_len,
+            history=bag,
+            history_len=bag_len,
             search_tokens=search_tokens,
             search_len=search_len,
             categorical=categorical,
@@ -507,8 +561,7 @@ class CandidateFeaturizer:
 
     def _raw_continuous(
         self,
-        dataset: Dataset,
-        index: _EventIndex,
+        history: UserHistory,
         users: np.ndarray,
         times: np.ndarray,
         *,
@@ -519,36 +572,28 @@ class CandidateFeaturizer:
         """(N, K) float64 raw continuous features: user-table numerics, then activity so far."""
         n = len(users)
         if w_hi is None or w_lo is None:
-            w_hi = _first_at_or_after(index.w_user, index.w_ts, users, times)
-            w_lo = np.searchsorted(index.w_user, users, side="left")
+            w_hi = history.watches.count_before(users, times)
+            w_lo = history.watches.user_start(users)
         if rows is None:
-            rows = pd.Index(dataset.users["user_id"].to_numpy(dtype=np.int64)).get_indexer(users)
-        out = np.full((n, len(self.user_numeric_) + len(ACTIVITY_FEATURES)), np.nan)
-        known = rows >= 0
-        for j, c in enumerate(self.user_numeric_):
-            if c not in dataset.users.columns:
-                raise KeyError(
-                    f"users table lacks numeric column {c!r}, which the featurizer was fitted "
-                    "with; serve with the same user attributes as in training"
-                )
-            values = dataset.users[c].to_numpy(dtype=np.float64, na_value=np.nan)
-            out[known, j] = values[rows[known]]
+            rows = history.user_index.get_indexer(users)
         k = len(self.user_numeric_)
-        n_w = (w_hi - w_lo).astype(np.float64)
+        out = np.full((n, k + len(ACTIVITY_FEATURES)), np.nan)
+        known = rows >= 0
+        out[known, :k] = history.user_numeric[rows[known]]
         first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         has_w = w_hi > w_lo
-        first[has_w] = index.w_ts[w_lo[has_w]]
+        first[has_w] = history.watches.ts[w_lo[has_w]]
         n_s = np.zeros(n, dtype=np.float64)
-        if len(index.s_user):
-            s_hi = _first_at_or_after(index.s_user, index.s_ts, users, times)
-            s_lo = np.searchsorted(index.s_user, users, side="left")
+        if len(history.searches.user):
+            s_hi = history.searches.count_before(users, times)
+            s_lo = history.searches.user_start(users)
             n_s = (s_hi - s_lo).astype(np.float64)
             has_s = s_hi > s_lo
-            first[has_s] = np.minimum(first[has_s], index.s_ts[s_lo[has_s]])
+            first[has_s] = np.minimum(first[has_s], history.searches.ts[s_lo[has_s]])
         any_event = first != np.iinfo(np.int64).max
         days = np.zeros(n, dtype=np.float64)
         days[any_event] = (times[any_event] - first[any_event]) / SECONDS_PER_DAY
-        out[:, k] = n_w
+        out[:, k] = (w_hi - w_lo).astype(np.float64)
         out[:, k + 1] = n_s
         out[:, k + 2] = days
         return out
@@ -571,6 +616,11 @@ class CandidateFeaturizer:
         names, card = self._item_single_schema()
         single = np.zeros((n, len(names)), dtype=np.int32)
         item_ids = items["item_id"].to_numpy(dtype=np.int64)
+        if not pd.Index(item_ids).is_unique:
+            dup = pd.Index(item_ids)[pd.Index(item_ids).duplicated()].unique()[:5].tolist()
+            raise ValueError(
+                f"table 'items' has duplicate item_id values (first: {dup}); keep one row per item"
+            )
         single[:, 0] = self.item_vocab_.transform(item_ids)
         j = 1
         for c in self.item_categorical_:
@@ -689,67 +739,108 @@ class CandidateFeaturizer:
 
 
 def watched_before(
-    dataset: Dataset, user_ids: np.ndarray, at_time: int | np.ndarray
+    source: Dataset | UserHistory, user_ids: np.ndarray, at_time: int | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return `(offsets (Q+1,) int64, item_ids (W,) int64)`: query q's watches strictly before
     its time are `item_ids[offsets[q]:offsets[q+1]]`, oldest first (CSR layout).
 
-    `at_time` is one time for all users or one per user; unknown users have no watches.
+    `source` is the logs or an indexed `UserHistory`; `at_time` is one time for all users or
+    one per user; unknown users have no watches.
     """
-    _require(dataset.watches, "watches", ("user_id", "item_id", "timestamp"))
+    if isinstance(source, UserHistory):
+        events, items = source.watches, source.watch_items
+    else:
+        _require(source.watches, "watches", ("user_id", "item_id", "timestamp"))
+        w = _sorted_watches(source.watches)
+        events = _SortedEvents(
+            w["user_id"].to_numpy(dtype=np.int64), w["timestamp"].to_numpy(dtype=np.int64)
+        )
+        items = w["item_id"].to_numpy(dtype=np.int64)
     users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
     times = np.broadcast_to(np.asarray(at_time, dtype=np.int64), users.shape)
-    w = _sorted_watches(dataset.watches)
-    w_user = w["user_id"].to_numpy(dtype=np.int64)
-    w_item = w["item_id"].to_numpy(dtype=np.int64)
-    hi = _first_at_or_after(w_user, w["timestamp"].to_numpy(dtype=np.int64), users, times)
-    lo = np.searchsorted(w_user, users, side="left")
+    hi = events.count_before(users, times)
+    lo = events.user_start(users)
     lengths = np.maximum(hi - lo, 0)
     offsets = np.zeros(len(users) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    # element t of query q is w_item[lo[q] + t]
+    # element t of query q is items[lo[q] + t]
     gather = np.repeat(lo - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
-    return offsets, w_item[gather]
+    return offsets, items[gather]
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
+class _SortedEvents:
+    """Events sorted by (user, time) answering "where do this user's events start" and "how
+    many events precede (user, t)" in O(log n) per query.
+
+    (user, time) pairs are packed into one int64 key (user rank x time span + time) and looked
+    up with `np.searchsorted`. A query user without events gets an odd rank between two event
+    users, so their history is empty; query times are clipped to just outside the events' time
+    range, which changes no answer and keeps keys bounded. When keys would overflow (a huge
+    time span times many users), a stable `np.lexsort` merge answers instead.
+    """
+
+    def __init__(self, user: np.ndarray, ts: np.ndarray) -> None:
+        self.user = user  # (n,) int64, sorted
+        self.ts = ts  # (n,) int64, sorted within each user
+        n = len(user)
+        new_user = np.r_[True, user[1:] != user[:-1]] if n else np.zeros(0, dtype=bool)
+        self._uniq = user[new_user]
+        self._rank = (np.cumsum(new_user) - 1).astype(np.int64)  # (n,) dense user rank
+        self._t_min = int(ts.min()) - 1 if n else 0
+        self._t_max = int(ts.max()) + 1 if n else 0
+        self._span = self._t_max - self._t_min + 1
+        packed = (2 * len(self._uniq) + 1) * self._span < 2**62
+        self._key = 2 * self._rank * self._span + (ts - self._t_min) if packed else None
+
+    def user_start(self, q_user: np.ndarray) -> np.ndarray:
+        """Return the index of each query user's first event (its insertion point if none)."""
+        return np.searchsorted(self.user, q_user, side="left").astype(np.int64)
+
+    def count_before(self, q_user: np.ndarray, q_ts: np.ndarray) -> np.ndarray:
+        """Return, per query, how many events are lexicographically before (q_user, q_ts): the
+        end of the query user's strictly-earlier history."""
+        n, m = len(self.user), len(q_user)
+        if m == 0 or n == 0:
+            return np.zeros(m, dtype=np.int64)
+        q_pos = np.searchsorted(self._uniq, q_user).astype(np.int64)
+        last = len(self._uniq) - 1
+        present = (q_pos <= last) & (self._uniq[np.minimum(q_pos, last)] == q_user)
+        q_rank = 2 * q_pos - (~present)  # a missing user sits between two present ones
+        if self._key is not None:
+            t = np.clip(q_ts, self._t_min, self._t_max)
+            q_key = q_rank * self._span + (t - self._t_min)
+            return np.searchsorted(self._key, q_key, side="left").astype(np.int64)
+        users = np.concatenate([2 * self._rank, q_rank])
+        ts = np.concatenate([self.ts, q_ts])
+        is_event = np.concatenate([np.ones(n, dtype=np.int8), np.zeros(m, dtype=np.int8)])
+        order = np.lexsort((is_event, ts, users))  # queries sort before events at equal keys
+        events_sorted = is_event[order].astype(np.int64)
+        before = np.cumsum(events_sorted) - events_sorted  # events strictly earlier when merged
+        position = np.empty(n + m, dtype=np.int64)
+        position[order] = np.arange(n + m)
+        return before[position[n:]]
+
+
 @dataclass
-class _EventIndex:
-    """Watches and searches sorted by (user, time), with search tokens in CSR layout."""
+class UserHistory:
+    """A dataset's watches, searches and user attributes, sorted and encoded for one featurizer.
 
-    w_user: np.ndarray  # (W,) int64
-    w_ts: np.ndarray  # (W,) int64
-    w_item: np.ndarray  # (W,) int64
-    s_user: np.ndarray  # (M,) int64 (empty without searches)
-    s_ts: np.ndarray  # (M,) int64
-    s_token_ptr: np.ndarray  # (M+1,) int64 offsets into s_tokens
-    s_tokens: np.ndarray  # (T,) object tokens of the sorted searches
+    Build with `CandidateFeaturizer.index_history(dataset)`; pass it to `serving` or
+    `watched_before` to answer many requests without re-reading the logs.
+    """
 
-    @classmethod
-    def build(cls, dataset: Dataset) -> _EventIndex:
-        w = _sorted_watches(dataset.watches)
-        s_user = s_ts = np.zeros(0, dtype=np.int64)
-        ptr = np.zeros(1, dtype=np.int64)
-        tokens = np.zeros(0, dtype=object)
-        searches = dataset.searches
-        if searches is not None and len(searches):
-            _require(searches, "searches", ("user_id", "timestamp", "query"))
-            su = searches["user_id"].to_numpy(dtype=np.int64)
-            st = searches["timestamp"].to_numpy(dtype=np.int64)
-            order = np.lexsort((st, su))
-            s_user, s_ts = su[order], st[order]
-            ptr, tokens = tokens_flat(searches["query"].iloc[order])
-        return cls(
-            w_user=w["user_id"].to_numpy(dtype=np.int64),
-            w_ts=w["timestamp"].to_numpy(dtype=np.int64),
-            w_item=w["item_id"].to_numpy(dtype=np.int64),
-            s_user=s_user,
-            s_ts=s_ts,
-            s_token_ptr=ptr,
-            s_tokens=tokens,
-        )
+    watches: _SortedEvents  # watches sorted by (user, time)
+    watch_items: np.ndarray  # (W,) int64 raw item ids, in that order
+    watch_codes: np.ndarray  # (W,) int32 item-vocabulary codes
+    searches: _SortedEvents  # searches sorted by (user, time) (empty without searches)
+    token_ptr: np.ndarray  # (M+1,) int64 offsets of each search's kept tokens
+    tokens: np.ndarray  # (T,) int32 in-vocabulary token codes
+    user_index: pd.Index  # users-table user ids -> row
+    user_categorical: np.ndarray  # (U, C) int32 codes per users-table row
+    user_numeric: np.ndarray  # (U, K0) float64 numeric attributes per users-table row
 
 
 def _sorted_watches(watches: pd.DataFrame) -> pd.DataFrame:
@@ -762,39 +853,9 @@ def _sorted_watches(watches: pd.DataFrame) -> pd.DataFrame:
 def _first_at_or_after(
     ev_user: np.ndarray, ev_ts: np.ndarray, q_user: np.ndarray, q_ts: np.ndarray
 ) -> np.ndarray:
-    """Return, per query, the index of the first event with (user, ts) >= (q_user, q_ts).
-
-    `ev_user`, `ev_ts` must be sorted lexicographically by (user, ts). Equivalently: how many
-    events are lexicographically strictly before each query, i.e. the end of the query user's
-    strictly-earlier history. (user, ts) pairs are packed into one int64 key and looked up
-    with `np.searchsorted`; a query user with no events gets an odd rank between two event
-    users, so its history is empty.
-    """
-    n, m = len(ev_user), len(q_user)
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    if n == 0:
-        return np.zeros(m, dtype=np.int64)
-    uniq, ev_rank = np.unique(ev_user, return_inverse=True)
-    q_pos = np.searchsorted(uniq, q_user)
-    present = (q_pos < len(uniq)) & (uniq[np.minimum(q_pos, len(uniq) - 1)] == q_user)
-    q_rank = 2 * q_pos - (~present)  # missing users sit between two present ones
-    t_min = min(int(ev_ts.min()), int(q_ts.min()))
-    span = max(int(ev_ts.max()), int(q_ts.max())) - t_min + 1
-    if (2 * len(uniq) + 1) * span < 2**62:
-        ev_key = 2 * ev_rank.astype(np.int64) * span + (ev_ts - t_min)
-        q_key = q_rank.astype(np.int64) * span + (q_ts - t_min)
-        return np.searchsorted(ev_key, q_key, side="left").astype(np.int64)
-    # keys would overflow (huge time span x many users): merge with a stable lexsort instead
-    users = np.concatenate([2 * ev_rank.astype(np.int64), q_rank.astype(np.int64)])
-    ts = np.concatenate([ev_ts, q_ts])
-    is_event = np.concatenate([np.ones(n, dtype=np.int8), np.zeros(m, dtype=np.int8)])
-    order = np.lexsort((is_event, ts, users))  # queries sort before events at equal keys
-    events_sorted = is_event[order].astype(np.int64)
-    before = np.cumsum(events_sorted) - events_sorted  # events strictly earlier when merged
-    position = np.empty(n + m, dtype=np.int64)
-    position[order] = np.arange(n + m)
-    return before[position[n:]]
+    """Return, per query, the index of the first event with (user, ts) >= (q_user, q_ts);
+    events sorted lexicographically by (user, ts)."""
+    return _SortedEvents(ev_user, ev_ts).count_before(q_user, q_ts)
 
 
 def _gather_last(

@@ -236,16 +236,10 @@ def test_categorical_and_continuous_user_features() -> None:
     xt = ex.features.continuous[:, :4]
     np.testing.assert_allclose(ex.features.continuous[:, 4:8], xt**2, rtol=1e-6)
     np.testing.assert_allclose(ex.features.continuous[:, 8:], np.sqrt(xt), rtol=1e-6)
-    raw = f._raw_continuous(ds, _index(ds), ex.user_id, ex.timestamp)
+    raw = f._raw_continuous(f.index_history(ds), ex.user_id, ex.timestamp)
     # user 7 at 300: 3 watches and 2 searches before, first event at 100 -> 200 s = 200/86400 days
     np.testing.assert_allclose(raw[3], [1.0, 3.0, 2.0, 200 / 86_400])
     assert ((0.0 <= ex.features.continuous) & (ex.features.continuous < 1.0)).all()
-
-
-def _index(ds: Dataset):
-    from features.examples import _EventIndex
-
-    return _EventIndex.build(ds)
 
 
 def test_serving_features_use_history_before_time_and_zero_age() -> None:
@@ -257,6 +251,11 @@ def test_serving_features_use_history_before_time_and_zero_age() -> None:
     assert (s.example_age == 0).all()
     later = f.serving(ds, np.array([7]), at_time=10_000)
     assert later.history_len.tolist() == [4]
+    # an indexed history answers exactly like the raw logs
+    indexed = f.serving(f.index_history(ds), np.array([7, 8, 99]), at_time=np.array([200, 300, 5]))
+    direct = f.serving(ds, np.array([7, 8, 99]), at_time=np.array([200, 300, 5]))
+    for name in ("history", "search_tokens", "categorical", "continuous", "example_age"):
+        np.testing.assert_array_equal(getattr(indexed, name), getattr(direct, name))
 
 
 def test_item_features_cover_the_whole_catalog() -> None:
@@ -336,6 +335,13 @@ def test_errors_are_actionable() -> None:
     no_gender = Dataset(users=ds.users.drop(columns="gender"), items=ds.items, watches=ds.watches)
     with pytest.raises(KeyError, match="lacks column 'gender'"):
         f.serving(no_gender, np.array([7]), 200)
+    dup = Dataset(
+        users=pd.concat([ds.users, ds.users.iloc[:1]]), items=ds.items, watches=ds.watches
+    )
+    with pytest.raises(ValueError, match=r"duplicate user_id values \(first: \[7\]\)"):
+        f.serving(dup, np.array([7]), 200)
+    with pytest.raises(ValueError, match=r"duplicate item_id values \(first: \[1\]\)"):
+        f.item_features(pd.concat([ds.items, ds.items.iloc[:1]]))
     with pytest.raises(ValueError, match="not a CandidateFeaturizer record"):
         CandidateFeaturizer.from_dict({"kind": "IdVocabulary"})
 
@@ -362,8 +368,11 @@ def test_first_at_or_after_matches_brute_force(time_scale: int) -> None:
 def test_watched_before_is_csr_of_strictly_earlier_watches() -> None:
     from features.examples import watched_before
 
-    ds = _hand_dataset()
-    offsets, items = watched_before(ds, np.array([7, 8, 99, 7]), np.array([200, 300, 300, 301]))
-    # user 7 before 200: [1]; user 8 before 300: [1]; unknown 99: []; user 7 before 301: [1, 2, 3, 4]
-    assert offsets.tolist() == [0, 1, 2, 2, 6]
-    assert items.tolist() == [1, 1, 1, 2, 3, 4]
+    ds, f = _fit_hand()
+    for source in (ds, f.index_history(ds)):
+        offsets, items = watched_before(
+            source, np.array([7, 8, 99, 7]), np.array([200, 300, 300, 301])
+        )
+        # user 7 before 200: [1]; user 8 before 300: [1]; unknown 99: []; 7 before 301: [1, 2, 3, 4]
+        assert offsets.tolist() == [0, 1, 2, 2, 6]
+        assert items.tolist() == [1, 1, 1, 2, 3, 4]
