@@ -248,7 +248,8 @@ def train_candidate_generator(
     keep = _select_examples(config, examples)
     if len(keep) == 0:
         raise ValueError("no training examples left (empty window, or label_fraction too small)")
-    train_users = UserBatch.from_features(examples.features.take(keep), device)
+    selected = examples.features if len(keep) == len(examples) else examples.features.take(keep)
+    train_users = UserBatch.from_features(selected, device)  # zero-copy on CPU when all kept
     train_rows = torch.from_numpy(rows_np[keep].astype(np.int64)).to(device)
     catalog = ItemBatch.from_features(item_features, device)
 
@@ -318,11 +319,11 @@ def train_candidate_generator(
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": totals[0] / n_train,
-            "main_loss": totals[1] / n_train,
-            "ssl_loss": totals[2] / n_train,
-            "train_seconds": seconds,
-            "examples_per_second": n_train / max(seconds, 1e-9),
+            "train_loss": float(totals[0] / n_train),
+            "main_loss": float(totals[1] / n_train),
+            "ssl_loss": float(totals[2] / n_train),
+            "train_seconds": float(seconds),
+            "examples_per_second": float(n_train / max(seconds, 1e-9)),
         }
         if valid_users is not None and valid_rows is not None:
             recall = recall_at_k(model, valid_users, valid_rows, catalog, config.valid_k)

@@ -387,7 +387,9 @@ class CandidateFeaturizer:
         """Return next-watch examples whose labels are the watches in `window` (rollback).
 
         `window` is "train", "valid", "test" (of the fitted split) or explicit `(lo, hi)` times.
-        With `max_examples_per_user`, each user keeps only their most recent labels.
+        With `max_examples_per_user`, each user keeps only their most recent labels. Example
+        age is (train_end - label time) / (train window length), clipped to [0, 1]: labels
+        after the train window get 0, as at serving time.
         """
         self._check_fitted()
         if isinstance(window, str):
