@@ -1,0 +1,556 @@
+"""The evaluation report: report.json (machine-readable), report.md and a self-contained
+report.html (people), all written atomically.
+
+Where this sits: the last stage of a run. The pipeline collects every metric of the retrieval,
+ranking, watch-time, end-to-end and A/B evaluations (and of every baseline) into one nested
+dict, adds what the numbers were computed on (data set, split, seed, preset), and lays out
+`Section`s for people: a description saying what the numbers mean and on which data they were
+computed, the section's key metrics, an optional table and figures (PNG bytes from
+`evaluation.plots`).
+
+report.json schema (schema_version 1)
+-------------------------------------
+One JSON object, keys sorted, 2-space indent::
+
+    {
+      "_meta": {
+        "schema_version": 1,
+        "title": str,                 # the report's title
+        "dataset": str,               # e.g. "synthetic:default", "movielens-1m"
+        "split": str,                 # how train/validation/test were cut, e.g. "time: last 2 days"
+        "seed": int,                  # the one seed that drove the run
+        "preset": str,                # pipeline preset (tiny / default / large / custom)
+        ...                           # any extra metadata the caller passes (git commit, config)
+      },
+      "<area>": {                     # retrieval, ranking, watch_time, end_to_end, ab, data, ...
+        "<metric>": number | null | bool | str | list,
+        "<sub-area>": { ... }         # nested to any depth, e.g. by popularity bucket
+      },
+      "baselines": {"<name>": {"<area>": {...}}}   # same layout per baseline model
+    }
+
+A metric is named by its *key path*: the keys from the root joined by "." — for example
+`retrieval.recall@50`, `retrieval.tail.recall@50`, `ranking.weighted_per_user_loss`,
+`baselines.most_popular.retrieval.recall@50`. Keys therefore never contain "."; the cut-off k
+is part of the metric's name (`recall@50`, `ndcg@10`). `flatten` turns the nested dict into
+{key path: value}; `unflatten` goes back.
+
+Values: fractions (recall, AUC, losses) are in [0, 1], never percent; times are in seconds;
+counts are integers. Floats are rounded to 6 significant digits. NaN and ±inf (an undefined
+metric: AUC with one class, no watch time in a group, ...) are written as `null`. Lists (e.g.
+a per-epoch curve) are allowed as leaves. Keys starting with "_" are reserved at the top level.
+No timestamp is added unless the caller passes one in `extra_meta`, so the same run writes the
+same bytes (a resumed run can be compared with an uninterrupted one).
+
+report.md links its figures as PNG files in `<stem>_figures/` next to it; report.html embeds
+them inline (base64), so the HTML file can be mailed or opened anywhere on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "METRIC_GLOSSARY",
+    "SCHEMA_VERSION",
+    "Figure",
+    "Report",
+    "Section",
+    "explain",
+    "flatten",
+    "unflatten",
+]
+
+SCHEMA_VERSION = 1
+_SIGNIFICANT_DIGITS = 6
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# What a metric means, by the last key of its path with any "@<k>" replaced by "@k".
+METRIC_GLOSSARY: dict[str, str] = {
+    "recall@k": "share of the held-out next watches found among the top {k} retrieved items "
+    "(0-1, higher is better)",
+    "hit_rate@k": "share of users with at least one next watch in their top {k} (0-1, higher is better)",
+    "ndcg@k": "normalised discounted cumulative gain of the top {k}: 1 = the best possible order "
+    "(0-1, higher is better)",
+    "map@k": "mean average precision of the top {k} (0-1, higher is better)",
+    "map": "mean average precision (0-1, higher is better)",
+    "coverage": "share of the catalogue that appears in at least one user's list (0-1)",
+    "ann_recall@k": "share of the exact top {k} (brute-force inner product) that the approximate "
+    "index also returns (0-1, 1 = identical)",
+    "auc": "probability that a clicked impression is scored above a non-clicked one "
+    "(0.5 = random, 1 = perfect)",
+    "gauc": "AUC computed per user page, averaged with impression-count weights",
+    "gauc_groups": "user pages with both a click and a non-click (those GAUC averages over)",
+    "logloss": "mean binary cross-entropy of the click probability (nats, lower is better)",
+    "weighted_per_user_loss": "[YT16] share of (clicked, not-clicked) pairs of the same page, "
+    "weighted by the click's watch time, that the ranker ordered wrongly (0-1, lower is better)",
+    "mae": "mean absolute error (seconds)",
+    "rmse": "root mean squared error (seconds)",
+    "bias": "mean of predicted minus observed (seconds; > 0 means over-prediction)",
+    "relative_bias": "bias divided by the mean observed value (0 = unbiased)",
+    "max_abs_relative_error": "largest |mean predicted / mean observed - 1| over the bins "
+    "(0.15 = 15%)",
+    "bins_within_tolerance": "calibration bins whose mean prediction is within the tolerance of "
+    "the mean observed watch time",
+    "all_within_tolerance": "whether every calibration bin is within the tolerance",
+    "pearson": "linear correlation of prediction and truth (-1 to 1)",
+    "spearman": "rank correlation of prediction and truth (-1 to 1)",
+    "worst_bin": "the calibration bin (1 = lowest predictions) farthest from calibrated",
+    "overall_ratio": "total predicted / total observed watch time (1 = unbiased on average)",
+    "mean_predicted": "mean predicted expected watch time per impression (seconds)",
+    "mean_observed": "mean observed watch time per impression, 0 when not clicked (seconds)",
+    "mean_watch_time": "mean observed watch time per impression, 0 when not clicked (seconds)",
+    "tolerance": "allowed relative deviation for a calibrated bin (0.15 = ±15%)",
+    "n_bins": "number of equal-count bins of the prediction",
+    "fraction_of_oracle": "the slate's true expected watch time divided by the best possible "
+    "slate's from the same candidates (0-1)",
+    "ctr": "click-through rate: clicks per impression (0-1)",
+    "n": "rows the metric was computed on",
+    "n_positives": "clicked impressions",
+    "ndcg_groups": "user pages with some watch time (those NDCG averages over)",
+    "n_rows": "rows (impressions or examples) the metric was computed on",
+    "n_groups": "user pages (groups) in the data",
+    "n_users": "users the metric was computed on",
+}
+
+
+def explain(key_path: str) -> str:
+    """Return the glossary meaning of a metric key path ("" when the metric is not in it)."""
+    last = key_path.rsplit(".", 1)[-1]
+    m = re.fullmatch(r"(.+)@(\d+)", last)
+    if m:
+        template = METRIC_GLOSSARY.get(f"{m.group(1)}@k", "")
+        return template.format(k=m.group(2))
+    return METRIC_GLOSSARY.get(last, "").replace("{k}", "k")
+
+
+# --------------------------------------------------------------------------- key paths
+def _check_key(key: Any, path: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(
+            f"metric key {key!r} under {path or 'the root'} must be a non-empty string; "
+            "name cut-offs inside the key, e.g. 'recall@50'"
+        )
+    if "." in key:
+        raise ValueError(
+            f"metric key {key!r} under {path or 'the root'} contains '.', which separates key "
+            "paths; nest dicts instead (e.g. {'retrieval': {'recall@50': ...}})"
+        )
+    return key
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Return {key path: value} for every numeric leaf of `nested`, paths joined with ".".
+
+    Numbers (Python or numpy) come back as float, booleans as 0.0/1.0, None as NaN. Strings
+    and lists are descriptive, not metrics, and are not returned.
+    """
+    out: dict[str, float] = {}
+    for key, value in nested.items():
+        path = _join(prefix, _check_key(key, prefix))
+        if isinstance(value, Mapping):
+            out.update(flatten(value, path))
+        elif value is None:
+            out[path] = float("nan")
+        elif isinstance(value, bool | np.bool_):
+            out[path] = float(value)
+        elif _is_number(value):
+            out[path] = float(value)
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the nested dict whose `flatten` is `flat` (key paths split on ".")."""
+    root: dict[str, Any] = {}
+    for path, value in flat.items():
+        keys = str(path).split(".")
+        node = root
+        for i, key in enumerate(keys[:-1]):
+            _check_key(key, ".".join(keys[:i]))
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(
+                    f"key path {path!r} runs through {'.'.join(keys[: i + 1])!r}, which is a value"
+                )
+            node = child
+        last = _check_key(keys[-1], ".".join(keys[:-1]))
+        if isinstance(node.get(last), dict):
+            raise ValueError(f"key path {path!r} is both a value and a group of metrics")
+        node[last] = value
+    return root
+
+
+def _leaves(nested: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Return (key path, value) for every leaf, numeric or not, in insertion order."""
+    out: list[tuple[str, Any]] = []
+    for key, value in nested.items():
+        path = _join(prefix, _check_key(key, prefix))
+        if isinstance(value, Mapping):
+            out.extend(_leaves(value, path))
+        else:
+            out.append((path, value))
+    return out
+
+
+# --------------------------------------------------------------------------- JSON values
+def _round(x: float) -> float | None:
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{_SIGNIFICANT_DIGITS}g}")
+
+
+def _jsonable(value: Any, path: str) -> Any:
+    """Return `value` as plain JSON types: rounded floats, NaN/inf -> None, numpy -> Python."""
+    if isinstance(value, Mapping):
+        return {_check_key(k, path): _jsonable(v, _join(path, k)) for k, v in value.items()}
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, Integral | np.integer):
+        return int(value)
+    if _is_number(value):
+        return _round(float(value))
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"report value at {path or 'the root'} has type {type(value).__name__}; metrics must be "
+        "numbers, bools, strings, None, lists or dicts (put tables in a Section)"
+    )
+
+
+# --------------------------------------------------------------------------- display
+def _fmt(value: Any) -> str:
+    """Return a value formatted for people: 4 significant digits, thousands separators."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, Integral | np.integer):
+        return f"{int(value):,}"
+    if _is_number(value):
+        x = float(value)
+        if not math.isfinite(x):
+            return "n/a" if math.isnan(x) else ("∞" if x > 0 else "-∞")
+        if x == 0:
+            return "0"
+        if abs(x) >= 1e4:
+            return f"{x:,.0f}"
+        return f"{x:.4g}"
+    if isinstance(value, np.ndarray | list | tuple):
+        items = [_fmt(v) for v in list(value)[:8]]
+        return "[" + ", ".join(items) + (", …" if len(value) > 8 else "") + "]"
+    return str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "item"
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+
+
+def _frame_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Return header, formatted cells and which columns are numeric (right-aligned)."""
+    frame = table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
+    header = [str(c) for c in frame.columns]
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c].dtype)
+        and not pd.api.types.is_bool_dtype(frame[c].dtype)
+        for c in frame.columns
+    ]
+    rows = [[_fmt(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    return header, rows, numeric
+
+
+# --------------------------------------------------------------------------- content
+@dataclass(frozen=True)
+class Figure:
+    """A PNG figure with a title and a caption saying what to look at."""
+
+    title: str
+    png: bytes
+    caption: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.png, bytes | bytearray) or not bytes(self.png).startswith(
+            _PNG_SIGNATURE
+        ):
+            raise ValueError(
+                f"Figure {self.title!r}: png must be PNG bytes (as returned by evaluation.plots), "
+                f"got {type(self.png).__name__}"
+            )
+
+
+@dataclass
+class Section:
+    """One part of the report: what was measured and on which data, then numbers and figures.
+
+    `metrics` is a (possibly nested) dict shown as a key/value table; keys are shown as key
+    paths, each with its meaning from `metric_notes` or else from `METRIC_GLOSSARY`.
+    """
+
+    title: str
+    description: str
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    table: pd.DataFrame | None = None
+    figures: Sequence[Figure] = field(default_factory=list)
+    table_caption: str = ""
+    metric_notes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.title, str) or not self.title.strip():
+            raise ValueError("Section needs a non-empty title")
+        if not isinstance(self.description, str) or not self.description.strip():
+            raise ValueError(
+                f"Section {self.title!r} needs a description saying what the numbers mean and "
+                "on which data they were computed"
+            )
+        if self.table is not None and not isinstance(self.table, pd.DataFrame):
+            raise TypeError(f"Section {self.title!r}: table must be a pandas DataFrame or None")
+        for fig in self.figures:
+            if not isinstance(fig, Figure):
+                raise TypeError(
+                    f"Section {self.title!r}: figures must be evaluation.report.Figure objects"
+                )
+        _leaves(self.metrics)  # validates keys now, not at write time
+
+    def metric_rows(self) -> list[tuple[str, str, str]]:
+        """Return (key path, formatted value, meaning) for every metric of the section."""
+        return [
+            (path, _fmt(value), self.metric_notes.get(path) or explain(path))
+            for path, value in _leaves(self.metrics)
+        ]
+
+
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;
+background:#fff;margin:0}
+main{max-width:1100px;margin:0 auto;padding:24px 32px 64px}
+h1{font-size:28px;margin:8px 0 4px}h2{font-size:21px;margin:40px 0 8px;padding-top:8px;
+border-top:1px solid #d0d7de}
+p{margin:6px 0 10px;max-width:80ch}.muted{color:#59636e;font-size:13px}
+table{border-collapse:collapse;margin:10px 0 16px;font-size:14px}
+th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:left;vertical-align:top}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.key{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;white-space:nowrap}
+.wrap{overflow-x:auto}figure{margin:16px 0 24px}
+figure img{max-width:100%;height:auto;border:1px solid #d0d7de}
+figcaption{font-size:14px;color:#333;max-width:80ch;margin-top:4px}
+nav ol{margin:4px 0 0;padding-left:22px}code{font-family:ui-monospace,monospace}
+"""
+
+
+class Report:
+    """An evaluation report: nested metrics + metadata (→ report.json) and sections (→ md, html)."""
+
+    def __init__(
+        self,
+        metrics: Mapping[str, Any],
+        *,
+        dataset: str,
+        split: str,
+        seed: int,
+        preset: str,
+        sections: Sequence[Section] = (),
+        title: str = "vidrec evaluation report",
+        intro: str = "",
+        extra_meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(metrics, Mapping):
+            raise TypeError(
+                f"metrics must be a nested dict of metric values, got {type(metrics).__name__}"
+            )
+        reserved = [k for k in metrics if isinstance(k, str) and k.startswith("_")]
+        if reserved:
+            raise ValueError(
+                f"top-level metric keys starting with '_' are reserved (got {reserved}); rename them"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, Integral | np.integer):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        for name, value in (("dataset", dataset), ("split", split), ("preset", preset)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(
+                    f"{name} must be a non-empty string describing the run, got {value!r}"
+                )
+        for s in sections:
+            if not isinstance(s, Section):
+                raise TypeError(
+                    f"sections must be evaluation.report.Section objects, got {type(s).__name__}"
+                )
+        self.metrics: dict[str, Any] = _jsonable(metrics, "")  # validates keys and values now
+        self.sections: list[Section] = list(sections)
+        self.title: str = title
+        self.intro: str = intro
+        extra = _jsonable(dict(extra_meta or {}), "_meta")
+        clash = sorted(
+            set(extra) & {"schema_version", "title", "dataset", "split", "seed", "preset"}
+        )
+        if clash:
+            raise ValueError(f"extra_meta may not override {clash}; pass them as arguments")
+        self.meta: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "title": title,
+            "dataset": dataset,
+            "split": split,
+            "seed": int(seed),
+            "preset": preset,
+            **extra,
+        }
+
+    # ----------------------------------------------------------------- views
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report.json content: the rounded nested metrics plus the `_meta` block."""
+        return {"_meta": dict(self.meta), **self.metrics}
+
+    def flat(self) -> dict[str, float]:
+        """Return {key path: value} of every numeric metric (see `flatten`)."""
+        return flatten(self.metrics)
+
+    # ----------------------------------------------------------------- writers
+    def write_json(self, path: str | Path) -> Path:
+        """Write report.json atomically; return its path."""
+        return atomic_write_json(path, self.to_dict())
+
+    def write_markdown(self, path: str | Path) -> Path:
+        """Write report.md atomically, its figures as PNGs in `<stem>_figures/`; return its path."""
+        path = Path(path)
+        fig_dir_name = f"{path.stem}_figures"
+        lines = [f"# {self.title}", ""]
+        lines += [p + "\n" for p in _paragraphs(self.intro)]
+        lines += ["| run | |", "|---|---|"]
+        lines += [f"| {_md_cell(k)} | {_md_cell(_fmt(v))} |" for k, v in self.meta.items()]
+        lines.append("")
+        for i, section in enumerate(self.sections, 1):
+            lines += [f"## {i}. {section.title}", ""]
+            lines += [p + "\n" for p in _paragraphs(section.description)]
+            rows = section.metric_rows()
+            if rows:
+                lines += ["| metric | value | meaning |", "|---|--:|---|"]
+                lines += [f"| `{k}` | {_md_cell(v)} | {_md_cell(m)} |" for k, v, m in rows]
+                lines.append("")
+            if section.table is not None:
+                header, cells, numeric = _frame_rows(section.table)
+                if section.table_caption:
+                    lines += [f"*{_md_cell(section.table_caption)}*", ""]
+                lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+                lines.append("|" + "|".join("--:" if n else "---" for n in numeric) + "|")
+                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
+                lines.append("")
+            for j, fig in enumerate(section.figures, 1):
+                name = f"{i:02d}-{j:02d}-{_slug(fig.title)}.png"
+                atomic_write_bytes(path.parent / fig_dir_name / name, bytes(fig.png))
+                lines += [f"![{_md_cell(fig.title)}]({fig_dir_name}/{name})", ""]
+                caption = f"**{fig.title}.** {' '.join(fig.caption.split())}".strip()
+                lines += [caption, ""]
+        lines.append("Every number above is also in report.json under the key path shown.")
+        return atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def write_html(self, path: str | Path) -> Path:
+        """Write a single self-contained report.html (inline CSS, base64 PNGs); return its path."""
+        esc = html.escape
+        out = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{esc(self.title)}</title><style>{_CSS}</style></head><body><main>",
+            f"<h1>{esc(self.title)}</h1>",
+        ]
+        out += [f"<p>{esc(p)}</p>" for p in _paragraphs(self.intro)]
+        out.append('<table class="meta"><tbody>')
+        out += [
+            f'<tr><th scope="row">{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>'
+            for k, v in self.meta.items()
+        ]
+        out.append("</tbody></table>")
+        if self.sections:
+            out.append("<nav><strong>Contents</strong><ol>")
+            out += [
+                f'<li><a href="#s{i}">{esc(s.title)}</a></li>'
+                for i, s in enumerate(self.sections, 1)
+            ]
+            out.append("</ol></nav>")
+        for i, section in enumerate(self.sections, 1):
+            out.append(f'<section id="s{i}"><h2>{i}. {esc(section.title)}</h2>')
+            out += [f"<p>{esc(p)}</p>" for p in _paragraphs(section.description)]
+            rows = section.metric_rows()
+            if rows:
+                out.append(
+                    '<div class="wrap"><table class="metrics"><thead><tr><th>metric (key path in report.json)</th><th>value</th><th>meaning</th></tr></thead><tbody>'
+                )
+                out += [
+                    f'<tr><td class="key">{esc(k)}</td><td class="num">{esc(v)}</td><td>{esc(m)}</td></tr>'
+                    for k, v, m in rows
+                ]
+                out.append("</tbody></table></div>")
+            if section.table is not None:
+                header, cells, numeric = _frame_rows(section.table)
+                out.append('<div class="wrap"><table class="data">')
+                if section.table_caption:
+                    out.append(f'<caption class="muted">{esc(section.table_caption)}</caption>')
+                out.append(
+                    "<thead><tr>"
+                    + "".join(f"<th>{esc(h)}</th>" for h in header)
+                    + "</tr></thead><tbody>"
+                )
+                for row in cells:
+                    tds = "".join(
+                        f'<td class="num">{esc(c)}</td>' if n else f"<td>{esc(c)}</td>"
+                        for c, n in zip(row, numeric, strict=True)
+                    )
+                    out.append(f"<tr>{tds}</tr>")
+                out.append("</tbody></table></div>")
+            for fig in section.figures:
+                data = base64.b64encode(bytes(fig.png)).decode("ascii")
+                caption = f"<strong>{esc(fig.title)}.</strong> {esc(' '.join(fig.caption.split()))}"
+                out.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{esc(fig.title)}">'
+                    f"<figcaption>{caption}</figcaption></figure>"
+                )
+            out.append("</section>")
+        out.append(
+            '<p class="muted">Every number in this page is also in report.json under the key '
+            "path shown in the metric tables.</p></main></body></html>"
+        )
+        return atomic_write_text(path, "\n".join(out) + "\n")
+
+    def write_all(self, directory: str | Path, stem: str = "report") -> dict[str, Path]:
+        """Write `<stem>.json`, `<stem>.md` and `<stem>.html` into `directory`; return their paths."""
+        directory = Path(directory)
+        return {
+            "json": self.write_json(directory / f"{stem}.json"),
+            "markdown": self.write_markdown(directory / f"{stem}.md"),
+            "html": self.write_html(directory / f"{stem}.html"),
+        }
+
+
+def _md_cell(text: Any) -> str:
+    """Return text safe inside a markdown table cell (one line; pipes and HTML escaped)."""
+    one_line = " ".join(str(text).split())
+    return (
+        one_line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    )

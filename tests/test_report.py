@@ -1,0 +1,216 @@
+"""The report writer (evaluation/report.py) and its figures (evaluation/plots.py)."""
+
+import base64
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation import plots
+from evaluation.report import Figure, Report, Section, explain, flatten, unflatten
+from evaluation.watch_time import calibration_by_decile
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics():
+    return {
+        "retrieval": {"recall@50": 0.123456789, "tail": {"recall@50": np.float32(0.05)}},
+        "ranking": {"auc": 0.7, "logloss": float("nan"), "n_rows": np.int64(1234), "ok": True},
+        "baselines": {"most_popular": {"retrieval": {"recall@50": 0.02}}},
+        "notes": {"model": "deep", "curve": [0.5, np.float64(0.25), float("inf")]},
+    }
+
+
+def _report(sections=()):
+    return Report(
+        _metrics(), dataset="synthetic:tiny", split="time: last day", seed=3, preset="tiny",
+        sections=sections, extra_meta={"git_commit": "abc"},
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- key paths
+
+
+def test_flatten_numeric_leaves_and_unflatten_roundtrip():
+    flat = flatten(_metrics())
+    assert flat["retrieval.recall@50"] == pytest.approx(0.123456789)
+    assert flat["retrieval.tail.recall@50"] == pytest.approx(0.05)
+    assert flat["baselines.most_popular.retrieval.recall@50"] == 0.02
+    assert flat["ranking.ok"] == 1.0 and math.isnan(flat["ranking.logloss"])
+    assert "notes.model" not in flat and "notes.curve" not in flat  # descriptive, not metrics
+    assert flatten(unflatten(flat), "") == pytest.approx(flat, nan_ok=True)
+    assert unflatten({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+
+
+def test_key_errors_are_explained():
+    with pytest.raises(ValueError, match="contains '.'"):
+        flatten({"retrieval": {"recall.50": 0.1}})
+    with pytest.raises(ValueError, match="must be a non-empty string"):
+        flatten({"retrieval": {50: 0.1}})
+    with pytest.raises(ValueError, match="both a value and a group"):
+        unflatten({"a.b": 1, "a": 2})
+    with pytest.raises(ValueError, match="runs through 'a', which is a value"):
+        unflatten({"a": 2, "a.b": 1})
+
+
+def test_explain_uses_the_glossary_with_k():
+    assert "top 50" in explain("baselines.x.retrieval.recall@50")
+    assert "lower is better" in explain("ranking.weighted_per_user_loss")
+    assert explain("something.unknown") == ""
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def test_json_rounding_nan_meta(tmp_path):
+    path = _report().write_json(tmp_path / "report.json")
+    data = json.loads(path.read_text())
+    assert data["_meta"] == {
+        "schema_version": 1, "title": "vidrec evaluation report", "dataset": "synthetic:tiny",
+        "split": "time: last day", "seed": 3, "preset": "tiny", "git_commit": "abc",
+    }  # fmt: skip
+    assert data["retrieval"]["recall@50"] == 0.123457  # 6 significant digits
+    assert data["retrieval"]["tail"]["recall@50"] == 0.05  # float32 noise rounded away
+    assert data["ranking"]["logloss"] is None  # NaN -> null
+    assert data["ranking"]["n_rows"] == 1234 and data["ranking"]["ok"] is True
+    assert data["notes"]["curve"] == [0.5, 0.25, None]  # inf -> null
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+
+
+def test_report_input_errors():
+    with pytest.raises(ValueError, match="reserved"):
+        Report({"_meta": {}}, dataset="d", split="s", seed=1, preset="p")
+    with pytest.raises(TypeError, match="at ranking.table has type DataFrame"):
+        Report({"ranking": {"table": pd.DataFrame()}}, dataset="d", split="s", seed=1, preset="p")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        Report({}, dataset="d", split="s", seed="1", preset="p")
+    with pytest.raises(ValueError, match="dataset must be a non-empty string"):
+        Report({}, dataset="", split="s", seed=1, preset="p")
+    with pytest.raises(ValueError, match="may not override \\['seed'\\]"):
+        Report({}, dataset="d", split="s", seed=1, preset="p", extra_meta={"seed": 2})
+    with pytest.raises(TypeError, match="must be evaluation.report.Section"):
+        Report({}, dataset="d", split="s", seed=1, preset="p", sections=["text"])
+    with pytest.raises(ValueError, match="needs a description"):
+        Section("Ranking", "  ")
+    with pytest.raises(ValueError, match="non-empty title"):
+        Section("", "what")
+    with pytest.raises(ValueError, match="contains '.'"):
+        Section("Ranking", "what", metrics={"ranking.auc": 0.5})
+    with pytest.raises(TypeError, match="table must be a pandas DataFrame"):
+        Section("Ranking", "what", table=[[1, 2]])
+    with pytest.raises(ValueError, match="png must be PNG bytes"):
+        Figure("plot", b"GIF89a")
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def test_report_writes_all_three_files_with_inline_images(tmp_path):
+    rng = np.random.default_rng(0)
+    pred = rng.exponential(30.0, 200)
+    table = calibration_by_decile(pred, pred * rng.uniform(0.8, 1.2, 200))
+    png = plots.calibration_plot(table)
+    sections = [
+        Section(
+            "Ranking | held-out impressions",
+            "Computed on the last day's impressions.\n\nLower loss is better.",
+            metrics={"auc": 0.7, "nested": {"weighted_per_user_loss": 0.35}},
+            table=pd.DataFrame({"model": ["deep <b>", "lightgbm"], "loss": [0.35, 0.36]}),
+            table_caption="weighted per-user loss by model",
+            metric_notes={"auc": "custom meaning"},
+        ),
+        Section("Calibration", "Deciles.", table=table, figures=[Figure("Calibration", png, "y = x is perfect.")]),
+    ]  # fmt: skip
+    paths = _report(sections).write_all(tmp_path)
+    assert {p.name for p in paths.values()} == {"report.json", "report.md", "report.html"}
+
+    page = paths["html"].read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 1 and base64.b64decode(images[0]) == png
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert "deep &lt;b&gt;" in page  # table cells are escaped
+    assert "custom meaning" in page and "top 50" not in page
+    assert "nested.weighted_per_user_loss" in page and "lower is better" in page
+    assert page.count("<p>") >= 3  # the description's two paragraphs + section 2
+    assert 'href="#s2"' in page
+
+    md = paths["markdown"].read_text()
+    assert "## 1. Ranking | held-out impressions" in md
+    assert "| deep &lt;b&gt; | 0.35 |" in md  # raw HTML in cells is escaped
+    assert "| `auc` | 0.7 | custom meaning |" in md
+    assert "![Calibration](report_figures/02-01-calibration.png)" in md
+    assert (tmp_path / "report_figures" / "02-01-calibration.png").read_bytes() == png
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_same_report_writes_identical_bytes(tmp_path):
+    png = plots.training_curves({"loss (nats)": {"a": [3.0, 2.0, 1.5]}})
+    sections = [Section("Training", "Curves.", figures=[Figure("Loss", png)])]
+    first = _report(sections).write_all(tmp_path / "a")
+    second = _report(sections).write_all(tmp_path / "b")
+    for key in first:
+        assert first[key].read_bytes() == second[key].read_bytes()
+    png_again = plots.training_curves({"loss (nats)": {"a": [3.0, 2.0, 1.5]}})
+    assert png_again == png  # no timestamps in the PNG either
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def test_every_plot_returns_png():
+    rng = np.random.default_rng(1)
+    recall = pd.DataFrame(
+        [(m, b, k, 0.1 * i + 0.05 * np.log10(k)) for i, m in enumerate(["ssl", "no ssl"])
+         for b in ["all", "tail"] for k in (10, 50, 100)],
+        columns=["model", "bucket", "k", "value"],
+    )  # fmt: skip
+    bars = pd.DataFrame(
+        {
+            "name": ["random", "full"],
+            "mean": [1.0, 2.0],
+            "ci_low": [0.9, 1.8],
+            "ci_high": [1.1, 2.2],
+        }
+    )
+    table = calibration_by_decile(rng.exponential(30, 100), rng.exponential(30, 100))
+    outputs = [
+        plots.recall_curves_by_bucket(recall),
+        plots.upload_age_histograms({"with example age": rng.exponential(3, 100), "watched": [1.0, 2.0]}),
+        plots.training_curves({"loss": {"a": [2, 1]}, "recall@50": {"a": [0.1, 0.2], "b": [0.2, float("nan")]}}),
+        plots.calibration_plot({"deep": table, "click-only": table}, log_scale=False),
+        plots.bars_with_ci(bars, title="watch time", ylabel="s per user", highlight="full"),
+    ]  # fmt: skip
+    for png in outputs:
+        assert png.startswith(PNG) and len(png) > 5000
+
+
+def test_plot_input_errors():
+    with pytest.raises(ValueError, match="missing columns \\['value'\\]"):
+        plots.recall_curves_by_bucket(pd.DataFrame({"model": ["a"], "bucket": ["all"], "k": [10]}))
+    with pytest.raises(TypeError, match="must be a pandas DataFrame"):
+        plots.bars_with_ci({"name": ["a"]}, title="t", ylabel="y")
+    with pytest.raises(ValueError, match="has no rows"):
+        plots.bars_with_ci(
+            pd.DataFrame(columns=["name", "mean", "ci_low", "ci_high"]), title="t", ylabel="y"
+        )
+    bars = pd.DataFrame({"name": ["a"], "mean": [1.0], "ci_low": [1.5], "ci_high": [2.0]})
+    with pytest.raises(ValueError, match="does not contain the mean"):
+        plots.bars_with_ci(bars, title="t", ylabel="y")
+    bars["ci_low"] = 0.5
+    with pytest.raises(ValueError, match="highlight='b' is not one of the bars"):
+        plots.bars_with_ci(bars, title="t", ylabel="y", highlight="b")
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        plots.training_curves({})
+    with pytest.raises(ValueError, match="is empty; pass one value per epoch"):
+        plots.training_curves({"loss": {"a": []}})
+    with pytest.raises(ValueError, match="no finite values"):
+        plots.upload_age_histograms({"retrieved": [float("nan")]})
+    table = pd.DataFrame({"mean_predicted": [0.0, 1.0], "mean_observed": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="log_scale=True needs every mean"):
+        plots.calibration_plot(table, log_scale=True)
+    with pytest.raises(ValueError, match="tolerance must be a fraction"):
+        plots.calibration_plot(table, tolerance=15)
