@@ -115,6 +115,11 @@ class LightGBMConfig:
     relevance_buckets  lambdarank: clicked impressions get labels 1..K by training watch-time
                        quantiles, unclicked 0; each label's gain is its bucket's mean watch time
     ndcg_at            lambdarank: the NDCG cut-off monitored for early stopping
+    page_weighted      lambdarank: weight every page by its ideal DCG and turn LightGBM's
+                       per-page lambda normalization off, so the objective is DCG with watch-time
+                       gain. Plain NDCG (False) rescales each page to [0, 1]: a page whose click
+                       was watched 10 s counts as much as one watched 300 s, which favours
+                       often-clicked click-bait over long watches.
     vocab_top_n        categorical codes kept per id space (rest -> 0)
     num_threads        explicit thread count (with deterministic=True results repeat exactly)
     """
@@ -129,6 +134,7 @@ class LightGBMConfig:
     early_stopping_rounds: int = 30
     relevance_buckets: int = 8
     ndcg_at: int = 10
+    page_weighted: bool = True
     vocab_top_n: int | None = 10_000
     num_threads: int = 1
     seed: int = 0
