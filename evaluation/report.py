@@ -311,7 +311,9 @@ class Section:
     """One part of the report: what was measured and on which data, then numbers and figures.
 
     `metrics` is a (possibly nested) dict shown as a key/value table; keys are shown as key
-    paths, each with its meaning from `metric_notes` or else from `METRIC_GLOSSARY`.
+    paths, each with its meaning from `metric_notes` (keyed by the path within `metrics`) or
+    else from `METRIC_GLOSSARY`. `key_prefix` is where `metrics` sits in report.json (e.g.
+    "ranking" or "baselines.lightgbm.ranking"); when given, the table shows full key paths.
     """
 
     title: str
@@ -321,6 +323,7 @@ class Section:
     figures: Sequence[Figure] = field(default_factory=list)
     table_caption: str = ""
     metric_notes: Mapping[str, str] = field(default_factory=dict)
+    key_prefix: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.title, str) or not self.title.strip():
@@ -338,13 +341,27 @@ class Section:
                     f"Section {self.title!r}: figures must be evaluation.report.Figure objects"
                 )
         _leaves(self.metrics)  # validates keys now, not at write time
+        if self.key_prefix and not all(self.key_prefix.split(".")):
+            raise ValueError(
+                f"Section {self.title!r}: key_prefix {self.key_prefix!r} must be a key path of "
+                "non-empty keys joined by '.', e.g. 'baselines.lightgbm.ranking'"
+            )
 
     def metric_rows(self) -> list[tuple[str, str, str]]:
         """Return (key path, formatted value, meaning) for every metric of the section."""
         return [
-            (path, _fmt(value), self.metric_notes.get(path) or explain(path))
+            (
+                _join(self.key_prefix, path),
+                _fmt(value),
+                self.metric_notes.get(path) or explain(path),
+            )
             for path, value in _leaves(self.metrics)
         ]
+
+    @property
+    def metric_header(self) -> str:
+        """Return the heading of the metric column (says whether keys are full key paths)."""
+        return "metric (key path in report.json)" if self.key_prefix else "metric"
 
 
 _CSS = """
@@ -363,6 +380,12 @@ figure img{max-width:100%;height:auto;border:1px solid #d0d7de}
 figcaption{font-size:14px;color:#333;max-width:80ch;margin-top:4px}
 nav ol{margin:4px 0 0;padding-left:22px}code{font-family:ui-monospace,monospace}
 """
+
+
+_FOOTER = (
+    "Every number here is also in report.json: a section's metrics sit under its key paths, "
+    "and report.json's _meta block repeats the data set, split, seed and preset."
+)
 
 
 class Report:
@@ -431,6 +454,10 @@ class Report:
         """Return {key path: value} of every numeric metric (see `flatten`)."""
         return flatten(self.metrics)
 
+    def _shown_meta(self) -> list[tuple[str, Any]]:
+        # the title is the page heading and the schema version is for programs, not readers
+        return [(k, v) for k, v in self.meta.items() if k not in ("title", "schema_version")]
+
     # ----------------------------------------------------------------- writers
     def write_json(self, path: str | Path) -> Path:
         """Write report.json atomically; return its path."""
@@ -442,15 +469,15 @@ class Report:
         fig_dir_name = f"{path.stem}_figures"
         lines = [f"# {self.title}", ""]
         lines += [p + "\n" for p in _paragraphs(self.intro)]
-        lines += ["| run | |", "|---|---|"]
-        lines += [f"| {_md_cell(k)} | {_md_cell(_fmt(v))} |" for k, v in self.meta.items()]
+        lines += ["| computed on | |", "|---|---|"]
+        lines += [f"| {_md_cell(k)} | {_md_cell(_fmt(v))} |" for k, v in self._shown_meta()]
         lines.append("")
         for i, section in enumerate(self.sections, 1):
             lines += [f"## {i}. {section.title}", ""]
             lines += [p + "\n" for p in _paragraphs(section.description)]
             rows = section.metric_rows()
             if rows:
-                lines += ["| metric | value | meaning |", "|---|--:|---|"]
+                lines += [f"| {section.metric_header} | value | meaning |", "|---|--:|---|"]
                 lines += [f"| `{k}` | {_md_cell(v)} | {_md_cell(m)} |" for k, v, m in rows]
                 lines.append("")
             if section.table is not None:
@@ -467,7 +494,7 @@ class Report:
                 lines += [f"![{_md_cell(fig.title)}]({fig_dir_name}/{name})", ""]
                 caption = f"**{fig.title}.** {' '.join(fig.caption.split())}".strip()
                 lines += [caption, ""]
-        lines.append("Every number above is also in report.json under the key path shown.")
+        lines.append(_FOOTER)
         return atomic_write_text(path, "\n".join(lines) + "\n")
 
     def write_html(self, path: str | Path) -> Path:
@@ -481,10 +508,10 @@ class Report:
             f"<h1>{esc(self.title)}</h1>",
         ]
         out += [f"<p>{esc(p)}</p>" for p in _paragraphs(self.intro)]
-        out.append('<table class="meta"><tbody>')
+        out.append('<table class="meta"><caption class="muted">computed on</caption><tbody>')
         out += [
             f'<tr><th scope="row">{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>'
-            for k, v in self.meta.items()
+            for k, v in self._shown_meta()
         ]
         out.append("</tbody></table>")
         if self.sections:
@@ -500,7 +527,7 @@ class Report:
             rows = section.metric_rows()
             if rows:
                 out.append(
-                    '<div class="wrap"><table class="metrics"><thead><tr><th>metric (key path in report.json)</th><th>value</th><th>meaning</th></tr></thead><tbody>'
+                    f'<div class="wrap"><table class="metrics"><thead><tr><th>{esc(section.metric_header)}</th><th>value</th><th>meaning</th></tr></thead><tbody>'
                 )
                 out += [
                     f'<tr><td class="key">{esc(k)}</td><td class="num">{esc(v)}</td><td>{esc(m)}</td></tr>'
@@ -532,10 +559,7 @@ class Report:
                     f"<figcaption>{caption}</figcaption></figure>"
                 )
             out.append("</section>")
-        out.append(
-            '<p class="muted">Every number in this page is also in report.json under the key '
-            "path shown in the metric tables.</p></main></body></html>"
-        )
+        out.append(f'<p class="muted">{esc(_FOOTER)}</p></main></body></html>')
         return atomic_write_text(path, "\n".join(out) + "\n")
 
     def write_all(self, directory: str | Path, stem: str = "report") -> dict[str, Path]:

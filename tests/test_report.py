@@ -100,6 +100,8 @@ def test_report_input_errors():
         Section("", "what")
     with pytest.raises(ValueError, match="contains '.'"):
         Section("Ranking", "what", metrics={"ranking.auc": 0.5})
+    with pytest.raises(ValueError, match="key_prefix 'ranking..auc' must be a key path"):
+        Section("Ranking", "what", key_prefix="ranking..auc")
     with pytest.raises(TypeError, match="table must be a pandas DataFrame"):
         Section("Ranking", "what", table=[[1, 2]])
     with pytest.raises(ValueError, match="png must be PNG bytes"):
@@ -122,6 +124,7 @@ def test_report_writes_all_three_files_with_inline_images(tmp_path):
             table=pd.DataFrame({"model": ["deep <b>", "lightgbm"], "loss": [0.35, 0.36]}),
             table_caption="weighted per-user loss by model",
             metric_notes={"auc": "custom meaning"},
+            key_prefix="ranking",
         ),
         Section("Calibration", "Deciles.", table=table, figures=[Figure("Calibration", png, "y = x is perfect.")]),
     ]  # fmt: skip
@@ -134,14 +137,16 @@ def test_report_writes_all_three_files_with_inline_images(tmp_path):
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert "deep &lt;b&gt;" in page  # table cells are escaped
     assert "custom meaning" in page and "top 50" not in page
-    assert "nested.weighted_per_user_loss" in page and "lower is better" in page
+    assert "ranking.nested.weighted_per_user_loss" in page and "lower is better" in page
+    assert page.count("metric (key path in report.json)") == 1  # section 2 has no prefix
     assert page.count("<p>") >= 3  # the description's two paragraphs + section 2
     assert 'href="#s2"' in page
 
     md = paths["markdown"].read_text()
     assert "## 1. Ranking | held-out impressions" in md
     assert "| deep &lt;b&gt; | 0.35 |" in md  # raw HTML in cells is escaped
-    assert "| `auc` | 0.7 | custom meaning |" in md
+    assert "| `ranking.auc` | 0.7 | custom meaning |" in md
+    assert "| seed | 3 |" in md and "| git_commit | abc |" in md
     assert "![Calibration](report_figures/02-01-calibration.png)" in md
     assert (tmp_path / "report_figures" / "02-01-calibration.png").read_bytes() == png
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
