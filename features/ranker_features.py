@@ -430,9 +430,8 @@ def build_ranker_frame(
     )
     uniq_ipos, topic_row = np.unique(ipos, return_inverse=True)
     tp_rows = tp_codes[uniq_ipos]  # (I, T)
-    topics = np.where(
-        tp_rows >= 0, tp_names[np.maximum(tp_rows, 0)] if len(tp_names) else None, None
-    )
+    topics = np.full(tp_rows.shape, None, dtype=object)  # (I, T) topic names, None = padding
+    topics[tp_rows >= 0] = tp_names[tp_rows[tp_rows >= 0]]
     requested = np.zeros(n_items, dtype=bool)
     requested[ipos] = True
 

@@ -20,6 +20,7 @@ summarized by its size and how often the scored item occurs in it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -126,6 +127,9 @@ class _LightGBMRanker:
 
     kind: ClassVar[str] = ""
     provides_expected_watch_time: ClassVar[bool] = False
+    vocabularies_: RankerVocabularies
+    booster_: lgb.Booster
+    best_iteration_: int
 
     def __init__(self, config: LightGBMConfig | None = None, *, history_len: int = 50) -> None:
         self.config = config if config is not None else LightGBMConfig()
@@ -165,7 +169,7 @@ class _LightGBMRanker:
     def _train(
         self, params: dict[str, Any], train_set: lgb.Dataset, valid_set: lgb.Dataset | None
     ) -> None:
-        callbacks = []
+        callbacks: list[Callable[..., Any]] = []
         valid_sets = []
         if valid_set is not None:
             valid_sets = [valid_set]

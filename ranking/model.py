@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +100,12 @@ class DeepRanker(nn.Module):
                 for s in EMBEDDING_SPACES
             }
         )
-        for s, table in self.embeddings.items():
+        for s in EMBEDDING_SPACES:
             # small init keeps the first logits near 0; row 0 (padding/OOV) stays the zero vector
-            nn.init.normal_(table.weight, std=1.0 / self.embedding_widths[s] ** 0.5)
+            weight = self.table(s).weight
+            nn.init.normal_(weight, std=1.0 / self.embedding_widths[s] ** 0.5)
             with torch.no_grad():
-                table.weight[0].zero_()
+                weight[0].zero_()
         w = self.embedding_widths
         # scored item, watched bag, user language, item language, channel, topics, source
         n_in = 2 * w["item"] + 2 * w["language"] + w["channel"] + w["topic"] + w["source"]
@@ -115,18 +117,22 @@ class DeepRanker(nn.Module):
         layers.append(nn.Linear(n_in, 1))
         self.tower = nn.Sequential(*layers)
 
+    def table(self, space: str) -> nn.Embedding:
+        """Return the embedding table of an id space."""
+        return cast(nn.Embedding, self.embeddings[space])
+
     def forward(self, batch: RankerBatch) -> torch.Tensor:
         """Return the logits (B,) of a batch."""
-        e = self.embeddings
+        e = self.table
         parts = [
-            e["item"](batch.item),  # (B, Ei)
+            e("item")(batch.item),  # (B, Ei)
             # mean over the non-padding ids of the bag (padding excluded; an empty bag gives 0)
-            F.embedding_bag(batch.history, e["item"].weight, mode="mean", padding_idx=0),  # (B, Ei)
-            e["language"](batch.user_language),  # (B, El)
-            e["language"](batch.item_language),  # (B, El)
-            e["channel"](batch.channel),  # (B, Ec)
-            F.embedding_bag(batch.topics, e["topic"].weight, mode="mean", padding_idx=0),  # (B, Et)
-            e["source"](batch.source),  # (B, Es)
+            F.embedding_bag(batch.history, e("item").weight, mode="mean", padding_idx=0),  # (B, Ei)
+            e("language")(batch.user_language),  # (B, El)
+            e("language")(batch.item_language),  # (B, El)
+            e("channel")(batch.channel),  # (B, Ec)
+            F.embedding_bag(batch.topics, e("topic").weight, mode="mean", padding_idx=0),  # (B, Et)
+            e("source")(batch.source),  # (B, Es)
         ]
         if self.use_continuous:
             if batch.dense.shape[1] != self.n_dense:
