@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,7 +34,8 @@ __all__ = [
 ]
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100, 500)
-_CHUNK_ELEMENTS = 1 << 21  # rows per chunk × K stays below this: bounded float temporaries
+_CHUNK_ELEMENTS = 1 << 21  # rows per chunk × K stays below this: bounded temporaries
+_LOOKUP_TABLE_MAX_ID = 1 << 25  # coverage indexes a table by id below this, else re-codes
 
 Metrics = dict[str, float | int | str | None]
 
@@ -59,14 +61,16 @@ def _as_id_matrix(name: str, a: np.ndarray) -> np.ndarray:
 def _check_no_duplicates(name: str, arr: np.ndarray) -> None:
     if arr.shape[1] < 2:
         return
-    s = np.sort(arr, axis=1)
-    dup = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
-    if dup.any():
-        r, c = np.argwhere(dup)[0]
-        raise ValueError(
-            f"{name} row {int(r)} returns item {int(s[r, c + 1])} more than once; a retriever "
-            "must return distinct items per query (a duplicate would be counted twice)"
-        )
+    step = max(1, _CHUNK_ELEMENTS // arr.shape[1])
+    for r0 in range(0, arr.shape[0], step):  # chunked: the sorted copy stays small
+        s = np.sort(arr[r0 : r0 + step], axis=1)
+        dup = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+        if dup.any():
+            r, c = np.argwhere(dup)[0]
+            raise ValueError(
+                f"{name} row {int(r0 + r)} returns item {int(s[r, c + 1])} more than once; a "
+                "retriever must return distinct items per query (a duplicate would count twice)"
+            )
 
 
 def _flatten_targets(
@@ -93,26 +97,60 @@ def _flatten_targets(
     return np.repeat(np.arange(n_queries, dtype=np.int64), lengths), flat
 
 
-def _hit_matrix(
-    retrieved: np.ndarray, t_rows: np.ndarray, t_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return hits (Q, K) bool, unique target (rows, codes), retrieved codes and the code table.
+@dataclass(frozen=True)
+class _Hits:
+    """The hits of a retrieved matrix against per-query target sets, stored sparsely.
 
-    Item ids are re-coded densely over the union of retrieved and target ids so a (query, item)
-    pair becomes one int64 key q · U + code, and membership is one np.isin over all queries.
+    `universe` holds the distinct target ids; a target or hit is identified by its code (index
+    into `universe`). Hits are ordered by (row, col); `ordinal` is 1 for a row's first hit,
+    2 for its second, ... so precision at a hit is ordinal / (col + 1).
     """
-    n_q = retrieved.shape[0]
-    valid = retrieved >= 0
-    universe = np.unique(np.concatenate([t_ids, retrieved[valid]]))
-    u = max(len(universe), 1)
-    t_key = np.unique(t_rows * u + np.searchsorted(universe, t_ids))  # deduplicated targets
-    t_rows_u, t_codes_u = np.divmod(t_key, u)
-    r_codes = np.full(retrieved.shape, -1, dtype=np.int64)
-    r_codes[valid] = np.searchsorted(universe, retrieved[valid])
-    hits = np.zeros(retrieved.shape, dtype=bool)
-    rows = np.broadcast_to(np.arange(n_q, dtype=np.int64)[:, None], retrieved.shape)
-    hits[valid] = np.isin(rows[valid] * u + r_codes[valid], t_key, assume_unique=False)
-    return hits, t_rows_u, t_codes_u, r_codes, universe
+
+    universe: np.ndarray  # (U,) sorted distinct target ids
+    t_rows: np.ndarray  # (T,) query of each distinct (query, target) pair
+    t_codes: np.ndarray  # (T,)
+    rows: np.ndarray  # (H,) query of each hit
+    cols: np.ndarray  # (H,) 0-based rank of each hit
+    codes: np.ndarray  # (H,) target code of each hit
+    ordinal: np.ndarray  # (H,) 1-based index of the hit within its row
+
+
+def _find_hits(retrieved: np.ndarray, t_rows: np.ndarray, t_ids: np.ndarray) -> _Hits:
+    """Return the sparse hits of `retrieved` (Q, K) against the (query, target id) pairs.
+
+    Works from the targets side: each distinct (query, target) pair is compared with its
+    query's K retrieved ids, in chunks of pairs. That is O(T·K) cheap comparisons for T pairs
+    (a query's ids are distinct, so a pair is found at most once) and needs no table over the
+    item ids, whatever their range.
+    """
+    order = np.lexsort((t_ids, t_rows))  # by query, then id
+    r_sorted, i_sorted = t_rows[order], t_ids[order]
+    keep = np.ones(len(order), dtype=bool)
+    keep[1:] = (r_sorted[1:] != r_sorted[:-1]) | (i_sorted[1:] != i_sorted[:-1])
+    t_rows_u, t_ids_u = r_sorted[keep], i_sorted[keep]  # deduplicated pairs
+    universe, t_codes_u = np.unique(t_ids_u, return_inverse=True)
+    t_codes_u = t_codes_u.reshape(-1).astype(np.int64)
+    width = retrieved.shape[1]
+    cols = np.full(len(t_rows_u), -1, dtype=np.int64)  # rank of each pair's hit, -1 = missed
+    if width:
+        step = max(1, _CHUNK_ELEMENTS // width)
+        for c0 in range(0, len(t_rows_u), step):
+            eq = retrieved[t_rows_u[c0 : c0 + step]] == t_ids_u[c0 : c0 + step, None]  # (c, K)
+            cols[c0 : c0 + step] = np.where(eq.any(axis=1), eq.argmax(axis=1), -1)
+    found = cols >= 0
+    by_rank = np.lexsort((cols[found], t_rows_u[found]))  # hits by (row, col)
+    rows = t_rows_u[found][by_rank]
+    first = np.searchsorted(rows, rows, side="left")
+    ordinal = np.arange(1, len(rows) + 1, dtype=np.int64) - first
+    return _Hits(
+        universe=universe,
+        t_rows=t_rows_u,
+        t_codes=t_codes_u,
+        rows=rows,
+        cols=cols[found][by_rank],
+        codes=t_codes_u[found][by_rank],
+        ordinal=ordinal,
+    )
 
 
 def _validate_ks(ks: Sequence[int]) -> list[int]:
@@ -126,35 +164,26 @@ def _validate_ks(ks: Sequence[int]) -> list[int]:
     return sorted(set(out))
 
 
-def _counts_at(hits: np.ndarray, ks: list[int]) -> np.ndarray:
-    """Return (Q, len(ks)) int64: number of hits within each cutoff, one pass over the columns."""
-    out = np.zeros((hits.shape[0], len(ks)), dtype=np.int64)
-    running = np.zeros(hits.shape[0], dtype=np.int64)
-    prev = 0
-    for j, k in enumerate(ks):
-        running = running + hits[:, prev:k].sum(axis=1)
-        out[:, j] = running
-        prev = k
+def _coverage_at(retrieved: np.ndarray, ks: list[int]) -> list[int]:
+    """Return, for each k, the number of distinct ids among all rows' first k columns."""
+    valid = retrieved >= 0
+    if not valid.any():
+        return [0] * len(ks)
+    hi = int(retrieved.max())
+    if hi < _LOOKUP_TABLE_MAX_ID:
+        codes, n_codes = retrieved, hi + 1  # index the seen-table by id directly
+    else:
+        uniq, inv = np.unique(retrieved[valid], return_inverse=True)
+        codes = np.full(retrieved.shape, -1, dtype=np.int64)
+        codes[valid] = inv.reshape(-1)
+        n_codes = len(uniq)
+    out = []
+    for k in ks:
+        # one extra slot: the -1 padding writes to it by Python's negative indexing
+        seen = np.zeros(n_codes + 1, dtype=bool)
+        seen[codes[:, :k]] = True
+        out.append(int(seen[:-1].sum()))
     return out
-
-
-def _ranked_gains(hits: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Return (DCG (Q, len(ks)), Σ rel_r·precision@r (Q, len(ks))) at each cutoff, row-chunked."""
-    n_q, width = hits.shape
-    kmax = ks[-1]
-    cols = np.asarray(ks) - 1
-    disc = 1.0 / np.log2(np.arange(2, kmax + 2, dtype=np.float64))  # (kmax,)
-    inv_rank = 1.0 / np.arange(1, kmax + 1, dtype=np.float64)
-    dcg = np.zeros((n_q, len(ks)))
-    ap = np.zeros((n_q, len(ks)))
-    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
-    for r0 in range(0, n_q, step):
-        h = hits[r0 : r0 + step, :kmax]  # (c, kmax)
-        hf = h.astype(np.float64)
-        dcg[r0 : r0 + step] = np.cumsum(hf * disc, axis=1)[:, cols]
-        precision = np.cumsum(h, axis=1) * inv_rank  # (c, kmax)
-        ap[r0 : r0 + step] = np.cumsum(hf * precision, axis=1)[:, cols]
-    return dcg, ap
 
 
 def _bucket_label_codes(
@@ -212,8 +241,8 @@ def retrieval_metrics(
         raise ValueError(f"catalog_size must be a positive integer, got {catalog_size!r}")
     n_q, width = ret.shape
     t_rows, t_ids = _flatten_targets(targets, n_q)
-    hits, t_rows_u, t_codes_u, r_codes, universe = _hit_matrix(ret, t_rows, t_ids)
-    n_rel = np.bincount(t_rows_u, minlength=n_q)  # (Q,) distinct targets per query
+    h = _find_hits(ret, t_rows, t_ids)
+    n_rel = np.bincount(h.t_rows, minlength=n_q)  # (Q,) distinct targets per query
     has = n_rel > 0
     n_eval = int(has.sum())
 
@@ -224,21 +253,28 @@ def retrieval_metrics(
     def mean(x: np.ndarray) -> float | None:
         return float(x.mean()) if x.size else None
 
+    def per_query(sel: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        # (Q,) sum over the selected hits of each query (their count without weights)
+        w = None if weights is None else weights[sel]
+        return np.bincount(h.rows[sel], weights=w, minlength=n_q)
+
     if ks_ok:
-        nh = _counts_at(hits, ks_ok)[has]  # (Qe, nk)
-        dcg, ap = _ranked_gains(hits, ks_ok)
-        rel = n_rel[has][:, None]  # (Qe, 1)
-        ks_arr = np.asarray(ks_ok)[None, :]
-        n_ideal = np.minimum(rel, ks_arr)  # (Qe, nk)
-        disc_cum = np.cumsum(1.0 / np.log2(np.arange(2, ks_ok[-1] + 2, dtype=np.float64)))
-        idcg = disc_cum[n_ideal - 1]  # (Qe, nk)
+        kmax = ks_ok[-1]
+        disc = 1.0 / np.log2(np.arange(2, kmax + 2, dtype=np.float64))  # (kmax,) 1/log2(r+1)
+        disc_cum = np.cumsum(disc)
+        hit_disc = disc[np.minimum(h.cols, kmax - 1)]  # (H,) only used where col < k
+        hit_prec = h.ordinal / (h.cols + 1.0)  # (H,) precision at each hit's rank
+        rel = n_rel[has]  # (Qe,)
+        coverage = _coverage_at(ret, ks_ok)
         for j, k in enumerate(ks_ok):
-            out[f"recall@{k}"] = mean(nh[:, j] / rel[:, 0])
-            out[f"hitrate@{k}"] = mean((nh[:, j] > 0).astype(np.float64))
-            out[f"ndcg@{k}"] = mean(dcg[has, j] / idcg[:, j])
-            out[f"map@{k}"] = mean(ap[has, j] / n_ideal[:, j])
-            top = ret[:, :k]
-            out[f"coverage@{k}"] = float(np.unique(top[top >= 0]).size / catalog_size)
+            in_k = h.cols < k
+            nh = per_query(in_k)[has]
+            n_ideal = np.minimum(rel, k)
+            out[f"recall@{k}"] = mean(nh / rel)
+            out[f"hitrate@{k}"] = mean((nh > 0).astype(np.float64))
+            out[f"ndcg@{k}"] = mean(per_query(in_k, hit_disc)[has] / disc_cum[n_ideal - 1])
+            out[f"map@{k}"] = mean(per_query(in_k, hit_prec)[has] / n_ideal)
+            out[f"coverage@{k}"] = coverage[j] / catalog_size
     for k in ks_bad:
         for m in ("recall", "hitrate", "ndcg", "map", "coverage"):
             out[f"{m}@{k}"] = None
@@ -251,17 +287,17 @@ def retrieval_metrics(
     for dim, mapping in (item_bucket or {}).items():
         if "." in str(dim):
             raise ValueError(f"bucket dimension names must not contain '.', got {dim!r}")
-        per_code, labels = _bucket_label_codes(str(dim), mapping, universe, t_codes_u)
-        t_label = per_code[t_codes_u]  # (T,)
-        hit_label = np.where(hits, per_code[np.maximum(r_codes, 0)], -1)  # (Q, K)
+        per_code, labels = _bucket_label_codes(str(dim), mapping, h.universe, h.t_codes)
+        t_label = per_code[h.t_codes]  # (T,)
+        hit_label = per_code[h.codes]  # (H,)
         for b, name in enumerate(labels):
-            n_rel_b = np.bincount(t_rows_u[t_label == b], minlength=n_q)
+            n_rel_b = np.bincount(h.t_rows[t_label == b], minlength=n_q)
             has_b = n_rel_b > 0
             out[f"{dim}.{name}.n_queries"] = int(has_b.sum())
-            nh_b = _counts_at(hit_label == b, ks_ok)[has_b]  # (Qb, len(ks_ok))
-            for j, k in enumerate(ks_ok):
-                out[f"{dim}.{name}.recall@{k}"] = mean(nh_b[:, j] / n_rel_b[has_b])
-                out[f"{dim}.{name}.hitrate@{k}"] = mean((nh_b[:, j] > 0).astype(np.float64))
+            for k in ks_ok:
+                nh_b = per_query((h.cols < k) & (hit_label == b))[has_b]
+                out[f"{dim}.{name}.recall@{k}"] = mean(nh_b / n_rel_b[has_b])
+                out[f"{dim}.{name}.hitrate@{k}"] = mean((nh_b > 0).astype(np.float64))
             for k in ks_bad:
                 out[f"{dim}.{name}.recall@{k}"] = None
                 out[f"{dim}.{name}.hitrate@{k}"] = None
@@ -365,9 +401,10 @@ def ann_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     n_q = e.shape[0]
     e_valid = e >= 0
     e_rows = np.broadcast_to(np.arange(n_q, dtype=np.int64)[:, None], e.shape)[e_valid]
-    hits, t_rows_u, _, _, _ = _hit_matrix(a, e_rows, e[e_valid])
-    n_rel = np.bincount(t_rows_u, minlength=n_q)
+    h = _find_hits(a, e_rows, e[e_valid])
+    n_rel = np.bincount(h.t_rows, minlength=n_q)
     has = n_rel > 0
     if not has.any():
         raise ValueError("exact_ids holds no item for any query (all -1); nothing to compare")
-    return float((hits.sum(axis=1)[has] / n_rel[has]).mean())
+    found = np.bincount(h.rows, minlength=n_q)
+    return float((found[has] / n_rel[has]).mean())

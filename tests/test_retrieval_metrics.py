@@ -104,7 +104,7 @@ def _naive(retrieved, targets, ks, catalog_size):
     for k in ks:
         rec, hr, nd, ap = [], [], [], []
         for r, t in rows:
-            top = [x for x in r[:k].tolist()]
+            top = r[:k].tolist()
             rel = [1.0 if x in t else 0.0 for x in top]
             rec.append(sum(rel) / len(t))
             hr.append(float(sum(rel) > 0))
@@ -126,14 +126,17 @@ def _naive(retrieved, targets, ks, catalog_size):
     return out
 
 
-@pytest.mark.parametrize("chunk", [1 << 21, 7])
-def test_vectorized_matches_naive_definitions(chunk: int, monkeypatch) -> None:
-    monkeypatch.setattr(er, "_CHUNK_ELEMENTS", chunk)  # 7 -> one query per chunk
+@pytest.mark.parametrize(("chunk", "id_scale"), [(1 << 21, 1), (7, 1), (1 << 21, 10**12)])
+def test_vectorized_matches_naive_definitions(chunk: int, id_scale: int, monkeypatch) -> None:
+    # chunk 7 -> one target pair / query row per chunk; id_scale 10**12 -> sparse ids (coverage's
+    # np.unique path)
+    monkeypatch.setattr(er, "_CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(0)
     n_q, width, n_items = 60, 12, 40
     retrieved = np.stack([rng.permutation(n_items)[:width] for _ in range(n_q)]).astype(np.int64)
     retrieved[rng.random((n_q, width)) < 0.1] = -1  # some padding (distinct ids remain distinct)
-    targets = [rng.integers(0, n_items, int(s)) for s in rng.integers(0, 6, n_q)]
+    targets = [rng.integers(0, n_items, int(s)) * id_scale for s in rng.integers(0, 6, n_q)]
+    retrieved = np.where(retrieved >= 0, retrieved * id_scale, -1)
     got = retrieval_metrics(retrieved, targets, ks=(1, 5, 12), catalog_size=n_items)
     want = _naive(retrieved, targets, (1, 5, 12), n_items)
     for key, value in want.items():
