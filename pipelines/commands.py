@@ -1,0 +1,154 @@
+"""CLI commands that run models: run, recommend, predict, ab (registered into `vidrec`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipelines.config import PRESETS, resolve_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "run",
+        help="the main job: data -> candidate generator -> annoy -> ranker -> slates -> report",
+        description="Run (or resume) the whole pipeline into a run directory and write "
+        "report.json, report.md and report.html there. A rerun skips finished stages.",
+    )
+    s.add_argument("--preset", default="default", choices=PRESETS)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    s.add_argument(
+        "--data",
+        default=None,
+        help="a data directory in the contract layout (default: the built-in synthetic world)",
+    )
+    s.add_argument("--config", default=None, help="TOML/JSON file of config values to apply")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set ranking.hidden=[1024,512,256] (repeatable)",
+    )
+    s.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("recommend", help="print a user's top-k slate from a finished run")
+    s.add_argument("--run", required=True, help="run directory of a finished `vidrec run`")
+    s.add_argument("--user", required=True, type=int)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser(
+        "predict", help="expected watch time of items for a user, from a finished run"
+    )
+    s.add_argument("--run", required=True)
+    s.add_argument("--user", required=True, type=int)
+    s.add_argument("--items", required=True, help="comma-separated item ids")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run import STAGES, run_pipeline
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append("data.source=dir")
+    config = resolve_config(args.preset, overrides, args.config, seed=args.seed)
+    if args.print_config:
+        print(json.dumps(config, indent=2))
+        return 0
+    stages = STAGES
+    if args.stages:
+        stages = tuple(s.strip() for s in args.stages.split(","))
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    report = run_pipeline(
+        config, args.out, data_dir=args.data, progress=not args.no_progress, stages=stages
+    )
+    _print_headline(report, Path(args.out))
+    return 0
+
+
+def _print_headline(report: dict, out: Path) -> None:
+    if not report:
+        return
+    get = lambda path: _dig(report, path)  # noqa: E731
+    lines = [
+        f"data: {get('_meta.dataset')}   seed: {get('_meta.seed')}",
+        f"retrieval  recall@50 = {_f(get('retrieval.recall@50'))}  (most popular {_f(get('baselines.most_popular.retrieval.recall@50'))})",
+        f"ranking    weighted per-user loss = {_f(get('ranking.weighted_per_user_loss'))}  (click-only {_f(get('baselines.deep_click.ranking.weighted_per_user_loss'))})",
+    ]
+    tw = get("end_to_end.true_expected_watch_time.mean")
+    if tw is not None:
+        lines.append(
+            f"end to end true expected watch time per user = {_f(tw)} s, "
+            f"{_f(get('end_to_end.fraction_of_oracle'))} of the oracle's"
+        )
+    lines.append(f"report: {out / 'report.html'}")
+    print("\n".join(lines))
+
+
+def _dig(d: dict, path: str):
+    cur = d
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from pipelines.serve import Recommender
+
+    rec = Recommender.load(args.run)
+    out = rec.recommend(args.user, args.k)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        if out["note"]:
+            print(f"note: {out['note']}")
+        print(f"user {args.user} at {out['at']}: top {args.k}")
+        for row in out["slate"]:
+            print(
+                f"  {row['rank']:>3}  item {row['item_id']:>9}  expected watch time {row['expected_watch_time']:8.1f} s"
+                f"  (retrieved #{row['retrieval_rank']} by {row['stage']}, cg score {row['cg_score']:.3f})"
+            )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipelines.serve import Recommender
+
+    try:
+        items = [int(x) for x in args.items.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--items must be comma-separated integer item ids, got {args.items!r}"
+        ) from None
+    rec = Recommender.load(args.run)
+    out = rec.predict(args.user, items)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        if out["note"]:
+            print(f"note: {out['note']}")
+        for row in out["items"]:
+            print(
+                f"  item {row['item_id']:>9}  expected watch time {row['expected_watch_time']:8.1f} s"
+            )
+        if out["unknown_items"]:
+            print(f"unknown items (not in the catalog): {out['unknown_items']}")
+    return 0

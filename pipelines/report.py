@@ -1,0 +1,359 @@
+"""Assemble report.json / report.md / report.html from the stage outputs of a run directory.
+
+Key paths (see evaluation.report for the schema): the system's own numbers sit under
+`retrieval.*`, `ranking.*`, `watch_time.*`, `end_to_end.*`; every baseline's under
+`baselines.<name>.<area>.*` (e.g. `baselines.most_popular.retrieval.recall@50`,
+`baselines.deep_click.ranking.weighted_per_user_loss`, `baselines.oracle.end_to_end...`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evaluation import plots
+from evaluation.report import Figure, Report, Section
+from pipelines.context import RunContext
+
+SYSTEM_RANKER = "deep_weighted"
+RANKER_LABELS = {
+    "deep_weighted": "deep ranker, watch-time-weighted LR (system)",
+    "deep_click": "deep ranker, click-only LR",
+    "lgbm_weighted": "LightGBM, watch-time-weighted binary",
+    "lgbm_lambdarank": "LightGBM lambdarank (watch-time gain)",
+    "popularity": "popularity so far",
+}
+SLATE_LABELS = {
+    "deep_weighted": "full system: CG -> deep weighted ranker",
+    "deep_click": "CG -> click-only deep ranker",
+    "lgbm_weighted": "CG -> LightGBM weighted",
+    "lgbm_lambdarank": "CG -> LightGBM lambdarank",
+    "popularity": "CG -> popularity ranker",
+    "candidate_gen_only": "candidate generator alone (no ranker)",
+    "random": "random slate",
+    "most_popular": "most popular",
+    "logging_policy": "logging policy",
+    "oracle": "oracle (ground-truth best)",
+}
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text("utf-8")) if path.exists() else None
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report:
+    """Build and write the run's report (json, md, html) into the run directory."""
+    root = ctx.path
+    cfg = ctx.config
+    data = _load(root / "data" / "data.json")
+    split = ctx.split()
+    world = _load(root / "data" / "world.json")
+    cg_stage = ctx.rundir.manifest["stages"].get("candidate_gen", {})
+    cg_hist = _load(root / "candidate_gen" / "history.json") or []
+    retr = _load(root / "retrieval" / "retrieval.json")
+    rank = _load(root / "ranking_eval" / "ranking.json")
+    e2e = _load(root / "end_to_end" / "end_to_end.json")
+    ab = _load(root / "ab" / "ab.json")
+    dsname = data["name"]
+    windows = (
+        f"train [{_iso(split.start)}, {_iso(split.train_end)}), "
+        f"ranker window [{_iso(split.train_end)}, {_iso(split.valid_end)}), "
+        f"test [{_iso(split.valid_end)}, {_iso(split.test_end)})"
+    )
+    metrics: dict[str, Any] = {"data": {"counts": data["counts"]}, "baselines": {}}
+    sections: list[Section] = []
+    base = metrics["baselines"]
+
+    sections.append(
+        Section(
+            "Data and protocol",
+            f"Data set: {dsname} ({data.get('source', '')}). Time-based split: {windows}. The "
+            "candidate generator learns next-watch labels of the train window; the ranker learns the "
+            "impressions of the ranker window, scored by the candidate generator trained before it "
+            "(out of sample); every test number comes from the test window, with users served at "
+            "its start from their history strictly before it.",
+            metrics={"data": {"counts": data["counts"]}}
+            | ({"world": _scalars(world)} if world else {}),
+        )
+    )
+
+    if retr:
+        m = retr["metrics"]
+        metrics["retrieval"] = m["annoy"] | {"ann": retr["ann"], "upload_age": retr["upload_age"]}
+        base["exact_search"] = {"retrieval": m["exact"]}
+        base["most_popular"] = {"retrieval": m["most_popular"]}
+        base["random"] = {"retrieval": m["random"]}
+        curve = _recall_curve_frame(
+            {
+                "candidate generator (annoy)": m["annoy"],
+                "candidate generator (exact)": m["exact"],
+                "most popular": m["most_popular"],
+                "random": m["random"],
+            }
+        )
+        figs = [
+            Figure(
+                "Recall@k by item popularity",
+                plots.recall_curves_by_bucket(curve),
+                "Share of each held-out user's next watches (test window) found among the "
+                "top k retrieved items; panels split the targets by the item's training "
+                "popularity (head/torso/tail).",
+            )
+        ]
+        ages_npz = root / "retrieval" / "upload_ages.npz"
+        if ages_npz.exists():
+            with np.load(ages_npz) as z:
+                ages = {"retrieved (top 50)": z["retrieved"], "watched next": z["watched_next"]}
+            figs.append(
+                Figure(
+                    "Upload age of retrieved vs watched items",
+                    plots.upload_age_histograms(ages),
+                    "Age of items (days since upload at serving time) among the top-50 "
+                    "retrieved and among the items users actually watched next.",
+                )
+            )
+        if cg_hist:
+            figs.append(
+                Figure(
+                    "Candidate generator training",
+                    plots.training_curves(_curves(cg_hist)),
+                    "Per-epoch training loss and validation recall (ranker-window labels).",
+                )
+            )
+        ks = [int(k) for k in cfg["evaluation"]["ks"]]
+        table = pd.DataFrame(
+            [
+                {"model": name}
+                | {f"recall@{k}": v.get(f"recall@{k}") for k in ks}
+                | {
+                    "ndcg@10": v.get("ndcg@10"),
+                    "map@10": v.get("map@10"),
+                    "coverage@50": v.get("coverage@50"),
+                    "tail recall@50": v.get("popularity.tail.recall@50"),
+                }
+                for name, v in m.items()
+            ]
+        )
+        sections.append(
+            Section(
+                "Retrieval (candidate generation)",
+                f"Held-out users: {retr['n_users']} users who watched something in the test window, "
+                f"served at {_iso(retr['served_at'])}. Targets: the distinct items each watched in the "
+                f"test window{' (items already watched before are excluded from both the candidates and the targets)' if retr['exclude_watched'] else ''}. "
+                "The system retrieves from an annoy index (inner product) over item-tower embeddings of "
+                "every item uploaded by then; 'exact' is brute-force search over the same vectors. "
+                f"Trained on {cg_stage.get('train_examples', '?')} next-watch examples.",
+                metrics=metrics["retrieval"],
+                key_prefix="retrieval",
+                table=table,
+                table_caption="Test-window retrieval metrics per model (fractions).",
+                figures=figs,
+            )
+        )
+
+    if rank:
+        rm = rank["metrics"]
+        metrics["ranking"] = rm[SYSTEM_RANKER]
+        for name, v in rm.items():
+            if name != SYSTEM_RANKER:
+                base.setdefault(name, {})["ranking"] = v
+        table = pd.DataFrame(
+            [
+                {
+                    "ranker": RANKER_LABELS.get(n, n),
+                    "weighted per-user loss": v["weighted_per_user_loss"],
+                    "AUC": v["auc"],
+                    "GAUC": v["gauc"],
+                    "NDCG@5 (watch time)": v.get("ndcg@5"),
+                    "NDCG@10 (watch time)": v.get("ndcg@10"),
+                }
+                for n, v in rm.items()
+            ]
+        )
+        sections.append(
+            Section(
+                "Ranking",
+                f"Held-out impressions of the test window ({rank['n_rows']} rows on {rank['n_pages']} "
+                "pages). Weighted per-user loss [YT16]: over every (clicked, unclicked) pair shown on "
+                "the same page, the share of clicked watch time whose item scored no higher than the "
+                "unclicked one (lower is better).",
+                metrics=metrics["ranking"],
+                key_prefix="ranking",
+                table=table,
+                table_caption="Test-window ranking metrics per ranker.",
+            )
+        )
+        cal = rank["calibration"]
+        metrics["watch_time"] = cal[SYSTEM_RANKER]
+        base.setdefault("lgbm_weighted", {})["watch_time"] = cal.get("lgbm_weighted")
+        tables = {}
+        for n in cal:
+            p = root / "ranking_eval" / f"calibration_{n}.parquet"
+            if p.exists():
+                tables[RANKER_LABELS[n]] = pd.read_parquet(p)
+        figs = [
+            Figure(
+                "Calibration of expected watch time",
+                plots.calibration_plot(tables),
+                "Mean predicted exp(logit) against mean observed watch time (0 for an "
+                "unclicked impression) per decile of the prediction; the band is +-15%.",
+            )
+        ]
+        pt = root / "ranking_eval" / f"calibration_truth_{SYSTEM_RANKER}.parquet"
+        if pt.exists():
+            figs.append(
+                Figure(
+                    "Calibration against the ground truth",
+                    plots.calibration_plot(
+                        {RANKER_LABELS[SYSTEM_RANKER]: pd.read_parquet(pt)},
+                        title="Predicted vs true expected watch time (simulator), by decile",
+                    ),
+                    "Same deciles, against the world's true E[watch time] of each impression.",
+                )
+            )
+        sections.append(
+            Section(
+                "Expected watch time",
+                "exp(logit) of the watch-time-weighted ranker is its expected watch time per impression "
+                "(seconds). Calibration on held-out test impressions by decile of the prediction.",
+                metrics=metrics["watch_time"],
+                key_prefix="watch_time",
+                figures=figs,
+            )
+        )
+
+    if e2e:
+        sl = e2e["slates"]
+        metrics["end_to_end"] = sl[SYSTEM_RANKER]
+        for name, v in sl.items():
+            if name != SYSTEM_RANKER:
+                base.setdefault(name, {})["end_to_end"] = v
+        rows = []
+        for name, v in sl.items():
+            tw = v.get("true_expected_watch_time") or {}
+            rows.append(
+                {
+                    "slate": SLATE_LABELS.get(name, name),
+                    **{k: v.get(k) for k in v if k.startswith(("recall", "ndcg"))},
+                    "true E[watch time]/user (s)": tw.get("mean"),
+                    "95% CI low": tw.get("ci_low"),
+                    "95% CI high": tw.get("ci_high"),
+                    "fraction of oracle": v.get("fraction_of_oracle"),
+                }
+            )
+        table = pd.DataFrame(rows)
+        figs = []
+        if all("true_expected_watch_time" in v for v in sl.values()):
+            bars = pd.DataFrame(
+                [
+                    {"name": SLATE_LABELS.get(n, n), **v["true_expected_watch_time"]}
+                    for n, v in sl.items()
+                ]
+            )
+            figs.append(
+                Figure(
+                    "True expected watch time per user by slate",
+                    plots.bars_with_ci(
+                        bars,
+                        title=f"Top-{e2e['k']} slates: true expected watch time per user",
+                        ylabel="seconds per user (ground truth)",
+                        highlight=SLATE_LABELS[SYSTEM_RANKER],
+                    ),
+                    "Ground-truth expected watch time of each user's slate under the simulator, "
+                    "mean over held-out users with a bootstrap 95% interval.",
+                )
+            )
+        sections.append(
+            Section(
+                "End to end",
+                f"For {e2e['n_users']} held-out users served at {_iso(e2e['served_at'])}: top-{e2e['k']} "
+                "slates from each system, compared with what the users watched in the test window "
+                "(recall, NDCG with watch time as gain) and, on the simulated world, by the slate's "
+                "true expected watch time under the ground truth (with position bias).",
+                metrics=metrics["end_to_end"],
+                key_prefix="end_to_end",
+                table=table,
+                figures=figs,
+            )
+        )
+    if ab:
+        metrics["ab"] = ab["metrics"]
+        sections.append(
+            Section(
+                "Closed-loop simulated A/B",
+                ab["description"],
+                metrics=ab["metrics"],
+                key_prefix="ab",
+                table=pd.DataFrame(ab["table"]) if ab.get("table") else None,
+            )
+        )
+
+    report = Report(
+        metrics,
+        dataset=dsname,
+        split=windows,
+        seed=ctx.seed,
+        preset=str(cfg["data"].get("world_preset", "custom")),
+        sections=sections,
+        title=f"vidrec report: {dsname}",
+        intro="Two-stage recommender (YouTube-DNN): candidate generation -> ranking by expected "
+        "watch time. Every number is labelled with the data and window it was computed on.",
+        extra_meta={
+            "config_hash": ctx.rundir.config_hash,
+            "git_commit": ctx.rundir.manifest.get("git_commit"),
+            "stage_seconds": {
+                k: v.get("seconds") for k, v in ctx.rundir.manifest["stages"].items()
+            },
+            **(extra or {}),
+        },
+    )
+    report.write_all(root)
+    return report
+
+
+def _scalars(d: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (d or {}).items() if isinstance(v, int | float | str | bool)}
+
+
+def _curves(history: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    panels: dict[str, dict[str, list[float]]] = {}
+    for key in history[0]:
+        if key == "epoch":
+            continue
+        vals = [h.get(key) for h in history]
+        if all(isinstance(v, int | float) for v in vals):
+            panels[key] = {"candidate generator": [float(v) for v in vals]}
+    return panels
+
+
+def _recall_curve_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for model, m in models.items():
+        for key, value in m.items():
+            if not key.startswith(("recall@", "popularity.")) or value is None:
+                continue
+            parts = key.split(".")
+            if len(parts) == 1:
+                bucket, metric = "all", parts[0]
+            elif len(parts) == 3 and parts[2].startswith("recall@"):
+                bucket, metric = parts[1], parts[2]
+            else:
+                continue
+            rows.append(
+                {
+                    "model": model,
+                    "bucket": bucket,
+                    "k": int(metric.split("@")[1]),
+                    "value": float(value),
+                }
+            )
+    return pd.DataFrame(rows)

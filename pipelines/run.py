@@ -1,0 +1,414 @@
+"""`vidrec run`: data -> split -> candidate generator -> index -> retrieval -> ranker -> slates -> report.
+
+Time protocol (every number in the report says which window it comes from):
+
+    [start ............ train_end) [train_end ...... valid_end) [valid_end ........ end)
+     candidate generator labels      ranker training impressions   test: retrieval targets,
+     (example age relative to        (CG scores are out of sample:  held-out impressions,
+      train_end)                      the CG never saw them)          end-to-end slates at valid_end
+
+* The candidate generator trains on next-watch labels before `train_end` and stops early on
+  labels in the ranker window.
+* The ranker trains on impressions in [train_end, valid_end) (the latest share held out for
+  early stopping); its candidate-generator score feature comes from the CG trained before.
+* Test: held-out users are served at `valid_end` from their history strictly before it;
+  retrieval targets are what they watched in the test window; ranking metrics are on test
+  impressions; on the simulated world every slate is also scored by the world's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from candidate_gen.config import CandidateGenConfig
+from candidate_gen.index import AnnoyIndex, ExactIndex
+from candidate_gen.retrieve import Retriever
+from candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
+from evaluation.retrieval import (
+    ann_recall,
+    freshness_buckets,
+    popularity_buckets,
+    retrieval_metrics,
+)
+from features.atomic import atomic_path, atomic_write_json
+from features.examples import CandidateFeaturizer
+from features.split import TimeSplit
+from pipelines.context import RunContext, none_if_zero, seed_everything
+from pipelines.rundir import RunDir
+
+log = logging.getLogger("vidrec")
+
+STAGES: tuple[str, ...] = (
+    "data",
+    "candidate_gen",
+    "index",
+    "retrieval",
+    "ranker",
+    "ranking_eval",
+    "end_to_end",
+    "report",
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+def save_frame(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text("utf-8"))
+
+
+def cg_config(config: dict[str, Any]) -> CandidateGenConfig:
+    c = dict(config["candidate_gen"])
+    c["max_examples_per_user"] = none_if_zero(c["max_examples_per_user"])
+    c["user_layers"] = tuple(c["user_layers"])
+    c["item_layers"] = tuple(c["item_layers"])
+    c["seed"] = int(config["seed"])
+    return CandidateGenConfig.from_dict(c)
+
+
+def featurizer_from_config(config: dict[str, Any]) -> CandidateFeaturizer:
+    return CandidateFeaturizer(**config["features"])
+
+
+def heldout_users(ctx: RunContext) -> np.ndarray:
+    """Users with at least one watch in the test window (a seeded sample of max_users)."""
+    ds, split = ctx.dataset(), ctx.split()
+    lo, hi = split.bounds("test")
+    w = ds.watches
+    t = w["timestamp"].to_numpy()
+    users = np.unique(w["user_id"].to_numpy()[(t >= lo) & (t < hi)])
+    cap = int(ctx.config["evaluation"]["max_users"])
+    if len(users) > cap:
+        rng = np.random.default_rng(ctx.seed + 101)
+        users = np.sort(rng.choice(users, size=cap, replace=False))
+    return users
+
+
+def watched_lists(
+    ds_watches: pd.DataFrame, users: np.ndarray, lo: int, hi: int
+) -> list[np.ndarray]:
+    """Distinct items each user watched in [lo, hi), one array per user (in `users` order)."""
+    w = ds_watches
+    t = w["timestamp"].to_numpy()
+    sel = w.loc[(t >= lo) & (t < hi), ["user_id", "item_id"]].drop_duplicates()
+    sel = sel[sel["user_id"].isin(users)]
+    pos = pd.Index(users).get_indexer(sel["user_id"].to_numpy())
+    order = np.argsort(pos, kind="stable")
+    items = sel["item_id"].to_numpy()[order]
+    counts = np.bincount(pos, minlength=len(users))
+    return np.split(items, np.cumsum(counts)[:-1])
+
+
+def available_items(ds_items: pd.DataFrame, at_time: int) -> np.ndarray:
+    """Boolean mask of catalog items uploaded at or before `at_time` (servable then)."""
+    return ds_items["upload_time"].to_numpy() <= at_time
+
+
+# ----------------------------------------------------------------------------- stages
+def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
+    cfg = ctx.config
+    info: dict[str, Any] = {}
+    if ctx.is_synthetic:
+        world = ctx.world()
+        ds = world.dataset
+        atomic_write_json(out / "world.json", world.card())
+        info["source"] = f"synthetic world, preset {cfg['data']['world_preset']}, seed {ctx.seed}"
+    else:
+        if ctx.data_dir is None:
+            raise ValueError("data.source is 'dir' but no --data DIR was given")
+        from features.io import read_dataset
+
+        ds, report = read_dataset(ctx.data_dir)
+        atomic_write_json(out / "validation.json", report.to_dict())
+        info["source"] = f"data directory {ctx.data_dir}"
+        ds.name = ds.name if ds.name != "unnamed" else Path(ctx.data_dir).name
+    ctx.store_dataset(ds, out)
+    split = TimeSplit.from_fractions(
+        ds,
+        train=cfg["split"]["train_end"],
+        valid=cfg["split"]["valid_end"] - cfg["split"]["train_end"],
+    )
+    ctx.cache["split"] = split
+    atomic_write_json(out / "split.json", split.to_dict())
+    counts = ds.counts()
+    atomic_write_json(out / "data.json", {"name": ds.name, "counts": counts, **info})
+    return {"counts": counts, "split": split.to_dict()}
+
+
+def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
+    ds, split = ctx.dataset(), ctx.split()
+    cfg = cg_config(ctx.config)
+    featurizer = featurizer_from_config(ctx.config).fit(ds, split)
+    train = featurizer.examples(ds, "train", max_examples_per_user=cfg.max_examples_per_user)
+    valid = featurizer.examples(ds, "valid", max_examples_per_user=cfg.max_examples_per_user)
+    items = featurizer.item_features(ds)
+    log.info(
+        "candidate generator: %d training examples (%d dropped by the per-user cap), %d validation",
+        len(train),
+        train.n_dropped_by_cap,
+        len(valid),
+    )
+    t0 = time.perf_counter()
+    model = train_candidate_generator(
+        cfg,
+        train,
+        items,
+        valid=valid,
+        checkpoint_dir=out / "checkpoints",
+        resume=True,
+        progress=ctx.progress,
+    )
+    seconds = time.perf_counter() - t0
+    model.save(out / "model")
+    ctx.cache["cg_model"] = model
+    atomic_write_json(out / "history.json", model.history)
+    return {
+        "train_examples": len(train),
+        "valid_examples": len(valid),
+        "examples_dropped_by_cap": int(train.n_dropped_by_cap),
+        "train_seconds": round(seconds, 2),
+        "featurizer": {k: v for k, v in featurizer.schema().items() if isinstance(v, int | str)},
+    }
+
+
+def cg_model(ctx: RunContext) -> TrainedCandidateGenerator:
+    if "cg_model" not in ctx.cache:
+        ctx.cache["cg_model"] = TrainedCandidateGenerator.load(ctx.path / "candidate_gen" / "model")
+    return ctx.cache["cg_model"]
+
+
+def serving_item_vectors(ctx: RunContext, at_time: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the items servable at `at_time`, upload ages measured at that time."""
+    model, ds = cg_model(ctx), ctx.dataset()
+    items = model.featurizer.item_features(ds, reference_time=at_time)
+    ids, vecs = model.item_embeddings(items)
+    keep = available_items(ds.items, at_time)
+    return ids[keep], vecs[keep]
+
+
+def stage_index(ctx: RunContext, out: Path) -> dict[str, Any]:
+    split = ctx.split()
+    r = ctx.config["retrieval"]
+    ids, vecs = serving_item_vectors(ctx, split.valid_end)
+    t0 = time.perf_counter()
+    index = AnnoyIndex(vecs, ids, n_trees=r["n_trees"], search_k=r["search_k"], seed=ctx.seed)
+    build = time.perf_counter() - t0
+    index.save(out / "annoy")
+    with atomic_path(out / "item_vectors.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, ids=ids, vectors=vecs)
+    ctx.cache["annoy"] = index
+    return {
+        "items_indexed": int(len(ids)),
+        "dim": int(vecs.shape[1]),
+        "build_seconds": round(build, 3),
+        "served_at": int(split.valid_end),
+    }
+
+
+def annoy_index(ctx: RunContext) -> AnnoyIndex:
+    if "annoy" not in ctx.cache:
+        ctx.cache["annoy"] = AnnoyIndex.load(ctx.path / "index" / "annoy")
+    return ctx.cache["annoy"]
+
+
+def exact_index(ctx: RunContext) -> ExactIndex:
+    if "exact" not in ctx.cache:
+        with np.load(ctx.path / "index" / "item_vectors.npz") as z:
+            ctx.cache["exact"] = ExactIndex(z["vectors"], z["ids"])
+    return ctx.cache["exact"]
+
+
+def _latency(fn, queries: np.ndarray, repeats: int = 3) -> dict[str, float]:
+    """Per-query latency (ms) of fn(one query) over `queries`: p50/p99 over all calls."""
+    times = []
+    for _ in range(repeats):
+        for q in queries:
+            t0 = time.perf_counter()
+            fn(q[None, :])
+            times.append((time.perf_counter() - t0) * 1e3)
+    arr = np.asarray(times)
+    return {"p50_ms": float(np.median(arr)), "p99_ms": float(np.percentile(arr, 99))}
+
+
+def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
+    ds, split = ctx.dataset(), ctx.split()
+    ev, r = ctx.config["evaluation"], ctx.config["retrieval"]
+    ks = [int(k) for k in ev["ks"]]
+    kmax = max(max(ks), int(r["n_candidates"]))
+    users = heldout_users(ctx)
+    t_serve = split.valid_end
+    retriever = Retriever(cg_model(ctx), annoy_index(ctx), ds)
+    vectors = retriever.user_vectors(users, t_serve)
+    history = watched_lists(ds.watches, users, split.start - 10**12, t_serve)
+    exclude = history if r["exclude_watched"] else None
+    targets = watched_lists(ds.watches, users, *split.bounds("test"))
+    if r["exclude_watched"]:
+        targets = [np.setdiff1d(t, h) for t, h in zip(targets, history, strict=True)]
+    annoy_ids, annoy_scores = annoy_index(ctx).search(vectors, kmax, exclude)
+    exact_ids, exact_scores = exact_index(ctx).search(vectors, kmax, exclude)
+
+    # popularity buckets from training-window watch counts; freshness at serving time
+    w = ds.watches
+    tr = split.slice(w, "train")
+    counts = tr["item_id"].value_counts()
+    all_items = ds.items["item_id"].to_numpy()
+    pop = popularity_buckets(all_items, counts.reindex(all_items, fill_value=0).to_numpy())
+    fresh = freshness_buckets(all_items, ds.items["upload_time"].to_numpy(), t_serve)
+    buckets = {"popularity": pop, "freshness": fresh}
+    n_catalog = int(available_items(ds.items, t_serve).sum())
+    metrics = {
+        "annoy": retrieval_metrics(
+            annoy_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
+        ),
+        "exact": retrieval_metrics(
+            exact_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
+        ),
+    }
+    # baselines: most popular in the window before serving (train + valid), random
+    before = w[w["timestamp"].to_numpy() < t_serve]
+    top = before["item_id"].value_counts()
+    servable = set(all_items[available_items(ds.items, t_serve)].tolist())
+    top = top[top.index.isin(servable)]
+    pop_ids = _top_excluding(top.index.to_numpy(), exclude, len(users), kmax)
+    rng = np.random.default_rng(ctx.seed + 7)
+    servable_arr = np.fromiter(servable, dtype=np.int64)
+    rand_ids = _top_excluding(rng.permutation(servable_arr), exclude, len(users), kmax, rng=rng)
+    metrics["most_popular"] = retrieval_metrics(
+        pop_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
+    )
+    metrics["random"] = retrieval_metrics(
+        rand_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
+    )
+
+    # ANN quality and speed against exact search on the same vectors
+    ann = {
+        f"recall@{k}": ann_recall(annoy_ids[:, :k], exact_ids[:, :k])
+        for k in (10, 100)
+        if k <= kmax
+    }
+    q = vectors[: min(200, len(vectors))]
+    lat_annoy = _latency(lambda x: annoy_index(ctx).search(x, 100), q)
+    lat_exact = _latency(lambda x: exact_index(ctx).search(x, 100), q)
+    ann.update(
+        {
+            "annoy_p50_ms": lat_annoy["p50_ms"],
+            "annoy_p99_ms": lat_annoy["p99_ms"],
+            "exact_p50_ms": lat_exact["p50_ms"],
+            "exact_p99_ms": lat_exact["p99_ms"],
+            "speedup_p50": lat_exact["p50_ms"] / max(lat_annoy["p50_ms"], 1e-9),
+            "n_items": n_catalog,
+            "n_queries_timed": int(len(q)),
+        }
+    )
+    # upload ages (days at serving time) of retrieved items vs the items watched next
+    upload = pd.Series(ds.items["upload_time"].to_numpy(), index=all_items)
+    top50 = annoy_ids[:, :50]
+    ret_age = (t_serve - upload.reindex(top50[top50 >= 0].ravel()).to_numpy()) / 86400.0
+    nxt = np.concatenate(targets) if targets else np.array([], dtype=np.int64)
+    nxt_age = (t_serve - upload.reindex(nxt).to_numpy()) / 86400.0
+    ages = {"retrieved_top50_days": _quantiles(ret_age), "watched_next_days": _quantiles(nxt_age)}
+    np.savez(out / "upload_ages.npz", retrieved=ret_age, watched_next=nxt_age)
+
+    n_c = int(r["n_candidates"])
+    cands = pd.DataFrame(
+        {
+            "user_id": np.repeat(users, n_c),
+            "item_id": annoy_ids[:, :n_c].ravel(),
+            "score": annoy_scores[:, :n_c].ravel(),
+            "rank": np.tile(np.arange(1, n_c + 1), len(users)),
+        }
+    )
+    cands = cands[cands["item_id"] >= 0]
+    save_frame(cands, out / "candidates.parquet")
+    result = {
+        "metrics": metrics,
+        "ann": ann,
+        "upload_age": ages,
+        "n_users": int(len(users)),
+        "n_users_with_targets": int(sum(len(t) > 0 for t in targets)),
+        "served_at": int(t_serve),
+        "exclude_watched": bool(r["exclude_watched"]),
+    }
+    atomic_write_json(out / "retrieval.json", result)
+    return {"n_users": int(len(users))}
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {}
+    qs = np.percentile(x, [10, 25, 50, 75, 90])
+    return {
+        "mean": float(x.mean()),
+        "p10": qs[0],
+        "p25": qs[1],
+        "median": qs[2],
+        "p75": qs[3],
+        "p90": qs[4],
+        "share_under_7d": float((x < 7).mean()),
+    }
+
+
+def _top_excluding(
+    ranked: np.ndarray,
+    exclude: list[np.ndarray] | None,
+    n_users: int,
+    k: int,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """(U, k) ids: the first k of `ranked` not in each user's exclusion list (-1 padded).
+
+    With `rng`, each user gets its own shuffle of `ranked` (random baseline)."""
+    out = np.full((n_users, k), -1, dtype=np.int64)
+    width = min(len(ranked), k + (max((len(e) for e in exclude), default=0) if exclude else 0))
+    for u in range(n_users):  # per user, not per event: U is the held-out sample (<= max_users)
+        cand = rng.permutation(ranked)[:width] if rng is not None else ranked[:width]
+        if exclude is not None and len(exclude[u]):
+            cand = cand[~np.isin(cand, exclude[u])]
+        cand = cand[:k]
+        out[u, : len(cand)] = cand
+    return out
+
+
+def run_pipeline(
+    config: dict[str, Any],
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    stages: tuple[str, ...] = STAGES,
+) -> dict[str, Any]:
+    """Run (or resume) every stage into `out`; return the report dict."""
+    from pipelines import stages_rank  # ranking, end-to-end and report stages
+
+    seed_everything(int(config["seed"]))
+    rundir = RunDir(out, config)
+    ctx = RunContext(rundir, Path(data_dir) if data_dir else None, progress)
+    funcs = {
+        "data": stage_data,
+        "candidate_gen": stage_candidate_gen,
+        "index": stage_index,
+        "retrieval": stage_retrieval,
+        "ranker": stages_rank.stage_ranker,
+        "ranking_eval": stages_rank.stage_ranking_eval,
+        "end_to_end": stages_rank.stage_end_to_end,
+        "report": stages_rank.stage_report,
+    }
+    t0 = time.perf_counter()
+    for name in stages:
+        rundir.run_stage(name, lambda d, f=funcs[name]: f(ctx, d))
+    log.info(
+        "run finished in %.1f s; report: %s", time.perf_counter() - t0, rundir.path / "report.html"
+    )
+    return load_json(rundir.path / "report.json") if (rundir.path / "report.json").exists() else {}

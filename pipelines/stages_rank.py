@@ -1,0 +1,309 @@
+"""Run stages after retrieval: ranker training, ranking evaluation, end-to-end slates, report.
+
+See `pipelines.run` for the time protocol. Rankers compared side by side on the same rows:
+
+    deep_weighted   DeepRanker, watch-time-weighted logistic regression (the system's ranker)
+    deep_click      DeepRanker, every example weight 1 (click-only baseline)
+    lgbm_weighted   LightGBM binary with the same weighting; expected watch time = exp(raw)
+    lgbm_lambdarank LightGBM lambdarank with watch-time relevance
+    popularity      item popularity so far
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evaluation.ranking import log_loss, ranking_metrics
+from evaluation.watch_time import (
+    calibration_by_decile,
+    calibration_summary,
+    ground_truth_errors,
+    watch_time_errors,
+)
+from features.atomic import atomic_write_json
+from features.ranker_features import RankerFrame, build_ranker_frame
+from pipelines import scoring
+from pipelines.context import RunContext
+from pipelines.run import cg_model, heldout_users, load_json, save_frame
+from ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker, PopularityRanker
+from ranking.config import LightGBMConfig, RankerConfig
+from ranking.train import TrainedRanker, train_ranker
+
+log = logging.getLogger("vidrec")
+
+RANKERS: tuple[str, ...] = (
+    "deep_weighted",
+    "deep_click",
+    "lgbm_weighted",
+    "lgbm_lambdarank",
+    "popularity",
+)
+
+
+_BASELINES = {
+    "lgbm_weighted": lambda cfg, hl: LightGBMWeightedRanker(cfg, history_len=hl),
+    "lgbm_lambdarank": lambda cfg, hl: LightGBMLambdaRanker(cfg, history_len=hl),
+    "popularity": lambda cfg, hl: PopularityRanker(),
+}
+
+
+def ranker_config(config: dict[str, Any], weighting: str) -> RankerConfig:
+    c = {k: v for k, v in config["ranking"].items() if k not in ("max_train_rows", "max_eval_rows")}
+    c["hidden"] = tuple(c["hidden"])
+    c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
+    c.update(weighting=weighting, seed=int(config["seed"]))
+    return RankerConfig.from_dict(c)
+
+
+def lgbm_config(config: dict[str, Any]) -> LightGBMConfig:
+    c = dict(config["lightgbm"])
+    c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
+    c["seed"] = int(config["seed"])
+    return LightGBMConfig.from_dict(c)
+
+
+def impression_frame(ctx: RunContext, lo: int, hi: int, max_rows: int = 0) -> RankerFrame:
+    """Ranker rows for the impressions in [lo, hi), with out-of-sample CG scores and ranks."""
+    ds = ctx.dataset()
+    imp = ds.impressions
+    if imp is None or len(imp) == 0:
+        raise ValueError(
+            f"data set {ds.name!r} has no impressions table: the ranker trains on impressions "
+            "(user_id, item_id, timestamp, clicked, watch_time)"
+        )
+    t = imp["timestamp"].to_numpy()
+    req = imp[(t >= lo) & (t < hi)].reset_index(drop=True)
+    if max_rows and len(req) > max_rows:
+        # whole pages, seeded: keep the impressions of a random subset of (user, time) pages
+        pages = req.groupby(["user_id", "timestamp"]).ngroup().to_numpy()
+        rng = np.random.default_rng(ctx.seed + 11)
+        keep_pages = rng.permutation(pages.max() + 1)[
+            : int(max_rows / max(len(req) / (pages.max() + 1), 1))
+        ]
+        req = req[np.isin(pages, keep_pages)].reset_index(drop=True)
+    req = scoring.add_cg_features(cg_model(ctx), ds, req)
+    return build_ranker_frame(ds, req, history_len=int(ctx.config["ranking"]["history_len"]))
+
+
+def stage_ranker(ctx: RunContext, out: Path) -> dict[str, Any]:
+    split = ctx.split()
+    lo, hi = split.bounds("valid")
+    cut = hi - int((hi - lo) * float(ctx.config["split"]["ranker_valid_share"]))
+    t0 = time.perf_counter()
+    frame = impression_frame(ctx, lo, hi, int(ctx.config["ranking"]["max_train_rows"]))
+    build_s = time.perf_counter() - t0
+    ts = frame.rows["timestamp"].to_numpy()
+    train = frame.take(np.flatnonzero(ts < cut))
+    valid = frame.take(np.flatnonzero(ts >= cut))
+    log.info(
+        "ranker: %d training rows, %d validation rows (features built in %.1f s)",
+        len(train),
+        len(valid),
+        build_s,
+    )
+    info: dict[str, Any] = {
+        "train_rows": len(train),
+        "valid_rows": len(valid),
+        "feature_seconds": round(build_s, 2),
+    }
+    for name, weighting in (("deep_weighted", "watch_time"), ("deep_click", "click")):
+        t1 = time.perf_counter()
+        model = train_ranker(
+            ranker_config(ctx.config, weighting),
+            train,
+            valid,
+            checkpoint_dir=out / name / "checkpoints",
+            progress=ctx.progress,
+        )
+        model.save(out / name / "model")
+        info[f"{name}_seconds"] = round(time.perf_counter() - t1, 2)
+        atomic_write_json(out / name / "history.json", model.history)
+        ctx.cache[name] = model
+    lcfg = lgbm_config(ctx.config)
+    hl = int(ctx.config["ranking"]["history_len"])
+    for name, make in _BASELINES.items():
+        t1 = time.perf_counter()
+        m = make(lcfg, hl).fit(train, valid)
+        m.save(out / name)
+        ctx.cache[name] = m
+        info[f"{name}_seconds"] = round(time.perf_counter() - t1, 2)
+    return info
+
+
+def rankers(ctx: RunContext) -> dict[str, Any]:
+    """The trained rankers by name (loaded from the run directory when not cached)."""
+    out = {}
+    base = ctx.path / "ranker"
+    for name in ("deep_weighted", "deep_click"):
+        if name not in ctx.cache:
+            ctx.cache[name] = TrainedRanker.load(base / name / "model")
+        out[name] = ctx.cache[name]
+    for name, make in _BASELINES.items():
+        if name not in ctx.cache:
+            ctx.cache[name] = type(make(LightGBMConfig(), 1)).load(base / name)
+        out[name] = ctx.cache[name]
+    return out
+
+
+def score_all(models: dict[str, Any], frame: RankerFrame) -> dict[str, np.ndarray]:
+    """Ranking score per model: exp(logit) for the deep and weighted LightGBM rankers (the
+    expected watch time; click odds for deep_click), the model's own score otherwise."""
+    scores = {}
+    for name, m in models.items():
+        if name in ("deep_weighted", "deep_click", "lgbm_weighted"):
+            scores[name] = np.asarray(m.predict_expected_watch_time(frame), dtype=np.float64)
+        else:
+            scores[name] = np.asarray(m.predict_score(frame), dtype=np.float64)
+    return scores
+
+
+def stage_ranking_eval(ctx: RunContext, out: Path) -> dict[str, Any]:
+    split = ctx.split()
+    frame = impression_frame(
+        ctx, *split.bounds("test"), int(ctx.config["ranking"]["max_eval_rows"])
+    )
+    clicked, watch = frame.labels()
+    groups = frame.page_ids()
+    models = rankers(ctx)
+    t0 = time.perf_counter()
+    scores = score_all(models, frame)
+    score_s = time.perf_counter() - t0
+    metrics: dict[str, Any] = {}
+    for name, s in scores.items():
+        m = ranking_metrics(groups, clicked, watch, s)
+        if name in ("deep_click",):
+            odds = s
+            m["logloss"] = log_loss(clicked, odds / (1.0 + odds))
+        metrics[name] = m
+    # expected watch time: calibration by decile on held-out impressions (observed watch time,
+    # 0 for unclicked) and, on the simulated world, against the ground truth
+    calib: dict[str, Any] = {}
+    tables = {}
+    truth = None
+    if ctx.is_synthetic:
+        world = ctx.world()
+        pos = frame.rows["position"].to_numpy() if "position" in frame.rows else None
+        truth = world.expected_watch_time(
+            frame.rows["user_id"].to_numpy(),
+            frame.rows["item_id"].to_numpy(),
+            frame.rows["timestamp"].to_numpy(),
+            position=pos,
+        )
+    for name in ("deep_weighted", "lgbm_weighted"):
+        pred = scores[name]
+        table = calibration_by_decile(pred, watch)
+        tables[name] = table
+        save_frame(table, out / f"calibration_{name}.parquet")
+        entry = {
+            "observed": calibration_summary(pred, watch),
+            "errors": watch_time_errors(pred, watch),
+        }
+        if truth is not None:
+            entry["vs_ground_truth"] = ground_truth_errors(pred, truth)
+            gt_table = calibration_by_decile(pred, truth)
+            save_frame(gt_table, out / f"calibration_truth_{name}.parquet")
+            entry["ground_truth_calibration"] = calibration_summary(pred, truth)
+        calib[name] = entry
+    result = {
+        "metrics": metrics,
+        "calibration": calib,
+        "n_rows": int(len(frame)),
+        "n_pages": int(groups.max() + 1) if len(groups) else 0,
+        "window": list(split.bounds("test")),
+        "scoring_rows_per_second": float(len(frame) * len(models) / max(score_s, 1e-9)),
+    }
+    atomic_write_json(out / "ranking.json", result)
+    return {"n_rows": int(len(frame))}
+
+
+def _bootstrap_mean(x: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    means = x[idx].mean(axis=1)
+    return {
+        "mean": float(x.mean()),
+        "ci_low": float(np.percentile(means, 2.5)),
+        "ci_high": float(np.percentile(means, 97.5)),
+        "n_users": int(len(x)),
+    }
+
+
+def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
+    ds, split = ctx.dataset(), ctx.split()
+    k = int(ctx.config["evaluation"]["slate_k"])
+    t_serve = split.valid_end
+    cands = pd.read_parquet(ctx.path / "retrieval" / "candidates.parquet")
+    users = heldout_users(ctx)
+    req = cands.rename(columns={"score": "cg_score", "rank": "cg_rank"})
+    req["timestamp"] = np.int64(t_serve)
+    req["source"] = "candidate_gen"
+    frame = build_ranker_frame(
+        ds,
+        req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
+        history_len=int(ctx.config["ranking"]["history_len"]),
+    )
+    models = rankers(ctx)
+    scores = score_all(models, frame)
+    scores["candidate_gen_only"] = req["cg_score"].to_numpy(dtype=np.float64)
+    slates: dict[str, np.ndarray] = {
+        name: scoring.top_k_per_user(
+            req["user_id"].to_numpy(), req["item_id"].to_numpy(), s, users, k
+        )
+        for name, s in scores.items()
+    }
+    next_watches = split.slice(ds.watches, "test")
+    result: dict[str, Any] = {
+        "k": k,
+        "served_at": int(t_serve),
+        "n_users": int(len(users)),
+        "slates": {},
+    }
+    n_boot = int(ctx.config["evaluation"]["bootstrap"])
+    world = ctx.world() if ctx.is_synthetic else None
+    if world is not None:
+        rng = np.random.default_rng(ctx.seed + 23)
+        slates["random"] = world.random_slates(users, t_serve, k, rng)
+        slates["most_popular"] = world.most_popular_slates(users, t_serve, k)
+        slates["logging_policy"] = world.logging_policy_slates(users, t_serve, k, rng)
+        slates["oracle"] = world.oracle_slates(users, t_serve, k)
+    for name, sl in slates.items():
+        entry = scoring.slate_offline_metrics(users, sl, next_watches)
+        if world is not None:
+            per_user = world.slate_expected_watch_time(users, sl, t_serve)
+            entry["true_expected_watch_time"] = _bootstrap_mean(per_user, n_boot, ctx.seed + 31)
+        result["slates"][name] = entry
+    if world is not None:
+        oracle = result["slates"]["oracle"]["true_expected_watch_time"]["mean"]
+        for entry in result["slates"].values():
+            entry["fraction_of_oracle"] = entry["true_expected_watch_time"]["mean"] / max(
+                oracle, 1e-12
+            )
+    atomic_write_json(out / "end_to_end.json", result)
+    save_frame(
+        pd.DataFrame(
+            {
+                "user_id": np.repeat(users, k),
+                "rank": np.tile(np.arange(1, k + 1), len(users)),
+                "item_id": slates["deep_weighted"].ravel(),
+            }
+        ),
+        out / "slates.parquet",
+    )
+    return {"n_users": int(len(users))}
+
+
+def stage_report(ctx: RunContext, out: Path) -> dict[str, Any]:
+    from pipelines.report import build_report
+
+    build_report(ctx)
+    return {}
+
+
+def read_stage_json(ctx: RunContext, stage: str, name: str) -> Any:
+    return load_json(ctx.path / stage / name)
