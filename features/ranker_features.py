@@ -192,16 +192,6 @@ class RankerFrame:
 # ----------------------------------------------------------------- bulk "before t" lookups
 
 
-def _pair(a: np.ndarray, n_a: int, b: np.ndarray, n_b: int) -> tuple[np.ndarray, int]:
-    """Return (group code of the pair (a, b), number of groups); -1 where a or b is -1."""
-    bad = (a < 0) | (b < 0)
-    if n_a * n_b < 2**62:
-        return np.where(bad, -1, a * n_b + b), n_a * n_b
-    # too many combinations for a product code: number the pairs that occur instead
-    codes, uniq = pd.MultiIndex.from_arrays([a, b]).factorize()
-    return np.where(bad, -1, codes).astype(np.int64), len(uniq)
-
-
 def _before(
     ev_g: np.ndarray,
     ev_t: np.ndarray,
@@ -370,44 +360,174 @@ def _categorical(codes: np.ndarray, names: np.ndarray) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object))
 
 
+def _gather_users(
+    sorted_users: np.ndarray, uniq_users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (positions into the user-sorted events, user code in uniq_users) of uniq_users' events.
+
+    Events keep their (user, time) order; concatenating contiguous slices costs O(result).
+    """
+    starts = np.searchsorted(sorted_users, uniq_users, side="left")
+    lengths = np.searchsorted(sorted_users, uniq_users, side="right") - starts
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths  # where each user's slice begins in the result
+    pos = np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    return pos, np.repeat(np.arange(len(uniq_users), dtype=np.int64), lengths)
+
+
+class _TimeSortedGroups:
+    """Events sorted by (group, time) answering "how many before t" for any query time."""
+
+    def __init__(self, group: np.ndarray, t: np.ndarray, n_groups: int) -> None:
+        keep = group >= 0
+        group, t = group[keep], t[keep].astype(np.int64)
+        self.t_min = int(t.min()) if len(t) else 0
+        t_max = int(t.max()) if len(t) else 0
+        self.span = t_max - self.t_min + 2  # codes 0..span-2 for events, span-1 = after all
+        self.times: np.ndarray | None = None
+        if max(n_groups, 1) * self.span >= 2**62:  # code times by rank instead
+            self.times = np.unique(t)
+            self.span = len(self.times) + 1
+        self.key = np.sort(group * self.span + self._code(t))
+
+    def _code(self, t: np.ndarray) -> np.ndarray:
+        # a query time's code counts the event times strictly below it; clipping keeps codes in
+        # range without changing that count
+        if self.times is not None:
+            return np.searchsorted(self.times, t, side="left").astype(np.int64)
+        return np.clip(t.astype(np.int64) - self.t_min, 0, self.span - 1)
+
+    def count_before(self, group: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Return (Q,) int64: events of the query's group strictly before its time (0 for -1)."""
+        valid = group >= 0
+        g = np.maximum(group, 0)
+        q_key = g * self.span + self._code(t)
+        order = np.argsort(q_key)  # sorted needles keep searchsorted cache-friendly
+        end = np.empty(len(t), dtype=np.int64)
+        start = np.empty(len(t), dtype=np.int64)
+        end[order] = np.searchsorted(self.key, q_key[order], side="left")
+        start[order] = np.searchsorted(self.key, (g * self.span)[order], side="left")
+        return np.where(valid, end - start, 0)
+
+
+class RankerFeatureIndex:
+    """A `Dataset` prepared for building ranker features repeatedly (serving, many requests).
+
+    Holds the items' attribute codes, the watches and impressions sorted by (user, time) and
+    the watches sorted by (item, time). Building from an index reads only the requesting users'
+    events (plus a binary search per row for item popularity), so scoring one user's
+    candidates does not scan the whole log. The index is a snapshot: rebuild it when the
+    dataset changes.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        items, users = dataset.items, dataset.users
+        for name, table, cols in (
+            ("items", items, ("item_id", "upload_time")),
+            ("users", users, ("user_id",)),
+            ("watches", dataset.watches, ("user_id", "item_id", "timestamp")),
+        ):
+            miss = [c for c in cols if c not in table.columns]
+            if miss:
+                raise ValueError(
+                    f"dataset.{name} is missing column(s) {miss} (see features/tables.py)"
+                )
+        self.n_items = len(items)
+        self.item_index = pd.Index(items["item_id"].to_numpy(dtype=np.int64))
+        if not self.item_index.is_unique:
+            raise ValueError("dataset.items.item_id has duplicates; each item must appear once")
+        none: tuple[np.ndarray, np.ndarray] = (
+            np.full(self.n_items, -1, dtype=np.int64),
+            np.array([], dtype=object),
+        )
+        # per item: channel / language / topic codes (-1 = missing) and the names they index
+        self.channel_codes: np.ndarray
+        self.channel_names: np.ndarray
+        self.language_codes: np.ndarray
+        self.language_names: np.ndarray
+        self.channel_codes, self.channel_names = (
+            _str_codes_of(items["channel_id"]) if "channel_id" in items else none
+        )
+        self.language_codes, self.language_names = (
+            _str_codes_of(items["language"]) if "language" in items else none
+        )
+        if "topics" in items:
+            self.topic_codes, self.topic_names = _topic_codes_of(items["topics"])
+        else:
+            self.topic_codes = np.full((self.n_items, 1), -1, dtype=np.int64)
+            self.topic_names = np.array([], dtype=object)
+        self.upload = items["upload_time"].to_numpy(dtype=np.int64)
+        self.duration = (
+            pd.to_numeric(items["duration"], errors="coerce").to_numpy(dtype=np.float64)
+            if "duration" in items
+            else np.full(self.n_items, np.nan)
+        )
+        self.user_index = pd.Index(users["user_id"].to_numpy(dtype=np.int64))
+        if "language" in users:
+            self.user_language_codes, self.user_language_names = _str_codes_of(users["language"])
+        else:
+            self.user_language_codes, self.user_language_names = (
+                np.full(len(users), -1, dtype=np.int64),
+                np.array([], dtype=object),
+            )
+
+        w = dataset.watches
+        w_user = w["user_id"].to_numpy(dtype=np.int64)
+        w_t = w["timestamp"].to_numpy(dtype=np.int64)
+        order = np.lexsort((w_t, w_user))  # by user, then time; stable within a second
+        self.w_user = w_user[order]
+        self.w_t = w_t[order]
+        self.w_item = w["item_id"].to_numpy(dtype=np.int64)[order]
+        self.w_ipos = self.item_index.get_indexer(self.w_item).astype(np.int64)
+        self.popularity = _TimeSortedGroups(self.w_ipos, self.w_t, self.n_items)
+
+        imp = dataset.impressions
+        if imp is not None and len(imp):
+            for col in ("user_id", "item_id", "timestamp", "clicked"):
+                if col not in imp.columns:
+                    raise ValueError(
+                        f"dataset.impressions is missing column {col!r} (see features/tables.py)"
+                    )
+            i_user = imp["user_id"].to_numpy(dtype=np.int64)
+            i_t = imp["timestamp"].to_numpy(dtype=np.int64)
+            order = np.lexsort((i_t, i_user))
+            self.i_user = i_user[order]
+            self.i_t = i_t[order]
+            self.i_ipos = self.item_index.get_indexer(
+                imp["item_id"].to_numpy(dtype=np.int64)[order]
+            ).astype(np.int64)
+            self.i_clicked = imp["clicked"].to_numpy(dtype=np.int64)[order]
+        else:
+            self.i_user = self.i_t = self.i_ipos = self.i_clicked = np.zeros(0, dtype=np.int64)
+
+
 def build_ranker_frame(
-    dataset: Dataset,
+    dataset: Dataset | RankerFeatureIndex,
     requests: pd.DataFrame,
     *,
     history_len: int = 50,
 ) -> RankerFrame:
     """Return the `RankerFrame` of `requests` (user_id, item_id, timestamp[, source, cg_score]).
 
-    Every feature uses only `dataset` events strictly before the request's timestamp. Requests
-    of items absent from `dataset.items` are refused (their attributes are unknown); a user
-    absent from `dataset.users` gets a missing (OOV) language. Labels (`clicked`, `watch_time`)
-    and `position` are carried through when present.
+    Every feature uses only `dataset` events strictly before the request's timestamp. Pass a
+    `RankerFeatureIndex` instead of the dataset to build repeatedly (serving) without re-sorting
+    the logs. Requests of items absent from `dataset.items` are refused (their attributes are
+    unknown); a user absent from `dataset.users` gets a missing (OOV) language. Labels
+    (`clicked`, `watch_time`) and `position` are carried through when present.
     """
     if history_len < 1:
         raise ValueError(f"build_ranker_frame: history_len must be >= 1, got {history_len}")
     req = _validate_requests(requests)
+    ix = dataset if isinstance(dataset, RankerFeatureIndex) else RankerFeatureIndex(dataset)
     n = len(req)
-    items, users = dataset.items, dataset.users
-    for name, table, cols in (
-        ("items", items, ("item_id", "upload_time")),
-        ("users", users, ("user_id",)),
-        ("watches", dataset.watches, ("user_id", "item_id", "timestamp")),
-    ):
-        miss = [c for c in cols if c not in table.columns]
-        if miss:
-            raise ValueError(f"dataset.{name} is missing column(s) {miss} (see features/tables.py)")
+    n_items = ix.n_items
 
     r_user = req["user_id"].to_numpy(dtype=np.int64)
     r_item = req["item_id"].to_numpy(dtype=np.int64)
     r_t = req["timestamp"].to_numpy(dtype=np.int64)
-    t_cap = int(r_t.max()) if n else 0  # no event at or after the last request can matter
 
     # ---- items: attribute codes once per item, gathered per row
-    n_items = len(items)
-    item_index = pd.Index(items["item_id"].to_numpy(dtype=np.int64))
-    if not item_index.is_unique:
-        raise ValueError("dataset.items.item_id has duplicates; each item must appear once")
-    ipos = item_index.get_indexer(r_item)
+    ipos = ix.item_index.get_indexer(r_item)
     unknown = ipos < 0
     if unknown.any():
         raise ValueError(
@@ -415,23 +535,11 @@ def build_ranker_frame(
             f"dataset.items; first offending rows:\n{_first_rows(req, unknown)}\n"
             "score only items of the catalog (or add them to the items table)"
         )
-    no_codes = (np.full(n_items, -1, dtype=np.int64), np.array([], dtype=object))
-    ch_codes, ch_names = _str_codes_of(items["channel_id"]) if "channel_id" in items else no_codes
-    il_codes, il_names = _str_codes_of(items["language"]) if "language" in items else no_codes
-    if "topics" in items:
-        tp_codes, tp_names = _topic_codes_of(items["topics"])
-    else:
-        tp_codes, tp_names = np.full((n_items, 1), -1, dtype=np.int64), np.array([], dtype=object)
-    upload = items["upload_time"].to_numpy(dtype=np.int64)[ipos]
-    duration = (
-        pd.to_numeric(items["duration"], errors="coerce").to_numpy(dtype=np.float64)[ipos]
-        if "duration" in items
-        else np.full(n, np.nan)
-    )
+    ch_codes, tp_codes = ix.channel_codes, ix.topic_codes
     uniq_ipos, topic_row = np.unique(ipos, return_inverse=True)
     tp_rows = tp_codes[uniq_ipos]  # (I, T)
     topics = np.full(tp_rows.shape, None, dtype=object)  # (I, T) topic names, None = padding
-    topics[tp_rows >= 0] = tp_names[tp_rows[tp_rows >= 0]]
+    topics[tp_rows >= 0] = ix.topic_names[tp_rows[tp_rows >= 0]]
     requested = np.zeros(n_items, dtype=bool)
     requested[ipos] = True
 
@@ -439,26 +547,23 @@ def build_ranker_frame(
     uniq_users = np.unique(r_user)
     n_u = len(uniq_users)
     r_uc = np.searchsorted(uniq_users, r_user).astype(np.int64)
-    if "language" in users:
-        ul_codes, ul_names = _str_codes_of(users["language"])
-        upos = pd.Index(users["user_id"].to_numpy(dtype=np.int64)).get_indexer(r_user)
-        user_lang = _categorical(np.where(upos >= 0, ul_codes[np.maximum(upos, 0)], -1), ul_names)
-    else:
-        user_lang = _categorical(np.full(n, -1, dtype=np.int64), np.array([], dtype=object))
+    upos = ix.user_index.get_indexer(r_user)
+    user_lang = _categorical(
+        np.where(upos >= 0, ix.user_language_codes[np.maximum(upos, 0)], -1)
+        if len(ix.user_language_codes)
+        else np.full(n, -1, dtype=np.int64),
+        ix.user_language_names,
+    )
 
-    # ---- watches before the last request: all of them for item popularity, the requests'
-    # users' ones for everything user-keyed
-    w = dataset.watches
-    w_t_all = w["timestamp"].to_numpy(dtype=np.int64)
-    early = w_t_all < t_cap
-    w_item_all = w["item_id"].to_numpy(dtype=np.int64)[early]
-    w_t_all = w_t_all[early]
-    w_ipos_all = item_index.get_indexer(w_item_all)
-    w_uc_all = _codes_in(uniq_users, w["user_id"].to_numpy(dtype=np.int64)[early])
-    mine = w_uc_all >= 0
-    w_uc, w_item, w_ipos, w_t = w_uc_all[mine], w_item_all[mine], w_ipos_all[mine], w_t_all[mine]
+    # ---- the requesting users' watches, in (user, time) order
+    t_cap = int(r_t.max()) if n else 0  # no event at or after the last request can matter
+    sel, w_uc = _gather_users(ix.w_user, uniq_users)
+    w_t = ix.w_t[sel]
+    early = w_t < t_cap
+    sel, w_uc, w_t = sel[early], w_uc[early], w_t[early]
+    w_item, w_ipos = ix.w_item[sel], ix.w_ipos[sel]
 
-    # user activity + watched bag: the users' watches sorted by (user, time)
+    # user activity + watched bag
     user_activity, hist_end, hist_order = _before(w_uc, w_t, r_uc, r_t, n_u, stable=True)
     history_items = w_item[hist_order]
 
@@ -466,12 +571,11 @@ def build_ranker_frame(
     ev_g, q_g, n_g = _pair_codes((w_uc, w_ipos), (r_uc, ipos), n_u, n_items)
     user_item_watches, _ = _count_and_last(ev_g, w_t, q_g, r_t, n_g)
 
-    # item popularity: watches by anyone of the scored items
-    pop = (w_ipos_all >= 0) & requested[np.maximum(w_ipos_all, 0)]
-    item_popularity, _ = _count_and_last(w_ipos_all[pop], w_t_all[pop], ipos, r_t, n_items)
+    # item popularity: watches by anyone of the item before t
+    item_popularity = ix.popularity.count_before(ipos, r_t)
 
     # user x channel
-    n_ch = max(len(ch_names), 1)
+    n_ch = max(len(ix.channel_names), 1)
     w_ch = np.where(w_ipos >= 0, ch_codes[np.maximum(w_ipos, 0)], -1)
     ev_g, q_g, n_g = _pair_codes((w_uc, w_ch), (r_uc, ch_codes[ipos]), n_u, n_ch)
     user_channel_watches, last_ch = _count_and_last(ev_g, w_t, q_g, r_t, n_g)
@@ -489,7 +593,7 @@ def build_ranker_frame(
         (w_uc[known][e_row], w_tp[e_row, e_col]),
         (r_uc[q_row], q_tp[q_row, q_col]),
         n_u,
-        max(len(tp_names), 1),
+        max(len(ix.topic_names), 1),
     )
     _, last_q = _count_and_last(ev_g, w_t[known][e_row], q_g, r_t[q_row], n_g)
     last_mat = np.full(q_tp.shape, -np.inf)  # (N, T)
@@ -499,20 +603,14 @@ def build_ranker_frame(
     since_topic = np.where(never_topic, NEVER_SECONDS, r_t - np.where(never_topic, 0, last_topic))
 
     # ---- churn: impressions of this item to this user before t (and the unclicked ones)
-    imp = dataset.impressions
-    if imp is not None and len(imp):
-        i_t = imp["timestamp"].to_numpy(dtype=np.int64)
-        i_uc = _codes_in(uniq_users, imp["user_id"].to_numpy(dtype=np.int64))
-        i_ipos = item_index.get_indexer(imp["item_id"].to_numpy(dtype=np.int64))
-        m = (i_t < t_cap) & (i_uc >= 0) & (i_ipos >= 0)
-        m &= requested[np.maximum(i_ipos, 0)]
-        ev_g, q_g, n_g = _pair_codes((i_uc[m], i_ipos[m]), (r_uc, ipos), n_u, n_items)
-        shown, _ = _count_and_last(ev_g, i_t[m], q_g, r_t, n_g)
-        m0 = imp["clicked"].to_numpy(dtype=np.int64)[m] == 0
-        unclicked, _ = _count_and_last(ev_g[m0], i_t[m][m0], q_g, r_t, n_g)
-    else:
-        shown = np.zeros(n, dtype=np.int64)
-        unclicked = np.zeros(n, dtype=np.int64)
+    sel, i_uc = _gather_users(ix.i_user, uniq_users)
+    i_t, i_ipos = ix.i_t[sel], ix.i_ipos[sel]
+    m = (i_t < t_cap) & (i_ipos >= 0)
+    m &= requested[np.maximum(i_ipos, 0)]
+    ev_g, q_g, n_g = _pair_codes((i_uc[m], i_ipos[m]), (r_uc, ipos), n_u, n_items)
+    shown, _ = _count_and_last(ev_g, i_t[m], q_g, r_t, n_g)
+    m0 = ix.i_clicked[sel][m] == 0
+    unclicked, _ = _count_and_last(ev_g[m0], i_t[m][m0], q_g, r_t, n_g)
 
     # ---- candidate generator score and its rank within the page (user, timestamp)
     if "cg_score" in req.columns:
@@ -541,8 +639,8 @@ def build_ranker_frame(
             "user_item_unclicked": unclicked,
             "cg_score": cg_score,
             "cg_rank": cg_rank,
-            "item_age": np.maximum(r_t - upload, 0),
-            "duration": duration,
+            "item_age": np.maximum(r_t - ix.upload[ipos], 0),
+            "duration": ix.duration[ipos],
             "item_popularity": item_popularity,
             "user_activity": user_activity,
         },
@@ -568,8 +666,8 @@ def build_ranker_frame(
             "timestamp": r_t,
             "source": _categorical(src_codes, src_names),
             "user_language": user_lang,
-            "item_language": _categorical(il_codes[ipos], il_names),
-            "channel_id": _categorical(ch_codes[ipos], ch_names),
+            "item_language": _categorical(ix.language_codes[ipos], ix.language_names),
+            "channel_id": _categorical(ch_codes[ipos], ix.channel_names),
         }
     )
     if "position" in req.columns:

@@ -32,6 +32,7 @@ from features.normalize import QuantileNormalizer
 from features.ranker_features import (
     CONTINUOUS_COLUMNS,
     EncodedRankerFrame,
+    RankerFeatureIndex,
     RankerFrame,
     RankerVocabularies,
     build_ranker_frame,
@@ -146,7 +147,7 @@ class TrainedRanker:
 
     def score_items(
         self,
-        dataset: Dataset,
+        dataset: Dataset | RankerFeatureIndex,
         user_id: int,
         item_ids: Sequence[int] | np.ndarray,
         t: int,
@@ -156,7 +157,8 @@ class TrainedRanker:
     ) -> pd.DataFrame:
         """Return DataFrame(item_id, expected_watch_time) for one user's candidates at time t.
 
-        Rows keep the order of `item_ids`; features use only `dataset` events before t.
+        Rows keep the order of `item_ids`; features use only `dataset` events before t. For
+        repeated calls pass a `RankerFeatureIndex(dataset)` built once (no log re-sorting).
         """
         ids = np.asarray(item_ids, dtype=np.int64)
         req = pd.DataFrame(
@@ -230,7 +232,7 @@ class TrainedRanker:
 
 def predict_expected_watch_time(
     ranker: TrainedRanker,
-    dataset: Dataset,
+    dataset: Dataset | RankerFeatureIndex,
     user_id: int,
     item_ids: Sequence[int] | np.ndarray,
     t: int,

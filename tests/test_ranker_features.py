@@ -8,6 +8,7 @@ from features.ranker_features import (
     CONTINUOUS_COLUMNS,
     FLAG_COLUMNS,
     NEVER_SECONDS,
+    RankerFeatureIndex,
     RankerVocabularies,
     build_ranker_frame,
     embedding_width,
@@ -245,6 +246,31 @@ def test_bulk_builder_matches_a_per_row_loop(seed):
     # same multiset per bag (ties within one second may be ordered either way)
     got = [sorted(x for x in row if x >= 0) for row in f.history_ids().tolist()]
     assert got == [sorted(x) for x in ref["last3"]]
+
+
+def test_index_reuse_and_huge_time_spans_match_the_loop():
+    ds = random_dataset(2)
+    ix = RankerFeatureIndex(ds)
+    a = build_ranker_frame(ds, ds.impressions, history_len=3)
+    b = build_ranker_frame(ix, ds.impressions, history_len=3)
+    pd.testing.assert_frame_equal(a.continuous, b.continuous)
+    np.testing.assert_array_equal(a.history_ids(), b.history_ids())
+    # one user at a time through the same index gives the same rows
+    one = ds.impressions[ds.impressions.user_id == 3]
+    c = build_ranker_frame(ix, one, history_len=3)
+    np.testing.assert_array_equal(
+        c.continuous.to_numpy(), a.continuous[(ds.impressions.user_id == 3).to_numpy()].to_numpy()
+    )
+    # timestamps spread over ~2**61 s (590 * 2**52) overflow a (group, time) product key: times get rank codes
+    big = random_dataset(3)
+    for table in (big.watches, big.impressions):
+        table["timestamp"] = table["timestamp"] * 2**52
+    f = build_ranker_frame(big, big.impressions, history_len=3)
+    ref = _brute_force(big, big.impressions)
+    for col in ("user_item_watches", "item_popularity", "user_item_impressions", "user_activity"):
+        np.testing.assert_array_equal(
+            f.continuous[col].to_numpy(), ref[col].to_numpy(dtype=float), err_msg=col
+        )
 
 
 def test_vocabularies_top_n_shared_item_space_and_roundtrip(tmp_path):
