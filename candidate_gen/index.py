@@ -18,8 +18,10 @@ Conventions shared by both:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -215,14 +217,16 @@ class ExactIndex:
 
     kind: ClassVar[str] = "exact"
     VECTORS_FILE: ClassVar[str] = "vectors.npy"
+    DEFAULT_QUERY_BLOCK: ClassVar[int] = 256
+    DEFAULT_BLOCK_ELEMENTS: ClassVar[int] = 1 << 24  # 64 MiB of float32 scores per block
 
     def __init__(
         self,
         vectors: np.ndarray,
         ids: np.ndarray,
         *,
-        query_block: int = 1024,
-        block_elements: int = 1 << 24,
+        query_block: int = DEFAULT_QUERY_BLOCK,
+        block_elements: int = DEFAULT_BLOCK_ELEMENTS,
     ) -> None:
         if query_block < 1 or block_elements < 1:
             raise ValueError(
@@ -334,8 +338,8 @@ class ExactIndex:
         self = cls.__new__(cls)
         self._vectors = vectors  # validated when it was built; not re-scanned on load
         self._ids = _load_ids(d, meta["size"])
-        self.query_block = 1024
-        self.block_elements = 1 << 24
+        self.query_block = cls.DEFAULT_QUERY_BLOCK
+        self.block_elements = cls.DEFAULT_BLOCK_ELEMENTS
         self._lookup = _IdLookup(self._ids)
         return self
 
@@ -410,17 +414,22 @@ class AnnoyIndex:
         exclude: list[np.ndarray] | None = None,
         *,
         search_k: int | None = None,
+        n_threads: int = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return the approximate top-k (ids (Q, k) int64, scores (Q, k) float32), best first.
 
         With exclusions, query q asks annoy for k + len(exclude[q]) items and drops the excluded
-        ones. `search_k` overrides the index's setting for this call.
+        ones. `search_k` overrides the index's setting for this call. annoy releases the GIL
+        while it searches, so `n_threads` > 1 splits the queries into that many contiguous
+        slices searched concurrently (results are identical to a single thread).
         """
         q = _validate_queries(queries, self.dim)
         k = _validate_k(k)
         sk = self.search_k if search_k is None else int(search_k)
         if sk < -1 or sk == 0:
             raise ValueError(f"search_k must be -1 (annoy's default) or >= 1, got {sk}")
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
         n_q = q.shape[0]
         ex_rows, ex_pos = _exclusion_pairs(
             exclude, n_q, self._lookup.sorted_ids, self._lookup.order
@@ -432,12 +441,25 @@ class AnnoyIndex:
         got_s = np.full((n_q, width), -np.inf, dtype=np.float32)
         nns = self._index.get_nns_by_vector
         fetch_l = fetch.tolist()
-        for c0 in range(0, n_q, self._ADD_CHUNK):
-            for j, row in enumerate(q[c0 : c0 + self._ADD_CHUNK].tolist()):
-                i = c0 + j
-                pos, dist = nns(row, fetch_l[i], search_k=sk, include_distances=True)
-                got_pos[i, : len(pos)] = pos
-                got_s[i, : len(pos)] = dist
+
+        def fill(lo: int, hi: int) -> None:
+            # annoy answers one query per call; each call writes only its own row
+            for c0 in range(lo, hi, self._ADD_CHUNK):
+                for j, row in enumerate(q[c0 : min(c0 + self._ADD_CHUNK, hi)].tolist()):
+                    i = c0 + j
+                    pos, dist = nns(row, fetch_l[i], search_k=sk, include_distances=True)
+                    got_pos[i, : len(pos)] = pos
+                    got_s[i, : len(pos)] = dist
+
+        n_workers = min(n_threads, n_q)
+        if n_workers <= 1:
+            fill(0, n_q)
+        else:
+            bounds = np.linspace(0, n_q, n_workers + 1).astype(int).tolist()
+            with ThreadPoolExecutor(max_workers=n_workers) as pool:
+                futures = [pool.submit(fill, a, b) for a, b in itertools.pairwise(bounds)]
+                for f in futures:
+                    f.result()  # re-raise a worker's exception here
         keep = got_pos >= 0
         if ex_rows.size:
             key = np.arange(n_q, dtype=np.int64)[:, None] * self.size + got_pos  # (Q, W)

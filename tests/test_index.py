@@ -126,6 +126,9 @@ def test_annoy_exclusion_padding_and_determinism() -> None:
     assert (got_ids[0, 40:] == -1).all()  # 50 - 10 excluded = 40 remain
     again = AnnoyIndex(vectors, ids, n_trees=10, seed=3).search(queries, 5)
     np.testing.assert_array_equal(index.search(queries, 5)[0], again[0])
+    threaded = index.search(queries, 45, exclude=exclude, n_threads=4)
+    np.testing.assert_array_equal(threaded[0], got_ids)
+    np.testing.assert_array_equal(threaded[1], got_scores)
 
 
 @pytest.mark.parametrize("cls", [ExactIndex, AnnoyIndex])
@@ -222,5 +225,7 @@ def test_annoy_parameter_errors() -> None:
         AnnoyIndex(vectors, ids, n_jobs=-2)
     with pytest.raises(ValueError, match="search_k must be -1"):
         AnnoyIndex(vectors, ids, n_trees=2).search(queries, 3, search_k=-5)
+    with pytest.raises(ValueError, match="n_threads must be a positive integer"):
+        AnnoyIndex(vectors, ids, n_trees=2).search(queries, 3, n_threads=0)
     with pytest.raises(ValueError, match="query_block and block_elements"):
         ExactIndex(vectors, ids, query_block=0)
