@@ -52,7 +52,8 @@ CONTINUOUS_COLUMNS: tuple[str, ...] = (
     "user_item_impressions",  # times this item was shown to this user before t (churn)
     "user_item_unclicked",  # ... of which not clicked
     "cg_score",  # candidate generator's score; CG_SCORE_ABSENT when the request has none
-    "cg_rank",  # 1-based rank of cg_score within the page (user, timestamp); 0 when absent
+    "cg_rank",  # requests.cg_rank if given (e.g. rank over the catalog), else the 1-based rank
+    # of cg_score within the page (user, timestamp); 0 when absent
     "item_age",  # t - upload_time in s (clipped at 0: an item is never younger than new)
     "duration",  # item duration in s (NaN when unknown; normalizes to 0)
     "item_popularity",  # watches of the item by anyone before t
@@ -263,7 +264,7 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(
             f"requests is missing column(s) {missing}; it needs user_id, item_id, timestamp "
-            "(optional: source, cg_score, clicked, watch_time, position)"
+            "(optional: source, cg_score, cg_rank, clicked, watch_time, position)"
         )
     req = requests.reset_index(drop=True)
     for col in ("user_id", "item_id", "timestamp"):
@@ -298,6 +299,17 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
         if bad.any():
             raise ValueError(
                 f"requests.cg_score contains inf; first offending rows:\n{_first_rows(req, bad)}"
+            )
+    if "cg_rank" in req.columns:
+        if "cg_score" not in req.columns:
+            raise ValueError("requests has cg_rank but no cg_score; give both or only cg_score")
+        sc = pd.to_numeric(req["cg_score"], errors="coerce").to_numpy(dtype=np.float64)
+        rk = pd.to_numeric(req["cg_rank"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isnan(sc) & ~(np.isfinite(rk) & (rk >= 1))
+        if bad.any():
+            raise ValueError(
+                "requests.cg_rank must be a number >= 1 wherever cg_score is given; first "
+                f"offending rows:\n{_first_rows(req, bad)}"
             )
     return req
 
@@ -507,7 +519,7 @@ def build_ranker_frame(
     *,
     history_len: int = 50,
 ) -> RankerFrame:
-    """Return the `RankerFrame` of `requests` (user_id, item_id, timestamp[, source, cg_score]).
+    """Return the `RankerFrame` of `requests` (user_id, item_id, timestamp[, source, cg_score, cg_rank]).
 
     Every feature uses only `dataset` events strictly before the request's timestamp. Pass a
     `RankerFeatureIndex` instead of the dataset to build repeatedly (serving) without re-sorting
@@ -616,12 +628,15 @@ def build_ranker_frame(
     if "cg_score" in req.columns:
         cg = pd.to_numeric(req["cg_score"], errors="coerce").to_numpy(dtype=np.float64)
         has_cg = ~np.isnan(cg)
-        rank = (
-            pd.Series(cg)
-            .groupby([r_user, r_t], sort=False)
-            .rank(ascending=False, method="first")
-            .to_numpy()
-        )
+        if "cg_rank" in req.columns:  # the caller's rank (e.g. over the whole catalog)
+            rank = pd.to_numeric(req["cg_rank"], errors="coerce").to_numpy(dtype=np.float64)
+        else:  # rank within the page
+            rank = (
+                pd.Series(cg)
+                .groupby([r_user, r_t], sort=False)
+                .rank(ascending=False, method="first")
+                .to_numpy()
+            )
         cg_rank = np.where(has_cg, rank, 0.0)
         cg_score = np.where(has_cg, cg, CG_SCORE_ABSENT)
     else:

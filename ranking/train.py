@@ -153,6 +153,7 @@ class TrainedRanker:
         t: int,
         *,
         cg_scores: Sequence[float] | np.ndarray | None = None,
+        cg_ranks: Sequence[float] | np.ndarray | None = None,
         source: str | Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Return DataFrame(item_id, expected_watch_time) for one user's candidates at time t.
@@ -175,6 +176,13 @@ class TrainedRanker:
                     f"cg_scores has {scores.size} values for {ids.size} item_ids; give one per item"
                 )
             req["cg_score"] = scores
+        if cg_ranks is not None:
+            ranks = np.asarray(cg_ranks, dtype=np.float64)
+            if ranks.shape != ids.shape:
+                raise ValueError(
+                    f"cg_ranks has {ranks.size} values for {ids.size} item_ids; give one per item"
+                )
+            req["cg_rank"] = ranks
         if source is not None:
             req["source"] = source if isinstance(source, str) else list(source)
         if len(ids) == 0:
@@ -238,10 +246,13 @@ def predict_expected_watch_time(
     t: int,
     *,
     cg_scores: Sequence[float] | np.ndarray | None = None,
+    cg_ranks: Sequence[float] | np.ndarray | None = None,
     source: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Return DataFrame(item_id, expected_watch_time) of `item_ids` for `user_id` at time t."""
-    return ranker.score_items(dataset, user_id, item_ids, t, cg_scores=cg_scores, source=source)
+    return ranker.score_items(
+        dataset, user_id, item_ids, t, cg_scores=cg_scores, cg_ranks=cg_ranks, source=source
+    )
 
 
 def _read_json(path: Path) -> Any:

@@ -129,6 +129,11 @@ def test_candidate_score_rank_and_absent_constant():
     assert f.continuous["cg_rank"].tolist() == [2, 1, 0, 1, 1]
     assert f.continuous["cg_score"].tolist() == [0.5, 0.9, 0.0, 0.1, 0.2]
     assert f.flags["has_cg_score"].tolist() == [1, 1, 0, 1, 1]
+    # a given cg_rank (e.g. over the whole catalog) is used as it is
+    given = build_ranker_frame(
+        tiny_dataset(), tiny_requests().assign(cg_rank=[7, 3, np.nan, 12, 40])
+    )
+    assert given.continuous["cg_rank"].tolist() == [7, 3, 0, 12, 40]
     no_cg = build_ranker_frame(tiny_dataset(), tiny_requests().drop(columns=["cg_score", "source"]))
     assert (no_cg.continuous["cg_rank"] == 0).all() and (no_cg.flags["has_cg_score"] == 0).all()
     assert no_cg.rows["source"].isna().all()
@@ -329,6 +334,10 @@ def test_input_errors_name_the_problem():
         build_ranker_frame(ds, req.assign(clicked=1, watch_time=-1.0))
     with pytest.raises(ValueError, match="cg_score contains inf"):
         build_ranker_frame(ds, req.assign(cg_score=np.inf))
+    with pytest.raises(ValueError, match="cg_rank but no cg_score"):
+        build_ranker_frame(ds, req.drop(columns=["cg_score"]).assign(cg_rank=1))
+    with pytest.raises(ValueError, match="cg_rank must be a number >= 1"):
+        build_ranker_frame(ds, req.assign(cg_rank=0))
     with pytest.raises(ValueError, match="history_len must be >= 1"):
         build_ranker_frame(ds, req, history_len=0)
     with pytest.raises(TypeError, match="must be a pandas DataFrame"):

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from features.normalize import QuantileNormalizer
-from features.ranker_features import CONTINUOUS_COLUMNS, FLAG_COLUMNS, build_ranker_frame
+from features.ranker_features import (
+    CONTINUOUS_COLUMNS,
+    FLAG_COLUMNS,
+    RankerFeatureIndex,
+    build_ranker_frame,
+)
 from features.tables import Dataset
 from ranking.config import LightGBMConfig, RankerConfig
 from ranking.model import DeepRanker, RankerBatch, expected_watch_time, weighted_logistic_loss
@@ -318,8 +323,11 @@ def test_save_load_roundtrip_and_single_user_scoring(tmp_path):
     back = TrainedRanker.load(tmp_path / "ranker")
     np.testing.assert_allclose(back.predict_logit(va), r.predict_logit(va), rtol=1e-6)
     assert back.config == r.config and back.best_epoch == r.best_epoch
-    # one user's candidates at t: same numbers as the bulk path
-    df = predict_expected_watch_time(back, ds, 3, [2, 0, 1], 5000, cg_scores=[0.1, 0.3, 0.2])
+    # one user's candidates at t (through a prebuilt index): same numbers as the bulk path
+    ix = RankerFeatureIndex(ds)
+    df = predict_expected_watch_time(
+        back, ix, 3, [2, 0, 1], 5000, cg_scores=[0.1, 0.3, 0.2], cg_ranks=[9, 1, 4]
+    )
     assert df["item_id"].tolist() == [2, 0, 1]
     req = pd.DataFrame(
         {
@@ -327,13 +335,16 @@ def test_save_load_roundtrip_and_single_user_scoring(tmp_path):
             "item_id": np.array([2, 0, 1], dtype=np.int64),
             "timestamp": np.full(3, 5000, dtype=np.int64),
             "cg_score": [0.1, 0.3, 0.2],
+            "cg_rank": [9, 1, 4],
         }
     )
     bulk = r.predict_expected_watch_time(build_ranker_frame(ds, req, history_len=5))
     np.testing.assert_allclose(df["expected_watch_time"].to_numpy(), bulk, rtol=1e-6)
     assert len(back.score_items(ds, 3, [], 5000)) == 0
-    with pytest.raises(ValueError, match="one per item"):
+    with pytest.raises(ValueError, match="cg_scores has 1 values for 2 item_ids"):
         back.score_items(ds, 3, [1, 2], 5000, cg_scores=[0.1])
+    with pytest.raises(ValueError, match="cg_ranks has 1 values for 2 item_ids"):
+        back.score_items(ds, 3, [1, 2], 5000, cg_scores=[0.1, 0.2], cg_ranks=[1])
     with pytest.raises(FileNotFoundError, match="not a saved TrainedRanker"):
         TrainedRanker.load(tmp_path / "nothing")
 
