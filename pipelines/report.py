@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import plots
-from evaluation.report import Figure, Report, Section
+from evaluation.report import Figure, Report, Section, unflatten
 from pipelines.context import RunContext
 
 SYSTEM_RANKER = "deep_weighted"
@@ -87,7 +87,8 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
     )
 
     if retr:
-        m = retr["metrics"]
+        flat_m = retr["metrics"]
+        m = {name: unflatten(v) for name, v in flat_m.items()}
         metrics["retrieval"] = m["annoy"] | {"ann": retr["ann"], "upload_age": retr["upload_age"]}
         base["exact_search"] = {"retrieval": m["exact"]}
         base["most_popular"] = {"retrieval": m["most_popular"]}
