@@ -388,6 +388,7 @@ def run_pipeline(
     data_dir: str | Path | None = None,
     progress: bool = True,
     stages: tuple[str, ...] = STAGES,
+    redo: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run (or resume) every stage into `out`; return the report dict."""
     from pipelines import stages_rank  # ranking, end-to-end and report stages
@@ -405,6 +406,11 @@ def run_pipeline(
         "end_to_end": stages_rank.stage_end_to_end,
         "report": stages_rank.stage_report,
     }
+    unknown = [s for s in (*stages, *redo) if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    for name in redo:
+        rundir.forget(name)
     t0 = time.perf_counter()
     for name in stages:
         rundir.run_stage(name, lambda d, f=funcs[name]: f(ctx, d))

@@ -148,6 +148,11 @@ class RunDir:
                 return False
         return True
 
+    def forget(self, name: str) -> None:
+        """Mark a stage as not done so that it runs again."""
+        if self.manifest["stages"].pop(name, None) is not None:
+            self.save()
+
     def record(self, name: str, seconds: float, info: dict[str, Any] | None = None) -> None:
         """Mark a stage done, hashing every file under its directory."""
         d = self.path / name
