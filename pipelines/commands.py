@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config value, e.g. --set ranking.hidden=[1024,512,256] (repeatable)",
     )
     s.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
-    s.add_argument("--redo", default=None, help="comma-separated stages to run again even if finished")
+    s.add_argument(
+        "--redo", default=None, help="comma-separated stages to run again even if finished"
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.set_defaults(func=cmd_run)
@@ -74,7 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
     redo = tuple(x.strip() for x in args.redo.split(",")) if args.redo else ()
     report = run_pipeline(
-        config, args.out, data_dir=args.data, progress=not args.no_progress, stages=stages, redo=redo
+        config,
+        args.out,
+        data_dir=args.data,
+        progress=not args.no_progress,
+        stages=stages,
+        redo=redo,
     )
     _print_headline(report, Path(args.out))
     return 0

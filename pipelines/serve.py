@@ -21,7 +21,7 @@ from candidate_gen.index import AnnoyIndex
 from candidate_gen.retrieve import Retriever
 from candidate_gen.train import TrainedCandidateGenerator
 from features.io import read_dataset
-from features.ranker_features import build_ranker_frame
+from features.ranker_features import RankerFeatureIndex, build_ranker_frame
 from features.split import TimeSplit
 from features.tables import Dataset
 from pipelines.rundir import RunDirError
@@ -48,6 +48,7 @@ class Recommender:
         self.config = config
         self.at = int(split.valid_end)
         self.retriever = Retriever(cg, index, dataset)
+        self.features = RankerFeatureIndex(dataset)  # logs sorted once, so a request reads one user
         self._users = set(dataset.users["user_id"].tolist())
         self._items = pd.Index(dataset.items["item_id"].to_numpy())
 
@@ -94,7 +95,7 @@ class Recommender:
         req["timestamp"] = np.int64(self.at)
         req["source"] = "candidate_gen"
         frame = build_ranker_frame(
-            self.dataset,
+            self.features,
             req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
             history_len=self.ranker.config.history_len,
         )
@@ -117,7 +118,7 @@ class Recommender:
         """Expected watch time (s) of each known item for `user` at the serving time."""
         arr = np.asarray(items, dtype=np.int64)
         known = self._items.get_indexer(arr) >= 0
-        scored = self.ranker.score_items(self.dataset, user, arr[known], self.at)
+        scored = self.ranker.score_items(self.features, user, arr[known], self.at)
         return {
             "user": user,
             "at": _iso(self.at),
