@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--items", required=True, help="comma-separated item ids")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
+    register_ab(sub)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -160,4 +161,66 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
         if out["unknown_items"]:
             print(f"unknown items (not in the catalog): {out['unknown_items']}")
+    return 0
+
+
+AB_POLICIES = (
+    "system",
+    "click_only",
+    "cg_only",
+    "lgbm_weighted",
+    "most_popular",
+    "logging_policy",
+    "random",
+    "oracle",
+)
+
+
+def register_ab(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "ab",
+        help="closed-loop simulated A/B test between recommenders over simulated days",
+        description="Serve slates from several arms to the simulated world's visitors for --days "
+        "days starting at the test window, feed each arm's responses back into its own logs, and "
+        "report watch time per user, CTR, fresh share and coverage with bootstrap intervals. "
+        "Arms: POLICY or POLICY@RUN_DIR (a finished `vidrec run` on the synthetic world; the "
+        "first arm is the control). Policies: " + ", ".join(AB_POLICIES),
+    )
+    s.add_argument(
+        "--run",
+        required=True,
+        help="finished run directory (synthetic world) for arms without @RUN_DIR; results go to RUN/ab/",
+    )
+    s.add_argument("--arms", default="system,click_only,cg_only,most_popular,logging_policy")
+    s.add_argument("--days", type=int, default=3)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--max-visits-per-day", type=int, default=2000, help="0 = every visit")
+    s.add_argument(
+        "--retrain",
+        action="store_true",
+        help="refit each arm's deep ranker nightly on its own logs",
+    )
+    s.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+    s.set_defaults(func=cmd_ab)
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from pipelines.ab import run_ab_command
+
+    report = run_ab_command(
+        Path(args.run),
+        [a.strip() for a in args.arms.split(",") if a.strip()],
+        days=args.days,
+        k=args.k,
+        max_visits=args.max_visits_per_day,
+        retrain=args.retrain,
+        seed=args.seed,
+    )
+    for row in report["table"]:
+        print(
+            "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
+    print(f"written to {Path(args.run) / 'ab' / 'ab.json'} and the run's report")
     return 0

@@ -48,7 +48,9 @@ class ArmResult:
     impressions: pd.DataFrame  # what this arm served and how users responded
 
 
-def ranker_policy(cg: Any, index: Any, ranker: Any | None, k: int, n_candidates: int) -> Policy:
+def ranker_policy(
+    cg: Any, index: Any, ranker: Any | None, k: int, n_candidates: int, history_len: int = 50
+) -> Policy:
     """CG retrieval (watched excluded) -> ranker expected watch time (or CG score alone)."""
     from candidate_gen.retrieve import Retriever
 
@@ -74,7 +76,7 @@ def ranker_policy(cg: Any, index: Any, ranker: Any | None, k: int, n_candidates:
                 frame = build_ranker_frame(
                     logs,
                     req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
-                    history_len=ranker.config.history_len,
+                    history_len=history_len,
                 )
                 score = ranker.predict_expected_watch_time(frame)
             order = np.lexsort((-score, cands["pos"].to_numpy()))

@@ -1,0 +1,94 @@
+"""End to end on the tiny preset through the same function the CLI calls; resume; CLI errors."""
+
+import json
+import math
+
+import pytest
+
+from evaluation.report import flatten
+from pipelines.cli import main
+from pipelines.config import resolve_config
+from pipelines.run import STAGES, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = resolve_config("tiny", seed=0)
+    report = run_pipeline(cfg, out, progress=False)
+    return out, cfg, report
+
+
+def test_report_schema_and_ranges(tiny_run):
+    out, _, report = tiny_run
+    for name in ("report.json", "report.md", "report.html", "manifest.json", "config.json"):
+        assert (out / name).exists(), name
+    meta = report["_meta"]
+    assert meta["dataset"].startswith("synthetic") and meta["seed"] == 0
+    flat = flatten({k: v for k, v in report.items() if k != "_meta"})
+    for key in (
+        "retrieval.recall@50",
+        "retrieval.ann.recall@100",
+        "ranking.weighted_per_user_loss",
+        "ranking.auc",
+        "watch_time.errors.mae",
+        "end_to_end.true_expected_watch_time.mean",
+        "baselines.most_popular.retrieval.recall@50",
+        "baselines.deep_click.ranking.weighted_per_user_loss",
+        "baselines.oracle.end_to_end.true_expected_watch_time.mean",
+    ):
+        assert key in flat, key
+    fractions = [k for k in flat if k.split(".")[-1].split("@")[0] in ("recall", "hitrate", "ndcg", "auc", "gauc", "weighted_per_user_loss", "coverage")]
+    assert fractions
+    for k in fractions:
+        v = flat[k]
+        assert v is None or (isinstance(v, float | int) and (math.isnan(v) or 0.0 <= v <= 1.0)), (k, v)
+    # the oracle is the ceiling of every slate's true expected watch time
+    oracle = flat["baselines.oracle.end_to_end.true_expected_watch_time.mean"]
+    for k, v in flat.items():
+        if k.endswith("end_to_end.true_expected_watch_time.mean"):
+            assert v <= oracle * (1 + 1e-9), k
+    # every stage recorded its time, memory and artifact hashes
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["stages"]) == set(STAGES)
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert manifest["packages"]["torch"].startswith("2.")
+
+
+def test_rerun_skips_and_interrupted_run_resumes_to_same_result(tiny_run, tmp_path):
+    out, cfg, report = tiny_run
+    # a finished run is skipped entirely and reports the same numbers
+    again = run_pipeline(cfg, out, progress=False)
+    assert flatten(again) == flatten(report)
+    # an interrupted run (stopped after the candidate generator) resumes to the same report
+    part = tmp_path / "part"
+    run_pipeline(cfg, part, progress=False, stages=STAGES[:2])
+    manifest = json.loads((part / "manifest.json").read_text())
+    assert set(manifest["stages"]) == set(STAGES[:2])
+    resumed = run_pipeline(cfg, part, progress=False)
+    drop = {"_meta.git_commit"}
+    a = {k: v for k, v in flatten(resumed).items() if "seconds" not in k and "_ms" not in k and "speedup" not in k and k not in drop}
+    b = {k: v for k, v in flatten(report).items() if "seconds" not in k and "_ms" not in k and "speedup" not in k and k not in drop}
+    assert a == b
+
+
+def test_cli_refuses_bad_override(tmp_path, capsys):
+    rc = main(["run", "--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "ranking.hiden=[1]"])
+    assert rc != 0
+    assert "unknown config key 'ranking.hiden'" in capsys.readouterr().err
+
+
+def test_cli_recommend_and_predict(tiny_run, capsys):
+    out, _, _ = tiny_run
+    assert main(["recommend", "--run", str(out), "--user", "0", "-k", "5", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert len(rec["slate"]) == 5
+    assert all(r["expected_watch_time"] > 0 for r in rec["slate"])
+    assert main(["recommend", "--run", str(out), "--user", "987654321", "-k", "3", "--json"]) == 0
+    cold = json.loads(capsys.readouterr().out)
+    assert "cold start" in cold["note"] and len(cold["slate"]) == 3
+    item = rec["slate"][0]["item_id"]
+    assert main(["predict", "--run", str(out), "--user", "0", "--items", f"{item},999999999", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["unknown_items"] == [999999999]
+    assert pred["items"][0]["expected_watch_time"] == pytest.approx(rec["slate"][0]["expected_watch_time"], rel=1e-5)
