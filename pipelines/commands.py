@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
     register_ab(sub)
+    register_experiment(sub)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -223,4 +224,39 @@ def cmd_ab(args: argparse.Namespace) -> int:
             )
         )
     print(f"written to {Path(args.run) / 'ab' / 'ab.json'} and the run's report")
+    return 0
+
+
+def register_experiment(sub: argparse._SubParsersAction) -> None:
+    from pipelines.experiments import EXPERIMENTS
+
+    s = sub.add_parser("experiment", help="the studies of issues 3 and 4 (mean ± std over seeds)")
+    s.add_argument("name", choices=EXPERIMENTS)
+    s.add_argument("--preset", default="default", choices=PRESETS)
+    s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    s.add_argument("--out", required=True)
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--fractions", default="0.1,0.25,0.5,1.0", help="label fractions for cg-ssl")
+    s.add_argument("--only", default=None, help="comma-separated variant names to run")
+    s.set_defaults(func=cmd_experiment)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from pipelines.experiments import run_experiment
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+        fractions = tuple(float(x) for x in args.fractions.split(","))
+    except ValueError:
+        raise ValueError("--seeds and --fractions take comma-separated numbers") from None
+    res = run_experiment(
+        args.name,
+        preset=args.preset,
+        seeds=seeds,
+        out=Path(args.out),
+        overrides=args.overrides,
+        fractions=fractions,
+        only=args.only.split(",") if args.only else None,
+    )
+    print(res["markdown"])
     return 0

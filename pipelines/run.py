@@ -389,13 +389,18 @@ def run_pipeline(
     progress: bool = True,
     stages: tuple[str, ...] = STAGES,
     redo: tuple[str, ...] = (),
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every stage into `out`; return the report dict."""
+    """Run (or resume) every stage into `out`; return the report dict.
+
+    `shared` pre-fills the context's cache (e.g. {"world": world} so that experiments over many
+    configs generate the synthetic world once per seed)."""
     from pipelines import stages_rank  # ranking, end-to-end and report stages
 
     seed_everything(int(config["seed"]))
     rundir = RunDir(out, config)
     ctx = RunContext(rundir, Path(data_dir) if data_dir else None, progress)
+    ctx.cache.update(shared or {})
     funcs = {
         "data": stage_data,
         "candidate_gen": stage_candidate_gen,

@@ -1,0 +1,302 @@
+"""`vidrec experiment NAME`: the studies of issues 3 and 4, mean ± std over seeds.
+
+* `cg-features`  YT16 Fig. 6 analogue: feature sets (watches -> +searches -> +example age ->
+                 +demographics/geography) at the preset's depth, and tower depth 0-4 with all
+                 features; holdout Recall@50 / MAP@50; upload-age distribution of retrieved items
+                 with and without example age.
+* `cg-ssl`       SSL21: none / spread-out / RFM / CFM, overall and tail Recall@50, with 10 / 25 /
+                 50 / 100 % of the training labels.
+* `ranker-table` YT16 Table 1 analogue: hidden layers vs weighted per-user loss, the two ablations
+                 (no normalized continuous features; positives and negatives weighted equally) and
+                 the LightGBM baselines; plus the true expected watch time of each held-out user's
+                 top-10 built from the same candidates (simulated world).
+
+Every variant of a seed shares that seed's world (generated once) and split; each variant is an
+ordinary run directory under OUT/seed<S>/<variant>, so any of them can be inspected or resumed.
+Everything is evaluated on the test window, never on training data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evaluation.ranking import ranking_metrics
+from features.atomic import atomic_write_json, atomic_write_text
+from features.ranker_features import build_ranker_frame
+from pipelines.config import apply_overrides, resolve_config
+from pipelines.context import RunContext
+from pipelines.run import heldout_users, run_pipeline
+from pipelines.rundir import RunDir
+
+log = logging.getLogger("vidrec")
+
+EXPERIMENTS = ("cg-features", "cg-ssl", "ranker-table")
+CG_STAGES = ("data", "candidate_gen", "index", "retrieval")
+
+
+def _depth_layers(depth: int, dim: int) -> list[int]:
+    """Tower widths for depth 0-4 ending at `dim` (YT16's 2048->1024->512->256, scaled to dim)."""
+    widths = [dim * 8, dim * 4, dim * 2, dim][-depth:] if depth else []
+    return widths
+
+
+def cg_feature_variants(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    dim = int(base["candidate_gen"]["embedding_dim"])
+    depth = len(base["candidate_gen"]["user_layers"])
+    feats = {
+        "watches": dict(use_searches=False, use_example_age=False, use_demographics=False),
+        "+searches": dict(use_searches=True, use_example_age=False, use_demographics=False),
+        "+example_age": dict(use_searches=True, use_example_age=True, use_demographics=False),
+        "+demographics": dict(use_searches=True, use_example_age=True, use_demographics=True),
+    }
+    out = {
+        f"{k} (depth {depth})": {f"candidate_gen.{a}": b for a, b in v.items()}
+        for k, v in feats.items()
+    }
+    for d in range(5):
+        if d == depth:
+            continue
+        out[f"all features (depth {d})"] = {"candidate_gen.user_layers": _depth_layers(d, dim)}
+    return out
+
+
+def cg_ssl_variants(
+    base: dict[str, Any], fractions: tuple[float, ...]
+) -> dict[str, dict[str, Any]]:
+    return {
+        f"{m} @ {int(f * 100)}% labels": {
+            "candidate_gen.ssl": m,
+            "candidate_gen.label_fraction": float(f),
+        }
+        for f in fractions
+        for m in ("none", "spread_out", "rfm", "cfm")
+    }
+
+
+RANKER_VARIANTS: dict[str, dict[str, Any]] = {
+    "no hidden layer": {"hidden": []},
+    "256": {"hidden": [256]},
+    "512": {"hidden": [512]},
+    "1024": {"hidden": [1024]},
+    "512-256": {"hidden": [512, 256]},
+    "1024-512": {"hidden": [1024, 512]},
+    "1024-512-256": {"hidden": [1024, 512, 256]},
+    "1024-512-256, no continuous features": {"hidden": [1024, 512, 256], "use_continuous": False},
+    "1024-512-256, pos/neg weighted equally": {"hidden": [1024, 512, 256], "weighting": "click"},
+}
+
+
+def _retrieval_row(run: Path) -> dict[str, Any]:
+    r = json.loads((run / "retrieval" / "retrieval.json").read_text("utf-8"))
+    m = r["metrics"]["exact"]
+    return {
+        "recall@50": m.get("recall@50"),
+        "map@50": m.get("map@50"),
+        "tail recall@50": m.get("popularity.tail.recall@50"),
+        "head recall@50": m.get("popularity.head.recall@50"),
+        "fresh recall@50": m.get("freshness.fresh.recall@50"),
+        "retrieved age median (d)": r["upload_age"]["retrieved_top50_days"].get("median"),
+        "watched-next age median (d)": r["upload_age"]["watched_next_days"].get("median"),
+        "retrieved share < 7d": r["upload_age"]["retrieved_top50_days"].get("share_under_7d"),
+        "watched-next share < 7d": r["upload_age"]["watched_next_days"].get("share_under_7d"),
+    }
+
+
+def _world(cfg: dict[str, Any]) -> Any:
+    from features.sources.synthetic import WorldConfig, generate_world
+
+    d = cfg["data"]
+    return generate_world(
+        WorldConfig.preset(d["world_preset"], catalog=d["catalog"]), seed=int(cfg["seed"])
+    )
+
+
+def run_experiment(
+    name: str,
+    *,
+    preset: str,
+    seeds: list[int],
+    out: Path,
+    overrides: list[str] | None = None,
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0),
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        base = resolve_config(preset, overrides or [], seed=seed)
+        t0 = time.perf_counter()
+        shared = {"world": _world(base)} if base["data"]["source"] == "synthetic" else {}
+        log.info(
+            "experiment %s seed %d: world ready in %.1f s", name, seed, time.perf_counter() - t0
+        )
+        if name == "ranker-table":
+            rows += _ranker_table(base, out / f"seed{seed}", shared)
+            continue
+        variants = (
+            cg_feature_variants(base) if name == "cg-features" else cg_ssl_variants(base, fractions)
+        )
+        for vname, over in variants.items():
+            if only and vname not in only:
+                continue
+            cfg = apply_overrides(base, over)
+            run = out / f"seed{seed}" / _slug(vname)
+            t1 = time.perf_counter()
+            run_pipeline(cfg, run, progress=False, stages=CG_STAGES, shared=shared)
+            rows.append(
+                {
+                    "seed": seed,
+                    "variant": vname,
+                    **_retrieval_row(run),
+                    "seconds": round(time.perf_counter() - t1, 1),
+                }
+            )
+            log.info(
+                "  %-40s recall@50 %.4f (%.0f s)", vname, rows[-1]["recall@50"], rows[-1]["seconds"]
+            )
+            _write(out, name, preset, seeds, rows)
+    return _write(out, name, preset, seeds, rows)
+
+
+def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> list[dict[str, Any]]:
+    from pipelines import stages_rank
+    from ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker
+    from ranking.train import train_ranker
+
+    seed = int(base["seed"])
+    run_pipeline(base, out / "base", progress=False, stages=CG_STAGES, shared=shared)
+    ctx = RunContext(RunDir(out / "base", base), progress=False)
+    ctx.cache.update(shared)
+    split = ctx.split()
+    lo, hi = split.bounds("valid")
+    cut = hi - int((hi - lo) * float(base["split"]["ranker_valid_share"]))
+    frame = stages_rank.impression_frame(ctx, lo, hi, int(base["ranking"]["max_train_rows"]))
+    ts = frame.rows["timestamp"].to_numpy()
+    train, valid = frame.take(np.flatnonzero(ts < cut)), frame.take(np.flatnonzero(ts >= cut))
+    test = stages_rank.impression_frame(
+        ctx, *split.bounds("test"), int(base["ranking"]["max_eval_rows"])
+    )
+    clicked, watch = test.labels()
+    groups = test.page_ids()
+    # candidates of held-out users at serving time, for the true top-10 watch time
+    cands = pd.read_parquet(out / "base" / "retrieval" / "candidates.parquet")
+    users = heldout_users(ctx)
+    req = cands.rename(columns={"score": "cg_score", "rank": "cg_rank"})
+    req["timestamp"] = np.int64(split.valid_end)
+    req["source"] = "candidate_gen"
+    cand_frame = build_ranker_frame(
+        ctx.dataset(),
+        req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
+        history_len=int(base["ranking"]["history_len"]),
+    )
+    world = shared.get("world")
+    k = int(base["evaluation"]["slate_k"])
+
+    def evaluate(
+        vname: str, test_score: np.ndarray, cand_score: np.ndarray, seconds: float
+    ) -> dict[str, Any]:
+        from pipelines import scoring
+
+        m = ranking_metrics(groups, clicked, watch, test_score)
+        row = {
+            "seed": seed,
+            "variant": vname,
+            "weighted per-user loss": m["weighted_per_user_loss"],
+            "AUC": m["auc"],
+            "GAUC": m["gauc"],
+            "NDCG@10 (watch time)": m.get("ndcg@10"),
+            "train seconds": round(seconds, 1),
+        }
+        if world is not None:
+            sl = scoring.top_k_per_user(
+                req["user_id"].to_numpy(), req["item_id"].to_numpy(), cand_score, users, k
+            )
+            row[f"true E[watch time] of top-{k} per user (s)"] = float(
+                world.slate_expected_watch_time(users, sl, split.valid_end).mean()
+            )
+        return row
+
+    rows = []
+    for vname, over in RANKER_VARIANTS.items():
+        cfg = stages_rank.ranker_config(
+            apply_overrides(base, {f"ranking.{a}": b for a, b in over.items() if a != "weighting"}),
+            over.get("weighting", "watch_time"),
+        )
+        t1 = time.perf_counter()
+        model = train_ranker(cfg, train, valid, progress=False)
+        rows.append(
+            evaluate(
+                vname,
+                model.predict_logit(test),
+                model.predict_logit(cand_frame),
+                time.perf_counter() - t1,
+            )
+        )
+        log.info("  %-45s weighted per-user loss %.4f", vname, rows[-1]["weighted per-user loss"])
+    lcfg = stages_rank.lgbm_config(base)
+    hl = int(base["ranking"]["history_len"])
+    for vname, model in (
+        ("LightGBM weighted binary", LightGBMWeightedRanker(lcfg, history_len=hl)),
+        ("LightGBM lambdarank (watch-time gain)", LightGBMLambdaRanker(lcfg, history_len=hl)),
+    ):
+        t1 = time.perf_counter()
+        model.fit(train, valid)
+        rows.append(
+            evaluate(
+                vname,
+                model.predict_score(test),
+                model.predict_score(cand_frame),
+                time.perf_counter() - t1,
+            )
+        )
+        log.info("  %-45s weighted per-user loss %.4f", vname, rows[-1]["weighted per-user loss"])
+    return rows
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def _write(
+    out: Path, name: str, preset: str, seeds: list[int], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    df = pd.DataFrame(rows)
+    metrics = [
+        c
+        for c in df.columns
+        if c not in ("seed", "variant") and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    agg = df.groupby("variant", sort=False)[metrics].agg(["mean", "std"])
+    table = pd.DataFrame({"variant": agg.index})
+    for c in metrics:
+        mean, std = agg[(c, "mean")].to_numpy(), agg[(c, "std")].fillna(0).to_numpy()
+        table[c] = [
+            f"{a:.4f} ± {b:.4f}" if abs(a) < 10 else f"{a:.1f} ± {b:.1f}"
+            for a, b in zip(mean, std, strict=True)
+        ]
+    table["seeds"] = df.groupby("variant", sort=False)["seed"].nunique().to_numpy()
+    md = (
+        f"# experiment {name}\n\npreset {preset}, seeds {seeds}; test-window metrics, mean ± std over seeds\n\n"
+        + _markdown(table)
+        + "\n"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.md", md)
+    result = {"experiment": name, "preset": preset, "seeds": seeds, "rows": rows}
+    atomic_write_json(out / f"{name}.json", result)
+    return result | {"markdown": md}
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
