@@ -148,6 +148,20 @@ class RunDir:
                 return False
         return True
 
+    def _write_provenance(self, name: str) -> None:
+        """provenance.json in the stage directory: the config and the data its artifacts came from."""
+        data_stage = self.manifest["stages"].get("data", {})
+        atomic_write_json(
+            self.path / name / "provenance.json",
+            {
+                "stage": name,
+                "config_hash": self.config_hash,
+                "config": self.config,
+                "git_commit": self.manifest.get("git_commit"),
+                "data_artifacts": data_stage.get("artifacts", {}) if name != "data" else "this stage",
+            },
+        )
+
     def forget(self, name: str) -> None:
         """Mark a stage as not done so that it runs again."""
         if self.manifest["stages"].pop(name, None) is not None:
@@ -182,6 +196,7 @@ class RunDir:
         t0 = time.perf_counter()
         info = fn(self.stage_dir(name))
         dt = time.perf_counter() - t0
+        self._write_provenance(name)
         self.record(name, dt, info)
         log.info("stage %-16s done in %.1f s (peak RSS %.0f MB)", name, dt, peak_rss_mb())
         return StageResult(name, False, dt)
