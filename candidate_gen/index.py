@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -190,9 +191,69 @@ def _load_ids(directory: Path, size: int) -> np.ndarray:
     return np.asarray(ids)
 
 
-def _as_tensor(a: np.ndarray) -> torch.Tensor:
-    # torch refuses to share read-only (memory-mapped) buffers without a warning: copy those
-    return torch.from_numpy(a if a.flags.writeable else np.array(a))
+def _shared_tensor(a: np.ndarray) -> torch.Tensor:
+    """Return a tensor sharing `a`'s memory (read-only memory maps included, never written)."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        # torch warns that it cannot protect read-only memory; the index only reads it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def _mask_excluded(
+    scores: torch.Tensor, i0: int, i1: int, ex_rows: np.ndarray, ex_pos: np.ndarray
+) -> None:
+    """Set scores (i1 - i0, b) of the excluded pairs with item rows in [i0, i1) to -inf."""
+    if ex_pos.size == 0:
+        return
+    e0, e1 = np.searchsorted(ex_pos, [i0, i1])
+    if e1 > e0:
+        scores[torch.from_numpy(ex_pos[e0:e1] - i0), torch.from_numpy(ex_rows[e0:e1])] = -math.inf
+
+
+def _merge(
+    best_s: torch.Tensor,
+    best_p: torch.Tensor,
+    thr: torch.Tensor,
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the running top-k (b, k) merged with the pending groups; raises `thr` in place.
+
+    `pending` holds (query row (H,), first item row of the group (H,), scores (H, g)).
+    """
+    b, kk = best_s.shape
+    qi = torch.cat([p[0] for p in pending])
+    base = torch.cat([p[1] for p in pending])
+    s = torch.cat([p[2] for p in pending])  # (H, g)
+    g = s.shape[1]
+    flat = (s > thr[qi].unsqueeze(1)).view(-1).nonzero().squeeze(1)  # scores beating thr
+    if flat.numel() == 0:
+        return best_s, best_p
+    h = torch.div(flat, g, rounding_mode="floor")
+    qi, p, s = qi[h], base[h] + (flat - h * g), s.view(-1)[flat]
+    # lay each query's survivors out in a row: (rows with survivors, max survivors per row)
+    qi, order = torch.sort(qi, stable=True)
+    p, s = p[order], s[order]
+    counts = torch.bincount(qi, minlength=b)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(qi.numel()) - starts[qi]
+    rows = counts.nonzero().squeeze(1)
+    row_of = torch.full((b,), -1, dtype=torch.int64)
+    row_of[rows] = torch.arange(rows.numel())
+    width = int(counts.max())
+    pad_s = torch.full((rows.numel(), width), -math.inf)
+    pad_p = torch.zeros((rows.numel(), width), dtype=torch.int64)
+    r = row_of[qi]
+    pad_s[r, slot] = s
+    pad_p[r, slot] = p
+    cand_s = torch.cat([best_s[rows], pad_s], dim=1)  # (R, kk + width)
+    cand_p = torch.cat([best_p[rows], pad_p], dim=1)
+    top_s, sel = torch.topk(cand_s, kk, dim=1)
+    best_s[rows] = top_s
+    best_p[rows] = torch.gather(cand_p, 1, sel)
+    thr[rows] = top_s[:, -1]
+    return best_s, best_p
 
 
 class _IdLookup:
@@ -210,15 +271,23 @@ class ExactIndex:
     """Exact inner-product top-k by blocked matrix products (the oracle for `AnnoyIndex`).
 
     Queries are processed in blocks of `query_block` rows and items in blocks sized so that a
-    score block holds about `block_elements` floats; each item block's partial top-k
-    (torch.topk) is merged into a running top-k. torch's intra-op threads parallelise the
-    products (torch.set_num_threads). Exclusions set the excluded scores to -inf.
+    score block holds about `block_elements` floats (the default, 8 MiB, stays in the L3 cache).
+    The first item block's top-k (torch.topk) sets each query's threshold, the k-th best score
+    so far. Every later block is one matrix product (items x queries) and one max over groups
+    of `GROUP` consecutive items; only the (group, query) pairs whose max beats the query's
+    threshold are gathered, and the gathered scores are merged into the running top-k (which
+    raises the thresholds) once they outnumber it a few times over. After the first blocks
+    almost no group passes, so the search costs little more than the matrix product itself.
+    torch's intra-op threads parallelise the products (torch.set_num_threads). Exclusions set
+    the excluded scores to -inf.
     """
 
     kind: ClassVar[str] = "exact"
     VECTORS_FILE: ClassVar[str] = "vectors.npy"
-    DEFAULT_QUERY_BLOCK: ClassVar[int] = 256
-    DEFAULT_BLOCK_ELEMENTS: ClassVar[int] = 1 << 24  # 64 MiB of float32 scores per block
+    DEFAULT_QUERY_BLOCK: ClassVar[int] = 1024
+    DEFAULT_BLOCK_ELEMENTS: ClassVar[int] = 1 << 21  # 8 MiB of float32 scores per block
+    GROUP: ClassVar[int] = 32  # items per group whose max is tested against the threshold
+    _MERGE_FACTOR: ClassVar[int] = 16  # merge when pending scores exceed this x (queries x k)
 
     def __init__(
         self,
@@ -236,6 +305,7 @@ class ExactIndex:
         self.query_block = int(query_block)
         self.block_elements = int(block_elements)
         self._lookup = _IdLookup(self._ids)
+        self._tensor = _shared_tensor(self._vectors)
 
     @property
     def size(self) -> int:
@@ -272,38 +342,78 @@ class ExactIndex:
         if n_q == 0:
             return out_ids, out_scores
         q_block = min(self.query_block, n_q)
-        i_block = min(n, max(k, self.block_elements // q_block))
         kk = min(k, n)
-        for q0 in range(0, n_q, q_block):
-            q1 = min(q0 + q_block, n_q)
-            qt = torch.from_numpy(q[q0:q1])  # (b, E)
-            # this query block's exclusions, sorted by item row for per-item-block slicing
-            lo, hi = np.searchsorted(ex_rows, [q0, q1])
-            blk_rows, blk_pos = ex_rows[lo:hi] - q0, ex_pos[lo:hi]
-            by_pos = np.argsort(blk_pos, kind="stable")
-            blk_rows, blk_pos = blk_rows[by_pos], blk_pos[by_pos]
-            best_s = torch.empty((q1 - q0, 0), dtype=torch.float32)
-            best_p = torch.empty((q1 - q0, 0), dtype=torch.int64)
-            for i0 in range(0, n, i_block):
-                i1 = min(i0 + i_block, n)
-                scores = qt @ _as_tensor(self._vectors[i0:i1]).T  # (b, i1 - i0)
-                e0, e1 = np.searchsorted(blk_pos, [i0, i1])
-                if e1 > e0:
-                    scores[
-                        torch.from_numpy(blk_rows[e0:e1]), torch.from_numpy(blk_pos[e0:e1] - i0)
-                    ] = -math.inf
-                top_s, top_p = torch.topk(scores, min(kk, i1 - i0), dim=1)  # (b, <=k)
-                cand_s = torch.cat([best_s, top_s], dim=1)
-                cand_p = torch.cat([best_p, top_p + i0], dim=1)
-                best_s, sel = torch.topk(cand_s, min(kk, cand_s.shape[1]), dim=1)
-                best_p = torch.gather(cand_p, 1, sel)
-            s_np = best_s.numpy()
-            p_np = best_p.numpy()
-            valid = np.isfinite(s_np)  # excluded entries came back as -inf
-            width = s_np.shape[1]
-            out_scores[q0:q1, :width] = np.where(valid, s_np, -np.inf)
-            out_ids[q0:q1, :width] = np.where(valid, self._ids[p_np], -1)
+        q_all = torch.from_numpy(q)
+        with torch.inference_mode():
+            for q0 in range(0, n_q, q_block):
+                q1 = min(q0 + q_block, n_q)
+                # this query block's exclusions, sorted by item row for per-item-block slicing
+                lo, hi = np.searchsorted(ex_rows, [q0, q1])
+                blk_rows, blk_pos = ex_rows[lo:hi] - q0, ex_pos[lo:hi]
+                by_pos = np.argsort(blk_pos, kind="stable")
+                best_s, best_p = self._search_block(
+                    q_all[q0:q1], kk, blk_rows[by_pos], blk_pos[by_pos]
+                )
+                s_np = best_s.numpy()
+                p_np = best_p.numpy()
+                valid = np.isfinite(s_np)  # excluded entries came back as -inf
+                out_scores[q0:q1, :kk] = np.where(valid, s_np, -np.inf)
+                out_ids[q0:q1, :kk] = np.where(valid, self._ids[p_np], -1)
         return out_ids, out_scores
+
+    def _item_block(self, n_queries: int) -> int:
+        """Return the items per score block for `n_queries` queries (a multiple of GROUP)."""
+        g = self.GROUP
+        return max(g, (self.block_elements // n_queries) // g * g)
+
+    def _search_block(
+        self, qt: torch.Tensor, kk: int, ex_rows: np.ndarray, ex_pos: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the top-kk (scores (b, kk) float32, item rows (b, kk) int64) of queries `qt`.
+
+        `ex_rows`/`ex_pos` (sorted by position) are the excluded (query row, item row) pairs.
+        """
+        b, n, g = qt.shape[0], self.size, self.GROUP
+        vt = self._tensor  # (N, E)
+        q_t = qt.T  # (E, b)
+        i_block = self._item_block(b)
+        first = min(n, max(i_block, kk))
+        scores = vt[:first] @ q_t  # (first, b)
+        _mask_excluded(scores, 0, first, ex_rows, ex_pos)
+        best_s, best_p = torch.topk(scores.T, kk, dim=1)  # (b, kk)
+        if first == n:
+            return best_s, best_p
+        best_s, best_p = best_s.contiguous(), best_p.contiguous()
+        thr = best_s[:, -1].contiguous()  # (b,) the kk-th best score so far
+        buf = torch.empty((i_block, b), dtype=torch.float32)  # scores, items x queries
+        merge_at = self._MERGE_FACTOR * b * kk
+        pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        n_pending = 0
+        for i0 in range(first, n, i_block):
+            i1 = min(i0 + i_block, n)
+            m = i1 - i0
+            n_groups = -(-m // g)
+            block = buf[: n_groups * g]  # (G * g, b)
+            torch.mm(vt[i0:i1], q_t, out=block[:m])
+            if n_groups * g > m:
+                block[m:].fill_(-math.inf)  # the ragged last group
+            _mask_excluded(block, i0, i1, ex_rows, ex_pos)
+            grouped = block.view(n_groups, g, b)
+            hit = torch.amax(grouped, dim=1) > thr  # (G, b)
+            flat = hit.view(-1).nonzero().squeeze(1)
+            if flat.numel() == 0:
+                continue
+            gi = torch.div(flat, b, rounding_mode="floor")
+            qi = flat - gi * b
+            # the group's g scores for that query (copied out of the reused buffer)
+            pending.append((qi, gi * g + i0, grouped[gi, :, qi]))  # (H,), (H,), (H, g)
+            n_pending += flat.numel() * g
+            if n_pending > merge_at:
+                best_s, best_p = _merge(best_s, best_p, thr, pending)
+                pending, n_pending = [], 0
+        if pending:
+            best_s, best_p = _merge(best_s, best_p, thr, pending)
+        return best_s, best_p
 
     def save(self, directory: str | Path) -> Path:
         """Write vectors.npy, ids.npy and index.json (last) into `directory`; return it."""
@@ -341,6 +451,7 @@ class ExactIndex:
         self.query_block = cls.DEFAULT_QUERY_BLOCK
         self.block_elements = cls.DEFAULT_BLOCK_ELEMENTS
         self._lookup = _IdLookup(self._ids)
+        self._tensor = _shared_tensor(self._vectors)
         return self
 
 
