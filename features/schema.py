@@ -569,7 +569,7 @@ class _TableChecker:
         ok = _regex_mask(t, _INT_RE)
         values = np.zeros(n, np.int64)
         if ok.any():
-            digits = t[ok]
+            digits = t[ok].str.removeprefix("+")  # arrow's parser rejects a leading '+'
             fits = np.ones(len(digits), bool)
             try:
                 parsed = pc.cast(pa.array(digits), pa.int64()).to_numpy()
