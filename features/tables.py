@@ -48,4 +48,8 @@ class Dataset:
 
     def counts(self) -> dict[str, int]:
         """Rows per table (0 for an absent optional table)."""
-        return {t: (0 if self.table(t) is None else len(self.table(t))) for t in TABLES}
+        out = {}
+        for t in TABLES:
+            df = self.table(t)
+            out[t] = 0 if df is None else len(df)
+        return out
