@@ -218,21 +218,16 @@ def _merge(
     thr: torch.Tensor,
     pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the running top-k (b, k) merged with the pending groups; raises `thr` in place.
+    """Return the running top-k (b, k) merged with the pending candidates; raises `thr` in place.
 
-    `pending` holds (query row (H,), first item row of the group (H,), scores (H, g)).
+    `pending` holds (query row (P,), item row (P,), score (P,)) of scores that beat their
+    query's threshold when they were found.
     """
     b, kk = best_s.shape
-    qi = torch.cat([p[0] for p in pending])
-    base = torch.cat([p[1] for p in pending])
-    s = torch.cat([p[2] for p in pending])  # (H, g)
-    g = s.shape[1]
-    flat = (s > thr[qi].unsqueeze(1)).view(-1).nonzero().squeeze(1)  # scores beating thr
-    if flat.numel() == 0:
-        return best_s, best_p
-    h = torch.div(flat, g, rounding_mode="floor")
-    qi, p, s = qi[h], base[h] + (flat - h * g), s.view(-1)[flat]
-    # lay each query's survivors out in a row: (rows with survivors, max survivors per row)
+    qi = torch.cat([c[0] for c in pending])
+    p = torch.cat([c[1] for c in pending])
+    s = torch.cat([c[2] for c in pending])
+    # lay each query's candidates out in a row: (rows with candidates, max candidates per row)
     qi, order = torch.sort(qi, stable=True)
     p, s = p[order], s[order]
     counts = torch.bincount(qi, minlength=b)
@@ -249,10 +244,10 @@ def _merge(
     pad_p[r, slot] = p
     cand_s = torch.cat([best_s[rows], pad_s], dim=1)  # (R, kk + width)
     cand_p = torch.cat([best_p[rows], pad_p], dim=1)
-    top_s, sel = torch.topk(cand_s, kk, dim=1)
+    top_s, sel = torch.topk(cand_s, kk, dim=1, sorted=False)
     best_s[rows] = top_s
     best_p[rows] = torch.gather(cand_p, 1, sel)
-    thr[rows] = top_s[:, -1]
+    thr[rows] = top_s.amin(dim=1)
     return best_s, best_p
 
 
@@ -272,14 +267,16 @@ class ExactIndex:
 
     Queries are processed in blocks of `query_block` rows and items in blocks sized so that a
     score block holds about `block_elements` floats (the default, 8 MiB, stays in the L3 cache).
-    The first item block's top-k (torch.topk) sets each query's threshold, the k-th best score
+    The first item block's top-k (torch.topk) gives each query a threshold, the k-th best score
     so far. Every later block is one matrix product (items x queries) and one max over groups
-    of `GROUP` consecutive items; only the (group, query) pairs whose max beats the query's
-    threshold are gathered, and the gathered scores are merged into the running top-k (which
-    raises the thresholds) once they outnumber it a few times over. After the first blocks
-    almost no group passes, so the search costs little more than the matrix product itself.
-    torch's intra-op threads parallelise the products (torch.set_num_threads). Exclusions set
-    the excluded scores to -inf.
+    of `GROUP` consecutive items; only the groups whose max beats their query's threshold are
+    read again, and their scores above the threshold become candidates (while thresholds are
+    still loose and most groups pass, every score of the block is compared instead). The
+    candidates are merged into the running top-k, raising the thresholds, once they outnumber
+    it twice over. After the first blocks almost no group passes, so a large search costs
+    little more than its matrix products (benchmarks/exact_topk.py: ~1.4x the GEMM time for
+    1024 queries over 1M x 64 items). torch's intra-op threads parallelise the products
+    (torch.set_num_threads). Exclusions set the excluded scores to -inf.
     """
 
     kind: ClassVar[str] = "exact"
@@ -287,7 +284,8 @@ class ExactIndex:
     DEFAULT_QUERY_BLOCK: ClassVar[int] = 1024
     DEFAULT_BLOCK_ELEMENTS: ClassVar[int] = 1 << 21  # 8 MiB of float32 scores per block
     GROUP: ClassVar[int] = 32  # items per group whose max is tested against the threshold
-    _MERGE_FACTOR: ClassVar[int] = 16  # merge when pending scores exceed this x (queries x k)
+    _MERGE_FACTOR: ClassVar[int] = 2  # merge when candidates outnumber this x (queries x k)
+    _DENSE_HITS: ClassVar[int] = 4  # filter every score when > 1/this of the groups pass
 
     def __init__(
         self,
@@ -361,7 +359,7 @@ class ExactIndex:
                 out_ids[q0:q1, :kk] = np.where(valid, self._ids[p_np], -1)
         return out_ids, out_scores
 
-    def _item_block(self, n_queries: int) -> int:
+    def item_block(self, n_queries: int) -> int:
         """Return the items per score block for `n_queries` queries (a multiple of GROUP)."""
         g = self.GROUP
         return max(g, (self.block_elements // n_queries) // g * g)
@@ -373,18 +371,35 @@ class ExactIndex:
 
         `ex_rows`/`ex_pos` (sorted by position) are the excluded (query row, item row) pairs.
         """
+        n = self.size
+        vt = self._tensor  # (N, E)
+        first = min(n, max(self.item_block(qt.shape[0]), kk))
+        scores = torch.mm(qt, vt[:first].T)  # (b, first): topk runs fastest on contiguous rows
+        _mask_excluded(scores.T, 0, first, ex_rows, ex_pos)
+        # unsorted top-k while merging; sorted once at the end
+        best_s, best_p = torch.topk(scores, kk, dim=1, sorted=False)  # (b, kk)
+        del scores
+        if first < n:
+            best_s, best_p = self._scan(qt, kk, best_s, best_p, first, ex_rows, ex_pos)
+        best_s, order = torch.sort(best_s, dim=1, descending=True)
+        return best_s, torch.gather(best_p, 1, order)
+
+    def _scan(
+        self,
+        qt: torch.Tensor,
+        kk: int,
+        best_s: torch.Tensor,
+        best_p: torch.Tensor,
+        first: int,
+        ex_rows: np.ndarray,
+        ex_pos: np.ndarray,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the running top-kk (b, kk) updated with item rows [first, N) (unsorted)."""
         b, n, g = qt.shape[0], self.size, self.GROUP
         vt = self._tensor  # (N, E)
         q_t = qt.T  # (E, b)
-        i_block = self._item_block(b)
-        first = min(n, max(i_block, kk))
-        scores = vt[:first] @ q_t  # (first, b)
-        _mask_excluded(scores, 0, first, ex_rows, ex_pos)
-        best_s, best_p = torch.topk(scores.T, kk, dim=1)  # (b, kk)
-        if first == n:
-            return best_s, best_p
-        best_s, best_p = best_s.contiguous(), best_p.contiguous()
-        thr = best_s[:, -1].contiguous()  # (b,) the kk-th best score so far
+        i_block = self.item_block(b)
+        thr = best_s.amin(dim=1)  # (b,) the kk-th best score so far
         buf = torch.empty((i_block, b), dtype=torch.float32)  # scores, items x queries
         merge_at = self._MERGE_FACTOR * b * kk
         pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -399,15 +414,23 @@ class ExactIndex:
                 block[m:].fill_(-math.inf)  # the ragged last group
             _mask_excluded(block, i0, i1, ex_rows, ex_pos)
             grouped = block.view(n_groups, g, b)
-            hit = torch.amax(grouped, dim=1) > thr  # (G, b)
-            flat = hit.view(-1).nonzero().squeeze(1)
-            if flat.numel() == 0:
+            hit = (torch.amax(grouped, dim=1) > thr).view(-1).nonzero().squeeze(1)  # (H,)
+            if hit.numel() == 0:
                 continue
-            gi = torch.div(flat, b, rounding_mode="floor")
-            qi = flat - gi * b
-            # the group's g scores for that query (copied out of the reused buffer)
-            pending.append((qi, gi * g + i0, grouped[gi, :, qi]))  # (H,), (H,), (H, g)
-            n_pending += flat.numel() * g
+            if hit.numel() * self._DENSE_HITS > n_groups * b:
+                # early blocks (loose thresholds): most groups pass, filter every score instead
+                item, qi = (block > thr).nonzero(as_tuple=True)  # (P,), (P,)
+                sc = block[item, qi]
+                pos = item + i0
+            else:
+                gi = torch.div(hit, b, rounding_mode="floor")
+                qi = hit - gi * b
+                cand = grouped[gi, :, qi]  # (H, g): the hit groups' scores for their query
+                h, j = (cand > thr[qi].unsqueeze(1)).nonzero(as_tuple=True)  # (P,), (P,)
+                sc = cand[h, j]
+                qi, pos = qi[h], gi[h] * g + j + i0
+            pending.append((qi, pos, sc))
+            n_pending += qi.numel()
             if n_pending > merge_at:
                 best_s, best_p = _merge(best_s, best_p, thr, pending)
                 pending, n_pending = [], 0
