@@ -179,7 +179,7 @@ class WorldConfig:
     w_appeal: float = 0.7
     w_interest: float = 1.0
     w_style: float = 0.6
-    w_language: float = 2.0
+    w_language: float = 3.0
     w_fresh: float = 2.0
     fresh_tau_days: float = 4.0
     position_eta: float = 0.8
