@@ -12,6 +12,24 @@ sampling, SSL batches, masks and dropout; its state is checkpointed after every 
 model and optimizer, so `resume=True` continues to the same weights as an uninterrupted run
 (bit-for-bit on CPU; on CUDA up to the nondeterminism of its kernels). Parameter
 initialization is seeded by `config.seed` without touching torch's global RNG.
+
+Several processes (a default torch.distributed process group of W > 1 ranks, e.g. under
+torchrun; see `pipelines.distributed`): the model is wrapped in DistributedDataParallel (gloo
+on CPU, NCCL on CUDA, one GPU per rank) and the single-process objective is kept:
+- the seeded generator still draws each epoch's permutation (the same on every rank); each
+  global batch of `batch_size` rows is split into W equal rank slices (`features.dist_env.
+  shard_batches`), so every rank runs the same number of steps;
+- each rank draws ceil(num_negatives / W) sampled negatives and ceil(ssl_batch_size / W) SSL
+  items (with their masks) from its own generator, seeded from (seed, epoch, rank); negatives,
+  in-batch rows and SSL views are all-gathered with gradients, so every row of the global batch
+  is scored against the same negatives as in one process and DDP's gradient average is the
+  gradient of the global-batch loss;
+- validation Recall@k is computed on rank shards and summed over ranks; rank 0's value decides
+  early stopping on every rank; only rank 0 reads and writes checkpoints (the others receive
+  its checkpoint by broadcast, so no shared filesystem is needed), and a resumed run may use a
+  different number of processes.
+Batch inference (`item_embeddings`, `user_embeddings`, `recall_at_k` with `distributed=True`)
+splits rows by rank and all-gathers them.
 """
 
 from __future__ import annotations
@@ -25,8 +43,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from candidate_gen import distributed as dist_utils
 from candidate_gen.config import RESUMABLE_CHANGES, CandidateGenConfig
 from candidate_gen.losses import (
     in_batch_softmax_loss,
@@ -37,6 +58,7 @@ from candidate_gen.losses import (
 from candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_information, rfm_masks
 from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
 from features.atomic import atomic_path, atomic_write_json
+from features.dist_env import rank_seed, row_range, shard_batches
 from features.examples import CandidateExamples, CandidateFeaturizer, ItemFeatures, UserFeatures
 
 __all__ = [
@@ -90,52 +112,50 @@ class TrainedCandidateGenerator:
         self.history = list(history or [])
 
     @torch.no_grad()
-    def item_embeddings(self, items: ItemFeatures | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def item_embeddings(
+        self, items: ItemFeatures | None = None, *, distributed: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Return `(item ids (N,) int64, vectors (N, E) float32)` for every catalog item.
 
         `items` defaults to the training catalog; pass `featurizer.item_features(new_catalog)`
         to embed items uploaded since (the item tower embeds unseen items from their features).
+        With `distributed=True` and a process group of several ranks, every rank must call this
+        with the same items: each embeds its `row_range` share and all ranks receive all rows.
         """
         items = self.items if items is None else items
         _check_items_match(self.featurizer, items)
         self.model.eval()
-        batch = ItemBatch.from_features(items, self.device)
-        out = [
-            self.model.item_vectors(
-                batch.index(torch.arange(i, min(i + _EMBED_CHUNK, len(items)), device=self.device))
-            )
-            for i in range(0, len(items), _EMBED_CHUNK)
-        ]
-        vectors = (
-            torch.cat(out).float().cpu().numpy()
-            if out
-            else np.zeros((0, self.config.embedding_dim), np.float32)
-        )
-        return items.item_id.copy(), vectors
+        rank, world = dist_utils.rank_and_world() if distributed else (0, 1)
+        lo, hi = row_range(len(items), rank, world)
+        vectors = _item_vectors(self.model, ItemBatch.from_features(items, self.device), lo, hi)
+        if world > 1:
+            vectors = dist_utils.all_gather_rows(vectors, len(items))
+        return items.item_id.copy(), vectors.float().cpu().numpy()
 
     @torch.no_grad()
     def user_embeddings(
-        self, features: UserFeatures, *, example_age: float | None = 0.0
+        self,
+        features: UserFeatures,
+        *,
+        example_age: float | None = 0.0,
+        distributed: bool = False,
     ) -> np.ndarray:
         """Return user vectors (N, E) float32; example age is set to `example_age` (serving: 0).
 
-        Pass `example_age=None` to keep the ages stored in `features`.
+        Pass `example_age=None` to keep the ages stored in `features`. With `distributed=True`
+        and a process group of several ranks, every rank must pass the same users: each embeds
+        its `row_range` share and all ranks receive all N rows in order.
         """
         if example_age is not None:
             features = features.with_example_age(example_age)
         self.model.eval()
-        users = UserBatch.from_features(features, self.device)
-        out = [
-            self.model.user_vectors(
-                users.index(
-                    torch.arange(i, min(i + _EMBED_CHUNK, len(features)), device=self.device)
-                )
-            )
-            for i in range(0, len(features), _EMBED_CHUNK)
-        ]
-        if not out:
-            return np.zeros((0, self.config.embedding_dim), np.float32)
-        return torch.cat(out).float().cpu().numpy()
+        rank, world = dist_utils.rank_and_world() if distributed else (0, 1)
+        lo, hi = row_range(len(features), rank, world)
+        own = features if world == 1 else features.take(np.arange(lo, hi))
+        vectors = _user_vectors(self.model, UserBatch.from_features(own, self.device), 0, hi - lo)
+        if world > 1:
+            vectors = dist_utils.all_gather_rows(vectors, len(features))
+        return vectors.float().cpu().numpy()
 
     def save(self, directory: str | Path) -> Path:
         """Write weights, config, vocabularies and catalog features into `directory`; return it.
@@ -222,7 +242,16 @@ def train_candidate_generator(
     written atomically after every epoch; `resume=True` continues from it (or starts afresh
     when there is none) and reaches the same result as an uninterrupted run. Only `epochs` and
     `device` may differ from the config that wrote the checkpoint.
+
+    Under a process group of several ranks every rank calls this with the same arguments and
+    trains its shard with DistributedDataParallel (see the module docstring); `batch_size`
+    must then be a multiple of the number of processes. Every rank returns the same model.
     """
+    dist_utils.announce(
+        train_candidate_generator,
+        (config, examples, item_features),
+        {"valid": valid, "checkpoint_dir": checkpoint_dir, "resume": resume, "progress": progress},
+    )
     if not isinstance(config, CandidateGenConfig):
         raise TypeError(f"config must be a CandidateGenConfig, got {type(config).__name__}")
     featurizer = examples.featurizer
@@ -232,7 +261,14 @@ def train_candidate_generator(
             "validation examples were built by a different featurizer than the training "
             "examples; build both with the same fitted CandidateFeaturizer"
         )
-    device = resolve_device(config.device)
+    rank, world = dist_utils.rank_and_world()
+    if config.batch_size % world:
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the {world} processes; use a "
+            "multiple of the process count so that the global batch equals the single-process "
+            "batch"
+        )
+    device = dist_utils.worker_device(resolve_device(config.device))
     n_items = len(item_features)
     if n_items < 2:
         raise ValueError(f"the catalog has {n_items} item(s); training needs at least 2")
@@ -248,6 +284,10 @@ def train_candidate_generator(
     keep = _select_examples(config, examples)
     if len(keep) == 0:
         raise ValueError("no training examples left (empty window, or label_fraction too small)")
+    fingerprint = _fingerprint(rows_np[keep], n_items)
+    dist_utils.check_same_on_all_ranks(
+        (fingerprint, json.dumps(config.to_dict(), sort_keys=True)), "training examples or config"
+    )
     selected = examples.features if len(keep) == len(examples) else examples.features.take(keep)
     train_users = UserBatch.from_features(selected, device)  # zero-copy on CPU when all kept
     train_rows = torch.from_numpy(rows_np[keep].astype(np.int64)).to(device)
@@ -277,73 +317,78 @@ def train_candidate_generator(
 
     state = _TrainState()
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    fingerprint = _fingerprint(rows_np[keep], n_items)
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path, config, fingerprint, model, optimizer, gen, device)
+    payload = None
+    if resume and ckpt_path is not None:
+        payload = dist_utils.on_rank0(_read_checkpoint, ckpt_path, config, fingerprint)
+    if payload is not None:
+        state = _apply_checkpoint(payload, model, optimizer, gen, device)
     elif checkpoint_dir is not None:
-        atomic_write_json(Path(checkpoint_dir) / "config.json", config.to_dict())
+        cfg_path = Path(checkpoint_dir) / "config.json"
+        dist_utils.on_rank0(atomic_write_json, cfg_path, config.to_dict())
 
-    n_train = len(keep)
-    n_batches = math.ceil(n_train / config.batch_size)
-    for epoch in range(state.epoch + 1, config.epochs + 1):
-        if state.stopped:
-            break
-        model.train()
-        start = time.perf_counter()
-        perm = torch.randperm(n_train, generator=gen).to(device)
-        totals = np.zeros(3)  # loss, main, ssl (example-weighted sums)
-        bar = tqdm(
-            total=n_batches,
-            desc=f"candidate_gen epoch {epoch}/{config.epochs}",
-            disable=not progress,
-            leave=False,
+    # one module computes a step's loss, so that DDP sees (and synchronizes) all of it
+    group = dist_utils.new_group() if world > 1 else None  # for the loss's gathers
+    step = _TrainStep(config, model, catalog, sampler, label_log_q, mi, group, world)
+    runner: nn.Module = step
+    if world > 1:
+        # without a masking SSL objective the SSL head (and, for spread_out, the default feature
+        # embeddings) never get a gradient: DDP must then look for unused parameters each step
+        runner = DistributedDataParallel(
+            step, find_unused_parameters=config.ssl in ("none", "spread_out")
         )
-        for b in range(n_batches):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            users = train_users.index(idx)
-            pos = train_rows[idx]  # (B,) catalog rows of the labels
-            main = _main_loss(config, model, users, pos, catalog, sampler, label_log_q, gen)
-            ssl = _ssl_loss(config, model, catalog, mi, gen) if config.ssl != "none" else None
-            loss = main if ssl is None else main + config.ssl_alpha * ssl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            w = len(idx)
-            totals += w * np.array([loss.item(), main.item(), 0.0 if ssl is None else ssl.item()])
-            bar.update(1)
-            if b % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": float(totals[0] / n_train),
-            "main_loss": float(totals[1] / n_train),
-            "ssl_loss": float(totals[2] / n_train),
-            "train_seconds": float(seconds),
-            "examples_per_second": float(n_train / max(seconds, 1e-9)),
-        }
-        if valid_users is not None and valid_rows is not None:
-            recall = recall_at_k(model, valid_users, valid_rows, catalog, config.valid_k)
-            record[f"valid_recall@{config.valid_k}"] = recall
-            if recall > state.best_metric:
-                state.best_metric, state.best_epoch, state.bad_epochs = recall, epoch, 0
-                state.best_model = {
-                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-                }
-            else:
-                state.bad_epochs += 1
-                if config.patience > 0 and state.bad_epochs >= config.patience:
-                    state.stopped = True
-        state.history.append(record)
-        state.epoch = epoch
-        if progress:
-            tqdm.write(_describe(record))
-        if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, config, fingerprint, model, optimizer, gen, state)
-
+    show = progress and rank == 0
+    n_train = len(keep)
+    try:
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            if state.stopped:
+                break
+            start = time.perf_counter()
+            perm = torch.randperm(n_train, generator=gen)  # the same on every rank
+            # negatives, SSL items and masks: the single stream in one process, else per rank
+            draw = (
+                gen
+                if world == 1
+                else torch.Generator().manual_seed(rank_seed(config.seed, epoch, rank))
+            )
+            bar = tqdm(
+                desc=f"candidate_gen epoch {epoch}/{config.epochs}", disable=not show, leave=False
+            )
+            totals = _run_epoch(
+                runner,
+                optimizer,
+                shard_batches(perm.numpy(), config.batch_size, rank, world),
+                train_users,
+                train_rows,
+                draw,
+                bar,
+            )
+            seconds = time.perf_counter() - start
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": float(totals[0] / totals[3]),
+                "main_loss": float(totals[1] / totals[3]),
+                "ssl_loss": float(totals[2] / totals[3]),
+                "train_seconds": float(seconds),
+                "examples_per_second": float(n_train / max(seconds, 1e-9)),
+            }
+            if valid_users is not None and valid_rows is not None:
+                recall = recall_at_k(
+                    model, valid_users, valid_rows, catalog, config.valid_k, distributed=world > 1
+                )
+                recall = dist_utils.broadcast_object(recall)  # rank 0 decides for every rank
+                record[f"valid_recall@{config.valid_k}"] = recall
+                state.update(recall, epoch, model, config.patience)
+            state.history.append(record)
+            state.epoch = epoch
+            if show:
+                tqdm.write(_describe(record))
+            if ckpt_path is not None:
+                # rank 0 writes (atomically); the others wait for it (a barrier)
+                dist_utils.on_rank0(
+                    _save_checkpoint, ckpt_path, config, fingerprint, model, optimizer, gen, state
+                )
+    finally:
+        dist_utils.destroy_group(group)
     if state.best_model:
         model.load_state_dict(state.best_model)
     return TrainedCandidateGenerator(
@@ -353,34 +398,60 @@ def train_candidate_generator(
 
 @torch.no_grad()
 def recall_at_k(
-    model: TwoTowerModel, users: UserBatch, label_rows: torch.Tensor, catalog: ItemBatch, k: int
+    model: TwoTowerModel,
+    users: UserBatch,
+    label_rows: torch.Tensor,
+    catalog: ItemBatch,
+    k: int,
+    *,
+    distributed: bool = False,
 ) -> float:
     """Return the share of users whose label row is among the exact top-k of the whole catalog.
 
-    Label rows of -1 (items missing from the catalog) count as misses.
+    Label rows of -1 (items missing from the catalog) count as misses. With `distributed=True`
+    under a process group of several ranks (all passing the same arguments), each rank embeds
+    its share of the catalog and scores its share of the users; hits are summed over ranks.
     """
     was_training = model.training
     model.eval()
+    rank, world = dist_utils.rank_and_world() if distributed else (0, 1)
     n_items = len(catalog)
-    dev = label_rows.device
-    items = torch.cat(
-        [
-            model.item_vectors(
-                catalog.index(torch.arange(i, min(i + _EMBED_CHUNK, n_items), device=dev))
-            )
-            for i in range(0, n_items, _EMBED_CHUNK)
-        ]
-    )  # (N, E)
+    items = _item_vectors(model, catalog, *row_range(n_items, rank, world))
+    if world > 1:
+        items = dist_utils.all_gather_rows(items, n_items)  # (N, E) on every rank
     k_eff = min(k, n_items)
+    lo, hi = row_range(len(users), rank, world)
+    dev = label_rows.device
     hits = 0
     chunk = max(1, min(4096, (1 << 26) // max(n_items, 1)))  # bound the (chunk, N) score block
-    for i in range(0, len(users), chunk):
-        rows = torch.arange(i, min(i + chunk, len(users)), device=dev)
+    for i in range(lo, hi, chunk):
+        rows = torch.arange(i, min(i + chunk, hi), device=dev)
         u = model.user_vectors(users.index(rows))  # (c, E)
         top = torch.topk(u @ items.T, k_eff, dim=1).indices  # (c, k)
         hits += int((top == label_rows[rows].unsqueeze(1)).any(dim=1).sum())
     model.train(was_training)
-    return hits / max(len(users), 1)
+    total_hits, n_users = dist_utils.all_reduce_sum([hits, hi - lo]) if world > 1 else (hits, hi)
+    return float(total_hits / max(n_users, 1))
+
+
+def _item_vectors(model: TwoTowerModel, catalog: ItemBatch, lo: int, hi: int) -> torch.Tensor:
+    """Return the item vectors (hi - lo, E) of catalog rows [lo, hi), in chunks."""
+    dev = catalog.single.device
+    out = [
+        model.item_vectors(catalog.index(torch.arange(i, min(i + _EMBED_CHUNK, hi), device=dev)))
+        for i in range(lo, hi, _EMBED_CHUNK)
+    ]
+    return torch.cat(out) if out else torch.zeros((0, model.config.embedding_dim), device=dev)
+
+
+def _user_vectors(model: TwoTowerModel, users: UserBatch, lo: int, hi: int) -> torch.Tensor:
+    """Return the user vectors (hi - lo, E) of rows [lo, hi) of `users`, in chunks."""
+    dev = next(model.parameters()).device
+    out = [
+        model.user_vectors(users.index(torch.arange(i, min(i + _EMBED_CHUNK, hi), device=dev)))
+        for i in range(lo, hi, _EMBED_CHUNK)
+    ]
+    return torch.cat(out) if out else torch.zeros((0, model.config.embedding_dim), device=dev)
 
 
 # ----------------------------------------------------------------------------- internals
@@ -397,6 +468,48 @@ class _TrainState:
         self.best_model: dict[str, torch.Tensor] = {}
         self.bad_epochs = 0
         self.stopped = False
+
+    def update(self, metric: float, epoch: int, model: nn.Module, patience: int) -> None:
+        """Record an epoch's validation metric: keep the best weights, count epochs without gain."""
+        if metric > self.best_metric:
+            self.best_metric, self.best_epoch, self.bad_epochs = metric, epoch, 0
+            self.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+            if patience > 0 and self.bad_epochs >= patience:
+                self.stopped = True
+
+
+def _run_epoch(
+    runner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[np.ndarray],
+    train_users: UserBatch,
+    train_rows: torch.Tensor,
+    draw: torch.Generator,
+    bar: Any,
+) -> np.ndarray:
+    """Train one epoch over this rank's `batches`; return the sums over ranks of
+    [loss, main loss, SSL loss] weighted by rows, and of the rows."""
+    runner.train()
+    device = train_rows.device
+    bar.reset(total=len(batches))
+    totals = np.zeros(4)
+    for b, local in enumerate(batches):
+        idx = torch.from_numpy(local).to(device)
+        loss, main, ssl = runner(train_users.index(idx), train_rows[idx], draw)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        w = len(idx)
+        totals += [w * loss.item(), w * main.item(), w * ssl.item(), w]
+        bar.update(1)
+        if b % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return dist_utils.all_reduce_sum(totals)
 
 
 class _NegativeSampler:
@@ -416,11 +529,70 @@ class _NegativeSampler:
         self.size = config.num_negatives
         self.device = device
 
-    def sample(self, gen: torch.Generator) -> torch.Tensor:
-        """Return `num_negatives` catalog rows (S,) drawn with replacement."""
-        u = torch.rand(self.size, generator=gen, dtype=torch.float64)
+    def sample(self, gen: torch.Generator, size: int | None = None) -> torch.Tensor:
+        """Return `size` (default `num_negatives`) catalog rows (S,) drawn with replacement."""
+        u = torch.rand(self.size if size is None else size, generator=gen, dtype=torch.float64)
         rows = torch.searchsorted(self.cdf, u, right=True).clamp_max_(self.n - 1)
         return rows.to(self.device)
+
+
+class _TrainStep(nn.Module):
+    """A training step's loss as a module: DDP synchronizes the gradients of its forward.
+
+    In one process the gathers are identities and the step computes exactly what the
+    single-process trainer always did; under W ranks each rank draws ceil(S / W) negatives and
+    ceil(ssl_batch_size / W) SSL items, and the rows other ranks' losses need are all-gathered
+    with gradients (`dist_utils.gather_with_grad`).
+    """
+
+    def __init__(
+        self,
+        config: CandidateGenConfig,
+        model: TwoTowerModel,
+        catalog: ItemBatch,
+        sampler: _NegativeSampler,
+        label_log_q: torch.Tensor,
+        mi: np.ndarray | None,
+        group: Any,
+        world: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.model = model
+        self.catalog = catalog
+        self.sampler = sampler
+        self.label_log_q = label_log_q
+        self.mi = mi
+        self.group = group
+        self.n_negatives = -(-config.num_negatives // world)  # ceil(S / W) per rank
+        self.n_ssl = -(-config.ssl_batch_size // world)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of `t` in rank order (differentiable); `t` in one process."""
+        return dist_utils.gather_with_grad(t, self.group)
+
+    def forward(
+        self, users: UserBatch, pos: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (loss, main loss, SSL loss or 0) of this rank's batch; only `loss` has a graph."""
+        main = _main_loss(
+            self.config,
+            self.model,
+            users,
+            pos,
+            self.catalog,
+            self.sampler,
+            self.label_log_q,
+            gen,
+            self.gather,
+            self.n_negatives,
+        )
+        if self.config.ssl == "none":
+            return main, main.detach(), torch.zeros((), device=main.device)
+        ssl = _ssl_loss(
+            self.config, self.model, self.catalog, self.mi, gen, self.gather, self.n_ssl
+        )
+        return main + self.config.ssl_alpha * ssl, main.detach(), ssl.detach()
 
 
 def _main_loss(
@@ -432,25 +604,29 @@ def _main_loss(
     sampler: _NegativeSampler,
     label_log_q: torch.Tensor,
     gen: torch.Generator,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    n_negatives: int,
 ) -> torch.Tensor:
-    u = model.user_vectors(users)  # (B, E)
+    u = model.user_vectors(users)  # (b, E)
     if config.loss == "sampled":
-        neg = sampler.sample(gen)  # (S,)
-        v = model.item_vectors(catalog.index(torch.cat([pos, neg])))  # (B + S, E)
+        neg = sampler.sample(gen, n_negatives)  # (S / W,) this rank's share
+        v = model.item_vectors(catalog.index(torch.cat([pos, neg])))  # (b + S / W, E)
         b = len(pos)
+        neg_all = gather(neg)  # (S,) every rank's negatives, shared by the global batch
         return sampled_softmax_loss(
             u,
             v[:b],
-            v[b:],
+            gather(v[b:]),  # (S, E)
             sampler.log_q[pos],
-            sampler.log_q[neg],
+            sampler.log_q[neg_all],
             temperature=config.temperature,
             pos_ids=pos,
-            neg_ids=neg,
+            neg_ids=neg_all,
         )
-    v = model.item_vectors(catalog.index(pos))  # (B, E)
+    v = model.item_vectors(catalog.index(pos))  # (b, E)
+    pos_all = gather(pos)  # (B,) the global batch: the in-batch softmax of one process
     return in_batch_softmax_loss(
-        u, v, label_log_q[pos], temperature=config.temperature, item_ids=pos
+        gather(u), gather(v), label_log_q[pos_all], temperature=config.temperature, item_ids=pos_all
     )
 
 
@@ -460,14 +636,18 @@ def _ssl_loss(
     catalog: ItemBatch,
     mi: np.ndarray | None,
     gen: torch.Generator,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    n_items: int,
 ) -> torch.Tensor:
-    """L_self on an item batch drawn uniformly from the catalog (not from the label distribution)."""
-    rows = torch.randint(len(catalog), (config.ssl_batch_size,), generator=gen).to(
-        catalog.single.device
-    )
+    """L_self on an item batch drawn uniformly from the catalog (not from the label distribution).
+
+    Each rank draws `n_items` items and its own masks; the views of all ranks are gathered so
+    that the contrastive softmax runs over the whole SSL batch.
+    """
+    rows = torch.randint(len(catalog), (n_items,), generator=gen).to(catalog.single.device)
     items = catalog.index(rows)
     if config.ssl == "spread_out":  # identity augmentations
-        z = model.ssl_projection(items)
+        z = gather(model.ssl_projection(items))
         return ssl_contrastive_loss(z, z, temperature=config.ssl_temperature)
     n_features = model.item_tower.n_features
     if config.ssl == "cfm":
@@ -482,7 +662,7 @@ def _ssl_loss(
         if model.item_tower.use_topics and config.ssl_dropout > 0:
             dropped = multivalue_dropout(items.topics, items.topics_mask, config.ssl_dropout, gen)
             view = with_topics_mask(items, dropped)
-        views.append(model.ssl_projection(view, mask))
+        views.append(gather(model.ssl_projection(view, mask)))
     return ssl_contrastive_loss(views[0], views[1], temperature=config.ssl_temperature)
 
 
@@ -562,15 +742,12 @@ def _save_checkpoint(
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(
-    path: Path,
-    config: CandidateGenConfig,
-    fingerprint: list[int],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    gen: torch.Generator,
-    device: torch.device,
-) -> _TrainState:
+def _read_checkpoint(
+    path: Path, config: CandidateGenConfig, fingerprint: list[int]
+) -> dict[str, Any] | None:
+    """Return the checkpoint at `path` (None if there is none), checked against config and data."""
+    if not path.exists():
+        return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != _CHECKPOINT_FORMAT:
         raise ValueError(
@@ -594,6 +771,17 @@ def _load_checkpoint(
             f"cannot resume from {path}: it was trained on different examples or a different "
             "catalog; rebuild the same examples or start without resume"
         )
+    return payload
+
+
+def _apply_checkpoint(
+    payload: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    device: torch.device,
+) -> _TrainState:
+    """Load a checked checkpoint into model, optimizer and generator; return the loop state."""
     model.load_state_dict({k: v.to(device) for k, v in payload["model"].items()})
     optimizer.load_state_dict(payload["optimizer"])
     gen.set_state(payload["generator"])

@@ -10,6 +10,16 @@ every epoch one atomic `checkpoint.pt` (model, optimizer, best weights so far, c
 loaded with torch.load(weights_only=True)) and a readable `progress.json`. Calling
 `train_ranker` again with the same directory and config resumes after the last finished epoch;
 batch order depends only on (seed, epoch), so a resumed run repeats an uninterrupted one.
+
+Several processes (a default torch.distributed process group of W > 1 ranks, e.g. under
+torchrun; see `pipelines.distributed`): every rank calls `train_ranker` with the same frames;
+rank 0 fits (or loads) the vocabularies and normalizer and broadcasts them; the model is wrapped
+in DistributedDataParallel (gloo on CPU, NCCL on CUDA, one GPU per rank); each global batch of
+the (seed, epoch) permutation is split into W equal rank slices (`features.dist_env.
+shard_batches`), so the averaged gradient is the single-process batch's; the validation loss
+sums Σ w ℓ and Σ w over rank shards; rank 0's value decides early stopping on every rank, and
+only rank 0 reads and writes checkpoints (the others receive its checkpoint by broadcast).
+`TrainedRanker.predict_logit(..., distributed=True)` scores rank shards and all-gathers them.
 """
 
 from __future__ import annotations
@@ -25,9 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from features.atomic import atomic_path, atomic_write_json
+from features.dist_env import row_range, shard_batches
 from features.normalize import QuantileNormalizer
 from features.ranker_features import (
     CONTINUOUS_COLUMNS,
@@ -38,6 +50,7 @@ from features.ranker_features import (
     build_ranker_frame,
 )
 from features.tables import Dataset
+from ranking import distributed as dist_utils
 from ranking.config import RankerConfig
 from ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
 
@@ -122,10 +135,24 @@ class TrainedRanker:
             history_len=self.config.history_len,
         )
 
-    def predict_logit(self, frame: RankerFrame, *, batch_size: int = 8192) -> np.ndarray:
-        """Return the logits (N,) float64 of the frame's rows, in row order."""
+    def predict_logit(
+        self, frame: RankerFrame, *, batch_size: int = 8192, distributed: bool = False
+    ) -> np.ndarray:
+        """Return the logits (N,) float64 of the frame's rows, in row order.
+
+        With `distributed=True` and a process group of several ranks, every rank must pass the
+        same frame: each scores its `row_range` share and all ranks receive all N logits.
+        """
         if batch_size < 1:
             raise ValueError(f"predict_logit: batch_size must be >= 1, got {batch_size}")
+        rank, world = dist_utils.rank_and_world() if distributed else (0, 1)
+        if world == 1:
+            return self._logits(frame, batch_size)
+        lo, hi = row_range(len(frame), rank, world)
+        own = torch.from_numpy(self._logits(frame.take(np.arange(lo, hi)), batch_size))
+        return dist_utils.all_gather_rows(own, len(frame)).numpy()
+
+    def _logits(self, frame: RankerFrame, batch_size: int) -> np.ndarray:
         inputs = self._inputs(frame)
         out = np.empty(len(frame), dtype=np.float64)
         self.model.eval()
@@ -286,18 +313,28 @@ def _weighted_log_loss(
     weighting: str,
     device: torch.device,
     batch_size: int,
+    *,
+    distributed: bool = False,
 ) -> float:
-    """Return Σ w ℓ / Σ w over a frame (the early-stopping criterion)."""
+    """Return Σ w ℓ / Σ w over a frame (the early-stopping criterion).
+
+    With `distributed=True` each rank sums over its `row_range` share and the sums are added
+    over ranks.
+    """
+    rank, world = dist_utils.rank_and_world() if distributed else (0, 1)
+    first, end = row_range(len(clicked), rank, world)
     total, weight = 0.0, 0.0
     model.eval()
     with torch.inference_mode():
-        for lo in range(0, len(clicked), batch_size):
-            rows = np.arange(lo, min(lo + batch_size, len(clicked)))
+        for lo in range(first, end, batch_size):
+            rows = np.arange(lo, min(lo + batch_size, end))
             logits = model(inputs.batch(rows, device)).float().cpu()
             c, wt = torch.from_numpy(clicked[rows]), torch.from_numpy(watch_time[rows])
             total += float(weighted_logistic_loss(logits, c, wt, weighting, reduction="sum"))
             weight += float(example_weights(c, wt, weighting).sum())
-    return total / max(weight, 1e-30)
+    if world > 1:
+        total, weight = dist_utils.all_reduce_sum([total, weight])
+    return float(total / max(weight, 1e-30))
 
 
 #: Fields a resumed run may change: training can be extended or made more patient.
@@ -341,28 +378,40 @@ def train_ranker(
     `valid_frame=None` all `config.epochs` epochs run and the last weights are kept. With a
     `checkpoint_dir` holding an interrupted run of the same config (epochs and patience may
     grow), training resumes after its last finished epoch.
+
+    Under a process group of several ranks every rank calls this with the same arguments and
+    trains its shard with DistributedDataParallel (see the module docstring); `batch_size` must
+    then be a multiple of the number of processes. Every rank returns the same model.
     """
+    dist_utils.announce(
+        train_ranker,
+        (config, train_frame, valid_frame),
+        {"checkpoint_dir": checkpoint_dir, "progress": progress},
+    )
     clicked, watch_time = _labels(train_frame, "train_frame")
     if valid_frame is not None:
         v_clicked, v_watch_time = _labels(valid_frame, "valid_frame")
-    device = resolve_device(config.device)
+    rank, world = dist_utils.rank_and_world()
+    if config.batch_size % world:
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the {world} processes; use a "
+            "multiple of the process count so that the global batch equals the single-process "
+            "batch"
+        )
+    device = dist_utils.worker_device(resolve_device(config.device))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-
-    if ckpt_dir is not None and (ckpt_dir / "vocabularies.json").exists():
-        _prepare_dir(ckpt_dir, config)
-        vocabs = RankerVocabularies.load(ckpt_dir / "vocabularies.json")
-        normalizer = QuantileNormalizer.load(ckpt_dir / "normalizer.json")
-    else:
-        vocabs = RankerVocabularies.fit(
-            train_frame, top_n=config.vocab_top_n, history_len=config.history_len
-        )
-        normalizer = QuantileNormalizer(config.n_quantiles).fit(
-            train_frame.continuous[list(CONTINUOUS_COLUMNS)]
-        )
-        if ckpt_dir is not None:
-            _prepare_dir(ckpt_dir, config)
-            vocabs.save(ckpt_dir / "vocabularies.json")
-            normalizer.save(ckpt_dir / "normalizer.json")
+    dist_utils.check_same_on_all_ranks(
+        (
+            len(train_frame),
+            int(clicked.sum()),
+            float(watch_time.sum()),
+            None if valid_frame is None else (len(valid_frame), float(v_watch_time.sum())),
+            json.dumps(config.to_dict(), sort_keys=True),
+        ),
+        "ranker frames or config",
+    )
+    # rank 0 fits (or loads) the transforms and writes the directory; every rank gets them
+    vocabs, normalizer = dist_utils.on_rank0(_fit_transforms, config, train_frame, ckpt_dir)
 
     train_in = _Inputs(
         vocabs.encode(train_frame),
@@ -406,8 +455,11 @@ def train_ranker(
     start_epoch, best_loss, best_epoch, bad_epochs = 1, math.inf, 0, 0
     history: list[dict[str, float]] = []
     best_state = copy.deepcopy(model.state_dict())
-    if ckpt_dir is not None and (ckpt_dir / _CHECKPOINT).exists():
-        ck = torch.load(ckpt_dir / _CHECKPOINT, map_location=device, weights_only=True)
+    ck = None
+    if ckpt_dir is not None:
+        # one process loads onto its device; several share rank 0's copy (read on CPU)
+        ck = dist_utils.on_rank0(_read_checkpoint, ckpt_dir, device if world == 1 else "cpu")
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         best_state = ck["best_model"]
@@ -421,38 +473,41 @@ def train_ranker(
         if bad_epochs >= config.patience and valid_in is not None:
             start_epoch = config.epochs + 1  # the run had already stopped early
 
+    runner: torch.nn.Module = DistributedDataParallel(model) if world > 1 else model
     n = len(train_frame)
     c_t = torch.from_numpy(clicked)
     w_t = torch.from_numpy(watch_time)
     for epoch in range(start_epoch, config.epochs + 1):
-        model.train()
-        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        runner.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)  # same on every rank
         total, seen = 0.0, 0
         bar = tqdm(
             total=n,
             desc=f"ranker epoch {epoch}/{config.epochs}",
             unit="row",
-            disable=not progress,
+            disable=not progress or rank > 0,
             leave=False,
         )
-        for lo in range(0, n, config.batch_size):
-            rows = order[lo : lo + config.batch_size]
+        for rows in shard_batches(order, config.batch_size, rank, world):
             batch = train_in.batch(rows, device)
-            logits = model(batch)
+            logits = runner(batch)
             idx = torch.from_numpy(rows)
             loss_sum = weighted_logistic_loss(
                 logits, c_t[idx].to(device), w_t[idx].to(device), config.weighting, reduction="sum"
             )
+            # DDP averages the W rank gradients of Σ_rank / (B / W): the global batch's gradient
             loss = loss_sum / (len(rows) * mean_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss_sum.detach())
             seen += len(rows)
-            bar.update(len(rows))
+            bar.update(len(rows) * world)
             bar.set_postfix(loss=f"{total / (seen * mean_weight):.4f}")
         bar.close()
-        record = {"epoch": float(epoch), "train_loss": total / (seen * mean_weight)}
+        if world > 1:
+            total, seen = dist_utils.all_reduce_sum([total, seen])
+        record = {"epoch": float(epoch), "train_loss": float(total / (seen * mean_weight))}
         if valid_in is not None:
             v_loss = _weighted_log_loss(
                 model,
@@ -462,7 +517,9 @@ def train_ranker(
                 config.weighting,
                 device,
                 max(config.batch_size, 4096),
+                distributed=world > 1,
             )
+            v_loss = dist_utils.broadcast_object(v_loss)  # rank 0 decides for every rank
             record["valid_loss"] = v_loss
             if v_loss < best_loss:
                 best_loss, best_epoch, bad_epochs = v_loss, epoch, 0
@@ -472,34 +529,73 @@ def train_ranker(
         else:
             best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
         history.append(record)
-        if progress:
+        if progress and rank == 0:
             tqdm.write(
                 f"ranker epoch {epoch}: train {record['train_loss']:.4f}"
                 + (f" valid {record['valid_loss']:.4f}" if "valid_loss" in record else "")
             )
         if ckpt_dir is not None:
-            with atomic_path(ckpt_dir / _CHECKPOINT) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "best_model": best_state,
-                        "epoch": epoch,
-                        "best_loss": best_loss,
-                        "best_epoch": best_epoch,
-                        "bad_epochs": bad_epochs,
-                        "history": history,
-                    },
-                    tmp,
-                )
-            atomic_write_json(
-                ckpt_dir / "progress.json",
-                {"history": history, "best_epoch": best_epoch, "epoch": epoch},
-            )
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "best_model": best_state,
+                "epoch": epoch,
+                "best_loss": best_loss,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "history": history,
+            }
+            # rank 0 writes (atomically); the others wait for it (a barrier)
+            dist_utils.on_rank0(_write_checkpoint, ckpt_dir, checkpoint)
         if valid_in is not None and bad_epochs >= config.patience:
             break
 
     model.load_state_dict(best_state)
     return TrainedRanker(
         config, vocabs, normalizer, model, history=history, best_epoch=best_epoch, device=device
+    )
+
+
+def _fit_transforms(
+    config: RankerConfig, train_frame: RankerFrame, ckpt_dir: Path | None
+) -> tuple[RankerVocabularies, QuantileNormalizer]:
+    """Return the vocabularies and normalizer: loaded from `ckpt_dir` when it has them (after
+    checking its config), else fitted on `train_frame` (and saved there)."""
+    if ckpt_dir is not None and (ckpt_dir / "vocabularies.json").exists():
+        _prepare_dir(ckpt_dir, config)
+        return (
+            RankerVocabularies.load(ckpt_dir / "vocabularies.json"),
+            QuantileNormalizer.load(ckpt_dir / "normalizer.json"),
+        )
+    vocabs = RankerVocabularies.fit(
+        train_frame, top_n=config.vocab_top_n, history_len=config.history_len
+    )
+    normalizer = QuantileNormalizer(config.n_quantiles).fit(
+        train_frame.continuous[list(CONTINUOUS_COLUMNS)]
+    )
+    if ckpt_dir is not None:
+        _prepare_dir(ckpt_dir, config)
+        vocabs.save(ckpt_dir / "vocabularies.json")
+        normalizer.save(ckpt_dir / "normalizer.json")
+    return vocabs, normalizer
+
+
+def _read_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict[str, Any] | None:
+    """Return the checkpoint in `ckpt_dir` loaded onto `device`, or None when there is none."""
+    if not (ckpt_dir / _CHECKPOINT).exists():
+        return None
+    return torch.load(ckpt_dir / _CHECKPOINT, map_location=device, weights_only=True)
+
+
+def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:
+    """Write `checkpoint.pt` and the readable `progress.json` atomically."""
+    with atomic_path(ckpt_dir / _CHECKPOINT) as tmp:
+        torch.save(checkpoint, tmp)
+    atomic_write_json(
+        ckpt_dir / "progress.json",
+        {
+            "history": checkpoint["history"],
+            "best_epoch": checkpoint["best_epoch"],
+            "epoch": checkpoint["epoch"],
+        },
     )
