@@ -392,6 +392,8 @@ def test_card(world: World) -> None:
     shares = card["watches"]["share_by_surface"]
     assert set(shares) == {"home", "search", "browse"} and sum(shares.values()) == pytest.approx(1)
     assert card["watches"]["frac_on_items_younger_than_7d"] > 0.1
+    rate = card["watches"]["watches_per_item_day_by_age"]
+    assert rate["0-1d"] > rate["3-7d"] > rate["14-28d"] and rate["0-1d"] > 2 * rate["14-28d"]
     assert card["searches"]["per_user"] > 0.5
 
 

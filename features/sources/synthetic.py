@@ -472,12 +472,20 @@ class SimulatedLogs:
 class World:
     """A drawn world: latent state, ground truth, reference policies and the generated dataset.
 
-    Build with `generate_world`. Latent arrays (read-only by convention), indexed by user id
-    (0..U-1) and by item *index* (position in `item_ids`, which is sorted):
-    interest (U, T) float32 topic interests (rows sum to 1), policy_interest (U, T) the
-    logging policy's noisy copy, user_style (U, 8), user_language (U,), activity (U,) visits
-    per day; item_topics (I, 3) int32 and item_topic_weight (I, 3) (0 = padding),
-    popularity, quality, appeal, duration, upload_time, item_language, item_style (I, 8).
+    Build with `generate_world`. Public attributes (read-only by convention):
+    - config, seed; start, end: the dataset's window [start, end) in UTC seconds;
+    - dataset: the contract tables of the window (items uploaded before `end` only);
+      watch_surface (len(dataset.watches),) "home" | "search" | "browse";
+    - users (contract users table), catalog (contract items table of *every* item, including
+      those uploaded after `end`), item_ids (I,) sorted;
+    - topic_names (T,), topic_words (T, 11): each topic's name then its 10 words;
+      channel_names (C,), channel_topics (C, 2) the topics a channel specialises in;
+    - latent state indexed by user id (0..U-1) and by item *index* (position in item_ids):
+      interest (U, T) float32 topic interests (rows sum to 1), policy_interest (U, T) the
+      logging policy's noisy copy, user_style (U, 8), user_language (U,) index into
+      LANGUAGES, activity (U,) visits per day; item_topics (I, 3) int32 and
+      item_topic_weight (I, 3) (weight 0 = padding), item_channel, popularity, quality,
+      appeal, duration, upload_time, item_language (I,), item_style (I, 8).
     """
 
     def __init__(self, config: WorldConfig, seed: int) -> None:
@@ -1349,6 +1357,22 @@ class World:
 
     # ------------------------------------------------------------------ card
 
+    def _freshness_curve(self, age_days: np.ndarray) -> dict[str, float]:
+        """Watches per item-day by item age at watch time (freshness as seen in the data).
+
+        Exposure of an age bucket [a, b) days: for every item uploaded before the window's
+        end, the time its age lies in [a, b) while the window is open, summed in days.
+        """
+        up = self.upload_time[self.upload_time < self.end].astype(np.float64)  # (I_visible,)
+        out: dict[str, float] = {}
+        for a, b in ((0, 1), (1, 3), (3, 7), (7, 14), (14, 28), (28, 56)):  # 6 buckets
+            lo = np.maximum(up + a * DAY, self.start)
+            hi = np.minimum(up + b * DAY, self.end)
+            exposure = np.maximum(hi - lo, 0.0).sum() / DAY
+            n = int(((age_days >= a) & (age_days < b)).sum())
+            out[f"{a}-{b}d"] = float(n / exposure) if exposure > 0 else 0.0
+        return out
+
     def card(self) -> dict[str, Any]:
         """Return the world card (world.json): sizes, popularity concentration, CTR, watch stats."""
         ds = self.dataset
@@ -1414,6 +1438,7 @@ class World:
                 )
                 if len(wt)
                 else 0.0,  # fmt: skip
+                "watches_per_item_day_by_age": self._freshness_curve(age_days),
             },
             "popularity": {
                 "top1pct_items_watch_share": _top_share(per_item, 0.01),
