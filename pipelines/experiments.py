@@ -29,7 +29,6 @@ import pandas as pd
 
 from evaluation.ranking import ranking_metrics
 from features.atomic import atomic_write_json, atomic_write_text
-from features.ranker_features import build_ranker_frame
 from pipelines.config import apply_overrides, resolve_config
 from pipelines.context import RunContext
 from pipelines.run import heldout_users, run_pipeline
@@ -189,14 +188,7 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
     # candidates of held-out users at serving time, for the true top-10 watch time
     cands = pd.read_parquet(out / "base" / "retrieval" / "candidates.parquet")
     users = heldout_users(ctx)
-    req = cands.rename(columns={"score": "cg_score", "rank": "cg_rank"})
-    req["timestamp"] = np.int64(split.valid_end)
-    req["source"] = "candidate_gen"
-    cand_frame = build_ranker_frame(
-        ctx.dataset(),
-        req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
-        history_len=int(base["ranking"]["history_len"]),
-    )
+    req, cand_frame = stages_rank.candidate_frame(ctx, cands, split.valid_end)
     world = shared.get("world")
     k = int(base["evaluation"]["slate_k"])
 

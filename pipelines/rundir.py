@@ -158,7 +158,9 @@ class RunDir:
                 "config_hash": self.config_hash,
                 "config": self.config,
                 "git_commit": self.manifest.get("git_commit"),
-                "data_artifacts": data_stage.get("artifacts", {}) if name != "data" else "this stage",
+                "data_artifacts": data_stage.get("artifacts", {})
+                if name != "data"
+                else "this stage",
             },
         )
 

@@ -24,6 +24,7 @@ from features.io import read_dataset
 from features.ranker_features import RankerFeatureIndex, build_ranker_frame
 from features.split import TimeSplit
 from features.tables import Dataset
+from pipelines import scoring
 from pipelines.rundir import RunDirError
 from ranking.train import TrainedRanker
 
@@ -85,15 +86,27 @@ class Recommender:
             "an empty history, i.e. from popularity and default demographics"
         )
 
+    def _requests(self, user: int, item_ids: np.ndarray) -> pd.DataFrame:
+        """Ranker requests with the CG score and catalog rank computed as for training rows."""
+        req = pd.DataFrame(
+            {
+                "user_id": np.full(len(item_ids), user, dtype=np.int64),
+                "item_id": item_ids,
+                "timestamp": np.full(len(item_ids), self.at, dtype=np.int64),
+            }
+        )
+        req = scoring.add_cg_features(self.cg, self.dataset, req)
+        req["source"] = "candidate_gen"
+        return req
+
     def recommend(self, user: int, k: int = 10, n_candidates: int | None = None) -> dict[str, Any]:
         """Top-k slate with expected watch time, retrieval rank and the stage that proposed it."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         n = int(n_candidates or self.config["retrieval"]["n_candidates"])
         cands = self.retriever.retrieve(np.array([user]), n, at_time=self.at, exclude_watched=True)
-        req = cands.rename(columns={"score": "cg_score", "rank": "cg_rank"})
-        req["timestamp"] = np.int64(self.at)
-        req["source"] = "candidate_gen"
+        req = self._requests(user, cands["item_id"].to_numpy())
+        req["retrieval_rank"] = cands["rank"].to_numpy()
         frame = build_ranker_frame(
             self.features,
             req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
@@ -106,7 +119,7 @@ class Recommender:
                 "rank": i + 1,
                 "item_id": int(req["item_id"].iloc[j]),
                 "expected_watch_time": float(ewt[j]),
-                "retrieval_rank": int(req["cg_rank"].iloc[j]),
+                "retrieval_rank": int(req["retrieval_rank"].iloc[j]),
                 "cg_score": float(req["cg_score"].iloc[j]),
                 "stage": "candidate generator (annoy) -> deep ranker",
             }
@@ -118,7 +131,18 @@ class Recommender:
         """Expected watch time (s) of each known item for `user` at the serving time."""
         arr = np.asarray(items, dtype=np.int64)
         known = self._items.get_indexer(arr) >= 0
-        scored = self.ranker.score_items(self.features, user, arr[known], self.at)
+        req = self._requests(user, arr[known])
+        frame = build_ranker_frame(
+            self.features,
+            req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
+            history_len=self.ranker.config.history_len,
+        )
+        scored = pd.DataFrame(
+            {
+                "item_id": req["item_id"],
+                "expected_watch_time": self.ranker.predict_expected_watch_time(frame),
+            }
+        )
         return {
             "user": user,
             "at": _iso(self.at),

@@ -34,6 +34,7 @@ import pandas as pd
 
 from features.ranker_features import build_ranker_frame
 from features.tables import Dataset
+from pipelines.scoring import add_cg_features
 
 log = logging.getLogger("vidrec")
 
@@ -70,8 +71,9 @@ def ranker_policy(
             if ranker is None:
                 score = cands["score"].to_numpy()
             else:
-                req = cands.rename(columns={"score": "cg_score", "rank": "cg_rank"})
+                req = cands[["user_id", "item_id"]].copy()
                 req["timestamp"] = np.int64(h)
+                req = add_cg_features(cg, logs, req)
                 req["source"] = "candidate_gen"
                 frame = build_ranker_frame(
                     logs,

@@ -234,20 +234,31 @@ def _bootstrap_mean(x: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
     }
 
 
-def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
-    ds, split = ctx.dataset(), ctx.split()
-    k = int(ctx.config["evaluation"]["slate_k"])
-    t_serve = split.valid_end
-    cands = pd.read_parquet(ctx.path / "retrieval" / "candidates.parquet")
-    users = heldout_users(ctx)
-    req = cands.rename(columns={"score": "cg_score", "rank": "cg_rank"})
+def candidate_frame(
+    ctx: RunContext, cands: pd.DataFrame, t_serve: int
+) -> tuple[pd.DataFrame, RankerFrame]:
+    """Ranker rows for retrieved candidates at serving time; the CG score and catalog rank are
+    computed exactly as for the training impressions (scoring.add_cg_features)."""
+    ds = ctx.dataset()
+    req = cands[["user_id", "item_id"]].copy()
     req["timestamp"] = np.int64(t_serve)
+    req = scoring.add_cg_features(cg_model(ctx), ds, req)
     req["source"] = "candidate_gen"
     frame = build_ranker_frame(
         ds,
         req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
         history_len=int(ctx.config["ranking"]["history_len"]),
     )
+    return req, frame
+
+
+def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
+    ds, split = ctx.dataset(), ctx.split()
+    k = int(ctx.config["evaluation"]["slate_k"])
+    t_serve = split.valid_end
+    cands = pd.read_parquet(ctx.path / "retrieval" / "candidates.parquet")
+    users = heldout_users(ctx)
+    req, frame = candidate_frame(ctx, cands, t_serve)
     models = rankers(ctx)
     scores = score_all(models, frame)
     scores["candidate_gen_only"] = req["cg_score"].to_numpy(dtype=np.float64)
