@@ -562,6 +562,9 @@ def load_kuairand(
         conversions.append(
             f"{len(absent)} logged users absent from {files.users.name} were added without features"
         )
+    n_exposures, n_random = len(source), int((source == "random").sum())
+    # the raw columns are copied into the frames: free them before validation copies again
+    del log, clicked, play, watch_time, source, is_click, before, unclicked_play_rows
 
     names = {
         "users": str(files.users),
@@ -577,12 +580,11 @@ def load_kuairand(
         files=names,
         report=report,
     )
-    n_random = int((source == "random").sum())
     ds.name = f"kuairand-{files.root.resolve().name}"
     ds.meta = {
         "source": "kuairand",
         "path": str(files.root),
-        "impression_sources": {"standard": len(source) - n_random, "random": n_random},
+        "impression_sources": {"standard": n_exposures - n_random, "random": n_random},
         "unbiased_eval": "impressions.source == 'random'",
         "unclicked_play": unclicked_play,
     }
