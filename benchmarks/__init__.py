@@ -1,0 +1,1 @@
+"""vidrec benchmark suite: see benchmarks/run.py."""

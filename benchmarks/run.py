@@ -1,0 +1,266 @@
+"""Run the benchmark suite: `python benchmarks/run.py [--only NAME] [--quick] [--out FILE]`.
+
+Every benchmark module measures a figure and its reference side by side in one run (medians
+of >= 5 repeats, peak memory) and prints a small table; this runner runs them, each in its own
+Python process by default (so a benchmark's peak RSS is its own, and one benchmark's memory or
+threads cannot disturb the next), and writes:
+
+- `--out` (default bench_out/results.json): machine, command, git commit and every benchmark's
+  result dict; running a subset updates only those benchmarks' entries of an existing file;
+- the same path with `.md`: the tables as markdown, ready for the README.
+
+Benchmarks (`--only` takes names, comma-separated or repeated):
+  exact_topk      ExactIndex top-100 of 1024 users over 1M / 100k items vs the GEMM floor
+  annoy_curve     annoy vs exact: build time, size, recall@100, single-query latency grid
+  ranker_scoring  deep ranker rows/s in batch vs per-user latency to rank 500 candidates
+  cg_training     candidate generator examples/s (sampled softmax, SSL none vs CFM), item
+                  embedding export, retrieval latency per user and batch throughput
+
+`--quick` shrinks every size for a smoke run (tests/test_benchmarks.py); its figures are not
+meaningful. `--vectors FILE.npz` (ids, vectors) makes annoy_curve use learned item embeddings,
+e.g. RUN_DIR/index/item_vectors.npz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    MIN_REPEATS,
+    columns_of,
+    load_average,
+    machine_info,
+    markdown_table,
+)
+from features.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+
+BENCHMARKS: tuple[str, ...] = ("exact_topk", "annoy_curve", "ranker_scoring", "cg_training")
+DEFAULT_OUT = Path("bench_out") / "results.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Return the parsed command line."""
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/run.py",
+        description="vidrec benchmark suite: each figure against its reference, in one run.",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"benchmark(s) to run, comma-separated or repeated; known: {', '.join(BENCHMARKS)}",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="results JSON (default %(default)s)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed repeats per measurement (default {MIN_REPEATS}; 2 with --quick)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every synthetic input")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    p.add_argument(
+        "--vectors",
+        type=Path,
+        default=None,
+        help="annoy_curve: .npz with ids (N,) and vectors (N, E), e.g. RUN_DIR/index/item_vectors.npz",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the benchmarks in this process (peak RSS is then shared between them)",
+    )
+    p.add_argument("--child-json", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    names: list[str] = []
+    for chunk in args.only or [",".join(BENCHMARKS)]:
+        names += [n.strip() for n in chunk.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    args.names = list(dict.fromkeys(names))
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else MIN_REPEATS
+    if args.repeats < 1 or (not args.quick and args.repeats < MIN_REPEATS):
+        p.error(f"--repeats must be >= {MIN_REPEATS} (>= 1 with --quick), got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.vectors is not None and not args.vectors.is_file():
+        p.error(f"--vectors {args.vectors}: no such file")
+    return args
+
+
+def run_in_process(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Return benchmark `name`'s result dict, run in this process."""
+    import torch  # noqa: PLC0415  (imported late: the parent process of child runs needs none)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    module = importlib.import_module(f"benchmarks.{name}")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_start = load_average()
+    t0 = time.perf_counter()
+    res = module.run(
+        quick=args.quick,
+        repeats=args.repeats,
+        seed=args.seed,
+        vectors=args.vectors,
+    )
+    res["wall_s"] = round(time.perf_counter() - t0, 2)
+    res["run_at"] = started
+    res["load_average_start"] = load_start
+    res["torch_threads"] = torch.get_num_threads()
+    return dict(res)
+
+
+def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Return benchmark `name`'s result dict, run in a fresh Python process (its own peak RSS)."""
+    with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--only",
+            name,
+            "--repeats",
+            str(args.repeats),
+            "--seed",
+            str(args.seed),
+            "--child-json",
+            str(out),
+        ]
+        if args.quick:
+            cmd.append("--quick")
+        if args.threads is not None:
+            cmd += ["--threads", str(args.threads)]
+        if args.vectors is not None:
+            cmd += ["--vectors", str(args.vectors)]
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=None, stderr=subprocess.PIPE, text=True)
+        if proc.stderr:
+            sys.stderr.write(proc.stderr[-4000:])
+        if proc.returncode != 0 or not out.is_file():
+            tail = (proc.stderr or "").strip().splitlines()[-5:]
+            return {"name": name, "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
+        return dict(json.loads(out.read_text()))
+
+
+def _git_commit() -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return proc.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """Return the results as markdown: machine, command, then one table per benchmark."""
+    m = results["machine"]
+    lines = [
+        "# vidrec benchmarks",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Commit: `{results.get('git_commit')}`, {results['finished']}  ",
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} "
+        f"({m['torch_cpu_capability']}), {m['torch_threads']} torch threads; "
+        f"load average at start {m['load_average']}",
+        "",
+    ]
+    if results.get("quick"):
+        lines += ["**Quick (smoke) run: tiny sizes, the figures mean nothing.**", ""]
+    for name in BENCHMARKS:
+        res = results["benchmarks"].get(name)
+        if res is None:
+            continue
+        if "error" in res:
+            lines += [f"## {name}", "", f"FAILED: {res['error']}", ""]
+            continue
+        h = res["headline"]
+        lines += [f"## {name}: {res['title']}", ""]
+        head = f"**{h['what']}**: {h['figure']:.4g} vs {h['reference']:.4g} {h['unit']}"
+        head += f" → ratio {h['ratio']:.3g}"
+        if "target" in h:
+            head += f" (target {h['target']}: {'met' if h['met'] else 'NOT met'})"
+        lines += [head, "", markdown_table(res["rows"], columns_of(res)), ""]
+        mem = ", ".join(f"{k} {v}" for k, v in res["memory_mb"].items())
+        lines += [
+            f"Memory (MiB): {mem}. {res['repeats']} repeats, {res['wall_s']} s wall, load "
+            f"average {res['load_average_start']} → {res['load_average_end']}.",
+            "",
+        ]
+        lines += [f"- {n}" for n in res["notes"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks; return the exit code (1 if any benchmark failed)."""
+    args = parse_args(argv)
+    if args.child_json is not None:  # a child: one benchmark, result to the given file
+        atomic_write_json(args.child_json, run_in_process(args.names[0], args))
+        return 0
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    machine = machine_info()
+    if args.threads is not None:
+        machine["torch_threads"] = args.threads
+    out: Path = args.out
+    previous: dict[str, Any] = {}
+    if out.is_file():
+        try:
+            previous = json.loads(out.read_text()).get("benchmarks", {})
+        except (OSError, ValueError):
+            previous = {}
+    benchmarks = dict(previous)
+    failed = []
+    for name in args.names:
+        print(f"\n### running {name} (load average {load_average()})", flush=True)
+        res = run_in_process(name, args) if args.in_process else run_in_child(name, args)
+        benchmarks[name] = res
+        if "error" in res:
+            failed.append(name)
+            print(f"!! {name} failed: {res['error']}", file=sys.stderr)
+    results = {
+        "command": command.strip(),
+        "git_commit": _git_commit(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": bool(args.quick),
+        "machine": machine,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "benchmarks": {n: benchmarks[n] for n in BENCHMARKS if n in benchmarks},
+    }
+    atomic_write_json(out, results)
+    atomic_write_text(out.with_suffix(".md"), markdown_report(results))
+    print(f"\nwrote {out} and {out.with_suffix('.md')} ({results['wall_s']} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
