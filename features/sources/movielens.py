@@ -138,6 +138,8 @@ _RATING_FIELDS: dict[str, FieldKind] = {
     "rating": "number",
     "timestamp": "time",
 }
+# the contract table each MovieLens file feeds
+_TABLE_OF = {"ratings": "watches", "movies": "items", "tags": "searches", "users": "users"}
 _ML_NOTE = (
     "MovieLens has no impressions and no watch time: retrieval is evaluated on the next "
     "watches (ratings); the ranker can only be trained and evaluated on retrieved candidates "
@@ -673,11 +675,12 @@ def load_movielens(
             "timestamp": raw.ratings["timestamp"],
         }
     )
-    report = ValidationReport(source=str(root), files=dict(raw.files))
+    report = ValidationReport(
+        source=str(root), files={_TABLE_OF[key]: f for key, f in raw.files.items()}
+    )
     ds = validate_dataset(
         Dataset(users=users, items=items, watches=watches, searches=searches, name="movielens"),
-        files={t: str(root / f) for t, f in raw.files.items() if t != "movies"}
-        | {"items": str(root / raw.files["movies"])},
+        files={_TABLE_OF[key]: str(root / f) for key, f in raw.files.items()},
         report=report,
     )
     ds.watches["rating"] = raw.ratings["rating"]
