@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from candidate_gen.index import AnnoyIndex
 from candidate_gen.train import TrainedCandidateGenerator
 from features.atomic import atomic_write_json
 from features.ranker_features import build_ranker_frame
@@ -18,7 +17,14 @@ from features.tables import Dataset
 from pipelines.config import ConfigError
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, RunDirError
-from pipelines.simulate import Policy, ranker_policy, run_ab, summarize_ab, world_policy
+from pipelines.simulate import (
+    Policy,
+    daily_index,
+    ranker_policy,
+    run_ab,
+    summarize_ab,
+    world_policy,
+)
 from ranking.baselines import LightGBMWeightedRanker
 from ranking.train import TrainedRanker, train_ranker
 
@@ -68,7 +74,8 @@ def _arm(
     if policy in _WORLD:
         return name, world_policy(ctx.world(), policy, k, seed), ctx
     cg = TrainedCandidateGenerator.load(run_dir / "candidate_gen" / "model")
-    index = AnnoyIndex.load(run_dir / "index" / "annoy")
+    r = ctx.config["retrieval"]
+    index = daily_index(cg, int(r["n_trees"]), int(r["search_k"]), ctx.seed)
     n_cand = int(ctx.config["retrieval"]["n_candidates"])
     if policy == "cg_only":
         return name, ranker_policy(cg, index, None, k, n_cand), ctx
@@ -172,7 +179,8 @@ def _retrainer(ctx: RunContext, k: int):
     from pipelines.stages_rank import ranker_config
 
     cg = TrainedCandidateGenerator.load(ctx.path / "candidate_gen" / "model")
-    index = AnnoyIndex.load(ctx.path / "index" / "annoy")
+    r = ctx.config["retrieval"]
+    index = daily_index(cg, int(r["n_trees"]), int(r["search_k"]), ctx.seed)
     n_cand = int(ctx.config["retrieval"]["n_candidates"])
     split = ctx.split()
     window = split.valid_end - split.train_end

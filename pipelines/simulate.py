@@ -49,14 +49,42 @@ class ArmResult:
     impressions: pd.DataFrame  # what this arm served and how users responded
 
 
+def daily_index(cg: Any, n_trees: int, search_k: int, seed: int) -> Callable[[Dataset, int], Any]:
+    """Index factory: the item tower embeds every item uploaded by `day_start` (upload ages at
+    that time), so items uploaded during the experiment enter retrieval the next day, as a
+    nightly index refresh would do in production."""
+    from candidate_gen.index import AnnoyIndex
+
+    def make(logs: Dataset, day_start: int) -> Any:
+        items = logs.items
+        feats = cg.featurizer.item_features(items, reference_time=day_start)
+        ids, vecs = cg.item_embeddings(feats)
+        keep = items["upload_time"].to_numpy() <= day_start
+        return AnnoyIndex(vecs[keep], ids[keep], n_trees=n_trees, search_k=search_k, seed=seed)
+
+    return make
+
+
 def ranker_policy(
-    cg: Any, index: Any, ranker: Any | None, k: int, n_candidates: int, history_len: int = 50
+    cg: Any,
+    make_index: Callable[[Dataset, int], Any],
+    ranker: Any | None,
+    k: int,
+    n_candidates: int,
+    history_len: int = 50,
 ) -> Policy:
-    """CG retrieval (watched excluded) -> ranker expected watch time (or CG score alone)."""
+    """CG retrieval from the day's index (watched excluded) -> ranker expected watch time (or
+    the CG score alone when `ranker` is None)."""
     from candidate_gen.retrieve import Retriever
 
+    built: dict[int, Any] = {}
+
     def serve(logs: Dataset, users: np.ndarray, times: np.ndarray) -> np.ndarray:
-        retriever = Retriever(cg, index, logs)
+        day = int(times.min()) // DAY * DAY if len(times) else 0
+        if day not in built:
+            built.clear()
+            built[day] = make_index(logs, day)
+        retriever = Retriever(cg, built[day], logs)
         slates = np.full((len(users), k), -1, dtype=np.int64)
         # visits are served in groups sharing a timestamp hour to batch the work
         hours = times // 3600 * 3600
