@@ -39,6 +39,7 @@ __all__ = [
     "ReadStats",
     "coerce_field",
     "read_delimited",
+    "read_delimited_all",
     "read_fields",
     "read_header",
 ]
@@ -358,6 +359,27 @@ def _parse_errors(
         _encoding_problem(path, table, encoding)
     except pd.errors.ParserError as exc:
         _parser_problem(path, table, exc, n_columns, sep)
+
+
+def read_delimited_all(
+    path: str | os.PathLike[str], fields: Mapping[str, FieldKind], **kwargs: Any
+) -> dict[str, np.ndarray | pd.Series]:
+    """Return every chunk of `read_delimited(path, fields, **kwargs)` concatenated per field.
+
+    Only the converted columns are kept, so memory is the output plus one raw chunk.
+    """
+    chunks = list(read_delimited(path, fields, **kwargs))
+    out: dict[str, np.ndarray | pd.Series] = {}
+    for name, kind in fields.items():
+        parts = [c[name] for c in chunks]
+        if kind == "str":
+            out[name] = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype="str")
+        else:
+            dtype = {"number": np.float64, "nonneg": np.float64, "flag": np.int8}.get(
+                kind, np.int64
+            )
+            out[name] = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    return out
 
 
 def _spread(columns: list[str], sub: int) -> list[str]:

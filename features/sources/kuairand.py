@@ -67,7 +67,7 @@ from features.schema import (
     validate_dataset,
     validate_table,
 )
-from features.sources.delimited import FieldKind, ReadStats, read_delimited
+from features.sources.delimited import FieldKind, ReadStats, read_delimited, read_delimited_all
 from features.tables import Dataset
 
 __all__ = [
@@ -220,20 +220,6 @@ def find_kuairand_files(path: str | os.PathLike[str]) -> KuaiRandFiles:
 # --------------------------------------------------------------------------------------------
 
 
-def _read(path: Path, fields: dict[str, FieldKind], table: str, **kw: Any) -> dict[str, Any]:
-    """Return the whole file's converted columns (read in chunks)."""
-    chunks = list(read_delimited(path, fields, table=table, **kw))
-    out: dict[str, Any] = {}
-    for name, kind in fields.items():
-        parts = [c[name] for c in chunks]
-        if kind == "str":
-            out[name] = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype="str")
-        else:
-            dtype = np.float64 if kind in ("number", "nonneg") else np.int64
-            out[name] = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    return out
-
-
 def _topic_lists(tags: pd.Series) -> list[list[str]]:
     """Return one list of category ids per comma-separated tag string (missing: [])."""
     arr = pa.array(tags.astype("str").to_numpy(object, na_value=None), type=pa.large_string())
@@ -263,8 +249,8 @@ def load_kuairand_items(
 
 def _video_table(path: Path, chunksize: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """Return (items with float upload_time, NaN where undated; counts) of the video file."""
-    cols = _read(
-        path, _VIDEO_FIELDS, "items", chunksize=chunksize, optional=("video_duration", "tag")
+    cols: dict[str, Any] = read_delimited_all(
+        path, _VIDEO_FIELDS, table="items", chunksize=chunksize, optional=("video_duration", "tag")
     )
     dup = pd.Series(cols["video_id"]).duplicated().to_numpy()
     if dup.any():
@@ -333,7 +319,9 @@ def load_kuairand_users(
 
 def _user_table(path: Path, chunksize: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """Return (the users table before validation, counts) of the user file."""
-    cols = _read(path, _USER_FIELDS, "users", chunksize=chunksize, optional=tuple(_USER_FIELDS)[1:])
+    cols: dict[str, Any] = read_delimited_all(
+        path, _USER_FIELDS, table="users", chunksize=chunksize, optional=tuple(_USER_FIELDS)[1:]
+    )
     dup = pd.Series(cols["user_id"]).duplicated().to_numpy()
     if dup.any():
         raise DataContractError(

@@ -42,7 +42,6 @@ age or occupation code) raise `DataContractError` naming the file, line and colu
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +55,7 @@ from features.sources.delimited import (
     FieldKind,
     ReadStats,
     coerce_field,
-    read_delimited,
+    read_delimited_all,
     read_fields,
 )
 from features.tables import Dataset
@@ -217,21 +216,6 @@ class _Raw:
         self.tags: pd.DataFrame | None = None  # user_id, timestamp, tag
 
 
-def _concat(chunks: list[dict[str, Any]], fields: Mapping[str, FieldKind]) -> dict[str, Any]:
-    """Return the columns of the chunks concatenated (empty typed arrays when no chunk)."""
-    out: dict[str, Any] = {}
-    for name, kind in fields.items():
-        parts = [c[name] for c in chunks]
-        if kind == "str":
-            out[name] = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype="str")
-        else:
-            dtype = {"number": np.float64, "nonneg": np.float64, "flag": np.int8}.get(
-                kind, np.int64
-            )
-            out[name] = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    return out
-
-
 def _read_all(
     raw: _Raw,
     key: str,
@@ -245,12 +229,11 @@ def _read_all(
     """Return every chunk of a delimited file concatenated, noting file, encoding, blanks."""
     stats = ReadStats()
     file_fields = {(rename or {}).get(k, k): v for k, v in fields.items()}
-    chunks = list(read_delimited(path, file_fields, chunksize=chunksize, stats=stats, **kwargs))
+    cols = read_delimited_all(path, file_fields, chunksize=chunksize, stats=stats, **kwargs)
     raw.files[key] = path.name
     raw.encodings[path.name] = kwargs.get("encoding", "utf-8")
     if stats.blank_lines:
         raw.blank_lines[path.name] = stats.blank_lines
-    cols = _concat(chunks, file_fields)
     back = {v: k for k, v in (rename or {}).items()}
     return {back.get(k, k): v for k, v in cols.items()}
 
