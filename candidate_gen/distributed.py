@@ -27,6 +27,7 @@ import torch.distributed as dist
 from features.dist_env import DistEnv, row_range
 
 __all__ = [
+    "EVERY_RANK",
     "Announcer",
     "all_gather_rows",
     "all_reduce_sum",
@@ -47,6 +48,10 @@ __all__ = [
 #: `announcer(function, args, kwargs)`, called on rank 0 before a collective entry point runs
 Announcer = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], None]
 _announcer: Announcer | None = None
+
+#: set (True) on an exception that every rank raises at the same point, so no rank is left
+#: inside a collective and a launcher may carry on (`pipelines.distributed`)
+EVERY_RANK = "raised_on_every_rank"
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -100,8 +105,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def on_rank0(fn: Callable[..., Any], *args: Any) -> Any:
     """Return `fn(*args)` computed on rank 0 only and broadcast to every rank.
 
-    An exception raised by `fn` on rank 0 is re-raised on every rank (same type and message),
-    so no rank is left waiting in a collective; the broadcast also makes the other ranks wait
+    An exception raised by `fn` on rank 0 is re-raised on every rank (same type and message,
+    marked with the attribute `EVERY_RANK`), so no rank is left waiting in a collective; the broadcast also makes the other ranks wait
     for rank 0 (a barrier). In a single process this is just `fn(*args)`.
     """
     if not is_distributed():
@@ -114,6 +119,7 @@ def on_rank0(fn: Callable[..., Any], *args: Any) -> Any:
             result = (False, exc)
     ok, value = broadcast_object(result)
     if not ok:
+        setattr(value, EVERY_RANK, True)
         raise value
     return value
 
@@ -142,10 +148,12 @@ def check_same_on_all_ranks(value: Any, what: str) -> None:
     dist.all_gather_object(values, value)
     differ = [r for r, v in enumerate(values) if v != values[0]]
     if differ:
-        raise ValueError(
+        exc = ValueError(
             f"ranks {differ} hold different {what} than rank 0; every process must build the same "
             "inputs (same data, config and seed)"
         )
+        setattr(exc, EVERY_RANK, True)
+        raise exc
 
 
 def all_gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:

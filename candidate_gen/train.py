@@ -247,11 +247,6 @@ def train_candidate_generator(
     trains its shard with DistributedDataParallel (see the module docstring); `batch_size`
     must then be a multiple of the number of processes. Every rank returns the same model.
     """
-    dist_utils.announce(
-        train_candidate_generator,
-        (config, examples, item_features),
-        {"valid": valid, "checkpoint_dir": checkpoint_dir, "resume": resume, "progress": progress},
-    )
     if not isinstance(config, CandidateGenConfig):
         raise TypeError(f"config must be a CandidateGenConfig, got {type(config).__name__}")
     featurizer = examples.featurizer
@@ -284,6 +279,12 @@ def train_candidate_generator(
     keep = _select_examples(config, examples)
     if len(keep) == 0:
         raise ValueError("no training examples left (empty window, or label_fraction too small)")
+    # inputs are valid: a launcher that runs this on rank 0 alone replays the call on the others
+    dist_utils.announce(
+        train_candidate_generator,
+        (config, examples, item_features),
+        {"valid": valid, "checkpoint_dir": checkpoint_dir, "resume": resume, "progress": progress},
+    )
     fingerprint = _fingerprint(rows_np[keep], n_items)
     dist_utils.check_same_on_all_ranks(
         (fingerprint, json.dumps(config.to_dict(), sort_keys=True)), "training examples or config"

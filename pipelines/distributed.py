@@ -181,7 +181,13 @@ def _announce(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
 
 
 def _follow(rank: int) -> None:
-    """Ranks > 0: run every trainer call rank 0 announces, until it sends the stop (None)."""
+    """Ranks > 0: run every trainer call rank 0 announces, until it sends the stop (None).
+
+    An error that every rank raises at the same point (marked `EVERY_RANK`, e.g. a checkpoint
+    directory of another config) is rank 0's to report: keep waiting for its next message. Any
+    other error may leave rank 0 inside a collective: re-raise it, so that this process exits
+    and torchrun stops the job instead of letting rank 0 wait until the timeout.
+    """
     while True:
         message = cg_dist.broadcast_object(None)
         if message is None:
@@ -189,8 +195,10 @@ def _follow(rank: int) -> None:
         fn, args, kwargs = message
         try:
             fn(*args, **{**kwargs, "progress": False})
-        except Exception as exc:  # rank 0 raises the same error and decides what happens next
-            log.warning("rank %d: %s failed: %s", rank, getattr(fn, "__name__", fn), exc)
+        except Exception as exc:
+            if not getattr(exc, cg_dist.EVERY_RANK, False):
+                raise
+            log.warning("rank %d: %s failed as on rank 0: %s", rank, fn.__name__, exc)
 
 
 def worker_main(vidrec_args: Sequence[str], *, timeout_min: int = DEFAULT_TIMEOUT_MIN) -> int:
@@ -199,27 +207,26 @@ def worker_main(vidrec_args: Sequence[str], *, timeout_min: int = DEFAULT_TIMEOU
     Returns the command's exit code on rank 0 and 0 on the other ranks.
     """
     env = init_from_env(timeout_min=timeout_min)
-    if not env.is_distributed:
-        from pipelines.cli import main as vidrec_main
+    from pipelines.cli import main as vidrec_main
 
+    if not env.is_distributed:
         return vidrec_main(list(vidrec_args))
     if env.rank > 0:
         logging.basicConfig(level=logging.WARNING, format=f"[rank {env.rank}] %(message)s")
-        try:
-            _follow(env.rank)
-        finally:
-            dist.destroy_process_group()
+        _follow(env.rank)
+        dist.destroy_process_group()
         return 0
-    from pipelines.cli import main as vidrec_main
-
     previous = (cg_dist.set_announcer(_announce), ranking_dist.set_announcer(_announce))
     try:
-        return vidrec_main(list(vidrec_args))
+        # an exception escaping here may leave the other ranks inside a collective: no stop
+        # message then, the process exits and torchrun stops the job
+        rc = vidrec_main(list(vidrec_args))
     finally:
         cg_dist.set_announcer(previous[0])
         ranking_dist.set_announcer(previous[1])
-        cg_dist.broadcast_object(None)  # release the followers
-        dist.destroy_process_group()
+    cg_dist.broadcast_object(None)  # release the followers
+    dist.destroy_process_group()
+    return rc
 
 
 def _parser() -> argparse.ArgumentParser:

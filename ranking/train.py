@@ -383,11 +383,6 @@ def train_ranker(
     trains its shard with DistributedDataParallel (see the module docstring); `batch_size` must
     then be a multiple of the number of processes. Every rank returns the same model.
     """
-    dist_utils.announce(
-        train_ranker,
-        (config, train_frame, valid_frame),
-        {"checkpoint_dir": checkpoint_dir, "progress": progress},
-    )
     clicked, watch_time = _labels(train_frame, "train_frame")
     if valid_frame is not None:
         v_clicked, v_watch_time = _labels(valid_frame, "valid_frame")
@@ -400,6 +395,22 @@ def train_ranker(
         )
     device = dist_utils.worker_device(resolve_device(config.device))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    # the loss of a batch is Σ w ℓ / (B * mean training weight): an unbiased estimate of the
+    # full objective, so the fitted odds stay Σ T / (N - k) (a per-batch Σ w would bias them)
+    mean_weight = float(
+        example_weights(
+            torch.from_numpy(clicked), torch.from_numpy(watch_time), config.weighting
+        ).mean()
+    )
+    if not mean_weight > 0:
+        raise ValueError("train_frame: every example weight is 0 (all clicks with watch_time 0?)")
+
+    # inputs are valid: a launcher that runs this on rank 0 alone replays the call on the others
+    dist_utils.announce(
+        train_ranker,
+        (config, train_frame, valid_frame),
+        {"checkpoint_dir": checkpoint_dir, "progress": progress},
+    )
     dist_utils.check_same_on_all_ranks(
         (
             len(train_frame),
@@ -441,16 +452,6 @@ def train_ranker(
             use_continuous=config.use_continuous,
         ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    # the loss of a batch is Σ w ℓ / (B * mean training weight): an unbiased estimate of the
-    # full objective, so the fitted odds stay Σ T / (N - k) (a per-batch Σ w would bias them)
-    mean_weight = float(
-        example_weights(
-            torch.from_numpy(clicked), torch.from_numpy(watch_time), config.weighting
-        ).mean()
-    )
-    if not mean_weight > 0:
-        raise ValueError("train_frame: every example weight is 0 (all clicks with watch_time 0?)")
 
     start_epoch, best_loss, best_epoch, bad_epochs = 1, math.inf, 0, 0
     history: list[dict[str, float]] = []

@@ -2,8 +2,9 @@
 candidate_gen/ranking distributed paths, pipelines.distributed).
 
 The multi-process tests start 2 processes on loopback (gloo, MASTER_ADDR=127.0.0.1, a free port)
-with torch.multiprocessing once per module; each rank runs every scenario and saves what it
-got, and the tests compare that with one-process runs of the same global batch.
+with torch.multiprocessing once per module (~15 s on 2 busy cores); each rank runs every
+scenario and saves what it got, and the tests compare that with one-process runs of the same
+global batch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,28 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
             RankerConfig(**{**RANKER, "lr": 0.5}), tr, va, checkpoint_dir=out / "rk_a"
         )
     )
+
+    # driver mode (pipelines.distributed): rank 0 alone calls the trainers, which announce
+    # themselves; rank 1 replays them, and keeps following after an error raised on every rank
+    if rank == 0:
+        previous = (
+            cg_dist.set_announcer(launcher._announce),
+            ranking_dist.set_announcer(launcher._announce),
+        )
+        m = train_candidate_generator(
+            cg_config(**IN_BATCH), train, items, valid=valid, progress=False
+        )
+        res["driven"] = (_weights(m.model), m.history)
+        res["driven_error"] = _error(
+            lambda: train_ranker(
+                RankerConfig(**{**RANKER, "lr": 0.5}), tr, va, checkpoint_dir=out / "rk_a"
+            )
+        )
+        cg_dist.set_announcer(previous[0])
+        ranking_dist.set_announcer(previous[1])
+        cg_dist.broadcast_object(None)  # the stop message
+    else:
+        launcher._follow(rank)
     return res
 
 
@@ -177,7 +201,17 @@ def ranks(tmp_path_factory) -> tuple[list[dict[str, Any]], Path]:
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    # Linux: fork the ranks from this process, so they share its imports (torch's first optimizer
+    # imports torch._dynamo, ~2 s per process, 10 s on a loaded 2-core machine); the ranks set
+    # 1 thread first (as DataLoader workers do) so no OpenMP pool crosses the fork. Elsewhere:
+    # spawn.
+    fork = sys.platform == "linux" and "fork" in mp.get_all_start_methods()
+    if fork:
+        import torch._dynamo  # noqa: F401
+    method = "fork" if fork else "spawn"
+    mp.start_processes(
+        _worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method=method
+    )
     results = []
     for r in range(WORLD):
         with open(out / f"rank{r}.pkl", "rb") as fh:
@@ -233,7 +267,8 @@ def test_sampled_softmax_with_ssl_reaches_one_process_quality(ranks, single) -> 
     ddp = r0["sampled"][1][-1]["valid_recall@10"]
     one = single["sampled"][1][-1]["valid_recall@10"]
     # Per-rank negatives and SSL items make a different (equally distributed) random stream, so
-    # the runs agree in law only. Measured over seeds 0..7 (/tmp script in the DDP report):
+    # the runs agree in law only. Measured over seeds 0..7
+    # (python benchmarks/ddp_throughput.py --quick --repeats 1 --quality-seeds 8):
     # one process ends at recall@10 0.660 +- 0.022 (sd), two at 0.669 +- 0.017; the per-seed
     # difference has sd 0.026 (max |diff| 0.040, mean +0.010 +- 0.009 se: no quality loss).
     # The bar is three standard deviations of that difference.
@@ -297,6 +332,15 @@ def test_sharded_inference_equals_local_inference(ranks) -> None:
             local, sharded = res[key]
             assert local.shape == sharded.shape
             np.testing.assert_allclose(sharded, local, rtol=1e-6, atol=1e-6)
+
+
+def test_rank0_driven_training_equals_spmd_training(ranks) -> None:
+    (r0, _), _ = ranks
+    driven, spmd = r0["driven"], r0["inbatch"]
+    for k in spmd[0]:
+        torch.testing.assert_close(driven[0][k], spmd[0][k], rtol=0, atol=0)
+    assert _strip(driven[1]) == _strip(spmd[1])
+    assert "different config (fields ['lr'])" in r0["driven_error"]
 
 
 def test_errors_reach_every_rank(ranks) -> None:
@@ -424,7 +468,6 @@ def test_launcher_reports_bad_options(capsys) -> None:
 @pytest.mark.slow
 def test_launcher_runs_the_tiny_pipeline_on_two_processes(tmp_path) -> None:
     import subprocess
-    import sys
 
     out = tmp_path / "run"
     proc = subprocess.run(
