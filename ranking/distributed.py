@@ -17,6 +17,7 @@ can replay it on the other ranks, which join the data-parallel training.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from features.dist_env import DistEnv, row_range
+from features.dist_env import row_range
 
 __all__ = [
     "EVERY_RANK",
@@ -66,11 +67,13 @@ def is_distributed() -> bool:
 def worker_device(device: torch.device) -> torch.device:
     """Return this rank's device: `cuda:LOCAL_RANK` for a CUDA device under several processes.
 
-    Each process of a CUDA job drives its own GPU (LOCAL_RANK from torchrun); CPU stays CPU.
+    Each process of a CUDA job drives its own GPU: LOCAL_RANK (set by torchrun), or the global
+    rank when the group was initialized without it. CPU stays CPU.
     """
     if device.type != "cuda" or not is_distributed():
         return device
-    local = DistEnv.from_env().local_rank % max(torch.cuda.device_count(), 1)
+    raw = os.environ.get("LOCAL_RANK", "").strip()
+    local = (int(raw) if raw.isdigit() else dist.get_rank()) % max(torch.cuda.device_count(), 1)
     torch.cuda.set_device(local)
     return torch.device("cuda", local)
 
