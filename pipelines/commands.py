@@ -24,6 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="a data directory in the contract layout (default: the built-in synthetic world)",
     )
+    s.add_argument(
+        "--dataset",
+        default=None,
+        choices=("dir", "movielens", "kuairand"),
+        help="layout of --data/--data-dir: the contract layout (dir, the default), or an official "
+        "MovieLens (ml-latest(-small), ml-100k, ml-1m) or KuaiRand-Pure directory",
+    )
+    s.add_argument("--data-dir", dest="data_dir_alias", default=None, help="same as --data")
     s.add_argument("--config", default=None, help="TOML/JSON file of config values to apply")
     s.add_argument(
         "--set",
@@ -64,8 +72,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import STAGES, run_pipeline
 
     overrides = list(args.overrides)
+    if args.data_dir_alias:
+        if args.data and args.data != args.data_dir_alias:
+            raise ValueError("give the data directory once (--data or --data-dir)")
+        args.data = args.data_dir_alias
+    if args.dataset and not args.data:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir DIR")
     if args.data:
-        overrides.append("data.source=dir")
+        overrides.append(f"data.source={args.dataset or 'dir'}")
     config = resolve_config(args.preset, overrides, args.config, seed=args.seed)
     if args.print_config:
         print(json.dumps(config, indent=2))

@@ -178,8 +178,9 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
     lo, hi = split.bounds("valid")
     cut = hi - int((hi - lo) * float(base["split"]["ranker_valid_share"]))
     frame = stages_rank.impression_frame(ctx, lo, hi, int(base["ranking"]["max_train_rows"]))
-    ts = frame.rows["timestamp"].to_numpy()
-    train, valid = frame.take(np.flatnonzero(ts < cut)), frame.take(np.flatnonzero(ts >= cut))
+    train, valid = stages_rank.split_train_valid(
+        frame, cut, float(base["split"]["ranker_valid_share"]), seed
+    )
     test = stages_rank.impression_frame(
         ctx, *split.bounds("test"), int(base["ranking"]["max_eval_rows"])
     )

@@ -115,6 +115,28 @@ def available_items(ds_items: pd.DataFrame, at_time: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- stages
+DATA_SOURCES: tuple[str, ...] = ("synthetic", "dir", "movielens", "kuairand")
+
+
+def load_source(source: str, path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(Dataset, info) of a data directory: the contract layout ("dir") or an official
+    MovieLens / KuaiRand-Pure layout converted on the fly."""
+    if source == "dir":
+        from features.io import read_dataset
+
+        ds, report = read_dataset(path)
+        return ds, {"validation": report.to_dict()}
+    if source == "movielens":
+        from features.sources.movielens import load_movielens
+
+        return load_movielens(path)
+    if source == "kuairand":
+        from features.sources.kuairand import load_kuairand
+
+        return load_kuairand(path)
+    raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}")
+
+
 def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
     cfg = ctx.config
     info: dict[str, Any] = {}
@@ -124,14 +146,14 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
         atomic_write_json(out / "world.json", world.card())
         info["source"] = f"synthetic world, preset {cfg['data']['world_preset']}, seed {ctx.seed}"
     else:
+        source = cfg["data"]["source"]
         if ctx.data_dir is None:
-            raise ValueError("data.source is 'dir' but no --data DIR was given")
-        from features.io import read_dataset
-
-        ds, report = read_dataset(ctx.data_dir)
-        atomic_write_json(out / "validation.json", report.to_dict())
-        info["source"] = f"data directory {ctx.data_dir}"
-        ds.name = ds.name if ds.name != "unnamed" else Path(ctx.data_dir).name
+            raise ValueError(f"data.source is {source!r} but no --data DIR was given")
+        ds, info_source = load_source(source, ctx.data_dir)
+        atomic_write_json(out / "source.json", info_source)
+        info["source"] = f"{source} data from {ctx.data_dir}"
+        if ds.name == "unnamed":
+            ds.name = Path(ctx.data_dir).name
     ctx.store_dataset(ds, out)
     split = TimeSplit.from_fractions(
         ds,

@@ -14,7 +14,7 @@ from candidate_gen.train import TrainedCandidateGenerator
 from features.tables import Dataset
 
 _DAY = 86_400
-_USER_CHUNK = 1024
+_SCORE_ELEMENTS = 1 << 25  # scores held at once per block (128 MB of float32)
 
 
 def add_cg_features(
@@ -47,23 +47,34 @@ def add_cg_features(
     day = (pages["timestamp"].to_numpy() // _DAY) * _DAY
     rows_by_page = np.argsort(page_of_row, kind="stable")
     page_start = np.searchsorted(page_of_row[rows_by_page], np.arange(len(pages) + 1))
+    page_t = pages["timestamp"].to_numpy()
+    upload_t = torch.from_numpy(np.ascontiguousarray(upload, dtype=np.int64).copy())
+    n_rows_page = np.diff(page_start)
     for d in np.unique(day):  # one item-vector pass per day of requests (a handful)
         items = model.featurizer.item_features(ds, reference_time=int(d))
         _, item_vecs = model.item_embeddings(items)
         iv = torch.from_numpy(item_vecs)
         pidx = np.flatnonzero(day == d)
-        for lo in range(0, len(pidx), _USER_CHUNK):
-            pc = pidx[lo : lo + _USER_CHUNK]
-            all_scores = (torch.from_numpy(user_vecs[pc]) @ iv.T).numpy()  # (C, N)
-            servable = upload[None, :] <= pages["timestamp"].to_numpy()[pc, None]  # (C, N)
-            masked = np.where(servable, all_scores, -np.inf)
-            # rows of these pages
-            seg = [rows_by_page[page_start[p] : page_start[p + 1]] for p in pc]
-            rows = np.concatenate(seg)
-            local = np.repeat(np.arange(len(pc)), [len(s) for s in seg])
-            s = all_scores[local, item_row[rows]]
-            score[rows] = s
-            rank[rows] = 1 + (masked[local] > s[:, None]).sum(axis=1)
+        chunk = max(1, _SCORE_ELEMENTS // max(len(catalog_ids), 1))  # bounds the (C, N) block
+        for lo in range(0, len(pidx), chunk):
+            pc = pidx[lo : lo + chunk]
+            scores = torch.from_numpy(user_vecs[pc]) @ iv.T  # (C, N)
+            servable = upload_t[None, :] <= torch.from_numpy(page_t[pc])[:, None]  # (C, N)
+            ordered = torch.sort(scores.masked_fill(~servable, -torch.inf), dim=1).values  # (C, N)
+            # the pages' rows as a padded (C, M) block: row j of page c at [c, j]
+            counts = n_rows_page[pc]
+            local = np.repeat(np.arange(len(pc)), counts)
+            within = np.arange(len(local)) - np.repeat(np.cumsum(counts) - counts, counts)
+            rows = rows_by_page[np.repeat(page_start[pc], counts) + within]
+            s_rows = scores[torch.from_numpy(local), torch.from_numpy(item_row[rows])]  # (R,)
+            block = torch.full((len(pc), int(counts.max())), torch.inf)
+            block[torch.from_numpy(local), torch.from_numpy(within)] = s_rows
+            # items scored strictly higher = N - (items scored <= s)
+            higher = ordered.shape[1] - torch.searchsorted(ordered, block, right=True)  # (C, M)
+            score[rows] = s_rows.double().numpy()
+            rank[rows] = (
+                1 + higher[torch.from_numpy(local), torch.from_numpy(within)].double().numpy()
+            )
     req["cg_score"] = score
     req["cg_rank"] = rank
     return req

@@ -73,10 +73,7 @@ def impression_frame(ctx: RunContext, lo: int, hi: int, max_rows: int = 0) -> Ra
     ds = ctx.dataset()
     imp = ds.impressions
     if imp is None or len(imp) == 0:
-        raise ValueError(
-            f"data set {ds.name!r} has no impressions table: the ranker trains on impressions "
-            "(user_id, item_id, timestamp, clicked, watch_time)"
-        )
+        imp = candidate_impressions(ctx, lo, hi)
     t = imp["timestamp"].to_numpy()
     req = imp[(t >= lo) & (t < hi)].reset_index(drop=True)
     if max_rows and len(req) > max_rows:
@@ -91,6 +88,67 @@ def impression_frame(ctx: RunContext, lo: int, hi: int, max_rows: int = 0) -> Ra
     return build_ranker_frame(ds, req, history_len=int(ctx.config["ranking"]["history_len"]))
 
 
+CANDIDATE_LABELS_NOTE = (
+    "This data set has no impressions and no watch time: the ranker's rows are the candidate "
+    "generator's top candidates for each user at the start of a window (history strictly before it, "
+    "watched items excluded), labelled clicked when the user watched the item in that window, with "
+    "unit weights (so the weighted and click-only rankers coincide and 'watch time' means watches)."
+)
+
+
+def has_logged_impressions(ctx: RunContext) -> bool:
+    imp = ctx.dataset().impressions
+    return imp is not None and len(imp) > 0
+
+
+def candidate_impressions(ctx: RunContext, lo: int, hi: int, n: int = 50) -> pd.DataFrame:
+    """Pseudo-impressions for data without logged ones (see CANDIDATE_LABELS_NOTE)."""
+    from candidate_gen.index import ExactIndex
+    from candidate_gen.retrieve import Retriever
+    from pipelines.run import serving_item_vectors
+
+    ds = ctx.dataset()
+    w = ds.watches
+    t = w["timestamp"].to_numpy()
+    inwin = w[(t >= lo) & (t < hi)]
+    users = np.unique(inwin["user_id"].to_numpy())
+    ids, vecs = serving_item_vectors(ctx, lo)
+    cands = Retriever(cg_model(ctx), ExactIndex(vecs, ids), ds).retrieve(
+        users, n, at_time=lo, exclude_watched=True
+    )
+    watched = pd.MultiIndex.from_frame(inwin[["user_id", "item_id"]])
+    clicked = pd.MultiIndex.from_frame(cands[["user_id", "item_id"]]).isin(watched).astype(np.int8)
+    return pd.DataFrame(
+        {
+            "user_id": cands["user_id"].to_numpy(),
+            "item_id": cands["item_id"].to_numpy(),
+            "timestamp": np.full(len(cands), lo, dtype=np.int64),
+            "clicked": clicked,
+            "watch_time": clicked.astype(np.float64),
+            "position": cands["rank"].to_numpy() - 1,
+            "source": "candidate_gen",
+        }
+    )
+
+
+def split_train_valid(
+    frame: RankerFrame, cut: int, share: float, seed: int
+) -> tuple[RankerFrame, RankerFrame]:
+    """Hold out the latest rows (time >= cut); when every row has one timestamp (candidate
+    pseudo-impressions) hold out a seeded share of users instead."""
+    ts = frame.rows["timestamp"].to_numpy()
+    if ts.min() == ts.max():
+        users = frame.rows["user_id"].to_numpy()
+        uniq = np.unique(users)
+        held = np.random.default_rng(seed).choice(
+            uniq, size=max(1, int(len(uniq) * share)), replace=False
+        )
+        is_valid = np.isin(users, held)
+    else:
+        is_valid = ts >= cut
+    return frame.take(np.flatnonzero(~is_valid)), frame.take(np.flatnonzero(is_valid))
+
+
 def stage_ranker(ctx: RunContext, out: Path) -> dict[str, Any]:
     split = ctx.split()
     lo, hi = split.bounds("valid")
@@ -98,9 +156,9 @@ def stage_ranker(ctx: RunContext, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     frame = impression_frame(ctx, lo, hi, int(ctx.config["ranking"]["max_train_rows"]))
     build_s = time.perf_counter() - t0
-    ts = frame.rows["timestamp"].to_numpy()
-    train = frame.take(np.flatnonzero(ts < cut))
-    valid = frame.take(np.flatnonzero(ts >= cut))
+    train, valid = split_train_valid(
+        frame, cut, float(ctx.config["split"]["ranker_valid_share"]), ctx.seed
+    )
     log.info(
         "ranker: %d training rows, %d validation rows (features built in %.1f s)",
         len(train),
@@ -211,6 +269,7 @@ def stage_ranking_eval(ctx: RunContext, out: Path) -> dict[str, Any]:
             entry["ground_truth_calibration"] = calibration_summary(pred, truth)
         calib[name] = entry
     result = {
+        "labels": "logged impressions" if has_logged_impressions(ctx) else CANDIDATE_LABELS_NOTE,
         "metrics": metrics,
         "calibration": calib,
         "n_rows": int(len(frame)),
