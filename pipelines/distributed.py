@@ -59,9 +59,46 @@ from ranking import distributed as ranking_dist
 
 log = logging.getLogger("vidrec")
 
-__all__ = ["init_from_env", "launch", "main", "torchrun_command", "worker_main"]
+__all__ = [
+    "LAUNCHER_OPTIONS",
+    "init_from_env",
+    "launch",
+    "main",
+    "strip_launcher_options",
+    "torchrun_command",
+    "worker_main",
+]
 
 DEFAULT_TIMEOUT_MIN = 24 * 60  # the other ranks wait while rank 0 runs the non-training stages
+
+#: options of the launcher (each takes a value), for a CLI that accepts them on its own commands
+LAUNCHER_OPTIONS = (
+    "--nproc",
+    "--nnodes",
+    "--node-rank",
+    "--master-addr",
+    "--master-port",
+    "--threads",
+    "--timeout-min",
+)
+
+
+def strip_launcher_options(argv: Sequence[str]) -> list[str]:
+    """Return `argv` without the `LAUNCHER_OPTIONS` and their values ("--opt v" or "--opt=v").
+
+    For `vidrec run ... --nproc 2` style wiring: the command relaunches itself through `launch`
+    with the remaining arguments, which every rank then parses without the launcher's options.
+    """
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCHER_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in LAUNCHER_OPTIONS)):
+            out.append(arg)
+    return out
 
 
 def torchrun_command(

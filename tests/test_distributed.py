@@ -458,6 +458,11 @@ def test_torchrun_command_lines() -> None:
         launcher.torchrun_command([], nproc=2)
 
 
+def test_strip_launcher_options() -> None:
+    argv = ["run", "--nproc", "2", "--out", "x", "--master-port=29500", "--set", "a=1"]
+    assert launcher.strip_launcher_options(argv) == ["run", "--out", "x", "--set", "a=1"]
+
+
 def test_launcher_reports_bad_options(capsys) -> None:
     assert launcher.main(["--nproc", "2", "--nnodes", "2", "--", "run"]) == 2
     assert "needs --master-addr" in capsys.readouterr().err
