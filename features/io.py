@@ -177,6 +177,16 @@ def _csv_header(path: Path, table: str) -> list[str]:
     return names
 
 
+def _ends_with_line_break(path: Path) -> bool:
+    """Return whether the file's last byte is a line break (False for an empty file)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) in (b"\n", b"\r")
+
+
 def _encoding_error(path: Path, table: str) -> DataContractError:
     """Return the error for a file that is not UTF-8, naming the first bad line."""
     line_no, bad = 0, b""
@@ -295,10 +305,17 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[Dataset, ValidationRepor
     unreadable: list[str] = []
     for table, file in files.items():
         try:
-            tables[table] = read_table(file, table)
+            tables[table] = df = read_table(file, table)
         except DataContractError as exc:
             problems.extend(exc.problems)
             unreadable.append(table)
+            continue
+        if file.suffix.lower() == ".csv" and len(df) and not _ends_with_line_break(file):
+            report.notes.append(
+                f"{table}: {file.name} does not end with a line break; if the file was cut short "
+                f"(an interrupted copy or download), its last row (row {len(df) - 1}) is "
+                "incomplete: check it"
+            )
     # tables present twice (csv and parquet) are reported already: not "missing"
     unreadable += [p.table for p in problems if p.table in TABLES]
     checked, more = check_tables(

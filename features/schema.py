@@ -26,6 +26,7 @@ Coercions (each one is reported in the `ValidationReport`, never silently):
 from __future__ import annotations
 
 import contextlib
+import csv
 import difflib
 import gc
 from collections.abc import Iterator, Mapping
@@ -323,6 +324,7 @@ class _TableChecker:
         self.is_csv = bool(file) and str(file).lower().endswith(".csv")
         self.context = [c for c in ("user_id", "item_id", "timestamp") if c in self.df.columns]
         self.coerced: dict[str, pd.Series] = {}  # the columns that passed their own checks
+        self._line_starts: int | np.ndarray | None = None  # CSV line of each row (lazy)
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -367,15 +369,43 @@ class _TableChecker:
         src = self.df if source is None else source
         cols = list(dict.fromkeys([*self.context, *(c for c in (column,) if c), *show]))
         cols = [c for c in cols if c in src.columns]
+        lines = self.csv_lines(idx) if self.is_csv else None
         out = []
-        for i in idx.tolist():
+        for k, i in enumerate(idx.tolist()):
             ex: dict[str, Any] = {"row": i}
-            if self.is_csv:
-                ex["line"] = i + 2  # line 1 is the header
+            if lines is not None:
+                ex["line"] = lines[k]
             for c in cols:
                 ex[c] = _py(src[c].iloc[i])
             out.append(ex)
         return out
+
+    def csv_lines(self, idx: np.ndarray) -> list[int] | None:
+        """Return the CSV line where each row of `idx` starts, or None if the file is gone.
+
+        Usually row i is on line i + 2 (line 1 is the header). Quoted line breaks inside a
+        field and blank lines (which the reader skips) shift that; then the file is scanned
+        record by record (error path only). A file that cannot be read (a table validated in
+        memory under a file's name) is taken to have the usual layout.
+        """
+        if len(idx) == 0:
+            return []
+        upto = int(idx.max())
+        known = self._line_starts
+        if known is None or (not isinstance(known, int) and len(known) <= upto):
+            try:
+                self._line_starts = _csv_record_lines(str(self.file), len(self.df), upto)
+            except OSError:
+                self._line_starts = 2
+            except (UnicodeDecodeError, csv.Error):
+                return None
+        starts = self._line_starts
+        if starts is None:
+            return None
+        if isinstance(starts, int):  # the simple layout: `starts` is the line of row 0
+            return [starts + i for i in idx.tolist()]
+        lines = [int(starts[i]) for i in idx.tolist()]
+        return lines if all(line > 0 for line in lines) else None  # 0: the scan did not agree
 
     def convert(self, column: str, what: str) -> None:
         self.report.conversions.append(f"{self.spec.name}.{column}: {what}")
@@ -412,7 +442,11 @@ class _TableChecker:
         extras = [c for c in df.columns if c not in self.spec.column_names]
         ignored: list[str] = []
         for name in extras:
-            kept = self.extra(name, df[name]) if self.spec.keep_numeric_extras else None
+            kept = (
+                self.extra(name, self.decode_bytes(str(name), df[name]))
+                if self.spec.keep_numeric_extras
+                else None
+            )
             if kept is None:
                 ignored.append(str(name))
             else:
@@ -486,6 +520,7 @@ class _TableChecker:
     def column(self, col: ColumnSpec, s: pd.Series) -> pd.Series | None:
         """Return column `s` coerced to the canonical dtype of `col`, or None on problems."""
         n_before = len(self.problems)
+        s = self.decode_bytes(col.name, s)
         result: pd.Series | None
         if col.kind == "id":
             result = self.ids(col, s)
@@ -500,6 +535,40 @@ class _TableChecker:
         if len(self.problems) > n_before:
             return None
         return result
+
+    def decode_bytes(self, name: str, s: pd.Series) -> pd.Series:
+        """Return `s` with bytes values (parquet binary columns) decoded as UTF-8 text.
+
+        Bytes that are not UTF-8 are flagged and become missing values.
+        """
+        if not pd.api.types.is_object_dtype(s.dtype) or len(s) == 0:
+            return s
+        if pd.api.types.infer_dtype(s, skipna=True) not in ("bytes", "mixed"):
+            return s
+        try:  # all bytes (or missing): arrow decodes and validates the whole column at once
+            arr = pa.array(s, type=pa.large_binary(), from_pandas=True)
+            text = arr.cast(pa.large_string())
+            self.convert(name, f"decoded {len(arr) - arr.null_count} UTF-8 byte strings")
+            return pd.Series(text.to_pandas(), index=s.index, name=s.name).astype("str")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        # error path: bytes that are not UTF-8, or bytes mixed with other values
+        values = s.to_numpy(dtype=object).copy()
+        bad = np.zeros(len(s), bool)
+        for i, v in enumerate(values.tolist()):
+            if isinstance(v, bytes | bytearray):
+                try:
+                    values[i] = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    bad[i], values[i] = True, None
+        self.flag(
+            name,
+            bad,
+            "bytes that are not UTF-8 text",
+            f"store {name} as text (a UTF-8 string column), not as binary data in another "
+            "encoding; e.g. decode it with the right codec before writing the parquet file",
+        )
+        return pd.Series(values, index=s.index, name=s.name)
 
     def missing(self, col: ColumnSpec, missing: np.ndarray, fix: str | None = None) -> None:
         self.flag(
@@ -518,6 +587,13 @@ class _TableChecker:
         if col.required:
             self.missing(col, missing)
         self.flag(col.name, bad, "values that are not integer ids", fix)
+        self.flag(
+            col.name,
+            ~missing & ~bad & (values < 0),
+            "negative ids",
+            f"{col.name} must be >= 0 (-1 marks 'no item' in retrieval results); remap the ids, "
+            "e.g. codes, uniques = pandas.factorize(ids), using the same mapping in every table",
+        )
         return pd.Series(values, name=col.name)
 
     def _exact_ints(
@@ -532,8 +608,16 @@ class _TableChecker:
         if pd.api.types.is_object_dtype(dtype):
             inferred = pd.api.types.infer_dtype(s, skipna=True)
             if inferred == "integer":
-                s, dtype = s.astype("Int64"), pd.Int64Dtype()
-            elif inferred in ("floating", "mixed-integer-float", "decimal"):
+                try:
+                    s, dtype = s.astype("Int64"), pd.Int64Dtype()
+                except OverflowError:  # Python ints beyond int64: range-checked as digits
+                    return self._digit_strings(col, s)
+            elif inferred == "decimal":
+                s = _decimal_ints(s)
+                dtype = s.dtype
+                if not pd.api.types.is_integer_dtype(dtype):
+                    return self._digit_strings(col, s)
+            elif inferred in ("floating", "mixed-integer-float"):
                 s = pd.to_numeric(s, errors="coerce").astype("float64")
                 dtype = s.dtype
         if pd.api.types.is_bool_dtype(dtype):
@@ -552,8 +636,19 @@ class _TableChecker:
             f = s.to_numpy(dtype=np.float64, na_value=np.nan)
             missing = np.isnan(f)
             with np.errstate(invalid="ignore"):
-                ok = np.isfinite(f) & (np.floor(f) == f) & (np.abs(f) < 2.0**63)
-            return np.where(ok, f, 0).astype(np.int64), missing, ~ok & ~missing
+                ok = np.isfinite(f) & (np.floor(f) == f)
+                # a float64 holds every integer only up to 2^53: beyond, the id may have changed
+                inexact = ok & (np.abs(f) > 2.0**53)
+            self.flag(
+                col.name,
+                inexact,
+                f"{what} beyond 2^53 stored as floating-point numbers, which cannot hold them "
+                "exactly",
+                f"store {col.name} as integers: in CSV without a decimal point or exponent and "
+                "with no empty field in the column; in parquet as an int64 column",
+            )
+            ok &= ~inexact
+            return np.where(ok, f, 0).astype(np.int64), missing, ~ok & ~missing & ~inexact
         if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
             return self._digit_strings(col, s)
         # datetimes, timedeltas, intervals...: not ids
@@ -662,7 +757,8 @@ class _TableChecker:
         self.flag(
             name,
             valid & (np.abs(values) > MILLISECONDS_THRESHOLD),
-            "times beyond 1e11 seconds (after the year 5138), which look like milliseconds",
+            "times beyond +-1e11 seconds (after the year 5138 or before 1200 BC), which look "
+            "like milliseconds",
             f"{name} must be in seconds: divide milliseconds by 1000 (microseconds by 1e6)",
         )
         if not col.allow_negative:
@@ -845,6 +941,41 @@ _NUMBER_RE = r"(?i)^\s*[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|inf|infinity)\s*$"
 _NA_RE = r"(?i)^(nan|na|n/a|null|none|<na>)$"
 
 
+def _csv_record_lines(path: str, n_rows: int, upto: int) -> int | np.ndarray:
+    """Return the 1-based line where each data row of a CSV file starts.
+
+    Returns the int 2 when row i simply sits on line i + 2 (one line per record, no blank
+    lines: the line breaks number n_rows + 1, or n_rows without a final one); otherwise an
+    int64 array (min(n_rows, upto + 1),) from a record-by-record scan with the csv module,
+    which skips blank lines like pandas does (0 where the scan found no such row).
+    """
+    n_breaks = 0
+    last = b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            n_breaks += chunk.count(b"\n")
+            last = chunk[-1:]
+    if n_breaks == n_rows + int(last == b"\n"):
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+        if b"\r" not in head.replace(b"\r\n", b""):  # no old-Mac line ends
+            return 2
+    n = min(n_rows, upto + 1)
+    starts = np.zeros(n, np.int64)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)  # the header
+        i, line = 0, reader.line_num + 1
+        for record in reader:  # error path only: a scan in Python up to the last row needed
+            if i == n:
+                break
+            if record:
+                starts[i] = line
+                i += 1
+            line = reader.line_num + 1
+    return starts
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     was_enabled = gc.isenabled()
@@ -881,6 +1012,25 @@ def _parse_floats(t: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             out[is_num] = pd.to_numeric(t[is_num], errors="coerce").to_numpy(np.float64)
             is_num = is_num & ~np.isnan(out)
     return out, is_num
+
+
+def _decimal_ints(s: pd.Series) -> pd.Series:
+    """Return decimal.Decimal values exactly as Int64, or as str where one is not an int64."""
+    try:
+        ints = pc.cast(pa.array(s, from_pandas=True), pa.int64())  # raises on fractions/overflow
+        return pd.Series(
+            ints.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), index=s.index
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    # error path: a value is fractional or beyond int64; integral ones keep all their digits
+    out = [
+        None
+        if v is None or v is pd.NA
+        else (str(int(v)) if v.is_finite() and v == v.to_integral_value() else str(v))
+        for v in s.tolist()
+    ]
+    return pd.Series(out, index=s.index, dtype="str")
 
 
 def _as_str(s: pd.Series) -> pd.Series:
