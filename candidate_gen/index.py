@@ -19,7 +19,6 @@ Conventions shared by both:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from features.atomic import atomic_path, atomic_write_json
+from features.integrity import ArtifactError, read_json_object, require_int, resolve_inside
 
 __all__ = ["CandidateIndex", "ExactIndex", "AnnoyIndex", "load_index", "INDEX_META_FILE"]
 
@@ -155,24 +155,37 @@ def _exclusion_pairs(
 
 
 def _read_meta(directory: Path, kind: str) -> dict[str, Any]:
+    """Return the checked index.json of `directory` (kind, format, integer size and dim)."""
     meta_path = directory / INDEX_META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(
             f"no {INDEX_META_FILE} in {directory}: not a saved index, or its save did not finish; "
             "rebuild the index"
         )
-    meta = json.loads(meta_path.read_text())
+    meta = read_json_object(meta_path, f"the index in {directory}")
     if meta.get("kind") != kind:
-        raise ValueError(
+        raise ArtifactError(
             f"{directory} holds a {meta.get('kind')!r} index, not {kind!r}; open it with "
             "candidate_gen.index.load_index"
         )
     if meta.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(
+        raise ArtifactError(
             f"{directory} has index format {meta.get('format_version')!r}; this version reads "
             f"{_FORMAT_VERSION}; rebuild the index"
         )
+    if meta.get("metric", "dot") != "dot":
+        raise ArtifactError(
+            f"{meta_path} says metric {meta.get('metric')!r}; vidrec indexes are inner-product "
+            "('dot') indexes: rebuild the index"
+        )
+    meta["size"] = require_int(meta, "size", meta_path, minimum=1)
+    meta["dim"] = require_int(meta, "dim", meta_path, minimum=1)
     return meta
+
+
+def _meta_file(directory: Path, meta: dict[str, Any], key: str, default: str) -> Path:
+    """Return the file that index.json names under `key`, refusing paths leaving `directory`."""
+    return resolve_inside(directory, meta.get(key, default), f"{INDEX_META_FILE} {key!r}")
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -181,14 +194,86 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(fh, np.asarray(arr))
 
 
-def _load_ids(directory: Path, size: int) -> np.ndarray:
-    ids = np.load(directory / _IDS_FILE, mmap_mode="r")
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """Return the .npy array at `path` memory-mapped read-only (never unpickled)."""
+    if not path.is_file():
+        raise ArtifactError(f"{path} ({what}) is missing; the index is incomplete, rebuild it")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(
+            f"{path} is not a readable .npy array of {what} ({exc}); the index is damaged, "
+            "rebuild it"
+        ) from None
+
+
+def _load_ids(path: Path, size: int) -> np.ndarray:
+    """Return the (size,) int64 item ids at `path`: unique and >= 0, as when they were saved."""
+    ids = _load_npy(path, "item ids")
     if ids.shape != (size,) or ids.dtype != np.int64:
-        raise ValueError(
-            f"{directory / _IDS_FILE} holds {ids.dtype} {ids.shape}, expected int64 ({size},); "
-            "the index directory is inconsistent, rebuild it"
+        raise ArtifactError(
+            f"{path} holds {ids.dtype} {ids.shape}, but {INDEX_META_FILE} says {size} int64 item "
+            "ids; the directory mixes files of different indexes: rebuild it"
         )
     return np.asarray(ids)
+
+
+def _checked_lookup(ids: np.ndarray, path: Path) -> _IdLookup:
+    """Return the id lookup of loaded ids, refusing duplicate or negative ones."""
+    lookup = _IdLookup(ids)
+    s = lookup.sorted_ids
+    if len(s) and (s[0] < 0 or (np.diff(s) <= 0).any()):
+        raise ArtifactError(
+            f"{path} holds negative or repeated item ids, which a saved index never has; the "
+            "file is damaged or was replaced: rebuild the index"
+        )
+    return lookup
+
+
+def _check_annoy_file(path: Path, dim: int, n_items: int) -> None:
+    """Refuse an .ann file that is not a sound forest over `n_items` items of dimension `dim`.
+
+    annoy trusts its file: one built with another dimension loads without complaint and
+    answers garbage, and child offsets beyond the file make it read out of bounds. Its `dot`
+    node is int32 n_descendants, int32 children[2], float32 dot_factor, float32 v[dim]
+    (4 + dim words); node i < n_items is item i (1 descendant); a node with up to K = 3 + dim
+    descendants lists its items in the words after n_descendants; a larger one names two
+    child nodes; the last node is a root over all items. Read once, in blocks, vectorized.
+    """
+    width = 4 + dim  # int32 words per node
+    k = width - 1  # item slots of a leaf node (annoy's _K)
+    n_bytes = path.stat().st_size
+    fix = (
+        f"the .ann file was built with another dimension or item count than {INDEX_META_FILE} "
+        f"says (dim {dim}, {n_items} items), or it is damaged; rebuild the index"
+    )
+    if n_bytes == 0 or n_bytes % (4 * width):
+        raise ArtifactError(
+            f"{path} has {n_bytes:,} bytes, not a whole number of {4 * width}-byte nodes of a "
+            f"dimension-{dim} annoy index: {fix}"
+        )
+    nodes = np.memmap(path, dtype="<i4", mode="r").reshape(-1, width)
+    n_nodes = nodes.shape[0]
+    if n_nodes <= n_items or int(nodes[-1, 0]) != n_items:
+        raise ArtifactError(f"{path} does not hold a forest over {n_items} items: {fix}")
+    block = 1 << 16
+    for b0 in range(0, n_nodes, block):
+        blk = np.asarray(nodes[b0 : b0 + block])  # (B, width)
+        n_desc = blk[:, 0]
+        is_item = np.arange(b0, b0 + len(blk)) < n_items
+        if (n_desc[is_item] != 1).any():
+            raise ArtifactError(f"{path} does not hold {n_items} item vectors of dim {dim}: {fix}")
+        inner, n_in = blk[~is_item], n_desc[~is_item]
+        if ((n_in < 1) | (n_in > n_items)).any():
+            raise ArtifactError(f"{path} has tree nodes with impossible item counts: {fix}")
+        leaf = n_in <= k
+        slots = inner[leaf, 1 : 1 + k]  # (L, k): the first n_desc slots hold item numbers
+        used = np.arange(k)[None, :] < n_in[leaf][:, None]
+        kids = inner[~leaf, 1:3]  # (S, 2): child node numbers
+        if (used & ((slots < 0) | (slots >= n_items))).any() or (
+            (kids < 0) | (kids >= n_nodes)
+        ).any():
+            raise ArtifactError(f"{path} has tree nodes pointing outside the file: {fix}")
 
 
 def _shared_tensor(a: np.ndarray) -> torch.Tensor:
@@ -462,18 +547,21 @@ class ExactIndex:
         """Return the ExactIndex saved in `directory`, vectors memory-mapped read-only."""
         d = Path(directory)
         meta = _read_meta(d, cls.kind)
-        vectors = np.load(d / cls.VECTORS_FILE, mmap_mode="r")
+        path = _meta_file(d, meta, "vectors_file", cls.VECTORS_FILE)
+        vectors = _load_npy(path, "item vectors")
         if vectors.shape != (meta["size"], meta["dim"]) or vectors.dtype != np.float32:
-            raise ValueError(
-                f"{d / cls.VECTORS_FILE} holds {vectors.dtype} {vectors.shape}, expected float32 "
-                f"({meta['size']}, {meta['dim']}); rebuild the index"
+            raise ArtifactError(
+                f"{path} holds {vectors.dtype} {vectors.shape}, expected float32 "
+                f"({meta['size']}, {meta['dim']}) as {INDEX_META_FILE} says; the directory "
+                "mixes files of different indexes: rebuild the index"
             )
         self = cls.__new__(cls)
         self._vectors = vectors  # validated when it was built; not re-scanned on load
-        self._ids = _load_ids(d, meta["size"])
+        ids_path = _meta_file(d, meta, "ids_file", _IDS_FILE)
+        self._ids = _load_ids(ids_path, meta["size"])
         self.query_block = cls.DEFAULT_QUERY_BLOCK
         self.block_elements = cls.DEFAULT_BLOCK_ELEMENTS
-        self._lookup = _IdLookup(self._ids)
+        self._lookup = _checked_lookup(self._ids, ids_path)
         self._tensor = _shared_tensor(self._vectors)
         return self
 
@@ -635,28 +723,47 @@ class AnnoyIndex:
 
     @classmethod
     def load(cls, directory: str | Path) -> AnnoyIndex:
-        """Return the AnnoyIndex saved in `directory`; annoy memory-maps the .ann file."""
+        """Return the AnnoyIndex saved in `directory`; annoy memory-maps the .ann file.
+
+        The .ann file is checked against index.json (dimension, item count, node structure)
+        before annoy opens it, and the ids against both.
+        """
         d = Path(directory)
         meta = _read_meta(d, cls.kind)
-        ann_path = d / cls.ANN_FILE
+        size, dim = meta["size"], meta["dim"]
+        meta_path = d / INDEX_META_FILE
+        ann_path = _meta_file(d, meta, "ann_file", cls.ANN_FILE)
         if not ann_path.is_file():
             # checked here: annoy crashes the process on some failed loads
             raise FileNotFoundError(f"{ann_path} is missing; rebuild the index")
-        index = annoy.AnnoyIndex(int(meta["dim"]), "dot")
-        index.load(str(ann_path))
-        if index.get_n_items() != meta["size"]:
-            raise ValueError(
+        n_trees = require_int(meta, "n_trees", meta_path, minimum=1)
+        search_k = require_int(meta, "search_k", meta_path, minimum=-1)
+        if search_k == 0:
+            raise ArtifactError(f"{meta_path}: 'search_k' must be -1 or >= 1, got 0")
+        seed = require_int(meta, "seed", meta_path)
+        _check_annoy_file(ann_path, dim, size)
+        ids_path = _meta_file(d, meta, "ids_file", _IDS_FILE)
+        ids = _load_ids(ids_path, size)
+        index = annoy.AnnoyIndex(dim, "dot")
+        try:
+            index.load(str(ann_path))
+        except OSError as exc:
+            raise ArtifactError(
+                f"annoy cannot open {ann_path} ({exc}); rebuild the index"
+            ) from None
+        if index.get_n_items() != size:
+            raise ArtifactError(
                 f"{ann_path} holds {index.get_n_items()} items but {INDEX_META_FILE} says "
-                f"{meta['size']}; the directory is inconsistent, rebuild the index"
+                f"{size}; the directory is inconsistent, rebuild the index"
             )
         self = cls.__new__(cls)
         self._index = index
-        self._ids = _load_ids(d, meta["size"])
-        self._dim = int(meta["dim"])
-        self.n_trees = int(meta["n_trees"])
-        self.search_k = int(meta["search_k"])
-        self.seed = int(meta["seed"])
-        self._lookup = _IdLookup(self._ids)
+        self._ids = ids
+        self._dim = dim
+        self.n_trees = n_trees
+        self.search_k = search_k
+        self.seed = seed
+        self._lookup = _checked_lookup(ids, ids_path)
         return self
 
 
@@ -674,7 +781,9 @@ def load_index(directory: str | Path) -> ExactIndex | AnnoyIndex:
         raise FileNotFoundError(
             f"no {INDEX_META_FILE} in {d}: not a saved index, or its save did not finish"
         )
-    kind = json.loads(meta_path.read_text()).get("kind")
+    kind = read_json_object(meta_path, f"the index in {d}").get("kind")
     if kind not in _KINDS:
-        raise ValueError(f"{meta_path} names unknown index kind {kind!r}; known: {sorted(_KINDS)}")
+        raise ArtifactError(
+            f"{meta_path} names unknown index kind {kind!r}; known: {sorted(_KINDS)}"
+        )
     return _KINDS[kind].load(d)

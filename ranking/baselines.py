@@ -19,7 +19,6 @@ summarized by its size and how often the scored item occurs in it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.atomic import atomic_write_json, atomic_write_text
+from features.integrity import ArtifactError, read_json_object, require_int
 from features.ranker_features import (
     CONTINUOUS_COLUMNS,
     FLAG_COLUMNS,
@@ -223,23 +223,123 @@ class _LightGBMRanker:
 
     @classmethod
     def load(cls, directory: str | Path) -> Any:
-        """Return the ranker saved in `directory` by `save`."""
+        """Return the ranker saved in `directory` by `save`.
+
+        Everything is read as JSON or LightGBM model text (nothing is unpickled). A directory
+        whose files do not belong together is refused with an `ArtifactError`: a booster
+        trained on other features, a best iteration beyond its trees, or category codes that
+        the saved vocabularies do not have (vocabularies.json of another run).
+        """
         d = Path(directory)
         meta_path = d / "baseline.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{d} is not a saved {cls.__name__}: missing baseline.json")
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
+        meta = read_json_object(meta_path, f"the {cls.__name__} in {d}")
         if meta.get("kind") != cls.kind:
-            raise ValueError(
+            raise ArtifactError(
                 f"{d} holds a {meta.get('kind')!r} model, not a {cls.kind!r}; load it with its own class"
             )
-        obj = cls(LightGBMConfig.from_dict(meta["config"]), history_len=meta["history_len"])
-        obj.vocabularies_ = RankerVocabularies.load(d / "vocabularies.json")
-        obj.booster_ = lgb.Booster(model_str=(d / "model.txt").read_text(encoding="utf-8"))
-        obj.best_iteration_ = int(meta["best_iteration"])
-        obj._set_extra(meta)
+        try:
+            config = LightGBMConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"{meta_path}: no valid LightGBM config ({exc}); save the model again"
+            ) from None
+        history_len = require_int(meta, "history_len", meta_path, minimum=1)
+        best_iteration = require_int(meta, "best_iteration", meta_path)
+        vocab_path = d / "vocabularies.json"
+        try:
+            vocabularies = RankerVocabularies.from_dict(
+                read_json_object(vocab_path, f"the vocabularies of {d}")
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(
+                f"{vocab_path} is not a valid vocabulary record ({exc}); save the model again"
+            ) from None
+        model_path = d / "model.txt"
+        try:
+            text = model_path.read_text(encoding="utf-8")
+            booster = lgb.Booster(model_str=text)
+        except (OSError, UnicodeDecodeError, lgb.basic.LightGBMError) as exc:
+            raise ArtifactError(
+                f"cannot read the LightGBM model {model_path} ({exc}); save the model again"
+            ) from None
+        _check_booster(booster, text, vocabularies, best_iteration, model_path)
+        obj = cls(config, history_len=history_len)
+        obj.vocabularies_ = vocabularies
+        obj.booster_ = booster
+        obj.best_iteration_ = best_iteration
+        try:
+            obj._set_extra(meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"{meta_path} lacks a valid {exc} record for {cls.__name__}; save the model again"
+            ) from None
         return obj
+
+
+#: Which vocabulary encodes each categorical column of `flatten_frame`.
+_CATEGORICAL_SPACE = {
+    "item": "item",
+    "user_language": "language",
+    "item_language": "language",
+    "channel": "channel",
+    "topic": "topic",
+    "source": "source",
+}
+
+
+def _check_booster(
+    booster: lgb.Booster,
+    text: str,
+    vocabularies: RankerVocabularies,
+    best_iteration: int,
+    path: Path,
+) -> None:
+    """Refuse a booster that does not fit `flatten_frame`, its best iteration or vocabularies.
+
+    LightGBM's model text lists, per feature, the categories it saw in training
+    (`feature_infos=0:3:7 ...`, "none" for unused features, "[lo:hi]" for numeric ones): every
+    code must exist in the saved vocabulary, else the vocabularies belong to another model.
+    """
+    expected = [*CATEGORICAL_FEATURES, *CONTINUOUS_COLUMNS, *FLAG_COLUMNS, *BAG_FEATURES]
+    names = list(booster.feature_name())
+    if names != expected:
+        raise ArtifactError(
+            f"{path} was trained on the features {names}, but this version builds {expected}; "
+            "retrain the LightGBM baseline"
+        )
+    n_iter = booster.current_iteration()
+    if best_iteration > n_iter:
+        raise ArtifactError(
+            f"{path} has {n_iter} boosting iterations but baseline.json says the best is "
+            f"{best_iteration}; the two files come from different models: save it again"
+        )
+    header = text.split("\nTree=", 1)[0]
+    infos = next(
+        (
+            ln.split("=", 1)[1].split(" ")
+            for ln in header.splitlines()
+            if ln.startswith("feature_infos=")
+        ),
+        None,
+    )
+    if infos is None or len(infos) != len(names):
+        raise ArtifactError(f"{path} has no feature_infos line for its {len(names)} features")
+    sizes = vocabularies.sizes()
+    for name, info in zip(names, infos, strict=True):
+        space = _CATEGORICAL_SPACE.get(name)
+        if space is None or info == "none" or info.startswith("["):
+            continue
+        top = max(int(v) for v in info.split(":"))
+        if top >= sizes[space]:
+            raise ArtifactError(
+                f"{path} was trained on {name} codes up to {top}, but vocabularies.json has "
+                f"{sizes[space]} {space} codes (0..{sizes[space] - 1}): the vocabularies come "
+                "from another run; restore the vocabularies.json saved with this model"
+            )
 
 
 class LightGBMWeightedRanker(_LightGBMRanker):
@@ -420,13 +520,21 @@ class PopularityRanker:
             raise FileNotFoundError(
                 f"{directory} is not a saved PopularityRanker: missing baseline.json"
             )
-        with open(path, encoding="utf-8") as fh:
-            meta = json.load(fh)
+        meta = read_json_object(path, f"the PopularityRanker in {directory}")
         if meta.get("kind") != cls.kind:
-            raise ValueError(
+            raise ArtifactError(
                 f"{directory} holds a {meta.get('kind')!r} model, not a 'popularity' one"
             )
-        obj = cls(meta["n_bins"])
-        obj.edges_ = np.asarray(meta["edges"], dtype=np.float64)
-        obj.bin_watch_time_ = np.asarray(meta["bin_watch_time"], dtype=np.float64)
+        obj = cls(require_int(meta, "n_bins", path, minimum=1))
+        try:
+            edges = np.asarray(meta["edges"], dtype=np.float64)
+            bins = np.asarray(meta["bin_watch_time"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: no valid bins ({exc}); fit and save it again") from None
+        if edges.ndim != 1 or bins.shape != (len(edges) + 1,) or (np.diff(edges) < 0).any():
+            raise ArtifactError(
+                f"{path}: {len(edges)} edges need {len(edges) + 1} bin watch times in ascending "
+                f"bins, got shape {bins.shape}; fit and save it again"
+            )
+        obj.edges_, obj.bin_watch_time_ = edges, bins
         return obj
