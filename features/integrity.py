@@ -32,7 +32,6 @@ __all__ = [
     "check_match",
     "read_json_object",
     "require_int",
-    "require_str",
     "resolve_inside",
     "unsafe_pickle_error",
 ]
@@ -84,17 +83,6 @@ def require_int(
         raise ArtifactError(
             f"{path}: {key!r} must be an integer >= {minimum}, got {value!r}; the file is "
             "damaged or was edited: save or build the artifact again"
-        )
-    return value
-
-
-def require_str(record: dict[str, Any], key: str, path: str | os.PathLike[str]) -> str:
-    """Return `record[key]` as a non-empty str; ArtifactError if absent or of another type."""
-    value = record.get(key)
-    if not isinstance(value, str) or not value:
-        raise ArtifactError(
-            f"{path}: {key!r} must be a non-empty string, got {value!r}; the file is damaged "
-            "or was edited: save or build the artifact again"
         )
     return value
 
