@@ -132,6 +132,7 @@ def _case(
             size_mb = _dir_size_mb(index.save(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        print(f"  {label}: {n_trees} trees built in {build_s:.1f} s, {size_mb:.0f} MiB", flush=True)
         for sk, lat, got in _query_grid(index, q, k, cfg["search_k"]):
             rows.append(
                 {

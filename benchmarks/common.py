@@ -6,7 +6,8 @@ reference it is compared with side by side, with these helpers, and returns the 
 RSS is the benchmark's own) and writes every result to one JSON file and a markdown summary.
 
 Memory is measured three ways, each named in the results:
-- `peak_rss_mb`: the process's lifetime peak resident set (resource.getrusage ru_maxrss);
+- `peak_rss_mb`: the process's lifetime peak resident set (resource.getrusage ru_maxrss, and the
+  peaks seen before each `PhasePeak` reset, which lowers ru_maxrss on Linux);
 - `PhasePeak`: the peak resident set during one phase (Linux: VmHWM after resetting it through
   /proc/self/clear_refs), minus the resident set when the phase began; it sees torch and numpy
   allocations alike;
@@ -108,10 +109,21 @@ def ratio(figure: float, reference: float) -> float:
 # ----------------------------------------------------------------------------- memory
 
 
-def peak_rss_mb() -> float:
-    """Return this process's lifetime peak resident set in MiB (resource.getrusage)."""
+_peak_before_resets_mb = 0.0  # PhasePeak resets the kernel's peak; the lifetime peak lives on here
+
+
+def _rusage_peak_mb() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return float(kb / 1024.0 if sys.platform != "darwin" else kb / 2**20)
+
+
+def peak_rss_mb() -> float:
+    """Return this process's lifetime peak resident set in MiB (resource.getrusage).
+
+    On Linux ru_maxrss is the high-water mark that `PhasePeak` resets, so the peaks seen
+    before each reset are kept and included.
+    """
+    return max(_peak_before_resets_mb, _rusage_peak_mb())
 
 
 def _status_kb(key: str) -> float | None:
@@ -144,7 +156,9 @@ class PhasePeak:
         self.reset = False
 
     def __enter__(self) -> PhasePeak:
+        global _peak_before_resets_mb
         gc.collect()
+        _peak_before_resets_mb = peak_rss_mb()  # about to be reset: keep the lifetime peak
         try:
             _CLEAR_REFS.write_text("5")
             self.reset = True
@@ -155,7 +169,7 @@ class PhasePeak:
 
     def __exit__(self, *exc: object) -> None:
         hwm = _status_kb("VmHWM")
-        top = hwm / 1024.0 if hwm is not None else peak_rss_mb()
+        top = hwm / 1024.0 if hwm is not None else _rusage_peak_mb()
         self.peak_mb = float(max(0.0, top - self.start_mb)) if math.isfinite(self.start_mb) else top
 
 
