@@ -113,6 +113,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("pipelines.rundir", "RunDirError"),
         ("features.atomic", "ArtifactWriteError"),
         ("features.vocab", "NotFittedError"),
+        ("features.integrity", "ArtifactError"),
     ):
         try:
             errs.append(getattr(__import__(mod, fromlist=[name]), name))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from features.atomic import atomic_write_json
+from features.integrity import resolve_inside
 from pipelines.config import config_hash
 
 log = logging.getLogger("vidrec")
@@ -140,7 +141,7 @@ class RunDir:
         if not st or st.get("status") != "done":
             return False
         for rel, digest in st.get("artifacts", {}).items():
-            p = self.path / rel
+            p = resolve_inside(self.path, rel, "manifest artifact path")
             if not p.exists() or sha256_file(p) != digest:
                 log.warning(
                     "stage %s: artifact %s is missing or changed; running it again", name, rel
