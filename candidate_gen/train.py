@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,7 @@ from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topic
 from features.atomic import atomic_path, atomic_write_json
 from features.dist_env import rank_seed, row_range, shard_batches
 from features.examples import CandidateExamples, CandidateFeaturizer, ItemFeatures, UserFeatures
+from features.integrity import ArtifactError, unsafe_pickle_error
 
 __all__ = [
     "TrainedCandidateGenerator",
@@ -214,8 +216,15 @@ class TrainedCandidateGenerator:
             items = ItemFeatures.from_arrays(arrays)
         dev = resolve_device(device)
         model = TwoTowerModel(config, featurizer.schema())
-        state = torch.load(d / "model.pt", map_location=dev, weights_only=True)
-        model.load_state_dict(state)
+        state = _load_weights(d / "model.pt", dev)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # tables sized by featurizer.json differ from model.pt
+            raise ArtifactError(
+                f"{d / 'model.pt'} does not fit {d / 'featurizer.json'} "
+                f"({str(exc).splitlines()[-1].strip()}): the files come from different runs; "
+                "restore the featurizer.json saved with this model, or retrain"
+            ) from None
         history = json.loads((d / "history.json").read_text(encoding="utf-8"))
         return cls(config, model, featurizer, items, history, device=dev)
 
@@ -743,13 +752,21 @@ def _save_checkpoint(
         torch.save(payload, tmp)
 
 
+def _load_weights(path: Path, device: torch.device | str) -> Any:
+    """Return torch.load(path, weights_only=True); a file holding code is an ArtifactError."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise unsafe_pickle_error(path, exc) from None
+
+
 def _read_checkpoint(
     path: Path, config: CandidateGenConfig, fingerprint: list[int]
 ) -> dict[str, Any] | None:
     """Return the checkpoint at `path` (None if there is none), checked against config and data."""
     if not path.exists():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = _load_weights(path, "cpu")
     if payload.get("format") != _CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a candidate-generator checkpoint of format {_CHECKPOINT_FORMAT}"

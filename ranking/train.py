@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 
 from features.atomic import atomic_path, atomic_write_json
 from features.dist_env import row_range, shard_batches
+from features.integrity import check_match, unsafe_pickle_error
 from features.normalize import QuantileNormalizer
 from features.ranker_features import (
     CONTINUOUS_COLUMNS,
@@ -251,12 +253,23 @@ class TrainedRanker:
             raise FileNotFoundError(f"{d} is not a saved TrainedRanker: missing {missing}")
         config = RankerConfig.from_dict(_read_json(d / "config.json"))
         meta = _read_json(d / "ranker.json")
+        vocabularies = RankerVocabularies.load(d / "vocabularies.json")
+        # the network's tables are sized by ranker.json: vocabularies of another run would
+        # load without error and look up the wrong rows
+        check_match(
+            "the vocabulary sizes in vocabularies.json",
+            dict(meta["model"]["vocab_sizes"]),
+            vocabularies.sizes(),
+            str(d),
+            "the files come from different runs: restore the vocabularies.json saved with "
+            "this model, or retrain",
+        )
         dev = resolve_device(device or config.device)
         model = _build_model(meta["model"])
-        model.load_state_dict(torch.load(d / _MODEL, map_location=dev, weights_only=True))
+        model.load_state_dict(_load_weights(d / _MODEL, dev))
         return cls(
             config,
-            RankerVocabularies.load(d / "vocabularies.json"),
+            vocabularies,
             QuantileNormalizer.load(d / "normalizer.json"),
             model,
             history=meta.get("history", []),
@@ -585,7 +598,15 @@ def _read_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict[str, An
     """Return the checkpoint in `ckpt_dir` loaded onto `device`, or None when there is none."""
     if not (ckpt_dir / _CHECKPOINT).exists():
         return None
-    return torch.load(ckpt_dir / _CHECKPOINT, map_location=device, weights_only=True)
+    return _load_weights(ckpt_dir / _CHECKPOINT, device)
+
+
+def _load_weights(path: Path, device: torch.device | str) -> Any:
+    """Return torch.load(path, weights_only=True); a file holding code is an ArtifactError."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise unsafe_pickle_error(path, exc) from None
 
 
 def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:
