@@ -46,6 +46,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--redo", default=None, help="comma-separated stages to run again even if finished"
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="training processes per machine (DDP via torchrun; gloo on CPU, NCCL on GPU)",
+    )
+    s.add_argument(
+        "--nnodes", type=int, default=1, help="machines taking part (run the same command on each)"
+    )
+    s.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 .. nnodes-1")
+    s.add_argument("--master-addr", default=None, help="address of node 0 (multi-machine runs)")
+    s.add_argument("--master-port", type=int, default=None, help="a free TCP port on node 0")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.set_defaults(func=cmd_run)
 
@@ -69,7 +81,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
     from pipelines.run import STAGES, run_pipeline
+
+    if (args.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        from pipelines.distributed import launch, strip_launcher_options
+
+        return launch(
+            strip_launcher_options(sys.argv[1:]),
+            nproc=args.nproc,
+            nnodes=args.nnodes,
+            node_rank=args.node_rank,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+        )
 
     overrides = list(args.overrides)
     if args.data_dir_alias:
