@@ -263,7 +263,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 "Expected watch time",
                 "exp(logit) of the watch-time-weighted ranker is its expected watch time per impression "
                 "(seconds). Calibration on held-out test impressions by decile of the prediction.",
-                metrics=metrics["watch_time"],
+                metrics=_watch_time_headline(metrics["watch_time"]),
                 key_prefix="watch_time",
                 figures=figs,
             )
@@ -358,6 +358,21 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
     return report
 
 
+def _watch_time_headline(w: dict[str, Any]) -> dict[str, Any]:
+    """The calibration numbers a reader needs (all of them stay in report.json)."""
+    keep = {
+        "observed": ("overall_ratio", "max_abs_relative_error", "bins_within_tolerance", "n"),
+        "errors": ("mae", "rmse", "bias", "mean_pred", "mean_obs"),
+        "ground_truth_calibration": (
+            "overall_ratio",
+            "max_abs_relative_error",
+            "bins_within_tolerance",
+        ),
+        "vs_ground_truth": ("mae", "pearson", "spearman"),
+    }
+    return {g: {k: w[g][k] for k in ks if k in w.get(g, {})} for g, ks in keep.items() if g in w}
+
+
 def _scalars(d: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (d or {}).items() if isinstance(v, int | float | str | bool)}
 
@@ -365,7 +380,7 @@ def _scalars(d: dict[str, Any] | None) -> dict[str, Any]:
 def _curves(history: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     panels: dict[str, dict[str, list[float]]] = {}
     for key in history[0]:
-        if key == "epoch":
+        if not (key.endswith("loss") or "recall" in key):  # throughput and seconds are timing noise
             continue
         vals = [h.get(key) for h in history]
         if all(isinstance(v, int | float) for v in vals):

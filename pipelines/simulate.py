@@ -39,6 +39,7 @@ from pipelines.scoring import add_cg_features
 log = logging.getLogger("vidrec")
 
 DAY = 86_400
+SERVE_BLOCK = 4 * 3600  # visits served together (see ranker_policy)
 FRESH_DAYS = 7.0
 Policy = Callable[[Dataset, np.ndarray, np.ndarray], np.ndarray]  # (logs, users, times) -> (U, k)
 
@@ -86,8 +87,9 @@ def ranker_policy(
             built[day] = make_index(logs, day)
         retriever = Retriever(cg, built[day], logs)
         slates = np.full((len(users), k), -1, dtype=np.int64)
-        # visits are served in groups sharing a timestamp hour to batch the work
-        hours = times // 3600 * 3600
+        # visits are served in blocks of SERVE_BLOCK seconds, from history strictly before the
+        # block's start (a user's own earlier visit in the same block is not yet in the logs)
+        hours = times // SERVE_BLOCK * SERVE_BLOCK
         for h in np.unique(hours):
             sel = np.flatnonzero(hours == h)
             cands = retriever.retrieve(
@@ -182,12 +184,13 @@ def run_ab(
         if max_visits_per_day and len(users) > max_visits_per_day:
             pick = np.sort(day_rng.choice(len(users), max_visits_per_day, replace=False))
             users, times = users[pick], times[pick]
-        # one visit per user and hour keeps page ids unique; later visits the same hour are dropped and counted
-        key = pd.DataFrame({"u": users, "h": times // 3600})
+        # one visit per user and serving block keeps page ids unique; later visits in the same
+        # block are dropped and counted
+        key = pd.DataFrame({"u": users, "h": times // SERVE_BLOCK})
         first = ~key.duplicated().to_numpy()
         users, times = users[first], times[first]
         log.info(
-            "A/B day %d: %d visits (%d same-hour repeats merged)",
+            "A/B day %d: %d visits (%d repeats within a serving block dropped)",
             d + 1,
             len(users),
             int((~first).sum()),
