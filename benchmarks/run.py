@@ -89,6 +89,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the benchmarks in this process (peak RSS is then shared between them)",
     )
+    p.add_argument(
+        "--wait-load",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="before each benchmark, wait until the 1-minute load average is below LOAD "
+        "(a shared machine: oversubscribed torch threads slow down many-fold)",
+    )
+    p.add_argument(
+        "--wait-max",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="give up waiting for --wait-load after this long and run anyway (default %(default)s)",
+    )
     p.add_argument("--child-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names: list[str] = []
@@ -102,11 +117,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeats = 2 if args.quick else MIN_REPEATS
     if args.repeats < 1 or (not args.quick and args.repeats < MIN_REPEATS):
         p.error(f"--repeats must be >= {MIN_REPEATS} (>= 1 with --quick), got {args.repeats}")
+    if args.wait_load is not None and not args.wait_load > 0:
+        p.error(f"--wait-load must be > 0, got {args.wait_load}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if args.vectors is not None and not args.vectors.is_file():
         p.error(f"--vectors {args.vectors}: no such file")
     return args
+
+
+def wait_for_load(limit: float, max_seconds: float, *, poll: float = 10.0) -> float:
+    """Return the seconds waited until the 1-minute load average fell below `limit` (or gave up)."""
+    t0 = time.perf_counter()
+    while True:
+        load = load_average()
+        waited = time.perf_counter() - t0
+        if not load or load[0] < limit or waited >= max_seconds:
+            return waited
+        print(f"  load average {load[0]} >= {limit}: waiting ({waited:.0f} s so far)", flush=True)
+        time.sleep(min(poll, max(0.0, max_seconds - waited)))
 
 
 def run_in_process(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -241,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = dict(previous)
     failed = []
     for name in args.names:
+        waited = 0.0
+        if args.wait_load is not None:
+            waited = wait_for_load(args.wait_load, args.wait_max)
         print(f"\n### running {name} (load average {load_average()})", flush=True)
         res = run_in_process(name, args) if args.in_process else run_in_child(name, args)
+        res["waited_for_load_s"] = round(waited, 1)
         benchmarks[name] = res
         if "error" in res:
             failed.append(name)

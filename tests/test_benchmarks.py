@@ -153,6 +153,11 @@ def test_runner_and_repeat_checks() -> None:
     with pytest.raises(ValueError, match="repeats must be >= 5"):
         check_repeats(4, quick=False)
     assert check_repeats(1, quick=True) == 1
+    with pytest.raises(SystemExit):
+        run.parse_args(["--wait-load", "0"])
+    # a limit no load reaches returns at once; an unreachable one gives up after wait_max
+    assert run.wait_for_load(1e9, 5.0) < 1.0
+    assert run.wait_for_load(1e-9, 0.0) < 1.0
 
 
 def test_helpers() -> None:
