@@ -339,7 +339,9 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 for n, v in arms.items()
             ]
         )
-        first = next(iter(arms))
+        first = ab["config"]["arms"][0]  # the control (report.json sorts the arms' keys)
+        order = [*ab["config"]["arms"]]
+        bars = bars.set_index("name").loc[[a for a in order if a in arms]].reset_index()
         fig = Figure(
             "A/B: watch time per user by arm",
             plots.bars_with_ci(
