@@ -217,6 +217,27 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 for n, v in rm.items()
             ]
         )
+        panels: dict[str, dict[str, list[float]]] = {}
+        for name in ("deep_weighted", "deep_click"):
+            hist = _load(root / "ranker" / name / "history.json") or []
+            for key in ("train_loss", "valid_loss"):
+                vals = [h.get(key) for h in hist]
+                if vals and all(isinstance(v, int | float) for v in vals):
+                    panels.setdefault(f"{key} (weighted log loss)", {})[RANKER_LABELS[name]] = [
+                        float(v) for v in vals
+                    ]
+        rank_figs = (
+            [
+                Figure(
+                    "Ranker training",
+                    plots.training_curves(panels),
+                    "Per-epoch loss of the deep rankers on their training rows and on the held-out "
+                    "latest share of the ranker window; the weights of the best validation epoch are kept.",
+                )
+            ]
+            if panels
+            else []
+        )
         sections.append(
             Section(
                 "Ranking",
@@ -228,6 +249,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 key_prefix="ranking",
                 table=table,
                 table_caption="Test-window ranking metrics per ranker.",
+                figures=rank_figs,
             )
         )
         cal = rank["calibration"]
