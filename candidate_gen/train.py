@@ -61,7 +61,13 @@ from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topic
 from features.atomic import atomic_path, atomic_write_json
 from features.dist_env import rank_seed, row_range, shard_batches
 from features.examples import CandidateExamples, CandidateFeaturizer, ItemFeatures, UserFeatures
-from features.integrity import ArtifactError, unsafe_pickle_error
+from features.integrity import (
+    ArtifactError,
+    check_digest,
+    resolve_inside,
+    sha256_file,
+    unsafe_pickle_error,
+)
 
 __all__ = [
     "TrainedCandidateGenerator",
@@ -74,6 +80,7 @@ __all__ = [
 CHECKPOINT_FILE = "checkpoint.pt"
 _CHECKPOINT_FORMAT = 1
 _MODEL_FORMAT = 1
+_COMPANIONS = ("config.json", "featurizer.json", "items.npz")
 _EMBED_CHUNK = 16_384  # rows per forward pass when exporting vectors
 
 
@@ -177,18 +184,16 @@ class TrainedCandidateGenerator:
         with atomic_path(out / "items.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         atomic_write_json(out / "history.json", self.history)
+        files = ["model.pt", "config.json", "featurizer.json", "items.npz", "history.json"]
         atomic_write_json(
             out / "model.json",
             {
                 "kind": "TrainedCandidateGenerator",
                 "format": _MODEL_FORMAT,
-                "files": [
-                    "model.pt",
-                    "config.json",
-                    "featurizer.json",
-                    "items.npz",
-                    "history.json",
-                ],
+                "files": files,
+                # the files the weights must be used with (the vocabularies are in
+                # featurizer.json), checked on load; model.pt itself is checked by shape
+                "sha256": {name: sha256_file(out / name) for name in _COMPANIONS},
             },
         )
         return out
@@ -208,6 +213,7 @@ class TrainedCandidateGenerator:
             raise ValueError(
                 f"{meta_path} is not a candidate-generator model of format {_MODEL_FORMAT}: {meta}"
             )
+        _check_files(d, meta.get("sha256"))
         config = CandidateGenConfig.from_dict(
             json.loads((d / "config.json").read_text(encoding="utf-8"))
         )
@@ -812,6 +818,21 @@ def _apply_checkpoint(
     state.bad_epochs = int(payload["bad_epochs"])
     state.stopped = bool(payload["stopped"])
     return state
+
+
+def _check_files(directory: Path, digests: object) -> None:
+    """Refuse companion files that are not the ones model.json recorded (e.g. another run's
+    featurizer.json, whose vocabularies would look up the wrong embedding rows)."""
+    if not isinstance(digests, dict):
+        return  # saved before model.json recorded digests
+    for name, digest in digests.items():
+        path = resolve_inside(directory, name, "model.json file name")
+        check_digest(
+            path,
+            str(digest),
+            f"the {name} this model was saved with (recorded in model.json)",
+            "restore the file saved with this model, or retrain it",
+        )
 
 
 def _check_items_match(featurizer: CandidateFeaturizer, items: ItemFeatures) -> None:

@@ -1,8 +1,11 @@
 """Atomic artifact writes: write to a temporary file in the same directory, fsync, rename.
 
-A crash at any moment leaves either the old complete file or the new complete file, never a
-half-written one. Disk-full and permission errors are re-raised as `ArtifactWriteError` naming
-the path and what to do.
+A crash at any moment (SIGKILL, power loss after the directory is synced) leaves either the old
+complete file or the new complete file, never a half-written one; a killed writer may leave its
+hidden temporary `.<name>.<random>.tmp` beside the artifact, which `remove_stale_temporaries`
+deletes (run directories call it before a stage starts). Disk-full and permission errors are
+re-raised as `ArtifactWriteError` naming the path and what to do, after the temporary file is
+removed: a failed write leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -16,19 +19,36 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+TEMP_SUFFIX = ".tmp"
+
 
 class ArtifactWriteError(OSError):
     """An artifact could not be written (disk full, permission denied, ...)."""
 
+    def __str__(self) -> str:
+        # the message already names the cause; OSError would prefix "[Errno 28] "
+        return str(self.strerror)
 
-def _explain(path: Path, exc: OSError) -> ArtifactWriteError:
-    if exc.errno == errno.ENOSPC:
-        hint = "the disk is full; free space or choose another --out directory"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "permission denied; choose a directory you can write to"
+
+def write_error(path: Path, exc: OSError) -> ArtifactWriteError:
+    """Return the error a user sees for a failed write of `path` (the cause and what to do)."""
+    if isinstance(exc, ArtifactWriteError):
+        return exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "no space left on the device (disk full or quota exceeded); free space or choose another --out directory"
+    elif exc.errno == errno.EROFS:
+        hint = "the file system is read-only; choose another --out directory"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        hint = f"permission denied; make {path.parent} writable or choose another --out directory"
     else:
         hint = exc.strerror or str(exc)
-    return ArtifactWriteError(exc.errno or 0, f"cannot write artifact {path}: {hint}")
+    err = ArtifactWriteError(
+        exc.errno or 0,
+        f"cannot write artifact {path}: {hint} (nothing was written; an earlier version of "
+        "the file, if any, is unchanged)",
+    )
+    err.filename = str(path)
+    return err
 
 
 @contextlib.contextmanager
@@ -43,22 +63,57 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent
+        )
         os.close(fd)
     except OSError as exc:
-        raise _explain(final, exc) from None
+        raise write_error(final, exc) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        _fsync_directory(final.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _explain(final, exc) from None
+        raise write_error(final, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist a rename: fsync the directory entry (skipped where the OS cannot)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.EACCES, errno.EPERM):
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporaries that killed atomic writes left under `directory`; return their paths.
+
+    Only files named like `atomic_path` names its temporaries (`.<name>.<random>.tmp`) are
+    removed. Call it when no writer is active in `directory` (e.g. before a stage starts).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in sorted(root.rglob(f".*{TEMP_SUFFIX}")):
+        if p.is_file() and not p.is_symlink() and p.name.count(".") >= 3:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -69,12 +124,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` as UTF-8 to `path` atomically; return the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """JSON with sorted keys and 2-space indent, written atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    )
 
 
 def _json_default(obj: Any) -> Any:

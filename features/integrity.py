@@ -20,6 +20,7 @@ pass it to `unsafe_pickle_error`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,10 +30,13 @@ from typing import Any
 
 __all__ = [
     "ArtifactError",
+    "check_digest",
     "check_match",
     "read_json_object",
     "require_int",
     "resolve_inside",
+    "sha256_file",
+    "short_digest",
     "unsafe_pickle_error",
 ]
 
@@ -117,6 +121,40 @@ def check_match(
     """Raise ArtifactError naming `what` when `found` differs from `expected`."""
     if expected != found:
         raise ArtifactError(f"{where}: {what} is {found!r} but {expected!r} was expected; {fix}")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of the file at `path`, read in `chunk`-byte blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def short_digest(digest: object) -> str:
+    """Return the first 12 hex digits of a digest for messages (the full one is in the files)."""
+    return f"{digest[:12]}..." if isinstance(digest, str) and len(digest) > 12 else repr(digest)
+
+
+def check_digest(
+    path: str | os.PathLike[str], expected: str, what: str, fix: str = "rebuild it"
+) -> None:
+    """Raise ArtifactError when the file at `path` is missing or its sha256 is not `expected`.
+
+    `what` says whose record holds `expected` (e.g. "the vocabulary this model was trained
+    with, recorded in model.json"); `fix` says what to do.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p} is missing, but {what} lists it; {fix}")
+    found = sha256_file(p)
+    if found != expected:
+        raise ArtifactError(
+            f"{p} does not belong here: {what} has sha256 {short_digest(expected)} but the "
+            f"file has {short_digest(found)} (it was replaced or edited, e.g. copied in from "
+            f"another run); {fix}"
+        )
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")

@@ -41,7 +41,7 @@ from features.atomic import atomic_path, atomic_write_json
 from features.examples import CandidateFeaturizer
 from features.split import TimeSplit
 from pipelines.context import RunContext, none_if_zero, seed_everything
-from pipelines.rundir import RunDir
+from pipelines.rundir import RunDir, check_index_matches_model
 
 log = logging.getLogger("vidrec")
 
@@ -240,15 +240,33 @@ def stage_index(ctx: RunContext, out: Path) -> dict[str, Any]:
 
 def annoy_index(ctx: RunContext) -> AnnoyIndex:
     if "annoy" not in ctx.cache:
-        ctx.cache["annoy"] = AnnoyIndex.load(ctx.path / "index" / "annoy")
+        index = AnnoyIndex.load(ctx.path / "index" / "annoy")
+        _check_index(ctx, ctx.path / "index" / "annoy", index.dim, index.ids)
+        ctx.cache["annoy"] = index
     return ctx.cache["annoy"]
 
 
 def exact_index(ctx: RunContext) -> ExactIndex:
     if "exact" not in ctx.cache:
-        with np.load(ctx.path / "index" / "item_vectors.npz") as z:
-            ctx.cache["exact"] = ExactIndex(z["vectors"], z["ids"])
+        path = ctx.path / "index" / "item_vectors.npz"
+        with np.load(path, allow_pickle=False) as z:
+            index = ExactIndex(z["vectors"], z["ids"])
+        _check_index(ctx, path, index.dim, index.ids)
+        ctx.cache["exact"] = index
     return ctx.cache["exact"]
+
+
+def _check_index(ctx: RunContext, where: Path, dim: int, ids: np.ndarray) -> None:
+    """Refuse an index loaded from disk that this run's candidate generator did not build."""
+    check_index_matches_model(
+        ctx.path,
+        where,
+        dim,
+        ids,
+        cg_model(ctx).config.embedding_dim,
+        ctx.dataset().items["item_id"].to_numpy(),
+        f"rebuild it: {ctx.rundir.redo_hint('index')}",
+    )
 
 
 def _latency(fn, queries: np.ndarray, repeats: int = 3) -> dict[str, float]:
@@ -340,7 +358,8 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     nxt = np.concatenate(targets) if targets else np.array([], dtype=np.int64)
     nxt_age = (t_serve - upload.reindex(nxt).to_numpy()) / 86400.0
     ages = {"retrieved_top50_days": _quantiles(ret_age), "watched_next_days": _quantiles(nxt_age)}
-    np.savez(out / "upload_ages.npz", retrieved=ret_age, watched_next=nxt_age)
+    with atomic_path(out / "upload_ages.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, retrieved=ret_age, watched_next=nxt_age)
 
     n_c = int(r["n_candidates"])
     cands = pd.DataFrame(
@@ -440,7 +459,9 @@ def run_pipeline(
         rundir.forget(name)
     t0 = time.perf_counter()
     for name in stages:
-        rundir.run_stage(name, lambda d, f=funcs[name]: f(ctx, d))
+        # every earlier stage is an input: a stage reruns when one of them changed since
+        inputs = STAGES[: STAGES.index(name)]
+        rundir.run_stage(name, lambda d, f=funcs[name]: f(ctx, d), inputs=inputs)
     log.info(
         "run finished in %.1f s; report: %s", time.perf_counter() - t0, rundir.path / "report.html"
     )

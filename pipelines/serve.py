@@ -9,7 +9,6 @@ demographics are known, and the answer says so.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,22 @@ import pandas as pd
 from candidate_gen.index import AnnoyIndex
 from candidate_gen.retrieve import Retriever
 from candidate_gen.train import TrainedCandidateGenerator
+from features.integrity import read_json_object
 from features.io import read_dataset
 from features.ranker_features import RankerFeatureIndex, build_ranker_frame
 from features.split import TimeSplit
 from features.tables import Dataset
 from pipelines import scoring
-from pipelines.rundir import RunDirError
+from pipelines.rundir import RunDir, check_index_matches_model
 from ranking.train import TrainedRanker
+
+# the stages serving reads, and the stages each was built from (the pipeline's order)
+SERVING_STAGES: tuple[str, ...] = ("data", "candidate_gen", "index", "ranker")
+SERVING_INPUTS: dict[str, tuple[str, ...]] = {
+    "candidate_gen": ("data",),
+    "index": ("data", "candidate_gen"),
+    "ranker": ("data", "candidate_gen", "index"),
+}
 
 
 class Recommender:
@@ -54,29 +62,39 @@ class Recommender:
         self._items = pd.Index(dataset.items["item_id"].to_numpy())
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Recommender:
-        root = Path(run_dir)
-        manifest = root / "manifest.json"
-        if not manifest.exists():
-            raise RunDirError(
-                f"{root} is not a vidrec run directory (no manifest.json); run `vidrec run --out {root}` first"
-            )
-        m = json.loads(manifest.read_text("utf-8"))
-        missing = [
-            s
-            for s in ("data", "candidate_gen", "index", "ranker")
-            if m["stages"].get(s, {}).get("status") != "done"
-        ]
-        if missing:
-            raise RunDirError(
-                f"run {root} has not finished stage(s) {missing}; rerun `vidrec run` with the same --out to complete it"
-            )
+    def load(cls, run_dir: str | Path, *, verify: bool = True) -> Recommender:
+        """Return a Recommender over the finished run in `run_dir`.
+
+        With `verify` (the default) the artifacts must belong together before anything is
+        served: the stages are finished and every file still has the sha256 the manifest
+        recorded, no stage directory comes from another run, no stage was built from an
+        earlier output of a stage redone since, the index has the candidate generator's
+        embedding dimension and only catalog items, and each model's vocabularies are the
+        ones it was trained with. A mismatch raises RunIntegrityError (an ArtifactError)
+        naming the artifact, what was expected, what was found and the `--redo` that fixes it.
+        """
+        rundir = RunDir.open(run_dir)
+        root = rundir.path
+        if verify:
+            rundir.verify(SERVING_STAGES, SERVING_INPUTS)
+        else:
+            rundir.verify_done(SERVING_STAGES)
         ds, _ = read_dataset(root / "data" / "tables")
-        split = TimeSplit.from_dict(json.loads((root / "data" / "split.json").read_text("utf-8")))
+        split = TimeSplit.from_dict(read_json_object(root / "data" / "split.json", "the split"))
         cg = TrainedCandidateGenerator.load(root / "candidate_gen" / "model")
         index = AnnoyIndex.load(root / "index" / "annoy")
+        if verify:
+            check_index_matches_model(
+                root,
+                root / "index" / "annoy",
+                index.dim,
+                index.ids,
+                cg.config.embedding_dim,
+                ds.items["item_id"].to_numpy(),
+                f"rebuild it: {rundir.redo_hint('index')}",
+            )
         ranker = TrainedRanker.load(root / "ranker" / "deep_weighted" / "model")
-        return cls(ds, split, cg, index, ranker, m["config"])
+        return cls(ds, split, cg, index, ranker, rundir.config)
 
     def _note(self, user: int) -> str:
         if user in self._users:

@@ -41,7 +41,15 @@ from tqdm.auto import tqdm
 
 from features.atomic import atomic_path, atomic_write_json
 from features.dist_env import row_range, shard_batches
-from features.integrity import check_match, unsafe_pickle_error
+from features.integrity import (
+    ArtifactError,
+    check_digest,
+    check_match,
+    resolve_inside,
+    sha256_file,
+    short_digest,
+    unsafe_pickle_error,
+)
 from features.normalize import QuantileNormalizer
 from features.ranker_features import (
     CONTINUOUS_COLUMNS,
@@ -57,7 +65,10 @@ from ranking.config import RankerConfig
 from ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
 
 _CHECKPOINT = "checkpoint.pt"
+_TRANSFORMS = ("vocabularies.json", "normalizer.json")
 _MODEL = "model.pt"
+# the files the weights must be used with (checked on load; model.pt itself is checked by shape)
+_COMPANIONS = ("config.json", "vocabularies.json", "normalizer.json")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -239,6 +250,7 @@ class TrainedRanker:
                 "model": self.model.spec(),
                 "history": self.history,
                 "best_epoch": self.best_epoch,
+                "sha256": {name: sha256_file(d / name) for name in _COMPANIONS},
             },
         )
         return d
@@ -251,8 +263,9 @@ class TrainedRanker:
         missing = [n for n in needed if not (d / n).exists()]
         if missing:
             raise FileNotFoundError(f"{d} is not a saved TrainedRanker: missing {missing}")
-        config = RankerConfig.from_dict(_read_json(d / "config.json"))
         meta = _read_json(d / "ranker.json")
+        _check_files(d, meta.get("sha256") if isinstance(meta, dict) else None)
+        config = RankerConfig.from_dict(_read_json(d / "config.json"))
         vocabularies = RankerVocabularies.load(d / "vocabularies.json")
         # the network's tables are sized by ranker.json: vocabularies of another run would
         # load without error and look up the wrong rows
@@ -293,6 +306,20 @@ def predict_expected_watch_time(
     return ranker.score_items(
         dataset, user_id, item_ids, t, cg_scores=cg_scores, cg_ranks=cg_ranks, source=source
     )
+
+
+def _check_files(directory: Path, digests: object) -> None:
+    """Refuse companion files that are not the ones ranker.json recorded (e.g. another run's
+    vocabularies.json of the same sizes, which would look up the wrong embedding rows)."""
+    if not isinstance(digests, dict):
+        return  # saved before ranker.json recorded digests
+    for name, digest in digests.items():
+        check_digest(
+            resolve_inside(directory, name, "ranker.json file name"),
+            str(digest),
+            f"the {name} this ranker was saved with (recorded in ranker.json)",
+            "restore the file saved with this model, or retrain it",
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -595,10 +622,25 @@ def _fit_transforms(
 
 
 def _read_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict[str, Any] | None:
-    """Return the checkpoint in `ckpt_dir` loaded onto `device`, or None when there is none."""
+    """Return the checkpoint in `ckpt_dir` loaded onto `device`, or None when there is none.
+
+    The vocabularies and normalizer beside it must be the ones it was trained with (their
+    sha256 is stored in the checkpoint): others would resume the weights on wrong rows.
+    """
     if not (ckpt_dir / _CHECKPOINT).exists():
         return None
-    return _load_weights(ckpt_dir / _CHECKPOINT, device)
+    ck = _load_weights(ckpt_dir / _CHECKPOINT, device)
+    recorded = ck.get("transforms_sha256") if isinstance(ck, dict) else None
+    for name, digest in (recorded or {}).items():
+        found = sha256_file(ckpt_dir / name) if (ckpt_dir / name).is_file() else "missing"
+        if found != digest:
+            raise ArtifactError(
+                f"cannot resume from {ckpt_dir / _CHECKPOINT}: {ckpt_dir / name} is not the file "
+                f"the checkpoint was trained with (sha256 {short_digest(digest)} recorded, "
+                f"{short_digest(found)} found); restore it, or delete {ckpt_dir} to train "
+                "from scratch"
+            )
+    return ck
 
 
 def _load_weights(path: Path, device: torch.device | str) -> Any:
@@ -610,7 +652,12 @@ def _load_weights(path: Path, device: torch.device | str) -> Any:
 
 
 def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:
-    """Write `checkpoint.pt` and the readable `progress.json` atomically."""
+    """Write `checkpoint.pt` (with the sha256 of the transforms beside it) and the readable
+    `progress.json` atomically."""
+    checkpoint = {
+        **checkpoint,
+        "transforms_sha256": {n: sha256_file(ckpt_dir / n) for n in _TRANSFORMS},
+    }
     with atomic_path(ckpt_dir / _CHECKPOINT) as tmp:
         torch.save(checkpoint, tmp)
     atomic_write_json(
