@@ -278,7 +278,9 @@ def register_experiment(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--fractions", default="0.1,0.25,0.5,1.0", help="label fractions for cg-ssl")
-    s.add_argument("--only", default=None, help="comma-separated variant names to run")
+    s.add_argument(
+        "--only", default=None, help="variant names to run, separated by semicolons"
+    )
     s.set_defaults(func=cmd_experiment)
 
 
@@ -297,7 +299,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         out=Path(args.out),
         overrides=args.overrides,
         fractions=fractions,
-        only=args.only.split(",") if args.only else None,
+        only=[v.strip() for v in args.only.split(";")] if args.only else None,
     )
     print(res["markdown"])
     return 0

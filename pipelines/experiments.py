@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.ranking import ranking_metrics
+from evaluation.watch_time import calibration_summary
 from features.atomic import atomic_write_json, atomic_write_text
 from pipelines.config import apply_overrides, resolve_config
 from pipelines.context import RunContext
@@ -89,7 +90,34 @@ RANKER_VARIANTS: dict[str, dict[str, Any]] = {
     "1024-512-256": {"hidden": [1024, 512, 256]},
     "1024-512-256, no continuous features": {"hidden": [1024, 512, 256], "use_continuous": False},
     "1024-512-256, pos/neg weighted equally": {"hidden": [1024, 512, 256], "weighting": "click"},
+    "1024-512-256, YT16 weighting (only unclicked negatives)": {
+        "hidden": [1024, 512, 256],
+        "weighting": "watch_time",
+    },
 }
+
+
+# The retrieval studies read exact-search metrics only; a small annoy index with annoy's default
+# search_k keeps the ANN part of each study run cheap (the ANN itself is measured by every
+# ordinary run and by the benchmarks).
+CHEAP_ANN: dict[str, Any] = {"retrieval.n_trees": 5, "retrieval.search_k": -1}
+
+
+def _finished_study_run(run: Path, cfg: dict[str, Any]) -> bool:
+    """True when `run` holds finished retrieval metrics of `cfg` (annoy settings aside): an
+    interrupted study resumes from the variants it finished."""
+    try:
+        done = json.loads((run / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not (run / "retrieval" / "retrieval.json").is_file():
+        return False
+    # the sections the retrieval stages read (the rankers' sections play no part)
+    keys = ("seed", "data", "split", "evaluation", "features", "candidate_gen")
+    annoy = ("n_trees", "search_k")
+    return all(done.get(k) == cfg[k] for k in keys) and {
+        k: v for k, v in done["retrieval"].items() if k not in annoy
+    } == {k: v for k, v in cfg["retrieval"].items() if k not in annoy}
 
 
 def _retrieval_row(run: Path) -> dict[str, Any]:
@@ -138,7 +166,8 @@ def run_experiment(
             "experiment %s seed %d: world ready in %.1f s", name, seed, time.perf_counter() - t0
         )
         if name == "ranker-table":
-            rows += _ranker_table(base, out / f"seed{seed}", shared)
+            rows += _ranker_table(base, out / f"seed{seed}", shared, only)
+            _write(out, name, preset, seeds, rows)
             continue
         variants = (
             cg_feature_variants(base) if name == "cg-features" else cg_ssl_variants(base, fractions)
@@ -146,8 +175,12 @@ def run_experiment(
         for vname, over in variants.items():
             if only and vname not in only:
                 continue
-            cfg = apply_overrides(base, over)
+            cfg = apply_overrides(base, {**CHEAP_ANN, **over})
             run = out / f"seed{seed}" / _slug(vname)
+            if _finished_study_run(run, cfg):
+                rows.append({"seed": seed, "variant": vname, **_retrieval_row(run)})
+                log.info("  %-40s recall@50 %.4f (reused)", vname, rows[-1]["recall@50"])
+                continue
             t1 = time.perf_counter()
             run_pipeline(cfg, run, progress=False, stages=CG_STAGES, shared=shared)
             rows.append(
@@ -165,7 +198,9 @@ def run_experiment(
     return _write(out, name, preset, seeds, rows)
 
 
-def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> list[dict[str, Any]]:
+def _ranker_table(
+    base: dict[str, Any], out: Path, shared: dict[str, Any], only: list[str] | None = None
+) -> list[dict[str, Any]]:
     from pipelines import stages_rank
     from ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker
     from ranking.train import train_ranker
@@ -193,8 +228,23 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
     world = shared.get("world")
     k = int(base["evaluation"]["slate_k"])
 
+    truth = (
+        world.expected_watch_time(
+            test.rows["user_id"].to_numpy(),
+            test.rows["item_id"].to_numpy(),
+            test.rows["timestamp"].to_numpy(),
+            position=test.rows["position"].to_numpy() if "position" in test.rows else None,
+        )
+        if world is not None
+        else None
+    )
+
     def evaluate(
-        vname: str, test_score: np.ndarray, cand_score: np.ndarray, seconds: float
+        vname: str,
+        test_score: np.ndarray,
+        cand_score: np.ndarray,
+        seconds: float,
+        expected: np.ndarray | None = None,
     ) -> dict[str, Any]:
         from pipelines import scoring
 
@@ -208,6 +258,16 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
             "NDCG@10 (watch time)": m.get("ndcg@10"),
             "train seconds": round(seconds, 1),
         }
+        if expected is not None:  # calibration of the predicted expected watch time by decile
+            obs = calibration_summary(expected, watch)
+            row["calibration: worst decile |pred/obs - 1|"] = obs["max_abs_relative_error"]
+            row["calibration: deciles within ±15%"] = obs["bins_within_tolerance"]
+            row["calibration: sum pred / sum obs"] = obs["overall_ratio"]
+            if truth is not None:
+                tru = calibration_summary(expected, truth)
+                row["calibration vs truth: worst decile |pred/true - 1|"] = tru[
+                    "max_abs_relative_error"
+                ]
         if world is not None:
             sl = scoring.top_k_per_user(
                 req["user_id"].to_numpy(), req["item_id"].to_numpy(), cand_score, users, k
@@ -219,9 +279,10 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
 
     rows = []
     for vname, over in RANKER_VARIANTS.items():
+        if only and vname not in only:
+            continue
         cfg = stages_rank.ranker_config(
-            apply_overrides(base, {f"ranking.{a}": b for a, b in over.items() if a != "weighting"}),
-            over.get("weighting", "watch_time"),
+            apply_overrides(base, {f"ranking.{a}": b for a, b in over.items()})
         )
         t1 = time.perf_counter()
         model = train_ranker(cfg, train, valid, progress=False)
@@ -231,6 +292,9 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
                 model.predict_logit(test),
                 model.predict_logit(cand_frame),
                 time.perf_counter() - t1,
+                expected=model.predict_expected_watch_time(test)
+                if cfg.weighting != "click"
+                else None,
             )
         )
         log.info("  %-45s weighted per-user loss %.4f", vname, rows[-1]["weighted per-user loss"])
@@ -240,6 +304,8 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
         ("LightGBM weighted binary", LightGBMWeightedRanker(lcfg, history_len=hl)),
         ("LightGBM lambdarank (watch-time gain)", LightGBMLambdaRanker(lcfg, history_len=hl)),
     ):
+        if only and vname not in only:
+            continue
         t1 = time.perf_counter()
         model.fit(train, valid)
         rows.append(
@@ -248,6 +314,9 @@ def _ranker_table(base: dict[str, Any], out: Path, shared: dict[str, Any]) -> li
                 model.predict_score(test),
                 model.predict_score(cand_frame),
                 time.perf_counter() - t1,
+                expected=np.exp(model.predict_score(test))
+                if isinstance(model, LightGBMWeightedRanker)
+                else None,
             )
         )
         log.info("  %-45s weighted per-user loss %.4f", vname, rows[-1]["weighted per-user loss"])

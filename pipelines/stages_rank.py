@@ -53,11 +53,12 @@ _BASELINES = {
 }
 
 
-def ranker_config(config: dict[str, Any], weighting: str) -> RankerConfig:
+def ranker_config(config: dict[str, Any], weighting: str | None = None) -> RankerConfig:
+    """The deep ranker's config from the run config; `weighting` overrides ranking.weighting."""
     c = {k: v for k, v in config["ranking"].items() if k not in ("max_train_rows", "max_eval_rows")}
     c["hidden"] = tuple(c["hidden"])
     c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
-    c.update(weighting=weighting, seed=int(config["seed"]))
+    c.update(weighting=weighting or c["weighting"], seed=int(config["seed"]))
     return RankerConfig.from_dict(c)
 
 
@@ -65,6 +66,7 @@ def lgbm_config(config: dict[str, Any]) -> LightGBMConfig:
     c = dict(config["lightgbm"])
     c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
     c["seed"] = int(config["seed"])
+    c["weighting"] = config["ranking"]["weighting"]  # the same loss as the deep ranker
     return LightGBMConfig.from_dict(c)
 
 
@@ -170,7 +172,7 @@ def stage_ranker(ctx: RunContext, out: Path) -> dict[str, Any]:
         "valid_rows": len(valid),
         "feature_seconds": round(build_s, 2),
     }
-    for name, weighting in (("deep_weighted", "watch_time"), ("deep_click", "click")):
+    for name, weighting in (("deep_weighted", None), ("deep_click", "click")):
         t1 = time.perf_counter()
         model = train_ranker(
             ranker_config(ctx.config, weighting),

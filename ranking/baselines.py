@@ -95,11 +95,30 @@ def _labels(frame: RankerFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
     return frame.labels()
 
 
-def watch_time_weights(clicked: np.ndarray, watch_time: np.ndarray, weighting: str) -> np.ndarray:
-    """Return per-row weights (N,): watch time for clicks and 1 otherwise ("watch_time"), or 1."""
+def binary_training_rows(
+    clicked: np.ndarray, watch_time: np.ndarray, weighting: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (rows, labels, weights) (M,) each: the weighted binary examples of a weighting.
+
+    `rows` index the impressions. "watch_time": every impression once, clicked ones labelled 1
+    with weight = watch time, the others 0 with weight 1. "watch_time_unbiased": the same plus a
+    copy of every clicked impression labelled 0 with weight 1 (every impression is a negative of
+    weight 1, so exp(raw score) learns E[T] rather than E[T] / (1 - P)). "click": weight 1.
+    """
+    n = len(clicked)
+    y = (np.asarray(clicked) > 0).astype(np.int8)
+    rows = np.arange(n)
     if weighting == "click":
-        return np.ones(len(clicked), dtype=np.float64)
-    return np.where(clicked > 0, watch_time, 1.0).astype(np.float64)
+        return rows, y, np.ones(n, dtype=np.float64)
+    w = np.where(y > 0, watch_time, 1.0).astype(np.float64)
+    if weighting == "watch_time":
+        return rows, y, w
+    pos = np.flatnonzero(y)
+    return (
+        np.r_[rows, pos],
+        np.r_[y, np.zeros(len(pos), dtype=np.int8)],
+        np.r_[w, np.ones(len(pos), dtype=np.float64)],
+    )
 
 
 def ideal_dcg(page: np.ndarray, gain: np.ndarray) -> np.ndarray:
@@ -355,16 +374,14 @@ class LightGBMWeightedRanker(_LightGBMRanker):
             train, top_n=self.config.vocab_top_n, history_len=self.history_len
         )
         params = {**self._base_params(), "objective": "binary", "metric": "binary_logloss"}
-        w = watch_time_weights(clicked, wt, self.config.weighting)
-        train_set = self._dataset(self._matrix(train), label=clicked, weight=w)
+        rows, y, w = binary_training_rows(clicked, wt, self.config.weighting)
+        train_set = self._dataset(self._matrix(train).iloc[rows], label=y, weight=w)
         valid_set = None
         if valid is not None:
             v_clicked, v_wt = _labels(valid, "valid frame")
+            v_rows, v_y, v_w = binary_training_rows(v_clicked, v_wt, self.config.weighting)
             valid_set = self._dataset(
-                self._matrix(valid),
-                label=v_clicked,
-                weight=watch_time_weights(v_clicked, v_wt, self.config.weighting),
-                reference=train_set,
+                self._matrix(valid).iloc[v_rows], label=v_y, weight=v_w, reference=train_set
             )
         self._train(params, train_set, valid_set)
         return self

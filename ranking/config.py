@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-Weighting = Literal["watch_time", "click"]
-WEIGHTINGS: tuple[str, ...] = ("watch_time", "click")
+Weighting = Literal["watch_time", "watch_time_unbiased", "click"]
+WEIGHTINGS: tuple[str, ...] = ("watch_time", "watch_time_unbiased", "click")
 
 
 def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
@@ -32,8 +32,11 @@ class RankerConfig:
 
     hidden             ReLU tower widths, e.g. (1024, 512, 256); () = no hidden layer (a
                        logistic regression over embeddings and normalized features)
-    weighting          "watch_time": positives weighted by watch time, negatives by 1 (YT16);
-                       "click": every impression weight 1 (the click-only baseline)
+    weighting          "watch_time": positives weighted by watch time, unclicked negatives by 1
+                       (YT16; the odds learn E[T]/(1 - P), which overshoots E[T] by the click
+                       rate P); "watch_time_unbiased": clicked impressions are positives weighted
+                       by watch time AND every impression is a negative of weight 1, so the
+                       odds learn E[T] itself; "click": every impression weight 1 (click-only)
     use_continuous     False drops the normalized continuous features and their flags (ablation)
     continuous_powers  feed x~, x~^2, sqrt(x~) (True) or x~ alone (False)
     history_len        watched-bag size N

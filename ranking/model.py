@@ -155,17 +155,37 @@ class DeepRanker(nn.Module):
         }
 
 
+def loss_weights(
+    clicked: torch.Tensor, watch_time: torch.Tensor, weighting: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (w_pos, w_neg) (B,), (B,): the weights of each impression's positive and negative
+    log-likelihood terms.
+
+    "watch_time" (YT16): clicked rows are positives of weight T, unclicked rows negatives of
+    weight 1. The optimal odds are Σ T / #unclicked = E[T] / (1 - P).
+    "watch_time_unbiased": clicked rows are positives of weight T and every row is also a
+    negative of weight 1, so the optimal odds are Σ T / #impressions = E[T] exactly.
+    "click": positives and negatives weight 1 (the click-only model; odds = P / (1 - P)).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    y = (clicked > 0).to(torch.float32)  # (B,)
+    if weighting == "click":
+        return y, 1.0 - y
+    w_pos = y * watch_time.to(torch.float32)  # (B,)
+    if weighting == "watch_time":
+        return w_pos, 1.0 - y
+    return w_pos, torch.ones_like(y)
+
+
 def example_weights(
     clicked: torch.Tensor, watch_time: torch.Tensor, weighting: str
 ) -> torch.Tensor:
-    """Return per-impression weights (B,): watch time for clicks and 1 otherwise, or all 1."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if weighting == "click":
-        return torch.ones_like(watch_time, dtype=torch.float32)
-    return torch.where(
-        clicked > 0, watch_time.to(torch.float32), torch.ones_like(watch_time, dtype=torch.float32)
-    )
+    """Return per-impression total weights w_pos + w_neg (B,): watch time for clicks and 1
+    otherwise ("watch_time"), watch time + 1 for clicks and 1 otherwise ("watch_time_unbiased"),
+    or all 1 ("click")."""
+    w_pos, w_neg = loss_weights(clicked, watch_time, weighting)
+    return w_pos + w_neg
 
 
 def weighted_logistic_loss(
@@ -176,11 +196,11 @@ def weighted_logistic_loss(
     *,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Return the weighted cross-entropy of click labels: Σ w_i ℓ_i / Σ w_i (reduction="mean").
+    """Return the weighted cross-entropy of click labels: Σ ℓ_i / Σ (w_pos + w_neg)_i ("mean").
 
-    ℓ_i = -[y_i log σ(z_i) + (1 - y_i) log(1 - σ(z_i))]; w_i = watch time for clicked rows and
-    1 for the others ("watch_time"), or 1 for all ("click"). reduction "sum" gives Σ w_i ℓ_i,
-    "none" the per-row w_i ℓ_i (B,).
+    ℓ_i = -[w_pos,i log σ(z_i) + w_neg,i log(1 - σ(z_i))] with the weights of `loss_weights`
+    (for "watch_time": w_i times the usual cross-entropy, w_i = watch time for clicked rows and
+    1 for the others). reduction "sum" gives Σ ℓ_i, "none" the per-row ℓ_i (B,).
     """
     if logits.shape != clicked.shape or logits.shape != watch_time.shape:
         raise ValueError(
@@ -189,16 +209,15 @@ def weighted_logistic_loss(
         )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    w = example_weights(clicked, watch_time, weighting)  # (B,)
-    per_row = F.binary_cross_entropy_with_logits(
-        logits.float(), (clicked > 0).float(), reduction="none"
-    )
-    weighted = w * per_row  # (B,)
+    w_pos, w_neg = loss_weights(clicked, watch_time, weighting)  # (B,), (B,)
+    z = logits.float()
+    # -log σ(z) = softplus(-z), -log(1 - σ(z)) = softplus(z)
+    per_row = w_pos * F.softplus(-z) + w_neg * F.softplus(z)  # (B,)
     if reduction == "none":
-        return weighted
+        return per_row
     if reduction == "sum":
-        return weighted.sum()
-    return weighted.sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+        return per_row.sum()
+    return per_row.sum() / (w_pos + w_neg).sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def expected_watch_time(logits: torch.Tensor) -> torch.Tensor:

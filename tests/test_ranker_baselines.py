@@ -15,6 +15,7 @@ from ranking.baselines import (
     LightGBMLambdaRanker,
     LightGBMWeightedRanker,
     PopularityRanker,
+    binary_training_rows,
     flatten_frame,
     ideal_dcg,
     relevance_labels,
@@ -142,6 +143,35 @@ def test_weighted_lightgbm_odds_arithmetic_and_ordering():
     # with a validation frame, training stops early on its weighted log loss
     es = LightGBMWeightedRanker(FAST, history_len=5).fit(tr, va)
     assert 1 <= es.best_iteration_ <= FAST.n_estimators
+
+
+def test_binary_training_rows_per_weighting():
+    clicked = np.array([1, 0, 1, 0])
+    wt = np.array([5.0, 0.0, 7.0, 0.0])
+    rows, y, w = binary_training_rows(clicked, wt, "watch_time")
+    assert rows.tolist() == [0, 1, 2, 3] and y.tolist() == [1, 0, 1, 0]
+    assert w.tolist() == [5.0, 1.0, 7.0, 1.0]
+    # unbiased: the clicked rows 0 and 2 come again as negatives of weight 1
+    rows, y, w = binary_training_rows(clicked, wt, "watch_time_unbiased")
+    assert rows.tolist() == [0, 1, 2, 3, 0, 2] and y.tolist() == [1, 0, 1, 0, 0, 0]
+    assert w.tolist() == [5.0, 1.0, 7.0, 1.0, 1.0, 1.0]
+    rows, y, w = binary_training_rows(clicked, wt, "click")
+    assert w.tolist() == [1.0] * 4 and y.tolist() == [1, 0, 1, 0]
+
+
+def test_unbiased_lightgbm_stump_learns_mean_watch_time():
+    tr, va = split(paged_world())
+    clicked, wt = tr.labels()
+    # no split allowed: exp(score) = Σ w y / Σ w (1 - y) = Σ T / N, the mean watch time per row
+    stump = LightGBMWeightedRanker(
+        LightGBMConfig(
+            **{**FAST.to_dict(), "min_data_in_leaf": 10**6, "weighting": "watch_time_unbiased"}
+        ),
+        history_len=5,
+    )
+    np.testing.assert_allclose(
+        stump.fit(tr).predict_expected_watch_time(va), wt.sum() / len(wt), rtol=1e-6
+    )
 
 
 def test_ideal_dcg_by_hand():

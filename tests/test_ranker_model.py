@@ -15,7 +15,14 @@ from features.ranker_features import (
 )
 from features.tables import Dataset
 from ranking.config import LightGBMConfig, RankerConfig
-from ranking.model import DeepRanker, RankerBatch, expected_watch_time, weighted_logistic_loss
+from ranking.model import (
+    DeepRanker,
+    RankerBatch,
+    example_weights,
+    expected_watch_time,
+    loss_weights,
+    weighted_logistic_loss,
+)
 from ranking.train import TrainedRanker, predict_expected_watch_time, train_ranker
 
 torch.set_num_threads(1)
@@ -147,6 +154,72 @@ def test_weighted_odds_recover_total_watch_time_over_negatives():
     assert float(torch.exp(b.detach())) == pytest.approx(target, rel=1e-4)
     true_mean = p * 120.0  # E[T] per impression = P * E[T | click] = 6 s
     assert float(torch.exp(b.detach())) == pytest.approx(true_mean * (1 + p), rel=0.1)
+
+
+def test_unbiased_weighting_by_hand():
+    logits = torch.tensor([0.0, math.log(3.0)])
+    clicked = torch.tensor([1, 0])
+    wt = torch.tensor([10.0, 0.0])
+    # row 0: positive term 10 * -log σ(0) = 10 ln 2 AND negative term 1 * -log(1 - σ(0)) = ln 2;
+    # row 1: negative term -log(1 - 3/4) = ln 4. Weights: (10 + 1) + 1 = 12.
+    # mean = (11 ln 2 + 2 ln 2) / 12 = 13 ln 2 / 12
+    u = "watch_time_unbiased"
+    assert float(weighted_logistic_loss(logits, clicked, wt, u)) == pytest.approx(
+        13 * math.log(2) / 12
+    )
+    none = weighted_logistic_loss(logits, clicked, wt, u, reduction="none")
+    assert none.tolist() == pytest.approx([11 * math.log(2), 2 * math.log(2)])
+    w_pos, w_neg = loss_weights(clicked, wt, u)
+    assert w_pos.tolist() == [10.0, 0.0] and w_neg.tolist() == [1.0, 1.0]
+    assert example_weights(clicked, wt, u).tolist() == [11.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("weighting", "odds"),
+    # 1 click of 8 s among 4 impressions: YT16 learns Σ T / #unclicked = 8 / 3; the unbiased
+    # weighting learns Σ T / #impressions = 8 / 4 = 2 = E[T]; click-only the click odds 1 / 3
+    [("watch_time", 8 / 3), ("watch_time_unbiased", 2.0), ("click", 1 / 3)],
+)
+def test_optimal_constant_odds_per_weighting(weighting, odds):
+    clicked = torch.tensor([1, 0, 0, 0])
+    wt = torch.tensor([8.0, 0.0, 0.0, 0.0])
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = weighted_logistic_loss(b.expand(4), clicked, wt, weighting)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert float(torch.exp(b.detach())) == pytest.approx(odds, rel=1e-4)
+
+
+def test_unbiased_odds_recover_expected_watch_time_at_high_click_rate():
+    # at P = 0.4 YT16's odds overshoot E[T] by 1 / (1 - P) = 1.67; the unbiased weighting doesn't
+    rng = np.random.default_rng(4)
+    n, p = 20_000, 0.4
+    clicked = torch.from_numpy((rng.random(n) < p).astype(np.int64))
+    wt = torch.from_numpy(np.where(clicked.numpy() == 1, rng.exponential(60.0, n), 0.0))
+    mean_t = float(wt.mean())  # ≈ 0.4 * 60 = 24 s per impression
+    fitted = {}
+    for weighting in ("watch_time", "watch_time_unbiased"):
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure(weighting=weighting, b=b, opt=opt):
+            opt.zero_grad()
+            loss = weighted_logistic_loss(b.expand(n), clicked, wt, weighting)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        fitted[weighting] = float(torch.exp(b.detach()))
+    assert fitted["watch_time_unbiased"] == pytest.approx(mean_t, rel=2e-3)  # float32 loss
+    k = int(clicked.sum())
+    assert fitted["watch_time"] == pytest.approx(mean_t * n / (n - k), rel=2e-3)
+    assert fitted["watch_time"] / fitted["watch_time_unbiased"] > 1.5
 
 
 # ---------------------------------------------------------------------- the model
