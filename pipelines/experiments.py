@@ -103,15 +103,23 @@ RANKER_VARIANTS: dict[str, dict[str, Any]] = {
 CHEAP_ANN: dict[str, Any] = {"retrieval.n_trees": 5, "retrieval.search_k": -1}
 
 
-def _finished_study_run(run: Path, cfg: dict[str, Any]) -> bool:
-    """True when `run` holds finished retrieval metrics of `cfg` (annoy settings aside): an
-    interrupted study resumes from the variants it finished."""
+def _finished_study_run(run: Path, cfg: dict[str, Any], need_exact_ages: bool) -> bool:
+    """True when `run` holds finished retrieval metrics of `cfg` (annoy settings aside, and with
+    the exact-search upload ages when `need_exact_ages`): an interrupted study resumes from the
+    variants it finished."""
     try:
         done = json.loads((run / "config.json").read_text("utf-8"))
     except (OSError, ValueError):
         return False
     if not (run / "retrieval" / "retrieval.json").is_file():
         return False
+    if need_exact_ages:
+        try:
+            with np.load(run / "retrieval" / "upload_ages.npz") as z:
+                if "retrieved_exact" not in z:
+                    return False
+        except (OSError, ValueError):
+            return False
     # the sections the retrieval stages read (the rankers' sections play no part)
     keys = ("seed", "data", "split", "evaluation", "features", "candidate_gen")
     annoy = ("n_trees", "search_k")
@@ -120,19 +128,37 @@ def _finished_study_run(run: Path, cfg: dict[str, Any]) -> bool:
     } == {k: v for k, v in cfg["retrieval"].items() if k not in annoy}
 
 
+def wasserstein_1(a: np.ndarray, b: np.ndarray, n_grid: int = 1001) -> float:
+    """Return the 1-Wasserstein distance between two samples: ∫ |Q_a(u) - Q_b(u)| du over
+    quantile levels u (the mean absolute gap between their quantile functions)."""
+    u = np.linspace(0.0, 1.0, n_grid)
+    return float(np.mean(np.abs(np.quantile(a, u) - np.quantile(b, u))))
+
+
 def _retrieval_row(run: Path) -> dict[str, Any]:
     r = json.loads((run / "retrieval" / "retrieval.json").read_text("utf-8"))
     m = r["metrics"]["exact"]
+    with np.load(run / "retrieval" / "upload_ages.npz") as z:
+        retrieved = z["retrieved_exact"] if "retrieved_exact" in z else None
+        watched = z["watched_next"]
+    age = (
+        {
+            "retrieved age median (d)": float(np.median(retrieved)),
+            "retrieved share < 7d": float(np.mean(retrieved < 7.0)),
+            "age W1 retrieved vs watched-next (d)": wasserstein_1(retrieved, watched),
+        }
+        if retrieved is not None and len(retrieved) and len(watched)
+        else {}
+    )
     return {
         "recall@50": m.get("recall@50"),
         "map@50": m.get("map@50"),
         "tail recall@50": m.get("popularity.tail.recall@50"),
         "head recall@50": m.get("popularity.head.recall@50"),
         "fresh recall@50": m.get("freshness.fresh.recall@50"),
-        "retrieved age median (d)": r["upload_age"]["retrieved_top50_days"].get("median"),
         "watched-next age median (d)": r["upload_age"]["watched_next_days"].get("median"),
-        "retrieved share < 7d": r["upload_age"]["retrieved_top50_days"].get("share_under_7d"),
         "watched-next share < 7d": r["upload_age"]["watched_next_days"].get("share_under_7d"),
+        **age,
     }
 
 
@@ -177,7 +203,7 @@ def run_experiment(
                 continue
             cfg = apply_overrides(base, {**CHEAP_ANN, **over})
             run = out / f"seed{seed}" / _slug(vname)
-            if _finished_study_run(run, cfg):
+            if _finished_study_run(run, cfg, need_exact_ages=name == "cg-features"):
                 rows.append({"seed": seed, "variant": vname, **_retrieval_row(run)})
                 log.info("  %-40s recall@50 %.4f (reused)", vname, rows[-1]["recall@50"])
                 continue

@@ -353,13 +353,21 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     )
     # upload ages (days at serving time) of retrieved items vs the items watched next
     upload = pd.Series(ds.items["upload_time"].to_numpy(), index=all_items)
-    top50 = annoy_ids[:, :50]
-    ret_age = (t_serve - upload.reindex(top50[top50 >= 0].ravel()).to_numpy()) / 86400.0
+
+    def top50_ages(ids: np.ndarray) -> np.ndarray:
+        top50 = ids[:, :50]
+        return (t_serve - upload.reindex(top50[top50 >= 0].ravel()).to_numpy()) / 86400.0
+
+    ret_age, ret_age_exact = top50_ages(annoy_ids), top50_ages(exact_ids)
     nxt = np.concatenate(targets) if targets else np.array([], dtype=np.int64)
     nxt_age = (t_serve - upload.reindex(nxt).to_numpy()) / 86400.0
-    ages = {"retrieved_top50_days": _quantiles(ret_age), "watched_next_days": _quantiles(nxt_age)}
+    ages = {
+        "retrieved_top50_days": _quantiles(ret_age),
+        "retrieved_exact_top50_days": _quantiles(ret_age_exact),
+        "watched_next_days": _quantiles(nxt_age),
+    }
     with atomic_path(out / "upload_ages.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, retrieved=ret_age, watched_next=nxt_age)
+        np.savez(fh, retrieved=ret_age, retrieved_exact=ret_age_exact, watched_next=nxt_age)
 
     n_c = int(r["n_candidates"])
     cands = pd.DataFrame(
