@@ -15,10 +15,21 @@ Benchmarks (`--only` takes names, comma-separated or repeated):
   ranker_scoring  deep ranker rows/s in batch vs per-user latency to rank 500 candidates
   cg_training     candidate generator examples/s (sampled softmax, SSL none vs CFM), item
                   embedding export, retrieval latency per user and batch throughput
+  annoy_learned   annoy vs exact on LEARNED item embeddings (a briefly trained model's item
+                  tower over a catalog grown to 100k / 1M items), real user queries; exact
+                  batch top-100 of 1024 learned users vs the GEMM floor
+  serving         Recommender.recommend at 1M items: retrieve 500 (annoy, exact) + ranker
+                  features + deep ranker + sort, p50/p99 per component and throughput
+  rechub_compare  (optional, not run by default) training examples/s of our candidate
+                  generator vs torch-rechub's YoutubeDNN on the same examples; needs
+                  torch-rechub in a scratch environment (--rechub-python)
 
 `--quick` shrinks every size for a smoke run (tests/test_benchmarks.py); its figures are not
 meaningful. `--vectors FILE.npz` (ids, vectors) makes annoy_curve use learned item embeddings,
-e.g. RUN_DIR/index/item_vectors.npz.
+e.g. RUN_DIR/index/item_vectors.npz. `--serving-users N` and `--serving-annoy TREES,SEARCH_K`
+set the serving benchmark's users and annoy setting (default: 200 users, the `default` preset's
+retrieval setting); `--rechub-python PATH` the scratch interpreter with torch-rechub
+(default /tmp/rechub-venv/bin/python).
 """
 
 from __future__ import annotations
@@ -47,7 +58,20 @@ from benchmarks.common import (  # noqa: E402
 )
 from features.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
-BENCHMARKS: tuple[str, ...] = ("exact_topk", "annoy_curve", "ranker_scoring", "cg_training")
+BENCHMARKS: tuple[str, ...] = (
+    "exact_topk",
+    "annoy_curve",
+    "ranker_scoring",
+    "cg_training",
+    "annoy_learned",
+    "serving",
+    "rechub_compare",
+)
+# run only when named with --only: they need something outside vidrec's environment
+OPTIONAL: dict[str, str] = {
+    "rechub_compare": "torch-rechub installed in a scratch environment (--rechub-python)",
+}
+DEFAULT_BENCHMARKS: tuple[str, ...] = tuple(n for n in BENCHMARKS if n not in OPTIONAL)
 DEFAULT_OUT = Path("bench_out") / "results.json"
 
 
@@ -62,7 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=None,
         metavar="NAME",
-        help=f"benchmark(s) to run, comma-separated or repeated; known: {', '.join(BENCHMARKS)}",
+        help=f"benchmark(s) to run, comma-separated or repeated; known: {', '.join(BENCHMARKS)} "
+        f"(default: all but {', '.join(OPTIONAL)})",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
     p.add_argument(
@@ -83,6 +108,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="annoy_curve: .npz with ids (N,) and vectors (N, E), e.g. RUN_DIR/index/item_vectors.npz",
+    )
+    p.add_argument(
+        "--rechub-python",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="rechub_compare: Python of a scratch environment with torch-rechub "
+        "(default /tmp/rechub-venv/bin/python)",
+    )
+    p.add_argument(
+        "--serving-users",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serving: users served per index (default 200; --quick 5)",
+    )
+    p.add_argument(
+        "--serving-annoy",
+        default=None,
+        metavar="TREES,SEARCH_K",
+        help="serving: annoy n_trees,search_k (default: the default preset's retrieval setting)",
     )
     p.add_argument(
         "--in-process",
@@ -107,7 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--child-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names: list[str] = []
-    for chunk in args.only or [",".join(BENCHMARKS)]:
+    for chunk in args.only or [",".join(DEFAULT_BENCHMARKS)]:
         names += [n.strip() for n in chunk.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -123,6 +169,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if args.vectors is not None and not args.vectors.is_file():
         p.error(f"--vectors {args.vectors}: no such file")
+    if args.serving_users is not None and args.serving_users < 1:
+        p.error(f"--serving-users must be >= 1, got {args.serving_users}")
+    if args.serving_annoy is not None:
+        parts = args.serving_annoy.split(",")
+        try:
+            trees, search_k = (int(x) for x in parts)
+        except ValueError:
+            p.error(f"--serving-annoy takes TREES,SEARCH_K (integers), got {args.serving_annoy!r}")
+        if trees < 1 or search_k < -1 or search_k == 0:
+            p.error(f"--serving-annoy: TREES >= 1 and SEARCH_K -1 or >= 1, got {trees},{search_k}")
+        args.serving_annoy = (trees, search_k)
     return args
 
 
@@ -153,6 +210,9 @@ def run_in_process(name: str, args: argparse.Namespace) -> dict[str, Any]:
         repeats=args.repeats,
         seed=args.seed,
         vectors=args.vectors,
+        rechub_python_path=args.rechub_python,
+        serving_users=args.serving_users,
+        serving_annoy=args.serving_annoy,
     )
     res["wall_s"] = round(time.perf_counter() - t0, 2)
     res["run_at"] = started
@@ -183,6 +243,12 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
             cmd += ["--threads", str(args.threads)]
         if args.vectors is not None:
             cmd += ["--vectors", str(args.vectors)]
+        if args.rechub_python is not None:
+            cmd += ["--rechub-python", str(args.rechub_python)]
+        if args.serving_users is not None:
+            cmd += ["--serving-users", str(args.serving_users)]
+        if args.serving_annoy is not None:
+            cmd += ["--serving-annoy", ",".join(str(x) for x in args.serving_annoy)]
         proc = subprocess.run(cmd, cwd=ROOT, stdout=None, stderr=subprocess.PIPE, text=True)
         if proc.stderr:
             sys.stderr.write(proc.stderr[-4000:])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import annoy_curve, run
+from benchmarks import annoy_curve, annoy_learned, rechub_compare, run, serving
 from benchmarks.common import (
     Column,
     PhasePeak,
@@ -24,7 +24,16 @@ from benchmarks.common import (
     peak_rss_mb,
     time_interleaved,
 )
+from benchmarks.learned_world import (
+    LearnedWorld,
+    WorldSpec,
+    embed_items,
+    grow_catalog,
+    train_world,
+    user_vectors,
+)
 from benchmarks.synthetic import clustered_vectors, load_vectors, synthetic_dataset
+from pipelines import scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +48,24 @@ def _one_thread():
 
 def test_quick_suite_in_process(tmp_path: Path) -> None:
     out = tmp_path / "bench" / "results.json"
-    code = run.main(["--quick", "--in-process", "--repeats", "1", "--out", str(out)])
+    # the learned-embedding benchmarks have their own smoke tests below
+    original = ("exact_topk", "annoy_curve", "ranker_scoring", "cg_training")
+    code = run.main(
+        [
+            "--quick",
+            "--in-process",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            "--only",
+            ",".join(original),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())
     assert results["quick"] is True
-    assert set(results["benchmarks"]) == set(run.BENCHMARKS)
+    assert set(results["benchmarks"]) == set(original)
     for name, res in results["benchmarks"].items():
         assert "error" not in res, name
         h = res["headline"]
@@ -56,7 +78,7 @@ def test_quick_suite_in_process(tmp_path: Path) -> None:
     assert all(c in (True, None) for c in checked) and checked.count(True) == 2
     md = out.with_suffix(".md").read_text()
     assert "Quick (smoke) run" in md
-    for name in run.BENCHMARKS:
+    for name in original:
         assert f"## {name}:" in md
 
 
@@ -150,6 +172,15 @@ def test_runner_and_repeat_checks() -> None:
         run.parse_args(["--repeats", "3"])  # reported figures need >= 5 repeats
     args = run.parse_args(["--only", "exact_topk,annoy_curve", "--only", "exact_topk", "--quick"])
     assert args.names == ["exact_topk", "annoy_curve"] and args.repeats == 2
+    # torch-rechub lives outside our environment: run only when named
+    assert "rechub_compare" not in run.parse_args([]).names
+    assert "serving" in run.parse_args([]).names
+    assert run.parse_args(["--only", "rechub_compare"]).names == ["rechub_compare"]
+    assert run.parse_args(["--serving-annoy", "50,100000"]).serving_annoy == (50, 100_000)
+    for bad in (["--serving-annoy", "50"], ["--serving-annoy", "0,10"],
+                ["--serving-annoy", "5,0"], ["--serving-users", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
     with pytest.raises(ValueError, match="repeats must be >= 5"):
         check_repeats(4, quick=False)
     assert check_repeats(1, quick=True) == 1
@@ -178,3 +209,165 @@ def test_helpers() -> None:
     with PhasePeak():
         pass
     assert peak_rss_mb() >= lifetime
+
+
+# ----------------------------------------------------------------------------- learned world
+
+
+@pytest.fixture(scope="module")
+def tiny_world() -> LearnedWorld:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_world(WorldSpec(preset="tiny", epochs=1, quick=True), seed=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_grow_catalog_adds_unseen_items_of_the_same_world(tiny_world: LearnedWorld) -> None:
+    lw = tiny_world
+    base = lw.dataset.items
+    n_base = int((base["upload_time"].to_numpy() <= lw.at).sum())
+    items, servable = grow_catalog(lw, n_base + 700)
+    assert len(items) == len(base) + 700 and servable.sum() == n_base + 700
+    assert items["item_id"].is_unique
+    new = items.iloc[len(base) :]
+    assert (new["item_id"] >= lw.n_world_items).all()  # ids the model never trained
+    assert (new["upload_time"] <= lw.at).all()  # servable at the serving time
+    # the same channels and topics as the world: the generator drew the same layout
+    assert set(new["channel_id"]) <= set(base["channel_id"])
+    assert set(np.concatenate(new["topics"].to_numpy())) <= set(
+        np.concatenate(base["topics"].to_numpy())
+    )
+    ids, vectors = embed_items(lw.model, items[servable], lw.at)
+    assert vectors.shape == (n_base + 700, lw.model.config.embedding_dim)
+    assert np.isfinite(vectors).all() and np.array_equal(ids, items["item_id"][servable])
+    # fewer than the world has: the first n servable items, nothing drawn
+    small, small_servable = grow_catalog(lw, 10)
+    assert len(small) == len(base) and small_servable.sum() == 10
+    with pytest.raises(ValueError, match="n_items must be >= 1"):
+        grow_catalog(lw, 0)
+
+
+def test_user_vectors_of_active_users(tiny_world: LearnedWorld) -> None:
+    users, vecs = user_vectors(tiny_world, 7, seed=3)
+    assert users.shape == (7,) and len(set(users.tolist())) == 7
+    assert vecs.shape == (7, tiny_world.model.config.embedding_dim)
+    w = tiny_world.dataset.watches
+    watched_before = set(w["user_id"][w["timestamp"] < tiny_world.at].tolist())
+    assert set(users.tolist()) <= watched_before
+    again, _ = user_vectors(tiny_world, 7, seed=3)
+    np.testing.assert_array_equal(users, again)  # seeded
+
+
+def test_train_world_refuses_bad_spec() -> None:
+    with pytest.raises(ValueError, match="epochs and max_examples_per_user must be >= 1"):
+        train_world(WorldSpec(preset="tiny", epochs=0, quick=True), seed=0)
+
+
+# ----------------------------------------------------------------------------- annoy_learned
+
+
+def test_recall_with_ties_hand_computed() -> None:
+    ids = np.array([10, 20, 30, 40])
+    vectors = np.array([[1.0, 0.0], [0.5, 0.0], [0.5, 0.0], [0.0, 1.0]], dtype=np.float32)
+    queries = np.array([[1.0, 0.0]] * 3, dtype=np.float32)
+    truth_scores = np.array([[1.0, 0.5]] * 3, dtype=np.float32)  # exact top-2: 10, then 20 or 30
+    got = np.array([[10, 30], [10, 40], [-1, -1]])
+    # query 0: scores 1, 0.5 both reach 0.5 -> 2/2 (30 ties with 20); query 1: 1, 0 -> 1/2;
+    # query 2: padding never hits -> 0; mean (1 + 0.5 + 0) / 3 = 0.5
+    assert annoy_learned.recall_with_ties(got, truth_scores, ids, vectors, queries) == (
+        pytest.approx(0.5)
+    )
+    # by id, 30 is not the exact answer 20: (1/2 + 1/2 + 0) / 3
+    want = np.array([[10, 20]] * 3)
+    assert annoy_learned._recall_by_id(got, want) == pytest.approx(1 / 3)
+
+
+def test_annoy_learned_quick() -> None:
+    res = annoy_learned.run(quick=True, repeats=1)
+    cases = {r["case"] for r in res["rows"]}
+    assert cases == {
+        "learned dot 1k x 64", "learned normalised 1k x 64",
+        "learned dot 3k x 64", "learned normalised 3k x 64",
+    }  # fmt: skip
+    # dot: 2 forests x 2 search_k; normalised: 1 forest x 2 search_k; per catalog size
+    assert len(res["rows"]) == 2 * (4 + 2)
+    for r in res["rows"]:
+        assert 0.0 <= r["recall"] <= r["recall_ties"] + 1e-9 <= 1.0 + 1e-9
+        assert r["speedup_p50"] == pytest.approx(r["exact_p50_ms"] / r["annoy_p50_ms"])
+    h = res["headline"]
+    assert "learned dot 3k" in h["what"] and h["figure"] > 0 and h["reference"] > 0
+    eb = res["params"]["exact_batch"]
+    assert eb["items"] == 3_000 and eb["queries"] == 64 and eb["matches_baseline"] is True
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def test_serving_quick_times_the_real_path() -> None:
+    saved = scoring.add_cg_features
+    res = serving.run(quick=True, repeats=1)
+    assert scoring.add_cg_features is saved  # the wrappers are removed again
+    totals = [r for r in res["rows"] if r["what"].startswith("recommend")]
+    assert len(totals) == 2  # annoy, exact
+    per_user = res["params"]["per_user_ms"]
+    for label in ("annoy", "exact"):
+        t = per_user[label]
+        assert len(t["total"]) == 5
+        # the components add up to recommend()'s wall time (sort is the remainder, >= 0)
+        parts = np.sum([t[c] for c in serving.COMPONENTS], axis=0)
+        np.testing.assert_allclose(parts, t["total"], atol=0.005)  # params round to 1 us
+        assert min(t["sort"]) >= 0 and min(t["cg_features"]) > 0
+    h = res["headline"]
+    assert h["reference"] == serving.BUDGET_MS and h["figure"] > 0
+    with pytest.raises(ValueError, match="serving_users must be >= 1"):
+        serving.run(quick=True, repeats=1, serving_users=0)
+
+
+# ----------------------------------------------------------------------------- rechub_compare
+
+
+def test_rechub_python_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="create the scratch environment"):
+        rechub_compare.rechub_python(tmp_path / "no-python")
+    # our own interpreter has no torch-rechub (it must never be our dependency)
+    with pytest.raises(RuntimeError, match="cannot import torch_rechub"):
+        rechub_compare.rechub_python(sys.executable)
+
+
+def test_export_examples_round_trip(tmp_path: Path, tiny_world: LearnedWorld) -> None:
+    fz, ds = tiny_world.model.featurizer, tiny_world.dataset
+    ex = fz.examples(ds, "train", max_examples_per_user=5)
+    valid = fz.examples(ds, "valid").take(np.arange(3))
+    path = tmp_path / "ex.npz"
+    rechub_compare.export_examples(path, ex, valid, embedding_dim=64, user_layers=(32, 64))
+    with np.load(path, allow_pickle=False) as z:
+        assert z["label"].shape == (len(ex),) and (z["label"] >= 1).all()
+        np.testing.assert_array_equal(z["history"], ex.features.history)
+        k = ex.features.continuous.shape[1]
+        assert z["dense"].shape == (len(ex), k + 3)
+        np.testing.assert_array_equal(z["dense"][:, k:], ex.features.example_age)
+        assert z["valid_label"].shape == (3,) and int(z["embedding_dim"]) == 64
+        assert z["user_layers"].tolist() == [32, 64]
+        assert int(z["n_item_codes"]) == fz.schema()["n_item_codes"]
+
+
+def _rechub_available() -> bool:
+    try:
+        rechub_compare.rechub_python(None)
+    except (FileNotFoundError, RuntimeError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _rechub_available(), reason="no torch-rechub scratch environment")
+def test_rechub_compare_quick() -> None:
+    res = rechub_compare.run(quick=True, repeats=1)
+    systems = [r["system"] for r in res["rows"]]
+    assert systems == ["torch-rechub YoutubeDNN", "ours, closest", "ours, default"]
+    for r in res["rows"]:
+        assert r["examples_per_s"] > 0 and 0.0 <= r["recall50"] <= 1.0
+    h = res["headline"]
+    assert h["ratio"] == pytest.approx(h["figure"] / h["reference"])
+    assert res["params"]["rechub_version"]

@@ -1,0 +1,453 @@
+"""Candidate-generator training throughput: ours against torch-rechub's YoutubeDNN (issue 7).
+
+Same data: one synthetic world (benchmarks.learned_world), our featurizer's next-watch
+training examples (rollback, <= 20 per user), exported as arrays (user attribute codes,
+watch-history and search-token bags padded with 0, continuous features with squares and
+roots, example age, label item codes) and fed to both. torch-rechub (`pip install
+torch-rechub`) is never our dependency: its side runs in a scratch environment
+(`--rechub-python`, default /tmp/rechub-venv/bin/python) as benchmarks/rechub_worker.py, a
+process this driver keeps alive and sends "epoch" commands to, so that our epochs and theirs
+alternate (interleaved repeats, the same machine load) and neither process's memory is the
+other's.
+
+Same settings where the APIs allow: embedding size 64, batch 1024, user tower 256 -> 64 ReLU,
+Adam lr 1e-3 without weight decay, and per example one positive against K negatives (K = 2048,
+our default, and a small K). What differs (torch-rechub's API or model, listed in the notes):
+- negatives: ours draws K per batch (unigram^0.75 over the catalog, shared by the batch's
+  rows, logQ-corrected); theirs are K per example drawn once before training with its
+  `negative_sample` (count^0.75 over the labels), no logQ correction. Both score B x (1 + K)
+  logits per batch; theirs gathers B x K item embeddings, ours K.
+- towers: theirs L2-normalises both towers and divides by a temperature (0.02, as in its
+  YoutubeDNN example), adds BatchNorm after each user layer, and every user attribute
+  embedding has the item width (its EmbeddingLayer concatenates sparse embeddings along one
+  axis), so our closest configuration also uses width 64 for them (our default is 8);
+  its item side is the id embedding alone (YT16), ours "id_only" adds one linear layer.
+- loop: theirs iterates a torch DataLoader over per-example dicts (num_workers 0; its helper's
+  default of 8 workers would oversubscribe 2 cores), ours slices prebuilt tensors.
+Our runs: "ours, closest" (id-only item tower, no SSL, attribute width 64) and "ours, default"
+(feature item tower with CFM SSL, the preset's settings). Figures: training examples/s per
+epoch (each system's own epoch timer: the epoch loop, no setup), median over interleaved
+repeats; the epoch's resident-set growth and each process's peak; Recall@50 of the same
+validation examples after the last epoch (a check that both learn, not a quality study).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from benchmarks.cg_training import cg_config
+from benchmarks.common import Column, PhasePeak, check_repeats, median, ratio, result
+from benchmarks.learned_world import WorldSpec, draw_world
+from candidate_gen.towers import ItemBatch, UserBatch
+from candidate_gen.train import (
+    TrainedCandidateGenerator,
+    recall_at_k,
+    train_candidate_generator,
+)
+from features.examples import CandidateExamples, ItemFeatures
+
+NAME = "rechub_compare"
+DEFAULT_RECHUB_PYTHON = Path("/tmp/rechub-venv/bin/python")
+WORKER = Path(__file__).resolve().with_name("rechub_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+RECHUB_TEMPERATURE = 0.02  # torch-rechub's YoutubeDNN example (examples/matching)
+
+COLUMNS = (
+    Column("system", "system", "{}"),
+    Column("negatives", "negatives K", "{}"),
+    Column("examples_per_s", "examples/s (median)", "{:,.0f}"),
+    Column("ratio_vs_rechub", "vs torch-rechub", "{:.2f}"),
+    Column("epoch_peak_mb", "epoch peak MiB", "{:.0f}"),
+    Column("process_peak_mb", "process peak MiB", "{:.0f}"),
+    Column("recall50", "valid Recall@50", "{:.3f}"),
+    Column("loss_last", "last epoch loss", "{:.3g}"),
+)
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    """Return the world, negatives and validation sizes (quick: seconds)."""
+    if quick:
+        return {
+            "world": WorldSpec(preset="tiny", epochs=1, quick=True),
+            "negatives": (16,),
+            "batch_size": 64,
+            "valid_examples": 200,
+        }
+    return {
+        "world": WorldSpec(preset="default", overrides={"n_users": 5_000, "impressions": 400_000}),
+        "negatives": (2048, 100),
+        "batch_size": 1024,
+        "valid_examples": 2_000,
+    }
+
+
+def rechub_python(path: str | Path | None) -> Path:
+    """Return the scratch environment's interpreter, refusing one without torch-rechub."""
+    p = Path(path) if path is not None else DEFAULT_RECHUB_PYTHON
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"no Python interpreter at {p}; create the scratch environment first: "
+            "python3 -m venv /tmp/rechub-venv && /tmp/rechub-venv/bin/pip install "
+            "-c constraints.txt torch-rechub (never add torch-rechub to pyproject.toml), "
+            "or pass --rechub-python PATH"
+        )
+    probe = subprocess.run(
+        [str(p), "-c", "import torch_rechub, torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        raise RuntimeError(
+            f"{p} cannot import torch_rechub ({probe.stderr.strip().splitlines()[-1:]}); "
+            f"install it there: {p.parent / 'pip'} install -c constraints.txt torch-rechub"
+        )
+    return p
+
+
+def export_examples(
+    path: Path,
+    examples: CandidateExamples,
+    valid: CandidateExamples,
+    *,
+    embedding_dim: int,
+    user_layers: tuple[int, ...],
+) -> None:
+    """Write the examples as plain arrays for torch-rechub's side (one .npz, no pickles)."""
+    schema = examples.featurizer.schema()
+
+    def arrays(ex: CandidateExamples, prefix: str) -> dict[str, np.ndarray]:
+        f = ex.features
+        return {
+            f"{prefix}label": ex.label_code.astype(np.int64),  # (N,) item id codes, 1.. (0 = OOV)
+            f"{prefix}history": f.history,  # (N, L) left-aligned, 0-padded
+            f"{prefix}search_tokens": f.search_tokens,  # (N, S)
+            f"{prefix}categorical": f.categorical,  # (N, C)
+            f"{prefix}dense": np.concatenate([f.continuous, f.example_age], axis=1),  # (N, 3K+3)
+        }
+
+    with open(path, "wb") as fh:
+        np.savez(
+            fh,
+            **arrays(examples, ""),
+            **arrays(valid, "valid_"),
+            embedding_dim=np.int64(embedding_dim),
+            n_item_codes=np.int64(schema["n_item_codes"]),
+            n_token_codes=np.int64(schema["n_token_codes"]),
+            categorical_cardinalities=np.asarray(
+                schema["user_categorical_cardinalities"], dtype=np.int64
+            ),
+            user_layers=np.asarray(user_layers, dtype=np.int64),
+        )
+
+
+class RechubWorker:
+    """The torch-rechub side: a live worker process answering one JSON line per command."""
+
+    def __init__(self, python: Path, data: Path, args: dict[str, Any], log: IO[str]) -> None:
+        cmd = [str(python), str(WORKER), "--data", str(data)]
+        for key, value in args.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": ""}
+        self.log = log
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+        )
+        if self.proc.stdin is None or self.proc.stdout is None:
+            raise RuntimeError("could not open pipes to the torch-rechub worker")
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.ready = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        line = self.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.log.flush()
+            tail = Path(self.log.name).read_text()[-1500:] if hasattr(self.log, "name") else ""
+            raise RuntimeError(
+                f"the torch-rechub worker exited (code {self.proc.returncode}): {tail}"
+            )
+        reply = dict(json.loads(line))
+        if "error" in reply:
+            raise RuntimeError(f"torch-rechub worker: {reply['error']}")
+        return reply
+
+    def ask(self, command: str) -> dict[str, Any]:
+        """Return the worker's reply to `command` ("epoch" or "eval")."""
+        self.stdin.write(command + "\n")
+        self.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        """Stop the worker (it exits on "quit" or at the end of its input)."""
+        if self.proc.poll() is None:
+            try:
+                self.stdin.write("quit\n")
+                self.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+class OurRun:
+    """One of our configurations, trained one more epoch per call (resumed from a checkpoint)."""
+
+    def __init__(
+        self,
+        label: str,
+        config: Any,
+        examples: CandidateExamples,
+        items: ItemFeatures,
+        directory: Path,
+    ) -> None:
+        self.label = label
+        self.config = config
+        self.examples = examples
+        self.items = items
+        self.directory = directory
+        self.epochs = 0
+        self.model: TrainedCandidateGenerator | None = None
+        self.peaks: list[float] = []
+
+    def epoch(self) -> dict[str, Any]:
+        """Train one more epoch; return its history record (examples_per_second, ...)."""
+        self.epochs += 1
+        with PhasePeak() as peak:
+            self.model = train_candidate_generator(
+                self.config.replace(epochs=self.epochs),
+                self.examples,
+                self.items,
+                checkpoint_dir=self.directory,
+                resume=True,
+                progress=False,
+            )
+        self.peaks.append(peak.peak_mb)
+        return dict(self.model.history[-1])
+
+    def recall(self, valid: CandidateExamples, k: int = 50) -> float:
+        """Return Recall@k of `valid` (exact search over the whole catalog)."""
+        if self.model is None:
+            raise RuntimeError("train at least one epoch before measuring recall")
+        rows = torch.from_numpy(self.items.rows(valid.label_item).astype(np.int64))
+        return recall_at_k(
+            self.model.model,
+            UserBatch.from_features(valid.features),
+            rows,
+            ItemBatch.from_features(self.items),
+            k,
+        )
+
+
+def run(
+    *,
+    quick: bool = False,
+    repeats: int = 5,
+    seed: int = 0,
+    rechub_python_path: str | Path | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Return the ours-vs-torch-rechub training benchmark's result (table printed)."""
+    repeats = check_repeats(repeats, quick)
+    cfg = sizes(quick)
+    python = rechub_python(rechub_python_path)
+    spec: WorldSpec = cfg["world"]
+    batch = cfg["batch_size"]
+    world = draw_world(spec, seed)
+    ds, featurizer = world.dataset, world.featurizer
+    examples = featurizer.examples(ds, "train", max_examples_per_user=spec.max_examples_per_user)
+    items = featurizer.item_features(ds)
+    valid_all = featurizer.examples(ds, "valid", max_examples_per_user=spec.max_examples_per_user)
+    known = np.flatnonzero(valid_all.label_code > 0)  # labels both models can name
+    pick = np.random.default_rng(seed).permutation(known)[: cfg["valid_examples"]]
+    valid = valid_all.take(np.sort(pick))
+    threads = torch.get_num_threads()
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    peaks: dict[str, float] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_rechub_"))
+    try:
+        for k_neg in cfg["negatives"]:
+            base = cg_config(quick, seed, num_negatives=k_neg, batch_size=batch, patience=0)
+            ours = {
+                "ours, closest": OurRun(
+                    "ours, closest",
+                    base.replace(
+                        item_encoder="id_only", ssl="none", categorical_dim=base.embedding_dim
+                    ),
+                    examples,
+                    items,
+                    tmp / f"closest_{k_neg}",
+                ),
+                "ours, default": OurRun(
+                    "ours, default", base, examples, items, tmp / f"default_{k_neg}"
+                ),
+            }
+            data = tmp / f"examples_{k_neg}.npz"
+            export_examples(
+                data,
+                examples,
+                valid,
+                embedding_dim=base.embedding_dim,
+                user_layers=tuple(base.user_layers),
+            )
+            log_path = tmp / f"worker_{k_neg}.log"
+            with open(log_path, "w") as log:
+                worker = RechubWorker(
+                    python,
+                    data,
+                    {
+                        "batch_size": batch,
+                        "negatives": k_neg,
+                        "temperature": RECHUB_TEMPERATURE,
+                        "lr": base.learning_rate,
+                        "seed": seed,
+                        "threads": threads,
+                    },
+                    log,
+                )
+                try:
+                    theirs: list[dict[str, Any]] = []
+                    mine: dict[str, list[dict[str, Any]]] = {name: [] for name in ours}
+                    for r in range(repeats):
+                        for name, our in ours.items():
+                            mine[name].append(our.epoch())
+                        theirs.append(worker.ask("epoch"))
+                        print(
+                            f"  K={k_neg} repeat {r + 1}/{repeats}: "
+                            + ", ".join(
+                                f"{n} {m[-1]['examples_per_second']:,.0f}" for n, m in mine.items()
+                            )
+                            + f", torch-rechub {theirs[-1]['examples_per_second']:,.0f} ex/s",
+                            flush=True,
+                        )
+                    their_recall = worker.ask("eval")["recall"]
+                finally:
+                    worker.close()
+            their_rate = median([t["examples_per_second"] for t in theirs])
+            rows.append(
+                {
+                    "system": "torch-rechub YoutubeDNN",
+                    "negatives": f"{k_neg} per example",
+                    "examples_per_s": their_rate,
+                    "ratio_vs_rechub": 1.0,
+                    "epoch_peak_mb": max(t["epoch_peak_mb"] for t in theirs),
+                    "process_peak_mb": max(t["peak_rss_mb"] for t in theirs),
+                    "recall50": their_recall,
+                    "loss_last": theirs[-1]["loss"],
+                    "per_epoch": [round(t["examples_per_second"], 1) for t in theirs],
+                    "prep_seconds": worker.ready["prep_seconds"],
+                    "parameters": worker.ready["parameters"],
+                }
+            )
+            for name, our in ours.items():
+                rate = median([h["examples_per_second"] for h in mine[name]])
+                rows.append(
+                    {
+                        "system": name,
+                        "negatives": f"{k_neg} per batch",
+                        "examples_per_s": rate,
+                        "ratio_vs_rechub": ratio(rate, their_rate),
+                        "epoch_peak_mb": max(our.peaks),
+                        "process_peak_mb": None,
+                        "recall50": our.recall(valid),
+                        "loss_last": mine[name][-1]["train_loss"],
+                        "per_epoch": [round(h["examples_per_second"], 1) for h in mine[name]],
+                        "parameters": int(sum(p.numel() for p in our.model.model.parameters()))
+                        if our.model
+                        else None,
+                    }
+                )
+            peaks[f"rechub_worker_peak_k{k_neg}_mb"] = rows[-3]["process_peak_mb"]
+            notes.append(
+                f"K={k_neg}: torch-rechub data preparation (its negative_sample for "
+                f"{len(examples):,} x {k_neg} negatives, loader) {worker.ready['prep_seconds']:.1f} s, "
+                "not in its examples/s"
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    first = cfg["negatives"][0]
+    closest = next(
+        r for r in rows if r["system"] == "ours, closest" and r["negatives"].startswith(f"{first} ")
+    )
+    theirs_row = next(
+        r
+        for r in rows
+        if r["system"].startswith("torch-rechub") and r["negatives"].startswith(f"{first} ")
+    )
+    headline = {
+        "what": f"candidate-generator training examples/s, ours (closest configuration) vs "
+        f"torch-rechub YoutubeDNN, K={first}, batch {batch}, embedding 64, same examples",
+        "figure": closest["examples_per_s"],
+        "reference": theirs_row["examples_per_s"],
+        "ratio": ratio(closest["examples_per_s"], theirs_row["examples_per_s"]),
+        "unit": "examples/s",
+    }
+    notes = [
+        f"{len(examples):,} training examples ({spec.describe()}), batch {batch}, "
+        f"{threads} torch threads in both processes, {repeats} interleaved repeats "
+        "(ours closest, ours default, theirs), medians of the per-epoch rates",
+        "ours: K negatives per batch shared by its rows, unigram^0.75 over the catalog, logQ "
+        "correction; torch-rechub: K negatives per example drawn once before training "
+        "(negative_sample method 1, count^0.75 over labels), no logQ",
+        f"torch-rechub: L2-normalised towers / temperature {RECHUB_TEMPERATURE}, BatchNorm in "
+        "the user MLP, attribute embeddings 64 wide (its EmbeddingLayer needs one width), "
+        "id-only item side, DataLoader (num_workers 0); ours closest: id_only item tower "
+        "(+1 linear layer), ssl none, attribute width 64; ours default: feature item tower + "
+        "CFM SSL, attribute width 8",
+        f"valid Recall@50: {len(valid):,} validation-window examples whose label has an id "
+        "code, exact top-50 (ours over the whole catalog, theirs over every item code)",
+        "epoch peak = resident-set growth during one epoch (VmHWM); process peak = the "
+        "torch-rechub worker's lifetime peak (ours: see peak_rss_mb, the driver process, "
+        "which also holds the world)",
+        *notes,
+    ]
+    return result(
+        NAME,
+        "candidate-generator training: ours vs torch-rechub YoutubeDNN (same examples)",
+        rows,
+        COLUMNS,
+        headline=headline,
+        repeats=repeats,
+        notes=notes,
+        memory=peaks,
+        params={
+            "examples": len(examples),
+            "valid_examples": len(valid),
+            "negatives": list(cfg["negatives"]),
+            "batch_size": batch,
+            "world": spec.describe(),
+            "rechub_python": str(python),
+            "seed": seed,
+            "rechub_version": _rechub_version(python),
+        },
+    )
+
+
+def _rechub_version(python: Path) -> str | None:
+    out = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.metadata as m; print(m.version('torch-rechub'))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() or None
+
+
+if __name__ == "__main__":  # a direct run: python -m benchmarks.rechub_compare
+    started = time.perf_counter()
+    run(quick="--quick" in sys.argv, repeats=2 if "--quick" in sys.argv else 5)
+    print(f"{time.perf_counter() - started:.1f} s")

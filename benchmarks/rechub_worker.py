@@ -1,0 +1,208 @@
+"""torch-rechub's side of benchmarks/rechub_compare.py, run in torch-rechub's own environment.
+
+    /tmp/rechub-venv/bin/python benchmarks/rechub_worker.py --data EXAMPLES.npz --batch-size 1024
+        --negatives 2048 --temperature 0.02 --lr 0.001 --seed 0 --threads 2
+
+torch-rechub is never a dependency of vidrec: this script imports only numpy, torch and
+torch_rechub (no vidrec package), and is started by rechub_compare.py with the interpreter of
+a scratch environment. It builds torch-rechub's YoutubeDNN over the examples that vidrec's
+example builder exported (user attribute codes, watch-history and search-token bags,
+continuous features with example age, label item codes), draws its per-example negatives with
+torch-rechub's `negative_sample` (word2vec popularity, count^0.75, as its
+`generate_seq_feature_match` does), and trains with its `MatchTrainer` (list-wise softmax,
+mode 2) through its `MatchDataGenerator` data loader.
+
+Protocol (one JSON object per line on stdout, commands on stdin), so that the driver can
+interleave our epochs with theirs under the same machine load:
+- on start: {"ready": true, "prep_seconds": ..., "examples": ..., "parameters": ...};
+- "epoch": one training epoch -> {"seconds", "examples", "examples_per_second", "loss",
+  "rss_mb", "peak_rss_mb", "epoch_peak_mb"};
+- "eval": Recall@50 on the validation examples (exact search over every item code) ->
+  {"recall": ...};
+- "quit": exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections import Counter, OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # torch-rechub's trainer draws progress bars
+
+from torch_rechub.basic.features import DenseFeature, SequenceFeature, SparseFeature  # noqa: E402
+from torch_rechub.models.matching import YoutubeDNN  # noqa: E402
+from torch_rechub.trainers import MatchTrainer  # noqa: E402
+from torch_rechub.utils.data import MatchDataGenerator  # noqa: E402
+from torch_rechub.utils.match import negative_sample  # noqa: E402
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_mb(key: str) -> float:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _say(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def build(args: argparse.Namespace) -> tuple[YoutubeDNN, MatchTrainer, object, dict, dict]:
+    """Return (model, trainer, train loader, validation inputs, info) over the exported data."""
+    z = np.load(args.data, allow_pickle=False)
+    n = int(z["label"].shape[0])
+    e = int(z["embedding_dim"])
+    n_items = int(z["n_item_codes"])
+    cat_cards = [int(c) for c in z["categorical_cardinalities"]]
+    t0 = time.perf_counter()
+    # torch-rechub draws negatives once, per example, from the labels' popularity (count^0.75)
+    counts = Counter(z["label"].tolist())
+    order = OrderedDict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True))
+    neg = np.asarray(negative_sample(order, ratio=n * args.negatives, method_id=1), dtype=np.int64)
+    x = {f"cat{j}": z["categorical"][:, j].astype(np.int64) for j in range(len(cat_cards))}
+    x["hist"] = z["history"].astype(np.int64)
+    x["search"] = z["search_tokens"].astype(np.int64)
+    x["dense"] = z["dense"].astype(np.float32)
+    x["item_id"] = z["label"].astype(np.int64)
+    x["neg_items"] = neg.reshape(n, args.negatives)
+    y = np.zeros(n, dtype=np.int64)  # list-wise: the positive is column 0
+    item_all = {"item_id": np.arange(n_items, dtype=np.int64)}
+    loader, _, _ = MatchDataGenerator(x=x, y=y).generate_dataloader(
+        {k: v[:1] for k, v in x.items()}, item_all, batch_size=args.batch_size, num_workers=0
+    )
+    prep = time.perf_counter() - t0
+    # every sparse embedding has the same width: torch-rechub concatenates them along one axis
+    user_features = [SparseFeature(f"cat{j}", c, embed_dim=e) for j, c in enumerate(cat_cards)]
+    user_features += [
+        SequenceFeature("hist", n_items, embed_dim=e, pooling="mean", shared_with="item_id",
+                        padding_idx=0),
+        SequenceFeature("search", int(z["n_token_codes"]), embed_dim=e, pooling="mean",
+                        padding_idx=0),
+        DenseFeature("dense", embed_dim=int(z["dense"].shape[1])),
+    ]  # fmt: skip
+    item_features = [SparseFeature("item_id", n_items, embed_dim=e, padding_idx=0)]
+    neg_features = [
+        SequenceFeature("neg_items", n_items, embed_dim=e, pooling="concat", shared_with="item_id")
+    ]
+    model = YoutubeDNN(
+        user_features,
+        item_features,
+        neg_features,
+        user_params={"dims": [int(d) for d in z["user_layers"]]},
+        temperature=args.temperature,
+    )
+    trainer = MatchTrainer(
+        model,
+        mode=2,
+        optimizer_params={"lr": args.lr, "weight_decay": 0.0},
+        n_epoch=1,
+        device="cpu",
+        model_path=tempfile.mkdtemp(prefix="rechub_model_"),
+    )
+    valid = {k[len("valid_") :]: z[k] for k in z.files if k.startswith("valid_")}
+    info = {
+        "examples": n,
+        "prep_seconds": prep,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+    return model, trainer, loader, valid, info
+
+
+@torch.no_grad()
+def recall_at(model: YoutubeDNN, valid: dict, n_items: int, k: int = 50) -> float:
+    """Return Recall@k of the validation labels: exact top-k over every item code but 0."""
+    if not valid or len(valid["label"]) == 0:
+        return float("nan")
+    model.eval()
+    cats = valid["categorical"]
+    x = {f"cat{j}": torch.from_numpy(cats[:, j].astype(np.int64)) for j in range(cats.shape[1])}
+    x["hist"] = torch.from_numpy(valid["history"].astype(np.int64))
+    x["search"] = torch.from_numpy(valid["search_tokens"].astype(np.int64))
+    x["dense"] = torch.from_numpy(valid["dense"].astype(np.float32))
+    model.mode = "user"
+    users = model(x)  # (V, E)
+    model.mode = "item"
+    items = model({"item_id": torch.arange(n_items)})  # (I, E)
+    model.mode = None
+    scores = users @ items.T  # (V, I)
+    scores[:, 0] = -torch.inf  # code 0 is padding / out of vocabulary
+    top = torch.topk(scores, k, dim=1).indices
+    hit = (top == torch.from_numpy(valid["label"].astype(np.int64))[:, None]).any(dim=1)
+    model.train()
+    return float(hit.float().mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the driver's commands until "quit" or end of input; return the exit code."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--negatives", type=int, required=True)
+    p.add_argument("--temperature", type=float, default=0.02)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)  # negative_sample and nothing else draws from numpy's global RNG
+    model, trainer, loader, valid, info = build(args)
+    n_items = int(np.load(args.data)["n_item_codes"])
+    _say({"ready": True, "threads": torch.get_num_threads(), **info})
+    lifetime_peak = _peak_mb()  # resetting VmHWM lowers ru_maxrss too: keep the maximum here
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "epoch":
+            lifetime_peak = max(lifetime_peak, _peak_mb())
+            before = _status_mb("VmRSS")
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: this epoch's peak
+            except OSError:
+                pass
+            t0 = time.perf_counter()
+            loss = trainer.train_one_epoch(loader)
+            seconds = time.perf_counter() - t0
+            epoch_peak = _status_mb("VmHWM")
+            lifetime_peak = max(lifetime_peak, _peak_mb(), epoch_peak)
+            _say(
+                {
+                    "seconds": seconds,
+                    "examples": info["examples"],
+                    "examples_per_second": info["examples"] / seconds,
+                    "loss": float(loss),
+                    "rss_mb": _status_mb("VmRSS"),
+                    "peak_rss_mb": lifetime_peak,
+                    "epoch_peak_mb": epoch_peak - before,
+                }
+            )
+        elif cmd == "eval":
+            _say({"recall": recall_at(model, valid, n_items)})
+        elif cmd == "quit":
+            break
+        elif cmd:
+            _say({"error": f"unknown command {cmd!r}; use epoch, eval or quit"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
