@@ -24,6 +24,7 @@ compared with an uninterrupted run in another process (same seed: identical repo
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -376,6 +377,125 @@ def test_remove_stale_temporaries_only_removes_temporaries(tmp_path: Path) -> No
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(gone)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+# =============================================================================== disk full, permissions
+
+
+@pytest.fixture
+def contract_dir(tmp_path: Path) -> Path:
+    """A small data directory in the contract layout (for `vidrec run --data`)."""
+    from test_cg_examples import random_dataset
+
+    from features.io import write_dataset
+
+    ds = random_dataset(n_users=20, n_items=40, n_watches=400, n_searches=40)
+    return write_dataset(ds, tmp_path / "data", fmt="csv")
+
+
+def _run_cli(out: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """Run `vidrec run --stages data` in process; return (exit code, the stderr error lines)."""
+    from pipelines.cli import main
+
+    capsys.readouterr()
+    argv = ["run", "--preset", "tiny", "--data", str(data), "--stages", "data", "--out", str(out)]
+    rc = main([*argv, "--no-progress"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, [line for line in err.splitlines() if "error:" in line]
+
+
+def test_disk_full_during_an_artifact_write(
+    contract_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import pyarrow.parquet as pq
+
+    real = pq.write_table
+
+    def full_disk(table: Any, where: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(where).name.startswith(".watches.parquet."):
+            buf = io.BytesIO()
+            real(table, buf, *args, **kwargs)
+            Path(where).write_bytes(buf.getvalue()[:100])  # the disk fills up mid-file
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+        real(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    out = tmp_path / "run"
+    rc, errors = _run_cli(out, contract_dir, capsys)
+    target = out / "data" / "tables" / "watches.parquet"
+    assert rc == 3
+    assert errors == [
+        f"vidrec run: error: cannot write artifact {target}: no space left on the device (disk "
+        "full or quota exceeded); free space or choose another --out directory (nothing was "
+        "written; an earlier version of the file, if any, is unchanged)"
+    ]
+    # no partial artifact, no temporary; the tables written before are complete
+    assert not target.exists() and list(out.rglob("*.tmp")) == []
+    assert (out / "data" / "tables" / "users.parquet").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["data"] == {"status": "running"}
+    # space freed: the same command finishes the stage
+    monkeypatch.setattr(pq, "write_table", real)
+    rc, errors = _run_cli(out, contract_dir, capsys)
+    assert (rc, errors) == (0, [])
+    assert json.loads((out / "manifest.json").read_text())["stages"]["data"]["status"] == "done"
+
+
+def test_permission_denied_is_one_line(
+    contract_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import tempfile
+
+    from features import atomic
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
+    out = tmp_path / "run"
+    rc, errors = _run_cli(out, contract_dir, capsys)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", tempfile.mkstemp)
+    assert rc == 3
+    assert errors == [
+        f"vidrec run: error: cannot write artifact {out / 'manifest.json'}: permission denied; "
+        f"make {out} writable or choose another --out directory (nothing was written; an "
+        "earlier version of the file, if any, is unchanged)"
+    ]
+
+
+def _read_only(directory: Path) -> Callable[[], None]:
+    """Make `directory` unwritable (chmod; as root chattr +i); return the undo. Skips the
+    test where neither takes effect."""
+    directory.chmod(0o555)
+    probe = directory / ".probe"
+    try:
+        probe.touch()
+    except PermissionError:
+        return lambda: directory.chmod(0o755)
+    probe.unlink()
+    directory.chmod(0o755)  # root ignores modes: the immutable attribute binds root too
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr: a read-only directory cannot be made")
+    return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_read_only_run_directory(contract_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    undo = _read_only(out)
+    try:
+        rc, errors = _run_cli(out, contract_dir, capsys)
+        rc_sub, errors_sub = _run_cli(out / "sub", contract_dir, capsys)
+    finally:
+        undo()
+    assert rc == 3 and len(errors) == 1
+    assert errors[0].startswith(f"vidrec run: error: cannot write artifact {out / 'manifest.json'}")
+    assert f"permission denied; make {out} writable or choose another --out" in errors[0]
+    assert list(out.iterdir()) == []  # nothing left behind
+    # a run directory that cannot even be created
+    assert rc_sub == 3 and len(errors_sub) == 1
+    assert f"cannot write artifact {out / 'sub'}: permission denied" in errors_sub[0]
 
 
 # =============================================================================== the whole run
