@@ -215,8 +215,8 @@ def run(
         f"(world {lw.world_seconds:.1f} s)",
         flush=True,
     )
-    _, queries = user_vectors(lw, cfg["queries"], seed)
-    _, batch_queries = user_vectors(lw, cfg["batch_queries"], seed + 1)
+    queries = user_vectors(lw, cfg["queries"], seed)[1]
+    batch_queries = user_vectors(lw, cfg["batch_queries"], seed + 1)[1]
     rows: list[dict[str, Any]] = []
     peaks: list[float] = []
     stats: dict[str, Any] = {}

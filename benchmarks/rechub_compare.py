@@ -55,6 +55,7 @@ from candidate_gen.train import (
     recall_at_k,
     train_candidate_generator,
 )
+from features.atomic import atomic_path
 from features.examples import CandidateExamples, ItemFeatures
 
 NAME = "rechub_compare"
@@ -136,19 +137,19 @@ def export_examples(
             f"{prefix}dense": np.concatenate([f.continuous, f.example_age], axis=1),  # (N, 3K+3)
         }
 
-    with open(path, "wb") as fh:
-        np.savez(
-            fh,
-            **arrays(examples, ""),
-            **arrays(valid, "valid_"),
-            embedding_dim=np.int64(embedding_dim),
-            n_item_codes=np.int64(schema["n_item_codes"]),
-            n_token_codes=np.int64(schema["n_token_codes"]),
-            categorical_cardinalities=np.asarray(
-                schema["user_categorical_cardinalities"], dtype=np.int64
-            ),
-            user_layers=np.asarray(user_layers, dtype=np.int64),
-        )
+    payload: dict[str, Any] = {
+        **arrays(examples, ""),
+        **arrays(valid, "valid_"),
+        "embedding_dim": np.int64(embedding_dim),
+        "n_item_codes": np.int64(schema["n_item_codes"]),
+        "n_token_codes": np.int64(schema["n_token_codes"]),
+        "categorical_cardinalities": np.asarray(
+            schema["user_categorical_cardinalities"], dtype=np.int64
+        ),
+        "user_layers": np.asarray(user_layers, dtype=np.int64),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **payload)
 
 
 class RechubWorker:

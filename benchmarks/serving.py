@@ -257,7 +257,7 @@ def run(
     with PhasePeak() as load_peak:
         rec = Recommender(serving_ds, lw.split, lw.model, annoy, ranker, config)
     setup_s = time.perf_counter() - t0
-    users, _ = user_vectors(lw, cfg["users"], seed)
+    users = user_vectors(lw, cfg["users"], seed)[0]
     print(
         f"  setup {setup_s:.0f} s (annoy {n_trees} trees built in {annoy_build_s:.0f} s); "
         f"serving {len(users)} users per index",
