@@ -84,12 +84,16 @@ def sizes(quick: bool) -> dict[str, Any]:
             "negatives": (16,),
             "batch_size": 64,
             "valid_examples": 200,
+            "train_examples": None,
         }
     return {
         "world": WorldSpec(preset="default", overrides={"n_users": 5_000, "impressions": 400_000}),
         "negatives": (2048, 100),
         "batch_size": 1024,
         "valid_examples": 2_000,
+        # a seeded subset per epoch: torch-rechub gathers B x K embeddings per batch, so one of
+        # its epochs over all ~29k examples with K = 2048 takes many minutes on 2 cores
+        "train_examples": 10_240,
     }
 
 
@@ -267,6 +271,10 @@ def run(
     world = draw_world(spec, seed)
     ds, featurizer = world.dataset, world.featurizer
     examples = featurizer.examples(ds, "train", max_examples_per_user=spec.max_examples_per_user)
+    n_all = len(examples)
+    if cfg["train_examples"] is not None and n_all > cfg["train_examples"]:
+        subset = np.random.default_rng(seed).choice(n_all, cfg["train_examples"], replace=False)
+        examples = examples.take(np.sort(subset))
     items = featurizer.item_features(ds)
     valid_all = featurizer.examples(ds, "valid", max_examples_per_user=spec.max_examples_per_user)
     known = np.flatnonzero(valid_all.label_code > 0)  # labels both models can name
@@ -395,7 +403,8 @@ def run(
         "unit": "examples/s",
     }
     notes = [
-        f"{len(examples):,} training examples ({spec.describe()}), batch {batch}, "
+        f"{len(examples):,} training examples per epoch (a seeded subset of the {n_all:,} built; "
+        f"{spec.describe()}), batch {batch}, "
         f"{threads} torch threads in both processes, {repeats} interleaved repeats "
         "(ours closest, ours default, theirs), medians of the per-epoch rates",
         "ours: K negatives per batch shared by its rows, unigram^0.75 over the catalog, logQ "
