@@ -391,6 +391,10 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
             )
         )
 
+    det_metrics, det_section = determinism_section(ctx.rundir.manifest, cfg)
+    metrics["determinism"] = det_metrics
+    sections.append(det_section)
+
     report = Report(
         metrics,
         dataset=dsname,
@@ -412,6 +416,91 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
     )
     report.write_all(root)
     return report
+
+
+# the stages whose numbers depend on floating-point training (their runtime settings matter)
+_TRAINING_STAGES = ("candidate_gen", "ranker")
+_SETTINGS_NOTES = {
+    "seed": "the one seed that drives data generation, initialisation, sampling and shuffling",
+    "trained_on": "the device of the training stages (config device 'auto' picks a visible GPU)",
+    "torch_threads": "torch intra-op threads: float sums are split by thread, so the count "
+    "must match for bit-identical results",
+    "deterministic_algorithms": "torch.use_deterministic_algorithms was on",
+    "cudnn_deterministic": "torch.backends.cudnn.deterministic",
+    "cudnn_benchmark": "torch.backends.cudnn.benchmark (autotuning picks kernels per run)",
+    "cuda_matmul_allow_tf32": "torch.backends.cuda.matmul.allow_tf32 (TF32 matmuls on GPU)",
+    "cublas_workspace_config": "the CUBLAS_WORKSPACE_CONFIG environment variable (n/a = unset)",
+    "bit_identical_rerun_expected": "whether a rerun with this seed on this machine is expected "
+    "to reproduce every metric exactly",
+    "settings_differ_between_stages": "the training stages ran with different settings (e.g. "
+    "a run resumed on another machine); see the manifest's per-stage runtime",
+}
+
+
+def determinism_section(
+    manifest: dict[str, Any], config: dict[str, Any]
+) -> tuple[dict[str, Any], Section]:
+    """Return (report.json metrics, report section) on what this run's numbers depend on.
+
+    Reads the runtime settings each training stage recorded in the manifest (threads, devices,
+    torch's determinism switches) and says what is reproducible and what is not on GPU.
+    """
+    stages = manifest.get("stages", {})
+    recorded = [
+        stages[s]["runtime"]
+        for s in _TRAINING_STAGES
+        if isinstance(stages.get(s, {}).get("runtime"), dict)
+    ]
+    runtime = recorded[0] if recorded else {}
+    on_gpu = any(r.get("cuda_available") for r in recorded) and any(
+        str(config.get(sec, {}).get("device", "auto")) != "cpu"
+        for sec in ("candidate_gen", "ranking")
+    )
+    metrics: dict[str, Any] = {
+        "seed": int(config["seed"]),
+        "trained_on": (runtime.get("cuda_device") or "cuda") if on_gpu else "cpu",
+        **{
+            k: runtime.get(k)
+            for k in (
+                "torch_threads",
+                "deterministic_algorithms",
+                "cudnn_deterministic",
+                "cudnn_benchmark",
+                "cuda_matmul_allow_tf32",
+                "cublas_workspace_config",
+            )
+        },
+        "bit_identical_rerun_expected": not on_gpu
+        or bool(runtime.get("deterministic_algorithms") and runtime.get("cublas_workspace_config")),
+        "settings_differ_between_stages": any(r != runtime for r in recorded),
+    }
+    description = (
+        "What a rerun reproduces. Deterministic: on CPU, the same seed, config, data, package "
+        "versions and torch thread count on the same machine give bit-identical weights, "
+        "indexes and metrics (every random draw takes an explicit seeded generator; annoy "
+        "builds with one thread and a fixed seed; LightGBM runs with deterministic=True, a "
+        "seed and a fixed thread count; a run killed and resumed from its checkpoints "
+        "reaches the same numbers; tests/test_crash_resume.py checks both). Only timings "
+        "(seconds, latencies, throughput) differ between reruns. Not deterministic on GPU "
+        "unless torch.use_deterministic_algorithms(True) is set together with "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8: the backward passes of the embedding lookups and "
+        "embedding bags (candidate-generator towers, the ranker's history and topic bags) "
+        "accumulate gradient rows with atomic adds (index_add_/scatter_add_-style kernels), "
+        "whose float summation order changes from run to run; cuBLAS may choose split-K "
+        "reductions and other kernels per run, and TF32 matmuls round differently; with "
+        "several GPUs the gradient all-reduce adds in an order that depends on the number "
+        "of ranks. These are rounding-level differences per step that compound over training "
+        "(and can move an early-stopping epoch), so GPU reruns agree closely, not bit for "
+        "bit. "
+        "The settings below are those the training stages recorded in manifest.json."
+    )
+    return metrics, Section(
+        "Determinism",
+        description,
+        metrics=metrics,
+        key_prefix="determinism",
+        metric_notes=_SETTINGS_NOTES,
+    )
 
 
 def _watch_time_headline(w: dict[str, Any]) -> dict[str, Any]:

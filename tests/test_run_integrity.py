@@ -341,3 +341,42 @@ def test_ranker_checkpoint_refuses_swapped_vocabularies(tmp_path: Path) -> None:
         train_ranker(
             RankerConfig(**{**SMALL, "epochs": 2}), tr, va, checkpoint_dir=ck, progress=False
         )
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_report_determinism_section(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    from evaluation.report import Report
+    from pipelines.report import determinism_section
+
+    m = json.loads((runs[0] / "manifest.json").read_text())
+    m["stages"]["ranker"]["runtime"] = m["stages"]["candidate_gen"]["runtime"]
+    cfg = {"seed": 0, "candidate_gen": {"device": "auto"}, "ranking": {"device": "auto"}}
+    metrics, section = determinism_section(m, cfg)
+    # this CPU run: the settings its training stages recorded, and a bit-identical rerun
+    assert metrics["trained_on"] == "cpu" and metrics["torch_threads"] == 1
+    assert metrics["deterministic_algorithms"] is False
+    assert metrics["bit_identical_rerun_expected"] is True
+    assert metrics["settings_differ_between_stages"] is False
+    report = Report({"determinism": metrics}, dataset="d", split="s", seed=0, preset="p")
+    report.sections = [section]
+    md = report.write_markdown(tmp_path / "report.md").read_text()
+    assert "## 1. Determinism" in md
+    for phrase in ("atomic adds", "CUBLAS_WORKSPACE_CONFIG=:4096:8", "bit-identical"):
+        assert phrase in md
+    assert "| `determinism.torch_threads` | 1 | torch intra-op threads" in md
+    # a GPU run is not expected to be bit-identical unless both switches were set
+    gpu = {**m["stages"]["candidate_gen"]["runtime"], "cuda_available": True, "cuda_device": "H100"}
+    m["stages"]["candidate_gen"]["runtime"] = m["stages"]["ranker"]["runtime"] = gpu
+    metrics, _ = determinism_section(m, cfg)
+    assert metrics["trained_on"] == "H100" and metrics["bit_identical_rerun_expected"] is False
+    strict = {**gpu, "deterministic_algorithms": True, "cublas_workspace_config": ":4096:8"}
+    m["stages"]["ranker"]["runtime"] = strict
+    metrics, _ = determinism_section(m, cfg)
+    assert metrics["settings_differ_between_stages"] is True
+    m["stages"]["candidate_gen"]["runtime"] = strict
+    assert determinism_section(m, cfg)[0]["bit_identical_rerun_expected"] is True
+    # a GPU was visible but the config pinned training to the CPU
+    pinned = {**cfg, "candidate_gen": {"device": "cpu"}, "ranking": {"device": "cpu"}}
+    assert determinism_section(m, pinned)[0]["trained_on"] == "cpu"
