@@ -29,7 +29,7 @@ import pandas as pd
 
 from evaluation.ranking import ranking_metrics
 from evaluation.watch_time import calibration_summary
-from features.atomic import atomic_write_json, atomic_write_text
+from features.atomic import atomic_path, atomic_write_json, atomic_write_text
 from pipelines.config import apply_overrides, resolve_config
 from pipelines.context import RunContext
 from pipelines.run import heldout_users, run_pipeline
@@ -221,7 +221,40 @@ def run_experiment(
                 "  %-40s recall@50 %.4f (%.0f s)", vname, rows[-1]["recall@50"], rows[-1]["seconds"]
             )
             _write(out, name, preset, seeds, rows)
+    if name == "cg-features":
+        example_age_figure(out, base, seeds[0])
     return _write(out, name, preset, seeds, rows)
+
+
+def example_age_figure(out: Path, base: dict[str, Any], seed: int) -> Path | None:
+    """Write OUT/example_age.png: the upload ages (days, at serving time) of the exact top-50
+    retrieved without example age (+searches), with it (+example_age), and of the items the
+    users actually watched next, for one seed; return its path (None when a run is missing)."""
+    from evaluation.plots import upload_age_histograms
+
+    depth = len(base["candidate_gen"]["user_layers"])
+    runs = {
+        "without": out / f"seed{seed}" / _slug(f"+searches (depth {depth})"),
+        "with": out / f"seed{seed}" / _slug(f"+example_age (depth {depth})"),
+    }
+    ages: dict[str, np.ndarray] = {}
+    for label, run in runs.items():
+        try:
+            with np.load(run / "retrieval" / "upload_ages.npz") as z:
+                ages[f"retrieved top-50, {label} example age"] = z["retrieved_exact"]
+                watched = z["watched_next"]
+        except (OSError, KeyError, ValueError):
+            log.warning("example-age figure skipped: %s has no exact upload ages", run)
+            return None
+    ages["watched next (test window)"] = watched
+    png = upload_age_histograms(
+        ages,
+        title=f"Upload age of retrieved vs watched-next items (default world, seed {seed}, test users)",
+    )
+    path = out / "example_age.png"
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+    return path
 
 
 def _ranker_table(
