@@ -35,6 +35,7 @@ splits rows by rank and all-gathers them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import time
@@ -78,6 +79,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+log = logging.getLogger(__name__)
 _CHECKPOINT_FORMAT = 1
 _MODEL_FORMAT = 1
 _COMPANIONS = ("config.json", "featurizer.json", "items.npz")
@@ -338,6 +340,8 @@ def train_candidate_generator(
         payload = dist_utils.on_rank0(_read_checkpoint, ckpt_path, config, fingerprint)
     if payload is not None:
         state = _apply_checkpoint(payload, model, optimizer, gen, device)
+        if rank == 0:
+            log.info("candidate_gen: resuming from %s after epoch %d", ckpt_path, state.epoch)
     elif checkpoint_dir is not None:
         cfg_path = Path(checkpoint_dir) / "config.json"
         dist_utils.on_rank0(atomic_write_json, cfg_path, config.to_dict())

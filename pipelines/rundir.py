@@ -258,21 +258,20 @@ class RunDir:
 
     # ------------------------------------------------------------------ integrity
     def redo_hint(self, stage: str) -> str:
-        """Return the command that rebuilds `stage` (the run's own command plus --redo)."""
+        """Return the command that rebuilds `stage`: the run's own command, pointed at this
+        directory (it may have been moved or copied), plus --redo."""
         argv = self.manifest.get("command")
+        here = str(self.path)
         if isinstance(argv, list) and len(argv) > 1 and argv[1] == "run":
-            args, skip = [], False
-            for a in argv[2:]:
-                if skip:
-                    skip = False
-                    continue
-                if a == "--redo":
-                    skip = True
-                    continue
-                if isinstance(a, str) and not a.startswith("--redo="):
+            args: list[str] = []
+            it = iter(a for a in argv[2:] if isinstance(a, str))
+            for a in it:
+                if a in ("--redo", "--out"):
+                    next(it, None)
+                elif not a.startswith(("--redo=", "--out=")):
                     args.append(a)
-            return "vidrec run " + shlex.join([*args, "--redo", stage])
-        return f"vidrec run --out {shlex.quote(str(self.path))} --redo {stage} (with the run's other options)"
+            return "vidrec run " + shlex.join([*args, "--out", here, "--redo", stage])
+        return f"vidrec run --out {shlex.quote(here)} --redo {stage} (with the run's other options)"
 
     def stage_digest(self, name: str) -> str | None:
         """Return the digest of a finished stage's recorded artifacts (None when not done)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import pickle
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ from ranking.config import RankerConfig
 from ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
 
 _CHECKPOINT = "checkpoint.pt"
+log = logging.getLogger(__name__)
 _TRANSFORMS = ("vocabularies.json", "normalizer.json")
 _MODEL = "model.pt"
 # the files the weights must be used with (checked on load; model.pt itself is checked by shape)
@@ -511,6 +513,10 @@ def train_ranker(
             int(ck["bad_epochs"]),
         )
         history = [dict(h) for h in ck["history"]]
+        if rank == 0:
+            log.info(
+                "ranker: resuming from %s after epoch %d", ckpt_dir / _CHECKPOINT, start_epoch - 1
+            )
         if bad_epochs >= config.patience and valid_in is not None:
             start_epoch = config.epochs + 1  # the run had already stopped early
 

@@ -307,13 +307,26 @@ def test_manifest_problems(run_a: Path, tmp_path: Path) -> None:
 
 
 def test_redo_hint_repeats_the_runs_own_command(tmp_path: Path) -> None:
-    rd = RunDir(tmp_path / "r", {"seed": 0})
-    rd.manifest["command"] = ["/x/vidrec", "run", "--preset", "tiny", "--out", "my run"]
-    assert rd.redo_hint("index") == "vidrec run --preset tiny --out 'my run' --redo index"
-    rd.manifest["command"] = ["vidrec", "run", "--out", "r", "--redo", "data", "--redo=x"]
-    assert rd.redo_hint("ranker") == "vidrec run --out r --redo ranker"
+    rd = RunDir(tmp_path / "my run", {"seed": 0})
+    here = str(tmp_path / "my run")
+    # the run was made elsewhere (then moved or copied here): --out names where it is now
+    rd.manifest["command"] = ["/x/vidrec", "run", "--preset", "tiny", "--out", "/old/place"]
+    assert rd.redo_hint("index") == f"vidrec run --preset tiny --out '{here}' --redo index"
+    rd.manifest["command"] = [
+        "vidrec",
+        "run",
+        "--out=r",
+        "--redo",
+        "data",
+        "--redo=x",
+        "--seed",
+        "3",
+    ]
+    assert rd.redo_hint("ranker") == f"vidrec run --seed 3 --out '{here}' --redo ranker"
     rd.manifest["command"] = ["pytest"]
-    assert "--redo ranker" in rd.redo_hint("ranker")
+    assert rd.redo_hint("ranker") == (
+        f"vidrec run --out '{here}' --redo ranker (with the run's other options)"
+    )
 
 
 def test_cli_prints_one_line_naming_the_artifact_and_the_fix(
