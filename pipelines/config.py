@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-PRESETS: tuple[str, ...] = ("tiny", "default", "large")
+PRESETS: tuple[str, ...] = ("tiny", "default", "large", "movielens")
 
 
 class ConfigError(ValueError):
