@@ -12,7 +12,10 @@ Safety rules shared by the loaders:
   `unsafe_pickle_error` words the refusal of a weights file that tries to;
 - a path read from a record (`"ids_file": "ids.npy"`) is resolved with `resolve_inside`, which
   refuses absolute paths and anything that leaves the artifact's directory ("../../x",
-  symlinks pointing outside).
+  symlinks pointing outside);
+- a record that names the files its weights must be used with stores their sha256
+  (`sha256_file`); `check_digest` refuses a file that is not the one recorded (a vocabulary
+  copied in from another run), naming what was expected and what was found.
 
 Torch-free on purpose (the `features` layer): the torch loaders catch torch's exception and
 pass it to `unsafe_pickle_error`.

@@ -23,7 +23,9 @@ a finished stage is skipped or its artifacts are used, they are checked (once pe
 
 Refusals are one `RunIntegrityError` naming the artifact, what was expected, what was found and
 the command that rebuilds it (`--redo STAGE`). An interrupted stage (status "running") starts
-again; its trainers resume from their own checkpoints.
+again; its trainers resume from their own checkpoints. A stage that runs for any other reason
+(first run of a new config in an old directory, `--redo`, stale inputs) first has the files of
+its previous attempt removed, so that no trainer resumes from a checkpoint of other inputs.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -73,6 +76,8 @@ __all__ = [
 
 _PACKAGES = ("vidrec", "torch", "numpy", "pandas", "pyarrow", "annoy", "lightgbm", "scikit-learn")
 PROVENANCE_FILE = "provenance.json"
+# manifest key: stages whose directories hold an attempt that must not be continued
+_DISCARD = "discard_before_running"
 
 
 class RunDirError(RuntimeError):
@@ -220,7 +225,9 @@ class RunDir:
                     m.get("config_hash"),
                     self.config_hash,
                 )
+                old = sorted(set(m["stages"]) | set(m.get(_DISCARD, [])))
                 m = self._fresh()
+                m[_DISCARD] = old
             return m
         return self._fresh()
 
@@ -383,7 +390,7 @@ class RunDir:
                 "the same --out to complete it"
             )
 
-    def verify(self, stages: Sequence[str], inputs: dict[str, Sequence[str]]) -> None:
+    def verify(self, stages: Sequence[str], inputs: Mapping[str, Sequence[str]]) -> None:
         """Check that `stages` are finished, unchanged, and built from each other's current
         outputs (`inputs[stage]` lists the stages it is built from); raise otherwise.
 
@@ -421,10 +428,18 @@ class RunDir:
             },
         )
 
+    def _mark_discard(self, name: str) -> None:
+        """Remember (in the manifest, across processes) that `name`'s directory holds an
+        attempt that must not be continued: it is cleared before the stage runs again."""
+        pending = self.manifest.setdefault(_DISCARD, [])
+        if name not in pending:
+            pending.append(name)
+
     def forget(self, name: str) -> None:
         """Mark a stage as not done so that it runs again."""
         self._verified.pop(name, None)
         if self.manifest["stages"].pop(name, None) is not None:
+            self._mark_discard(name)
             self.save()
 
     def record(
@@ -472,10 +487,20 @@ class RunDir:
         if self.is_done(name, inputs or ()):
             log.info("stage %-16s already done, skipped", name)
             return StageResult(name, True, 0.0)
+        if self.manifest["stages"].get(name, {}).get("status") == "done":
+            self._mark_discard(name)  # done but stale: its checkpoints saw the old inputs
         lineage = None
         if inputs is not None:
             lineage = {up: self.verify_stage(up) for up in inputs if self.stage_digest(up)}
         log.info("stage %-16s running", name)
+        if name in self.manifest.get(_DISCARD, []):
+            # an interrupted attempt of this config is continued (trainers resume from their
+            # checkpoints); any other attempt's files go, so that nothing resumes from them
+            # and the manifest hashes only what this attempt wrote
+            if (self.path / name).is_dir():
+                log.info("stage %s: discarding the files of its previous attempt", name)
+                shutil.rmtree(self.path / name)
+            self.manifest[_DISCARD].remove(name)
         self.manifest["stages"][name] = {"status": "running"}
         self.save()
         out = self.stage_dir(name)

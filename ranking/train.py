@@ -515,7 +515,9 @@ def train_ranker(
         history = [dict(h) for h in ck["history"]]
         if rank == 0:
             log.info(
-                "ranker: resuming from %s after epoch %d", ckpt_dir / _CHECKPOINT, start_epoch - 1
+                "ranker: resuming from the checkpoint in %s after epoch %d",
+                ckpt_dir,
+                start_epoch - 1,
             )
         if bad_epochs >= config.patience and valid_in is not None:
             start_epoch = config.epochs + 1  # the run had already stopped early

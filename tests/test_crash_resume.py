@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -475,9 +476,17 @@ def _read_only(directory: Path) -> Callable[[], None]:
         return lambda: directory.chmod(0o755)
     probe.unlink()
     directory.chmod(0o755)  # root ignores modes: the immutable attribute binds root too
-    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+    chattr = shutil.which("chattr")
+    if (
+        chattr is None
+        or subprocess.run([chattr, "+i", str(directory)], capture_output=True).returncode
+    ):
         pytest.skip("running as root without chattr: a read-only directory cannot be made")
-    return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+    def undo() -> None:
+        subprocess.run([str(chattr), "-i", str(directory)], check=True)
+
+    return undo
 
 
 def test_read_only_run_directory(contract_dir: Path, tmp_path: Path, capsys) -> None:

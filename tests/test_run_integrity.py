@@ -393,3 +393,56 @@ def test_report_determinism_section(runs: tuple[Path, Path], tmp_path: Path) -> 
     # a GPU was visible but the config pinned training to the CPU
     pinned = {**cfg, "candidate_gen": {"device": "cpu"}, "ranking": {"device": "cpu"}}
     assert determinism_section(m, pinned)[0]["trained_on"] == "cpu"
+
+
+def test_only_an_interrupted_attempt_of_the_same_config_is_continued(tmp_path: Path) -> None:
+    def write(name: str) -> Callable[[Path], None]:
+        def stage(d: Path) -> None:
+            (d / "checkpoints").mkdir(exist_ok=True)
+            (d / name).write_text(name)
+
+        return stage
+
+    root = tmp_path / "r"
+    rd = RunDir(root, {"seed": 0})
+    rd.run_stage("a", write("first"))
+    # interrupted: the manifest says running; the rerun keeps the directory (checkpoints)
+    rd.manifest["stages"]["b"] = {"status": "running"}
+    rd.save()
+    (root / "b" / "checkpoints").mkdir(parents=True)
+    (root / "b" / "checkpoints" / "checkpoint.pt").write_text("epoch 1")
+    rd = RunDir(root, {"seed": 0})
+    rd.run_stage("b", write("b"), inputs=("a",))
+    assert (root / "b" / "checkpoints" / "checkpoint.pt").exists()
+    # --redo: the previous attempt's files go, nothing resumes from them
+    rd.forget("a")
+    rd.run_stage("a", write("second"))
+    assert sorted(p.name for p in (root / "a").iterdir()) == [
+        "checkpoints",
+        "provenance.json",
+        "second",
+    ]
+    # b was built from the first a: stale, so it reruns from an empty directory too
+    rd.run_stage("b", write("b2"), inputs=("a",))
+    assert not (root / "b" / "checkpoints" / "checkpoint.pt").exists()
+    # another config in the same directory: every earlier stage directory is cleared when
+    # its stage runs, also in a later process (the manifest remembers which)
+    rd = RunDir(root, {"seed": 1})
+    rd.run_stage("a", write("third"))
+    assert "second" not in {p.name for p in (root / "a").iterdir()}
+    m = json.loads((root / "manifest.json").read_text())
+    assert sorted(m["stages"]["a"]["artifacts"]) == ["a/provenance.json", "a/third"]
+    assert m["discard_before_running"] == ["b"]
+    rd = RunDir(root, {"seed": 1})
+    rd.run_stage("b", write("b3"), inputs=("a",))
+    assert sorted(p.name for p in (root / "b").iterdir()) == [
+        "b3",
+        "checkpoints",
+        "provenance.json",
+    ]
+    assert json.loads((root / "manifest.json").read_text())["discard_before_running"] == []
+    # a directory no manifest ever listed is not vidrec's to delete
+    (root / "c").mkdir()
+    (root / "c" / "mine.txt").write_text("user data")
+    rd.run_stage("c", write("c"))
+    assert (root / "c" / "mine.txt").exists()
