@@ -201,11 +201,24 @@ def run(
     quick: bool = False,
     repeats: int = 5,
     seed: int = 0,
+    grid: dict[str, tuple[int, ...]] | None = None,
     **_: Any,
 ) -> dict[str, Any]:
-    """Return the annoy-on-learned-embeddings benchmark's result (table printed)."""
+    """Return the annoy-on-learned-embeddings benchmark's result (table printed).
+
+    `grid` overrides parts of the sizes: "items", "trees" (dot-product forests),
+    "trees_normalised", "search_k" (tuples of integers).
+    """
     repeats = check_repeats(repeats, quick)
     cfg = sizes(quick)
+    names = {"items": "items", "trees": "n_trees", "trees_normalised": "n_trees_normalised",
+             "search_k": "search_k"}  # fmt: skip
+    for key, value in (grid or {}).items():
+        if key not in names:
+            raise ValueError(f"unknown grid key {key!r}; known: {sorted(names)}")
+        if not value:
+            raise ValueError(f"grid[{key!r}] is empty; give at least one value")
+        cfg[names[key]] = tuple(int(v) for v in value)
     k = cfg["k"]
     t0 = time.perf_counter()
     lw: LearnedWorld = train_world(cfg["world"], seed)

@@ -29,7 +29,8 @@ meaningful. `--vectors FILE.npz` (ids, vectors) makes annoy_curve use learned it
 e.g. RUN_DIR/index/item_vectors.npz. `--serving-users N` and `--serving-annoy TREES,SEARCH_K`
 set the serving benchmark's users and annoy setting (default: 200 users, the `default` preset's
 retrieval setting); `--rechub-python PATH` the scratch interpreter with torch-rechub
-(default /tmp/rechub-venv/bin/python).
+(default /tmp/rechub-venv/bin/python); `--annoy-items`, `--annoy-trees`,
+`--annoy-trees-normalised`, `--annoy-search-k` shrink annoy_learned's grid (comma-separated).
 """
 
 from __future__ import annotations
@@ -131,6 +132,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serving: annoy n_trees,search_k (default: the default preset's retrieval setting)",
     )
     p.add_argument(
+        "--annoy-trees",
+        default=None,
+        metavar="LIST",
+        help="annoy_learned: forests (n_trees, comma-separated) on the dot-product vectors "
+        "(default 10,50,100)",
+    )
+    p.add_argument(
+        "--annoy-trees-normalised",
+        default=None,
+        metavar="LIST",
+        help="annoy_learned: forests on the L2-normalised vectors (default 10,50)",
+    )
+    p.add_argument(
+        "--annoy-search-k",
+        default=None,
+        metavar="LIST",
+        help="annoy_learned: search_k values, written --annoy-search-k=-1,10000 (the = keeps "
+        "-1 from reading as an option; default -1,3000,10000,30000,100000,300000,1000000)",
+    )
+    p.add_argument(
+        "--annoy-items",
+        default=None,
+        metavar="LIST",
+        help="annoy_learned: catalog sizes (default 100000,1000000)",
+    )
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="run the benchmarks in this process (peak RSS is then shared between them)",
@@ -180,6 +207,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if trees < 1 or search_k < -1 or search_k == 0:
             p.error(f"--serving-annoy: TREES >= 1 and SEARCH_K -1 or >= 1, got {trees},{search_k}")
         args.serving_annoy = (trees, search_k)
+    for name, low in (
+        ("annoy_trees", 1),
+        ("annoy_trees_normalised", 1),
+        ("annoy_search_k", -1),
+        ("annoy_items", 1),
+    ):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        try:
+            values = tuple(int(x) for x in value.split(",") if x.strip())
+        except ValueError:
+            p.error(f"{flag} takes comma-separated integers, got {value!r}")
+        if not values or min(values) < low or 0 in values:
+            p.error(f"{flag}: integers >= {low} (search_k: -1 or >= 1) needed, got {value!r}")
+        setattr(args, name, values)
     return args
 
 
@@ -213,6 +257,11 @@ def run_in_process(name: str, args: argparse.Namespace) -> dict[str, Any]:
         rechub_python_path=args.rechub_python,
         serving_users=args.serving_users,
         serving_annoy=args.serving_annoy,
+        grid={
+            key: getattr(args, f"annoy_{key}")
+            for key in ("trees", "trees_normalised", "search_k", "items")
+            if getattr(args, f"annoy_{key}") is not None
+        },
     )
     res["wall_s"] = round(time.perf_counter() - t0, 2)
     res["run_at"] = started
@@ -249,6 +298,10 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
             cmd += ["--serving-users", str(args.serving_users)]
         if args.serving_annoy is not None:
             cmd += ["--serving-annoy", ",".join(str(x) for x in args.serving_annoy)]
+        for key in ("trees", "trees_normalised", "search_k", "items"):
+            value = getattr(args, f"annoy_{key}")
+            if value is not None:
+                cmd += [f"--annoy-{key.replace('_', '-')}", ",".join(str(x) for x in value)]
         proc = subprocess.run(cmd, cwd=ROOT, stdout=None, stderr=subprocess.PIPE, text=True)
         if proc.stderr:
             sys.stderr.write(proc.stderr[-4000:])

@@ -177,8 +177,11 @@ def test_runner_and_repeat_checks() -> None:
     assert "serving" in run.parse_args([]).names
     assert run.parse_args(["--only", "rechub_compare"]).names == ["rechub_compare"]
     assert run.parse_args(["--serving-annoy", "50,100000"]).serving_annoy == (50, 100_000)
+    grid = run.parse_args(["--annoy-trees", "10,50", "--annoy-search-k=-1,10000"])
+    assert grid.annoy_trees == (10, 50) and grid.annoy_search_k == (-1, 10_000)
     for bad in (["--serving-annoy", "50"], ["--serving-annoy", "0,10"],
-                ["--serving-annoy", "5,0"], ["--serving-users", "0"]):  # fmt: skip
+                ["--serving-annoy", "5,0"], ["--serving-users", "0"], ["--annoy-trees", "0"],
+                ["--annoy-search-k=0,5"], ["--annoy-items=x"], ["--annoy-items="]):  # fmt: skip
         with pytest.raises(SystemExit):
             run.parse_args(bad)
     with pytest.raises(ValueError, match="repeats must be >= 5"):
@@ -282,6 +285,13 @@ def test_recall_with_ties_hand_computed() -> None:
     # by id, 30 is not the exact answer 20: (1/2 + 1/2 + 0) / 3
     want = np.array([[10, 20]] * 3)
     assert annoy_learned._recall_by_id(got, want) == pytest.approx(1 / 3)
+
+
+def test_annoy_learned_grid_errors() -> None:
+    with pytest.raises(ValueError, match="unknown grid key 'forests'"):
+        annoy_learned.run(quick=True, repeats=1, grid={"forests": (1,)})
+    with pytest.raises(ValueError, match=r"grid\['trees'\] is empty"):
+        annoy_learned.run(quick=True, repeats=1, grid={"trees": ()})
 
 
 def test_annoy_learned_quick() -> None:
