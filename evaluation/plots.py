@@ -116,6 +116,7 @@ def upload_age_histograms(
     unit: str = "days",
     title: str = "Upload age of retrieved vs watched items",
     clip_quantile: float = 0.99,
+    xlabel: str | None = None,
 ) -> bytes:
     """Return a PNG of overlaid upload-age distributions (share of items per age bin).
 
@@ -144,7 +145,7 @@ def upload_age_histograms(
         share = counts / arr.size
         ax.stairs(share, edges, color=f"C{i}", linewidth=1.8, label=f"{name} (n={arr.size:,})")
     ax.set_title(title)
-    ax.set_xlabel(f"item age at the time of the event ({unit}; last bin includes older)")
+    ax.set_xlabel(xlabel or f"item age at the time of the event ({unit}; last bin includes older)")
     ax.set_ylabel("share of items in the bin")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -250,6 +250,8 @@ def example_age_figure(out: Path, base: dict[str, Any], seed: int) -> Path | Non
     png = upload_age_histograms(
         ages,
         title=f"Upload age of retrieved vs watched-next items (default world, seed {seed}, test users)",
+        xlabel="upload age at serving time (days; < 0: uploaded after it, so not yet servable; "
+        "last bin includes older)",
     )
     path = out / "example_age.png"
     with atomic_path(path) as tmp:
