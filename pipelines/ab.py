@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from features.split import TimeSplit
 from features.tables import Dataset
 from pipelines.config import ConfigError
 from pipelines.context import RunContext
-from pipelines.rundir import RunDir, RunDirError
+from pipelines.rundir import RunDir
 from pipelines.simulate import (
     Policy,
     daily_index,
@@ -39,23 +38,16 @@ _WORLD = ("most_popular", "logging_policy", "random", "oracle")
 
 
 def _context(run: Path) -> RunContext:
-    m = run / "manifest.json"
-    if not m.exists():
-        raise RunDirError(f"{run} is not a vidrec run directory (no manifest.json)")
-    manifest = json.loads(m.read_text("utf-8"))
-    missing = [
-        s
-        for s in ("data", "candidate_gen", "index", "ranker")
-        if manifest["stages"].get(s, {}).get("status") != "done"
-    ]
-    if missing:
-        raise RunDirError(
-            f"run {run} has not finished stage(s) {missing}; finish it with `vidrec run --out {run}`"
-        )
-    ctx = RunContext(RunDir(run, manifest["config"]), progress=False)
+    """The run's context, after checking its serving artifacts belong together (as serving
+    does: finished stages, sha256 per file, same run, no stale stage)."""
+    from pipelines.serve import SERVING_INPUTS, SERVING_STAGES
+
+    rundir = RunDir.open(run)
+    rundir.verify(SERVING_STAGES, SERVING_INPUTS)
+    ctx = RunContext(rundir, progress=False)
     if not ctx.is_synthetic:
         raise ConfigError(
-            f"run {run} is on {manifest['config']['data']['source']!r} data: the A/B simulation needs the synthetic world's ground truth"
+            f"run {run} is on {ctx.config['data']['source']!r} data: the A/B simulation needs the synthetic world's ground truth"
         )
     return ctx
 

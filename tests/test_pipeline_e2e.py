@@ -116,3 +116,40 @@ def test_cli_recommend_and_predict(tiny_run, capsys):
     assert pred["items"][0]["expected_watch_time"] == pytest.approx(
         rec["slate"][0]["expected_watch_time"], rel=1e-5
     )
+
+
+def test_ab_closed_loop_is_seeded_paired_and_refuses_a_tampered_run(tiny_run, tmp_path):
+    import shutil
+
+    from features.integrity import ArtifactError
+    from pipelines.ab import run_ab_command
+    from pipelines.config import ConfigError
+
+    out, _, _ = tiny_run
+    kw = dict(days=1, k=5, max_visits=60, retrain=False, seed=None)
+    a = run_ab_command(out, ["system", "most_popular", "logging_policy"], **kw)
+    m = a["metrics"]
+    assert set(m["arms"]) == {"system", "most_popular", "logging_policy"}
+    for arm in m["arms"].values():
+        lo, hi = arm["watch_time_per_user"]["ci"]
+        assert 0.0 <= lo <= arm["watch_time_per_user"]["mean"] <= hi
+        assert 0.0 <= arm["ctr"]["mean"] <= 1.0
+        assert arm["impressions"] > 0
+    # every arm but the control is compared with it, pairing the same visitors
+    assert set(m["vs_control"]) == {"most_popular", "logging_policy"}
+    assert all(v["control"] == "system" for v in m["vs_control"].values())
+    assert json.loads((out / "ab" / "ab.json").read_text("utf-8"))["config"]["days"] == 1
+    # same seed -> the same visitors, draws and numbers
+    b = run_ab_command(out, ["system", "most_popular", "logging_policy"], **kw)
+    assert b["metrics"] == a["metrics"]
+    with pytest.raises(ConfigError, match="at least two arms"):
+        run_ab_command(out, ["system"], **kw)
+    with pytest.raises(ConfigError, match="--days must be >= 1"):
+        run_ab_command(out, ["system", "most_popular"], **{**kw, "days": 0})
+    # a copy of the run whose ranker file was edited is refused before anything is simulated
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    victim = next(p for p in sorted((bad / "ranker").rglob("*")) if p.is_file())
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(ArtifactError, match="ranker"):
+        run_ab_command(bad, ["system", "most_popular"], **kw)
