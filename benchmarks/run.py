@@ -301,7 +301,8 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for key in ("trees", "trees_normalised", "search_k", "items"):
             value = getattr(args, f"annoy_{key}")
             if value is not None:
-                cmd += [f"--annoy-{key.replace('_', '-')}", ",".join(str(x) for x in value)]
+                # "=": a value starting with -1 would otherwise read as an option
+                cmd.append(f"--annoy-{key.replace('_', '-')}=" + ",".join(str(x) for x in value))
         proc = subprocess.run(cmd, cwd=ROOT, stdout=None, stderr=subprocess.PIPE, text=True)
         if proc.stderr:
             sys.stderr.write(proc.stderr[-4000:])
