@@ -60,12 +60,16 @@ class WorldSpec:
     max_examples_per_user: int = 20
     quick: bool = False  # the quick (smoke) candidate-generator settings of cg_training
 
+    def describe_world(self) -> str:
+        """Return a one-line description of the world alone."""
+        extra = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return f"world preset {self.preset!r}" + (f" ({extra})" if extra else "")
+
     def describe(self) -> str:
         """Return a one-line description of the world and training."""
-        extra = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
         return (
-            f"world preset {self.preset!r}" + (f" ({extra})" if extra else "") + f", CG trained "
-            f"{self.epochs} epoch(s), <= {self.max_examples_per_user} examples/user"
+            f"{self.describe_world()}, CG trained {self.epochs} epoch(s), "
+            f"<= {self.max_examples_per_user} examples/user"
         )
 
 

@@ -404,7 +404,7 @@ def run(
     }
     notes = [
         f"{len(examples):,} training examples per epoch (a seeded subset of the {n_all:,} built; "
-        f"{spec.describe()}), batch {batch}, "
+        f"{spec.describe_world()}, <= {spec.max_examples_per_user} per user), batch {batch}, "
         f"{threads} torch threads in both processes, {repeats} interleaved repeats "
         "(ours closest, ours default, theirs), medians of the per-epoch rates",
         "ours: K negatives per batch shared by its rows, unigram^0.75 over the catalog, logQ "
@@ -416,10 +416,12 @@ def run(
         "(+1 linear layer), ssl none, attribute width 64; ours default: feature item tower + "
         "CFM SSL, attribute width 8",
         f"valid Recall@50: {len(valid):,} validation-window examples whose label has an id "
-        "code, exact top-50 (ours over the whole catalog, theirs over every item code)",
+        "code, exact top-50 (ours over the whole catalog, theirs over every item code), after "
+        f"the {repeats} timed epochs: a check that both train, not a quality comparison (that "
+        "needs full training)",
         "epoch peak = resident-set growth during one epoch (VmHWM); process peak = the "
-        "torch-rechub worker's lifetime peak (ours: see peak_rss_mb, the driver process, "
-        "which also holds the world)",
+        "torch-rechub worker's peak resident set (VmHWM; ours: peak_rss_mb, the driver "
+        "process, which also holds the world and the featurizer)",
         *notes,
     ]
     return result(
@@ -436,7 +438,7 @@ def run(
             "valid_examples": len(valid),
             "negatives": list(cfg["negatives"]),
             "batch_size": batch,
-            "world": spec.describe(),
+            "world": spec.describe_world(),
             "rechub_python": str(python),
             "seed": seed,
             "rechub_version": _rechub_version(python),

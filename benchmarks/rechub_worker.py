@@ -59,6 +59,11 @@ def _status_mb(key: str) -> float:
 
 
 def _peak_mb() -> float:
+    """Return this process's peak resident set since exec (VmHWM; ru_maxrss would not do:
+    Linux carries it across fork + exec, so it starts at the driver's size)."""
+    hwm = _status_mb("VmHWM")
+    if hwm == hwm:  # not NaN: /proc is there
+        return hwm
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     model, trainer, loader, valid, info = build(args)
     n_items = int(np.load(args.data)["n_item_codes"])
     _say({"ready": True, "threads": torch.get_num_threads(), **info})
-    lifetime_peak = _peak_mb()  # resetting VmHWM lowers ru_maxrss too: keep the maximum here
+    lifetime_peak = _peak_mb()  # each epoch resets VmHWM: keep the maximum here
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "epoch":
@@ -182,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             loss = trainer.train_one_epoch(loader)
             seconds = time.perf_counter() - t0
-            epoch_peak = _status_mb("VmHWM")
-            lifetime_peak = max(lifetime_peak, _peak_mb(), epoch_peak)
+            epoch_peak = _peak_mb()
+            lifetime_peak = max(lifetime_peak, epoch_peak)
             _say(
                 {
                     "seconds": seconds,
