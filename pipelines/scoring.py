@@ -18,7 +18,10 @@ _SCORE_ELEMENTS = 1 << 25  # scores held at once per block (128 MB of float32)
 
 
 def add_cg_features(
-    model: TrainedCandidateGenerator, ds: Dataset, requests: pd.DataFrame
+    model: TrainedCandidateGenerator,
+    ds: Dataset,
+    requests: pd.DataFrame,
+    item_vector_cache: dict[int, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """`requests` plus `cg_score` (u·v at the request time) and `cg_rank` (1 + number of items
     servable at that time that the candidate generator scores higher, over the whole catalog).
@@ -27,6 +30,12 @@ def add_cg_features(
     serving request of 500 candidates give the feature the same meaning. User vectors are
     computed once per page (user, timestamp) from history strictly before it (example age 0,
     as at serving); item vectors once per day of requests (upload ages at that day's start).
+    A caller serving many requests from one fixed `ds` passes `item_vector_cache` (a dict it
+    keeps): the item tower then runs once per day, not once per call.
+
+    The rank counts only items scored at least the page's lowest row score (every item scored
+    higher than a row is among them), found with a partial top-k; a page whose rows sit deep in
+    the catalog falls back to a full sort. Both give the same integers.
     """
     req = requests.reset_index(drop=True).copy()
     if len(req) == 0:
@@ -51,16 +60,21 @@ def add_cg_features(
     upload_t = torch.from_numpy(np.ascontiguousarray(upload, dtype=np.int64).copy())
     n_rows_page = np.diff(page_start)
     for d in np.unique(day):  # one item-vector pass per day of requests (a handful)
-        items = model.featurizer.item_features(ds, reference_time=int(d))
-        _, item_vecs = model.item_embeddings(items)
-        iv = torch.from_numpy(item_vecs)
+        iv = item_vector_cache.get(int(d)) if item_vector_cache is not None else None
+        if iv is None:
+            items = model.featurizer.item_features(ds, reference_time=int(d))
+            _, item_vecs = model.item_embeddings(items)
+            iv = torch.from_numpy(item_vecs)
+            if item_vector_cache is not None:
+                item_vector_cache[int(d)] = iv
+        n_items = iv.shape[0]
         pidx = np.flatnonzero(day == d)
         chunk = max(1, _SCORE_ELEMENTS // max(len(catalog_ids), 1))  # bounds the (C, N) block
         for lo in range(0, len(pidx), chunk):
             pc = pidx[lo : lo + chunk]
             scores = torch.from_numpy(user_vecs[pc]) @ iv.T  # (C, N)
             servable = upload_t[None, :] <= torch.from_numpy(page_t[pc])[:, None]  # (C, N)
-            ordered = torch.sort(scores.masked_fill(~servable, -torch.inf), dim=1).values  # (C, N)
+            masked = scores.masked_fill(~servable, -torch.inf)  # (C, N)
             # the pages' rows as a padded (C, M) block: row j of page c at [c, j]
             counts = n_rows_page[pc]
             local = np.repeat(np.arange(len(pc)), counts)
@@ -69,7 +83,15 @@ def add_cg_features(
             s_rows = scores[torch.from_numpy(local), torch.from_numpy(item_row[rows])]  # (R,)
             block = torch.full((len(pc), int(counts.max())), torch.inf)
             block[torch.from_numpy(local), torch.from_numpy(within)] = s_rows
-            # items scored strictly higher = N - (items scored <= s)
+            # items scored strictly higher than a row all score >= the page's lowest row
+            floor = block.min(dim=1, keepdim=True).values  # (C, 1)
+            k_sel = int((masked >= floor).sum(dim=1).max())
+            if k_sel <= n_items // 4:  # partial: the k_sel best per page, ascending
+                ordered = torch.topk(masked, max(k_sel, 1), dim=1).values.flip(1)  # (C, k)
+            else:
+                ordered = torch.sort(masked, dim=1).values  # (C, N)
+            # scored strictly higher = listed - (listed scored <= s); items left out of a partial
+            # list all score below the page floor, so they are never higher than a row
             higher = ordered.shape[1] - torch.searchsorted(ordered, block, right=True)  # (C, M)
             score[rows] = s_rows.double().numpy()
             rank[rows] = (

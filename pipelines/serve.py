@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from candidate_gen.index import AnnoyIndex
 from candidate_gen.retrieve import Retriever
@@ -52,6 +53,8 @@ class Recommender:
         self.dataset = dataset
         self.split = split
         self.cg = cg
+        # the item tower's vectors per day of requests: the dataset is fixed while serving
+        self._item_vectors: dict[int, torch.Tensor] = {}
         self.index = index
         self.ranker = ranker
         self.config = config
@@ -113,7 +116,7 @@ class Recommender:
                 "timestamp": np.full(len(item_ids), self.at, dtype=np.int64),
             }
         )
-        req = scoring.add_cg_features(self.cg, self.dataset, req)
+        req = scoring.add_cg_features(self.cg, self.dataset, req, self._item_vectors)
         req["source"] = "candidate_gen"
         return req
 

@@ -153,3 +153,50 @@ def test_ab_closed_loop_is_seeded_paired_and_refuses_a_tampered_run(tiny_run, tm
     victim.write_bytes(victim.read_bytes() + b"\0")
     with pytest.raises(ArtifactError, match="ranker"):
         run_ab_command(bad, ["system", "most_popular"], **kw)
+
+
+def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from candidate_gen.train import TrainedCandidateGenerator
+    from features.io import read_dataset
+    from pipelines import scoring
+
+    out, _, _ = tiny_run
+    cg = TrainedCandidateGenerator.load(out / "candidate_gen" / "model")
+    ds, _ = read_dataset(out / "data" / "tables")
+    items = ds.items["item_id"].to_numpy()
+    t = int(ds.watches["timestamp"].quantile(0.9))
+    users = ds.users["user_id"].to_numpy()[:6]
+    # pages 0-2 hold items the model likes (partial top-k path), pages 3-5 random items (deep
+    # in the catalog: full-sort fallback); one request frame with both kinds
+    feats = cg.featurizer.serving(ds, users, np.full(len(users), t))
+    u = cg.user_embeddings(feats, example_age=0.0)
+    _, iv = cg.item_embeddings(cg.featurizer.item_features(ds, reference_time=(t // 86400) * 86400))
+    servable = ds.items["upload_time"].to_numpy() <= t
+    s_all = np.where(servable[None, :], u @ iv.T, -np.inf)  # (6, N)
+    rng = np.random.default_rng(0)
+    rows = []
+    for p, user in enumerate(users):
+        pick = np.argsort(-s_all[p])[:5] if p < 3 else rng.choice(len(items), 5, replace=False)
+        rows += [(user, int(items[i]), t) for i in pick]
+    req = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    cache: dict[int, torch.Tensor] = {}
+    got = scoring.add_cg_features(cg, ds, req, cache)
+    assert len(cache) == 1  # the day's item vectors were kept for the next call
+    again = scoring.add_cg_features(cg, ds, req, cache)
+    pd.testing.assert_frame_equal(got, again)
+    col = pd.Index(items).get_indexer(req["item_id"])
+    page = np.repeat(np.arange(len(users)), 5)
+    s = s_all[page, col]
+    expected_rank = 1 + (s_all[page] > s[:, None]).sum(axis=1)  # brute force over the catalog
+    np.testing.assert_allclose(got["cg_score"], (u[page] * iv[col]).sum(1), rtol=1e-5)
+    np.testing.assert_array_equal(got["cg_rank"].to_numpy(), expected_rank)  # mixed: full sort
+    # each kind alone: the liked pages take the partial top-k path, the random ones the sort
+    top = scoring.add_cg_features(cg, ds, req.iloc[:15], cache)
+    deep = scoring.add_cg_features(cg, ds, req.iloc[15:], cache)
+    np.testing.assert_array_equal(top["cg_rank"].to_numpy(), expected_rank[:15])
+    np.testing.assert_array_equal(deep["cg_rank"].to_numpy(), expected_rank[15:])
+    assert top["cg_rank"].max() <= 5 < deep["cg_rank"].max()
