@@ -51,6 +51,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -318,12 +319,10 @@ def _baseline_factories(seed: int) -> dict[str, list[tuple[str, Callable[[], Ret
     return {
         "most_popular": [("-", MostPopular)],
         "item_knn": [
-            (f"neighbors={'all' if n is None else n}", lambda n=n: ItemKNN(neighbors=n))
+            (f"neighbors={'all' if n is None else n}", partial(ItemKNN, neighbors=n))
             for n in KNN_NEIGHBORS
         ],
-        "pure_svd": [
-            (f"rank={r}", lambda r=r: PureSVD(n_components=r, seed=seed)) for r in SVD_RANKS
-        ],
+        "pure_svd": [(f"rank={r}", partial(PureSVD, r, seed=seed)) for r in SVD_RANKS],
     }
 
 
