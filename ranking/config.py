@@ -43,6 +43,11 @@ class RankerConfig:
     vocab_top_n        top-N most frequent values kept per id space (None = all)
     embedding_scale / max_embedding_width   width = clip(round(scale * log2(vocab size)), 4, max)
     n_quantiles        quantiles of the continuous features' training CDF
+    dropout            probability of dropping each hidden unit while training (0 = off)
+    calibrate          after training, fit a `WatchTimeCalibrator` (ranking.calibration) on the
+                       validation frame: a strictly increasing map of the logit, so the expected
+                       watch time's level is corrected and no page's order changes (ignored
+                       for weighting="click", whose exp(logit) is the click odds)
     lr, weight_decay   Adam step size and L2 penalty
     epochs, batch_size, patience   training length; stop after `patience` epochs without a better
                        validation weighted log loss and keep the best epoch's weights
@@ -59,6 +64,8 @@ class RankerConfig:
     embedding_scale: float = 6.0
     max_embedding_width: int = 64
     n_quantiles: int = 1000
+    dropout: float = 0.0
+    calibrate: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 10
@@ -93,6 +100,8 @@ class RankerConfig:
                 "RankerConfig: lr and embedding_scale must be > 0 and weight_decay >= 0, got "
                 f"lr={self.lr}, embedding_scale={self.embedding_scale}, weight_decay={self.weight_decay}"
             )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"RankerConfig.dropout must be in [0, 1), got {self.dropout}")
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise ValueError(
                 f"RankerConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}"

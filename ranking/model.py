@@ -70,6 +70,7 @@ class DeepRanker(nn.Module):
     vocab_sizes / embedding_widths: per space in EMBEDDING_SPACES (rows incl. code 0).
     n_dense: width of `RankerBatch.dense` (ignored, and not read, when use_continuous=False).
     hidden: ReLU layer widths; () gives a linear model over the concatenated inputs.
+    dropout: probability of zeroing each hidden unit during training (after every ReLU; 0 = off).
     """
 
     def __init__(
@@ -80,8 +81,11 @@ class DeepRanker(nn.Module):
         hidden: Sequence[int] = (1024, 512, 256),
         *,
         use_continuous: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"DeepRanker: dropout must be in [0, 1), got {dropout}")
         missing = [s for s in EMBEDDING_SPACES if s not in vocab_sizes or s not in embedding_widths]
         if missing:
             raise ValueError(
@@ -94,6 +98,7 @@ class DeepRanker(nn.Module):
         self.n_dense = int(n_dense)
         self.hidden = tuple(int(h) for h in hidden)
         self.use_continuous = bool(use_continuous)
+        self.dropout = float(dropout)
         self.embeddings = nn.ModuleDict(
             {
                 s: nn.Embedding(self.vocab_sizes[s], self.embedding_widths[s], padding_idx=0)
@@ -113,6 +118,8 @@ class DeepRanker(nn.Module):
         layers: list[nn.Module] = []
         for width in self.hidden:
             layers += [nn.Linear(n_in, width), nn.ReLU()]
+            if self.dropout > 0:
+                layers.append(nn.Dropout(self.dropout))
             n_in = width
         layers.append(nn.Linear(n_in, 1))
         self.tower = nn.Sequential(*layers)
@@ -152,6 +159,7 @@ class DeepRanker(nn.Module):
             "n_dense": self.n_dense,
             "hidden": list(self.hidden),
             "use_continuous": self.use_continuous,
+            "dropout": self.dropout,
         }
 
 

@@ -62,6 +62,7 @@ from features.ranker_features import (
 )
 from features.tables import Dataset
 from ranking import distributed as dist_utils
+from ranking.calibration import WatchTimeCalibrator
 from ranking.config import RankerConfig
 from ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
 
@@ -71,6 +72,9 @@ _TRANSFORMS = ("vocabularies.json", "normalizer.json")
 _MODEL = "model.pt"
 # the files the weights must be used with (checked on load; model.pt itself is checked by shape)
 _COMPANIONS = ("config.json", "vocabularies.json", "normalizer.json")
+_CALIBRATION = "calibration.json"
+# rows per calibration bin at most (fewer validation rows: 20 bins of n // 20)
+_CALIBRATION_BIN_ROWS = 500
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,8 +138,10 @@ class TrainedRanker:
         history: Sequence[dict[str, float]] = (),
         best_epoch: int = 0,
         device: torch.device | None = None,
+        calibrator: WatchTimeCalibrator | None = None,
     ) -> None:
         self.config = config
+        self.calibrator = calibrator
         self.vocabularies = vocabularies
         self.normalizer = normalizer
         self.device = device if device is not None else resolve_device(config.device)
@@ -180,12 +186,17 @@ class TrainedRanker:
     def predict_expected_watch_time(
         self, frame: RankerFrame, *, batch_size: int = 8192
     ) -> np.ndarray:
-        """Return exp(logit) (N,): the expected watch time in seconds (the ranking score).
+        """Return the expected watch time (N,) in seconds (the ranking score): exp(logit), or
+        exp(g(logit)) with the validation-fitted calibrator g when the ranker has one.
 
-        Meaningful as a watch time for weighting="watch_time"; for the click-only variant it is
-        the click odds.
+        g is strictly increasing, so both give every page the same order. Meaningful as a
+        watch time for the watch-time weightings; for the click-only variant it is the click
+        odds (never calibrated).
         """
-        return np.exp(self.predict_logit(frame, batch_size=batch_size))
+        logits = self.predict_logit(frame, batch_size=batch_size)
+        if self.calibrator is not None:
+            return self.calibrator.expected_watch_time(logits)
+        return np.exp(logits)
 
     def score_items(
         self,
@@ -245,6 +256,12 @@ class TrainedRanker:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         with atomic_path(d / _MODEL) as tmp:
             torch.save(state, tmp)
+        companions = list(_COMPANIONS)
+        if self.calibrator is not None:
+            atomic_write_json(d / _CALIBRATION, self.calibrator.to_dict())
+            companions.append(_CALIBRATION)
+        elif (d / _CALIBRATION).exists():
+            (d / _CALIBRATION).unlink()  # a previous model's calibrator must not be picked up
         atomic_write_json(
             d / "ranker.json",
             {
@@ -252,7 +269,7 @@ class TrainedRanker:
                 "model": self.model.spec(),
                 "history": self.history,
                 "best_epoch": self.best_epoch,
-                "sha256": {name: sha256_file(d / name) for name in _COMPANIONS},
+                "sha256": {name: sha256_file(d / name) for name in companions},
             },
         )
         return d
@@ -282,6 +299,17 @@ class TrainedRanker:
         dev = resolve_device(device or config.device)
         model = _build_model(meta["model"])
         model.load_state_dict(_load_weights(d / _MODEL, dev))
+        calibrator = None
+        if _CALIBRATION in (meta.get("sha256") or {}):  # its digest was checked above
+            try:
+                calibrator = WatchTimeCalibrator.from_dict(_read_json(d / _CALIBRATION))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ArtifactError(f"{d / _CALIBRATION}: {exc}") from None
+        elif config.calibrate:
+            raise ArtifactError(
+                f"{d} was trained with calibrate=true but ranker.json records no "
+                f"{_CALIBRATION}; restore the file saved with this model, or retrain it"
+            )
         return cls(
             config,
             vocabularies,
@@ -290,6 +318,7 @@ class TrainedRanker:
             history=meta.get("history", []),
             best_epoch=meta.get("best_epoch", 0),
             device=dev,
+            calibrator=calibrator,
         )
 
 
@@ -336,6 +365,7 @@ def _build_model(spec: dict[str, Any]) -> DeepRanker:
         spec["n_dense"],
         spec["hidden"],
         use_continuous=spec["use_continuous"],
+        dropout=float(spec.get("dropout", 0.0)),  # absent in rankers saved before dropout
     )
 
 
@@ -426,6 +456,11 @@ def train_ranker(
     then be a multiple of the number of processes. Every rank returns the same model.
     """
     clicked, watch_time = _labels(train_frame, "train_frame")
+    if config.calibrate and config.weighting != "click" and valid_frame is None:
+        raise ValueError(
+            "calibrate=true fits the watch-time calibrator on the validation frame: pass a "
+            "valid_frame (held-out impressions), or set calibrate=false"
+        )
     if valid_frame is not None:
         v_clicked, v_watch_time = _labels(valid_frame, "valid_frame")
     rank, world = dist_utils.rank_and_world()
@@ -492,6 +527,7 @@ def train_ranker(
             train_in.dense.shape[1],
             config.hidden,
             use_continuous=config.use_continuous,
+            dropout=config.dropout,
         ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -600,8 +636,42 @@ def train_ranker(
             break
 
     model.load_state_dict(best_state)
+    calibrator = None
+    if config.calibrate and config.weighting != "click" and valid_in is not None:
+        calibrator = _fit_calibrator(model, valid_in, v_clicked, v_watch_time, device, config)
     return TrainedRanker(
-        config, vocabs, normalizer, model, history=history, best_epoch=best_epoch, device=device
+        config,
+        vocabs,
+        normalizer,
+        model,
+        history=history,
+        best_epoch=best_epoch,
+        device=device,
+        calibrator=calibrator,
+    )
+
+
+def _fit_calibrator(
+    model: DeepRanker,
+    valid_in: _Inputs,
+    clicked: np.ndarray,
+    watch_time: np.ndarray,
+    device: torch.device,
+    config: RankerConfig,
+) -> WatchTimeCalibrator:
+    """Return a `WatchTimeCalibrator` fitted on the best model's validation logits (every rank
+    scores the whole validation frame with the same weights, so all get the same calibrator)."""
+    n = len(clicked)
+    logits = np.empty(n, dtype=np.float64)
+    model.eval()
+    step = max(config.batch_size, 4096)
+    with torch.inference_mode():
+        for lo in range(0, n, step):
+            rows = np.arange(lo, min(lo + step, n))
+            logits[rows] = model(valid_in.batch(rows, device)).double().cpu().numpy()
+    min_rows = max(1, min(_CALIBRATION_BIN_ROWS, n // 20))
+    return WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows).fit(
+        logits, np.where(clicked, watch_time, 0.0)
     )
 
 
