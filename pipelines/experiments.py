@@ -94,6 +94,13 @@ RANKER_VARIANTS: dict[str, dict[str, Any]] = {
         "hidden": [1024, 512, 256],
         "weighting": "watch_time",
     },
+    # the raw exp(logit) of the two watch-time weightings, without the validation calibrator
+    "1024-512-256, uncalibrated": {"hidden": [1024, 512, 256], "calibrate": False},
+    "1024-512-256, YT16 weighting, uncalibrated": {
+        "hidden": [1024, 512, 256],
+        "weighting": "watch_time",
+        "calibrate": False,
+    },
 }
 
 
