@@ -75,6 +75,8 @@ _COMPANIONS = ("config.json", "vocabularies.json", "normalizer.json")
 _CALIBRATION = "calibration.json"
 # rows per calibration bin at most (fewer validation rows: 20 bins of n // 20)
 _CALIBRATION_BIN_ROWS = 500
+# fewer validation rows than this (or no watch time in them): no calibrator, exp(logit) is kept
+_CALIBRATION_MIN_ROWS = 40
 
 
 def resolve_device(name: str) -> torch.device:
@@ -269,6 +271,7 @@ class TrainedRanker:
                 "model": self.model.spec(),
                 "history": self.history,
                 "best_epoch": self.best_epoch,
+                "calibrated": self.calibrator is not None,
                 "sha256": {name: sha256_file(d / name) for name in companions},
             },
         )
@@ -305,7 +308,7 @@ class TrainedRanker:
                 calibrator = WatchTimeCalibrator.from_dict(_read_json(d / _CALIBRATION))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ArtifactError(f"{d / _CALIBRATION}: {exc}") from None
-        elif config.calibrate:
+        elif config.calibrate and meta.get("calibrated", True):
             raise ArtifactError(
                 f"{d} was trained with calibrate=true but ranker.json records no "
                 f"{_CALIBRATION}; restore the file saved with this model, or retrain it"
@@ -658,9 +661,10 @@ def _fit_calibrator(
     watch_time: np.ndarray,
     device: torch.device,
     config: RankerConfig,
-) -> WatchTimeCalibrator:
+) -> WatchTimeCalibrator | None:
     """Return a `WatchTimeCalibrator` fitted on the best model's validation logits (every rank
-    scores the whole validation frame with the same weights, so all get the same calibrator)."""
+    scores the whole validation frame with the same weights, so all get the same calibrator);
+    None, with a warning, when the validation frame is too small or has no watch time."""
     n = len(clicked)
     logits = np.empty(n, dtype=np.float64)
     model.eval()
@@ -669,10 +673,18 @@ def _fit_calibrator(
         for lo in range(0, n, step):
             rows = np.arange(lo, min(lo + step, n))
             logits[rows] = model(valid_in.batch(rows, device)).double().cpu().numpy()
+    observed = np.where(clicked, watch_time, 0.0)
+    if n < _CALIBRATION_MIN_ROWS or not observed.sum() > 0:
+        log.warning(
+            "ranker: calibration skipped: the validation frame has %d rows and %.1f s of watch "
+            "time (need >= %d rows and some watch time); the expected watch time is exp(logit)",
+            n,
+            float(observed.sum()),
+            _CALIBRATION_MIN_ROWS,
+        )
+        return None
     min_rows = max(1, min(_CALIBRATION_BIN_ROWS, n // 20))
-    return WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows).fit(
-        logits, np.where(clicked, watch_time, 0.0)
-    )
+    return WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows).fit(logits, observed)
 
 
 def _fit_transforms(

@@ -491,3 +491,13 @@ def test_calibrated_ranker_keeps_the_order_and_round_trips(tmp_path):
         progress=False,
     )
     assert click.calibrator is None  # click odds are never mapped to watch time
+    # too few validation rows to fit bins: no calibrator (a warning), and it saves and loads
+    few = train_ranker(
+        RankerConfig(**{**SMALL, "epochs": 1, "calibrate": True}),
+        tr,
+        va.take(np.arange(30)),
+        progress=False,
+    )
+    assert few.calibrator is None
+    few.save(tmp_path / "few")
+    assert TrainedRanker.load(tmp_path / "few").calibrator is None
