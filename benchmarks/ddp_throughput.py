@@ -93,7 +93,7 @@ def _cg_config(quick: bool, seed: int, epochs: int) -> CandidateGenConfig:
 def _ranker_config(quick: bool, seed: int, epochs: int) -> RankerConfig:
     section = dict(load_preset("default")["ranking"])
     c = {k: v for k, v in section.items() if k not in ("max_train_rows", "max_eval_rows")}
-    c.update(device="cpu", seed=seed, epochs=epochs, patience=epochs)
+    c.update(device="cpu", seed=seed, epochs=epochs, patience=epochs, calibrate=False)
     if quick:
         c.update(hidden=(32,), batch_size=128, n_quantiles=50)
     return RankerConfig.from_dict(c)

@@ -30,7 +30,8 @@ e.g. RUN_DIR/index/item_vectors.npz. `--serving-users N` and `--serving-annoy TR
 set the serving benchmark's users and annoy setting (default: 200 users, the `default` preset's
 retrieval setting); `--rechub-python PATH` the scratch interpreter with torch-rechub
 (default /tmp/rechub-venv/bin/python); `--annoy-items`, `--annoy-trees`,
-`--annoy-trees-normalised`, `--annoy-search-k` shrink annoy_learned's grid (comma-separated).
+`--annoy-trees-dot`, `--annoy-trees-normalised`, `--annoy-search-k` shrink annoy_learned's grid
+(comma-separated).
 """
 
 from __future__ import annotations
@@ -135,8 +136,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--annoy-trees",
         default=None,
         metavar="LIST",
-        help="annoy_learned: forests (n_trees, comma-separated) on the dot-product vectors "
-        "(default 10,50,100)",
+        help="annoy_learned: forests (n_trees, comma-separated) of the served index (metric "
+        "'mips') on the dot-product vectors (default 10,50,100)",
+    )
+    p.add_argument(
+        "--annoy-trees-dot",
+        default=None,
+        metavar="LIST",
+        help="annoy_learned: forests with annoy's own 'dot' metric on the same vectors, for "
+        "comparison (default 20)",
     )
     p.add_argument(
         "--annoy-trees-normalised",
@@ -209,6 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.serving_annoy = (trees, search_k)
     for name, low in (
         ("annoy_trees", 1),
+        ("annoy_trees_dot", 1),
         ("annoy_trees_normalised", 1),
         ("annoy_search_k", -1),
         ("annoy_items", 1),
@@ -259,7 +268,7 @@ def run_in_process(name: str, args: argparse.Namespace) -> dict[str, Any]:
         serving_annoy=args.serving_annoy,
         grid={
             key: getattr(args, f"annoy_{key}")
-            for key in ("trees", "trees_normalised", "search_k", "items")
+            for key in ("trees", "trees_dot", "trees_normalised", "search_k", "items")
             if getattr(args, f"annoy_{key}") is not None
         },
     )
@@ -298,7 +307,7 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
             cmd += ["--serving-users", str(args.serving_users)]
         if args.serving_annoy is not None:
             cmd += ["--serving-annoy", ",".join(str(x) for x in args.serving_annoy)]
-        for key in ("trees", "trees_normalised", "search_k", "items"):
+        for key in ("trees", "trees_dot", "trees_normalised", "search_k", "items"):
             value = getattr(args, f"annoy_{key}")
             if value is not None:
                 # "=": a value starting with -1 would otherwise read as an option

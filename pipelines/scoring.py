@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from candidate_gen.train import TrainedCandidateGenerator
+from features.examples import UserHistory
 from features.tables import Dataset
 
 _DAY = 86_400
@@ -22,6 +23,8 @@ def add_cg_features(
     ds: Dataset,
     requests: pd.DataFrame,
     item_vector_cache: dict[int, torch.Tensor] | None = None,
+    history: UserHistory | None = None,
+    exact_time: bool = False,
 ) -> pd.DataFrame:
     """`requests` plus `cg_score` (u·v at the request time) and `cg_rank` (1 + number of items
     servable at that time that the candidate generator scores higher, over the whole catalog).
@@ -31,7 +34,11 @@ def add_cg_features(
     computed once per page (user, timestamp) from history strictly before it (example age 0,
     as at serving); item vectors once per day of requests (upload ages at that day's start).
     A caller serving many requests from one fixed `ds` passes `item_vector_cache` (a dict it
-    keeps): the item tower then runs once per day, not once per call.
+    keeps): the item tower then runs once per day, not once per call; and `history`, the
+    featurizer's `index_history(ds)` built once, so the logs are not re-sorted and re-tokenized
+    per call. Item vectors take their upload ages at the start of the request's day (training
+    rows span many times); `exact_time=True` takes them at the request's own time instead, as
+    the serving index does (serving: one time for every request, so one item-tower pass).
 
     The rank counts only items scored at least the page's lowest row score (every item scored
     higher than a row is among them), found with a partial top-k; a page whose rows sit deep in
@@ -46,14 +53,19 @@ def add_cg_features(
     page_of_row = pd.MultiIndex.from_frame(pages).get_indexer(
         pd.MultiIndex.from_frame(req[["user_id", "timestamp"]])
     )
-    feats = model.featurizer.serving(ds, pages["user_id"].to_numpy(), pages["timestamp"].to_numpy())
+    feats = model.featurizer.serving(
+        history if history is not None else ds,
+        pages["user_id"].to_numpy(),
+        pages["timestamp"].to_numpy(),
+    )
     user_vecs = model.user_embeddings(feats, example_age=0.0)  # (P, E)
     upload = ds.items["upload_time"].to_numpy()
     catalog_ids = ds.items["item_id"].to_numpy()
     item_row = pd.Index(catalog_ids).get_indexer(req["item_id"].to_numpy())
     score = np.empty(len(req), dtype=np.float64)
     rank = np.empty(len(req), dtype=np.float64)
-    day = (pages["timestamp"].to_numpy() // _DAY) * _DAY
+    page_time = pages["timestamp"].to_numpy()
+    day = page_time if exact_time else (page_time // _DAY) * _DAY  # item vectors' reference
     rows_by_page = np.argsort(page_of_row, kind="stable")
     page_start = np.searchsorted(page_of_row[rows_by_page], np.arange(len(pages) + 1))
     page_t = pages["timestamp"].to_numpy()

@@ -20,6 +20,7 @@ import torch
 from candidate_gen.index import AnnoyIndex
 from candidate_gen.retrieve import Retriever
 from candidate_gen.train import TrainedCandidateGenerator
+from features.examples import watched_before
 from features.integrity import read_json_object
 from features.io import read_dataset
 from features.ranker_features import RankerFeatureIndex, build_ranker_frame
@@ -38,8 +39,26 @@ SERVING_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# where recommend() takes the ranker's "candidate generator score and rank" features from
+CG_FEATURE_MODES: tuple[str, ...] = ("retrieval", "catalog")
+
+
 class Recommender:
-    """Everything needed to serve, preloaded once."""
+    """Everything needed to serve, preloaded once.
+
+    `cg_features` says where `recommend` gets each candidate's CG score and catalog rank:
+    - "retrieval" (default): from the retrieval itself. The index is asked for N + (the user's
+      watched items) candidates before the watched ones are dropped, so a candidate's rank is
+      1 + the number of indexed (servable) items scoring strictly higher, and its score is the
+      index's u·v. With an exact index this equals "catalog"; with annoy, an item the forest
+      missed is not counted. No pass over the catalog per request.
+    - "catalog": `scoring.add_cg_features` over the whole catalog per request (one
+      matrix-vector product and a partial top-k; item vectors cached).
+    Both take the item vectors' upload ages at the serving time, as the index does; the
+    ranker's training rows take them at the start of each impression's day (one item-tower
+    pass per day of logs), so a few hours of upload age separate the two definitions.
+    `predict` (arbitrary items) always uses "catalog".
+    """
 
     def __init__(
         self,
@@ -49,7 +68,12 @@ class Recommender:
         index: AnnoyIndex,
         ranker: TrainedRanker,
         config: dict[str, Any],
+        *,
+        cg_features: str = "retrieval",
     ) -> None:
+        if cg_features not in CG_FEATURE_MODES:
+            raise ValueError(f"cg_features must be one of {CG_FEATURE_MODES}, got {cg_features!r}")
+        self.cg_features = cg_features
         self.dataset = dataset
         self.split = split
         self.cg = cg
@@ -107,8 +131,11 @@ class Recommender:
             "an empty history, i.e. from popularity and default demographics"
         )
 
-    def _requests(self, user: int, item_ids: np.ndarray) -> pd.DataFrame:
-        """Ranker requests with the CG score and catalog rank computed as for training rows."""
+    def _requests(
+        self, user: int, item_ids: np.ndarray, cg: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> pd.DataFrame:
+        """Ranker requests with the CG score and rank: `cg` = (scores, ranks) when given, else
+        computed over the catalog as for training rows."""
         req = pd.DataFrame(
             {
                 "user_id": np.full(len(item_ids), user, dtype=np.int64),
@@ -116,17 +143,50 @@ class Recommender:
                 "timestamp": np.full(len(item_ids), self.at, dtype=np.int64),
             }
         )
-        req = scoring.add_cg_features(self.cg, self.dataset, req, self._item_vectors)
+        if cg is None:
+            req = scoring.add_cg_features(
+                self.cg,
+                self.dataset,
+                req,
+                self._item_vectors,
+                history=self.retriever.history,
+                exact_time=True,  # upload ages at the serving time, as in the index
+            )
+        else:
+            req["cg_score"], req["cg_rank"] = cg
         req["source"] = "candidate_gen"
         return req
+
+    def _retrieve(self, user: int, n: int) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray]]:
+        """Return the user's top-n unwatched candidates and their (CG scores, CG ranks) as the
+        retrieval saw them before the watched items were dropped (see the class docstring)."""
+        users = np.array([user], dtype=np.int64)
+        _, watched = watched_before(self.retriever.history, users, self.at)
+        watched = np.unique(watched)
+        cands = self.retriever.retrieve(
+            users, n + len(watched), at_time=self.at, exclude_watched=False
+        )
+        scores = cands["score"].to_numpy(dtype=np.float64)  # best first
+        # 1 + items scoring strictly higher (ties share a rank, as over the catalog)
+        ranks = 1 + np.searchsorted(-scores, -scores, side="left")
+        keep = np.flatnonzero(~np.isin(cands["item_id"].to_numpy(), watched))[:n]
+        cands = cands.iloc[keep].reset_index(drop=True)
+        cands["rank"] = np.arange(1, len(cands) + 1)
+        return cands, (scores[keep], ranks[keep].astype(np.float64))
 
     def recommend(self, user: int, k: int = 10, n_candidates: int | None = None) -> dict[str, Any]:
         """Top-k slate with expected watch time, retrieval rank and the stage that proposed it."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         n = int(n_candidates or self.config["retrieval"]["n_candidates"])
-        cands = self.retriever.retrieve(np.array([user]), n, at_time=self.at, exclude_watched=True)
-        req = self._requests(user, cands["item_id"].to_numpy())
+        if self.cg_features == "retrieval":
+            cands, cg = self._retrieve(user, n)
+        else:
+            cands = self.retriever.retrieve(
+                np.array([user]), n, at_time=self.at, exclude_watched=True
+            )
+            cg = None
+        req = self._requests(user, cands["item_id"].to_numpy(), cg)
         req["retrieval_rank"] = cands["rank"].to_numpy()
         frame = build_ranker_frame(
             self.features,

@@ -298,16 +298,16 @@ def test_annoy_learned_quick() -> None:
     res = annoy_learned.run(quick=True, repeats=1)
     cases = {r["case"] for r in res["rows"]}
     assert cases == {
-        "learned dot 1k x 64", "learned normalised 1k x 64",
-        "learned dot 3k x 64", "learned normalised 3k x 64",
+        "learned mips 1k x 64", "learned annoy-dot 1k x 64", "learned normalised 1k x 64",
+        "learned mips 3k x 64", "learned annoy-dot 3k x 64", "learned normalised 3k x 64",
     }  # fmt: skip
-    # dot: 2 forests x 2 search_k; normalised: 1 forest x 2 search_k; per catalog size
-    assert len(res["rows"]) == 2 * (4 + 2)
+    # mips: 2 forests x 2 search_k; annoy-dot and normalised: 1 forest x 2 search_k; per size
+    assert len(res["rows"]) == 2 * (4 + 2 + 2)
     for r in res["rows"]:
         assert 0.0 <= r["recall"] <= r["recall_ties"] + 1e-9 <= 1.0 + 1e-9
         assert r["speedup_p50"] == pytest.approx(r["exact_p50_ms"] / r["annoy_p50_ms"])
     h = res["headline"]
-    assert "learned dot 3k" in h["what"] and h["figure"] > 0 and h["reference"] > 0
+    assert "learned mips 3k" in h["what"] and h["figure"] > 0 and h["reference"] > 0
     eb = res["params"]["exact_batch"]
     assert eb["items"] == 3_000 and eb["queries"] == 64 and eb["matches_baseline"] is True
 

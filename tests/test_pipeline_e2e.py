@@ -200,3 +200,42 @@ def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
     np.testing.assert_array_equal(top["cg_rank"].to_numpy(), expected_rank[:15])
     np.testing.assert_array_equal(deep["cg_rank"].to_numpy(), expected_rank[15:])
     assert top["cg_rank"].max() <= 5 < deep["cg_rank"].max()
+
+
+def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_run):
+    # with an exact index over the serving-time vectors, the retrieval's own scores and
+    # pre-exclusion ranks equal the catalog definition exactly: same ranks, same slates
+    import numpy as np
+
+    from candidate_gen.index import ExactIndex
+    from pipelines.serve import Recommender
+
+    out, _, _ = tiny_run
+    rec = Recommender.load(out)
+    cg, ds = rec.cg, rec.dataset
+    ids, vecs = cg.item_embeddings(cg.featurizer.item_features(ds, reference_time=rec.at))
+    keep = ds.items.set_index("item_id").loc[ids, "upload_time"].to_numpy() <= rec.at
+    rec.retriever.index = ExactIndex(vecs[keep], ids[keep])
+    users = ds.watches["user_id"].unique()[:5]
+    for user in users:
+        cands, (score, rank) = rec._retrieve(int(user), 40)
+        req = rec._requests(int(user), cands["item_id"].to_numpy())  # catalog definition
+        np.testing.assert_array_equal(rank, req["cg_rank"].to_numpy())
+        np.testing.assert_allclose(score, req["cg_score"].to_numpy(), rtol=1e-4, atol=1e-5)
+        assert cands["rank"].tolist() == list(range(1, len(cands) + 1))
+        rec.cg_features = "retrieval"
+        fast = rec.recommend(int(user), k=5, n_candidates=40)
+        rec.cg_features = "catalog"
+        slow = rec.recommend(int(user), k=5, n_candidates=40)
+        assert [s["item_id"] for s in fast["slate"]] == [s["item_id"] for s in slow["slate"]]
+        for a, b in zip(fast["slate"], slow["slate"], strict=True):
+            assert a["expected_watch_time"] == pytest.approx(b["expected_watch_time"], rel=1e-4)
+    # watched items never come back, and a user who watched a lot still gets n candidates
+    heavy = int(ds.watches["user_id"].value_counts().index[0])
+    cands, _ = rec._retrieve(heavy, 30)
+    from features.examples import watched_before
+
+    _, seen = watched_before(rec.retriever.history, np.array([heavy]), rec.at)
+    assert len(cands) == 30 and not np.isin(cands["item_id"], seen).any()
+    with pytest.raises(ValueError, match="cg_features must be one of"):
+        Recommender(ds, rec.split, cg, rec.index, rec.ranker, rec.config, cg_features="x")
