@@ -107,6 +107,16 @@ def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
+def mean_bag(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Return the mean (B, E) of the rows of `weight` named by each row of `ids` (B, L), id 0
+    (padding) excluded; 0 for a bag of padding only: masked_mean(embedding(ids), ids != 0)
+    without materialising the (B, L, E) gather (a weighted embedding_bag sum, weights 0 on
+    padding, so row 0 gets no gradient either)."""
+    keep = ids != 0  # (B, L)
+    total = F.embedding_bag(ids, weight, mode="sum", per_sample_weights=keep.to(weight.dtype))
+    return total / keep.sum(dim=1, keepdim=True).clamp_min(1).to(weight.dtype)  # (B, E)
+
+
 def _embedding(rows: int, dim: int) -> nn.Embedding:
     """An embedding table whose row 0 (padding/OOV) is the zero vector and gets no gradient."""
     emb = nn.Embedding(rows, dim, padding_idx=0)
@@ -231,10 +241,9 @@ class UserTower(nn.Module):
 
     def forward(self, batch: UserBatch) -> torch.Tensor:
         """Return user vectors (B, E)."""
-        parts = [masked_mean(self.item_embedding(batch.history), batch.history != 0)]  # (B, E)
+        parts = [mean_bag(batch.history, self.item_embedding.weight)]  # (B, E)
         if self.token_embedding is not None:
-            tokens = self.token_embedding(batch.search_tokens)  # (B, S, E)
-            parts.append(masked_mean(tokens, batch.search_tokens != 0))
+            parts.append(mean_bag(batch.search_tokens, self.token_embedding.weight))  # (B, E)
         for j, table in enumerate(self.categorical_embeddings):
             parts.append(table(batch.categorical[:, j]))  # (B, categorical_dim)
         if self.config.use_continuous:

@@ -195,16 +195,19 @@ class Recommender:
         )
         ewt = self.ranker.predict_expected_watch_time(frame)
         order = np.argsort(-ewt, kind="stable")[:k]
+        item = req["item_id"].to_numpy()[order].tolist()
+        r_rank = req["retrieval_rank"].to_numpy()[order].tolist()
+        score = req["cg_score"].to_numpy(dtype=np.float64)[order].tolist()
         slate = [
             {
                 "rank": i + 1,
-                "item_id": int(req["item_id"].iloc[j]),
+                "item_id": int(item[i]),
                 "expected_watch_time": float(ewt[j]),
-                "retrieval_rank": int(req["retrieval_rank"].iloc[j]),
-                "cg_score": float(req["cg_score"].iloc[j]),
+                "retrieval_rank": int(r_rank[i]),
+                "cg_score": float(score[i]),
                 "stage": "candidate generator (annoy) -> deep ranker",
             }
-            for i, j in enumerate(order)
+            for i, j in enumerate(order.tolist())
         ]
         return {"user": user, "at": _iso(self.at), "slate": slate, "note": self._note(user)}
 

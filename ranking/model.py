@@ -64,6 +64,19 @@ class RankerBatch:
         return int(self.item.shape[0])
 
 
+def mean_bag(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Return the mean (B, E) of the rows of `weight` named by each row of `ids` (B, L), id 0
+    (padding) excluded; 0 for a bag of padding only.
+
+    The same numbers as F.embedding_bag(mode="mean", padding_idx=0), which on CPU takes a slow
+    path (20 ms instead of 0.7 ms for 500 bags of 50 over a 100k x 64 table, torch 2.13): a
+    weighted sum whose weights are 0 on padding and 1 elsewhere, so row 0 also gets no gradient.
+    """
+    keep = ids != 0  # (B, L)
+    total = F.embedding_bag(ids, weight, mode="sum", per_sample_weights=keep.to(weight.dtype))
+    return total / keep.sum(dim=1, keepdim=True).clamp_min(1).to(weight.dtype)  # (B, E)
+
+
 class DeepRanker(nn.Module):
     """Returns one logit per impression; exp(logit) is the expected watch time.
 
@@ -134,11 +147,11 @@ class DeepRanker(nn.Module):
         parts = [
             e("item")(batch.item),  # (B, Ei)
             # mean over the non-padding ids of the bag (padding excluded; an empty bag gives 0)
-            F.embedding_bag(batch.history, e("item").weight, mode="mean", padding_idx=0),  # (B, Ei)
+            mean_bag(batch.history, e("item").weight),  # (B, Ei)
             e("language")(batch.user_language),  # (B, El)
             e("language")(batch.item_language),  # (B, El)
             e("channel")(batch.channel),  # (B, Ec)
-            F.embedding_bag(batch.topics, e("topic").weight, mode="mean", padding_idx=0),  # (B, Et)
+            mean_bag(batch.topics, e("topic").weight),  # (B, Et)
             e("source")(batch.source),  # (B, Es)
         ]
         if self.use_continuous:
