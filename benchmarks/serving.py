@@ -6,15 +6,17 @@ candidate generator's score and catalog-rank features (as the pipeline's ranker 
 them), and the world's catalog grown to N servable items with its own catalog generator, all
 embedded by the item tower. Everything is preloaded into the system's own serving object,
 `pipelines.serve.Recommender` (its constructor takes the objects; no run directory), serving
-at the end of the validation window, once with the annoy index (the `default` preset's
-n_trees / search_k unless `--serving-annoy` says otherwise) and once with the exact index.
+at the end of the validation window: with the annoy index (the `default` preset's n_trees /
+search_k unless `--serving-annoy` says otherwise), the same with the CG score and rank computed
+over the catalog (`Recommender(cg_features="catalog")`) instead of taken from the retrieval,
+and with the exact index.
 
 Per user, `Recommender.recommend(user, k=10)` itself is timed (one process, one request at a
 time, p50/p99 over users and throughput = users / summed latency), with its components timed
 by wrapping the functions it calls, so the path is the real one:
 - retrieve: `Retriever.retrieve` (user vector + index search of 500, watched excluded);
 - cg features: `pipelines.scoring.add_cg_features` (CG score and rank over the whole
-  servable catalog, as the ranker was trained);
+  servable catalog; only in catalog mode, otherwise 0: the retrieval carries them);
 - ranker frame: `build_ranker_frame` over the preloaded `RankerFeatureIndex`;
 - score: `TrainedRanker.predict_expected_watch_time`;
 - sort + slate: the rest of `recommend` (argsort, the slate's dicts).
@@ -266,14 +268,20 @@ def run(
     rows: list[dict[str, Any]] = []
     totals: dict[str, dict[str, np.ndarray]] = {}
     peaks: dict[str, float] = {"recommender_build_peak_mb": load_peak.peak_mb}
-    for label, index in (("annoy", annoy), ("exact", exact)):
+    for label, index, mode in (
+        ("annoy", annoy, "retrieval"),
+        ("annoy, catalog cg features", annoy, "catalog"),
+        ("exact", exact, "retrieval"),
+    ):
         rec.retriever.index = index  # the same preloaded Recommender, its index swapped
+        rec.cg_features = mode
         with PhasePeak() as peak:
             times = serve_users(rec, users, cfg["candidates"])
         peaks[f"serve_{label}_peak_mb"] = peak.peak_mb
         totals[label] = times
         mean_total = float(times["total"].mean())
-        setting = f"{n_trees} trees, search_k {search_k}" if label == "annoy" else "exact"
+        setting = f"{n_trees} trees, search_k {search_k}" if index is annoy else "exact"
+        setting += f"; CG score/rank from the {mode}"
         rows.append(
             {
                 "what": f"recommend: retrieve {cfg['candidates']} ({setting}) + rank, "
