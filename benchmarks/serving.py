@@ -14,7 +14,9 @@ and with the exact index.
 Per user, `Recommender.recommend(user, k=10)` itself is timed (one process, one request at a
 time, p50/p99 over users and throughput = users / summed latency), with its components timed
 by wrapping the functions it calls, so the path is the real one:
-- retrieve: `Retriever.retrieve` (user vector + index search of 500, watched excluded);
+- retrieve: `Retriever.retrieve` (user vector + index search of 500, watched excluded), or
+  in the default mode `Recommender._retrieve` (the same, asking for 500 + watched and ranking
+  before they are dropped);
 - cg features: `pipelines.scoring.add_cg_features` (CG score and rank over the whole
   servable catalog; only in catalog mode, otherwise 0: the retrieval carries them);
 - ranker frame: `build_ranker_frame` over the preloaded `RankerFeatureIndex`;
@@ -147,6 +149,7 @@ def instrumented(rec: Recommender, timer: _Timer) -> Iterator[None]:
     saved_cg = scoring.add_cg_features
     saved_frame = serve_module.build_ranker_frame
     rec.retriever.retrieve = timer.wrap("retrieve", rec.retriever.retrieve)  # type: ignore[method-assign]
+    rec._retrieve = timer.wrap("retrieve", rec._retrieve)  # type: ignore[method-assign]
     rec.ranker.predict_expected_watch_time = timer.wrap(  # type: ignore[method-assign]
         "score", rec.ranker.predict_expected_watch_time
     )
@@ -156,6 +159,7 @@ def instrumented(rec: Recommender, timer: _Timer) -> Iterator[None]:
         yield
     finally:
         del rec.retriever.retrieve  # back to the class's method
+        del rec._retrieve
         del rec.ranker.predict_expected_watch_time
         scoring.add_cg_features = saved_cg  # type: ignore[assignment]
         serve_module.build_ranker_frame = saved_frame  # type: ignore[assignment]

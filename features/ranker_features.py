@@ -835,11 +835,13 @@ class RankerVocabularies:
             if not isinstance(column.dtype, pd.CategoricalDtype)
             else column
         )
-        names = cat.cat.categories.to_numpy(dtype=object)
-        table = np.concatenate(
-            [[0], vocab.transform(np.array([str(v) for v in names], dtype=object))]
-        )
-        return table[cat.cat.codes.to_numpy(dtype=np.int64) + 1].astype(np.int64)  # code -1 -> 0
+        codes = cat.cat.codes.to_numpy(dtype=np.int64)  # -1 = missing
+        # only the categories present are looked up (a frame's dtype may list thousands)
+        used = np.unique(codes[codes >= 0])
+        names = cat.cat.categories.to_numpy(dtype=object)[used]
+        table = np.zeros(len(cat.cat.categories) + 1, dtype=np.int64)
+        table[used + 1] = vocab.transform(np.array([str(v) for v in names], dtype=object))
+        return table[codes + 1]  # code -1 -> 0
 
     @staticmethod
     def _object_codes(vocab: IdVocabulary, values: np.ndarray) -> np.ndarray:

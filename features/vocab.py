@@ -30,7 +30,9 @@ class IdVocabulary:
         if min_count < 1:
             raise ValueError(f"IdVocabulary({name!r}): min_count must be >= 1, got {min_count}")
         if max_size is not None and max_size < 1:
-            raise ValueError(f"IdVocabulary({name!r}): max_size must be >= 1 or None, got {max_size}")
+            raise ValueError(
+                f"IdVocabulary({name!r}): max_size must be >= 1 or None, got {max_size}"
+            )
         self.min_count = int(min_count)
         self.max_size = max_size
         self.name = name
@@ -48,12 +50,16 @@ class IdVocabulary:
         if self.max_size is not None:
             keep = keep.iloc[: self.max_size]
         self.values_ = keep["v"].to_numpy()
-        self.is_numeric_ = bool(pd.api.types.is_numeric_dtype(keep["v"].dtype)) if len(keep) else (
-            bool(pd.api.types.is_numeric_dtype(s.dtype))
+        self.is_numeric_ = (
+            bool(pd.api.types.is_numeric_dtype(keep["v"].dtype))
+            if len(keep)
+            else (bool(pd.api.types.is_numeric_dtype(s.dtype)))
         )
         kept_counts = keep["c"].to_numpy(dtype=np.int64)
         n_total = int(order["c"].sum())
-        self.counts_ = np.concatenate([[n_total - int(kept_counts.sum())], kept_counts]).astype(np.int64)
+        self.counts_ = np.concatenate([[n_total - int(kept_counts.sum())], kept_counts]).astype(
+            np.int64
+        )
         self.n_values_seen_ = int(len(order))
         self.n_values_dropped_ = int(len(order) - len(keep))
         self._build_index()
@@ -145,7 +151,9 @@ class IdVocabulary:
             v.values_ = np.asarray(d["values"], dtype=np.float64)
         v.counts_ = np.asarray(d["counts"], dtype=np.int64)
         if len(v.counts_) != len(v.values_) + 1:
-            raise ValueError(f"IdVocabulary({v.name!r}): corrupt record, counts and values disagree")
+            raise ValueError(
+                f"IdVocabulary({v.name!r}): corrupt record, counts and values disagree"
+            )
         v.n_values_seen_ = int(d["distinct_values_seen"])
         v.n_values_dropped_ = v.n_values_seen_ - len(v.values_)
         v._build_index()

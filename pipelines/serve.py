@@ -157,22 +157,21 @@ class Recommender:
         req["source"] = "candidate_gen"
         return req
 
-    def _retrieve(self, user: int, n: int) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray]]:
-        """Return the user's top-n unwatched candidates and their (CG scores, CG ranks) as the
-        retrieval saw them before the watched items were dropped (see the class docstring)."""
+    def _retrieve(self, user: int, n: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Return the user's top-n unwatched candidate ids (best first) and their (CG scores,
+        CG ranks) as the retrieval saw them before the watched items were dropped (see the
+        class docstring)."""
         users = np.array([user], dtype=np.int64)
         _, watched = watched_before(self.retriever.history, users, self.at)
         watched = np.unique(watched)
-        cands = self.retriever.retrieve(
-            users, n + len(watched), at_time=self.at, exclude_watched=False
-        )
-        scores = cands["score"].to_numpy(dtype=np.float64)  # best first
+        vectors = self.retriever.user_vectors(users, self.at)  # (1, E)
+        ids, scores32 = self.retriever.index.search(vectors, n + len(watched))
+        found = ids[0] >= 0
+        ids, scores = ids[0][found], scores32[0][found].astype(np.float64)  # best first
         # 1 + items scoring strictly higher (ties share a rank, as over the catalog)
         ranks = 1 + np.searchsorted(-scores, -scores, side="left")
-        keep = np.flatnonzero(~np.isin(cands["item_id"].to_numpy(), watched))[:n]
-        cands = cands.iloc[keep].reset_index(drop=True)
-        cands["rank"] = np.arange(1, len(cands) + 1)
-        return cands, (scores[keep], ranks[keep].astype(np.float64))
+        keep = np.flatnonzero(~np.isin(ids, watched))[:n]
+        return ids[keep], (scores[keep], ranks[keep].astype(np.float64))
 
     def recommend(self, user: int, k: int = 10, n_candidates: int | None = None) -> dict[str, Any]:
         """Top-k slate with expected watch time, retrieval rank and the stage that proposed it."""
@@ -180,14 +179,14 @@ class Recommender:
             raise ValueError(f"k must be >= 1, got {k}")
         n = int(n_candidates or self.config["retrieval"]["n_candidates"])
         if self.cg_features == "retrieval":
-            cands, cg = self._retrieve(user, n)
+            item_ids, cg = self._retrieve(user, n)
         else:
             cands = self.retriever.retrieve(
                 np.array([user]), n, at_time=self.at, exclude_watched=True
             )
-            cg = None
-        req = self._requests(user, cands["item_id"].to_numpy(), cg)
-        req["retrieval_rank"] = cands["rank"].to_numpy()
+            item_ids, cg = cands["item_id"].to_numpy(), None
+        req = self._requests(user, item_ids, cg)
+        req["retrieval_rank"] = np.arange(1, len(item_ids) + 1)  # best first, watched dropped
         frame = build_ranker_frame(
             self.features,
             req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
