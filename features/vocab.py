@@ -18,6 +18,9 @@ import pandas as pd
 
 from features.atomic import atomic_write_json
 
+# requests of at most this many values are looked up in a dict (string vocabularies only)
+_DICT_LOOKUP_MAX = 4096
+
 
 class NotFittedError(RuntimeError):
     """A fitted transform was used before `fit`."""
@@ -67,6 +70,11 @@ class IdVocabulary:
 
     def _build_index(self) -> None:
         self._index = pd.Index(self.values_)
+        # string vocabularies also get a dict, for small requests (serving one user's page):
+        # pandas converts every request to its string dtype first, ~1 ms per call
+        self._lookup: dict[Any, int] | None = (
+            None if self.is_numeric_ else {v: i for i, v in enumerate(self.values_.tolist())}
+        )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "values_"):
@@ -87,7 +95,11 @@ class IdVocabulary:
             # e.g. string ids "12" against an int vocabulary: compare as numbers when possible
             num = pd.to_numeric(pd.Series(flat), errors="coerce").to_numpy()
             flat = num
-        codes = self._index.get_indexer(flat)
+        if self._lookup is not None and flat.size <= _DICT_LOOKUP_MAX:
+            get = self._lookup.get  # at most _DICT_LOOKUP_MAX values: a bounded loop
+            codes = np.fromiter((get(v, -1) for v in flat.tolist()), np.int64, flat.size)
+        else:
+            codes = self._index.get_indexer(flat)
         return (codes + 1).astype(np.int64).reshape(arr.shape)  # -1 (unknown) -> 0
 
     def fit_transform(self, values: Iterable[Any] | np.ndarray | pd.Series) -> np.ndarray:

@@ -276,7 +276,8 @@ def test_mips_beats_annoys_dot_metric_on_varied_norms() -> None:
 
     def recall(metric: str) -> float:
         a_ids, _ = AnnoyIndex(vectors, ids, n_trees=10, seed=0, metric=metric).search(queries, 20)
-        return float(np.mean([len(np.intersect1d(a, e)) / 20 for a, e in zip(a_ids, e_ids)]))
+        hits = [len(np.intersect1d(a, e)) / 20 for a, e in zip(a_ids, e_ids, strict=True)]
+        return float(np.mean(hits))
 
     assert recall("mips") > recall("dot") + 0.05
 

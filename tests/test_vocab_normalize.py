@@ -75,3 +75,17 @@ def test_quantile_normalizer_dataframe_roundtrip_and_errors(tmp_path):
         QuantileNormalizer().fit(pd.DataFrame({"a": [1.0, np.inf]}))
     with pytest.raises(ValueError, match="0 rows"):
         QuantileNormalizer().fit(np.zeros((0, 2)))
+
+
+def test_string_vocabulary_small_and_bulk_lookups_agree():
+    # requests up to _DICT_LOOKUP_MAX values go through a dict, larger ones through pandas:
+    # the same codes either way, unknown and missing values -> 0
+    from features import vocab as vocab_module
+
+    v = IdVocabulary(name="channel").fit(np.array(["a", "b", "b", "c", "c", "c"], dtype=object))
+    small = np.array(["c", "zz", None, "a", "b"], dtype=object)
+    assert v.transform(small).tolist() == [1, 0, 0, 3, 2]  # c (3x) -> 1, b -> 2, a -> 3
+    big = np.tile(small, vocab_module._DICT_LOOKUP_MAX // 5 + 1)
+    assert big.size > vocab_module._DICT_LOOKUP_MAX
+    np.testing.assert_array_equal(v.transform(big), np.tile([1, 0, 0, 3, 2], len(big) // 5))
+    assert v.transform(small.reshape(5, 1)).shape == (5, 1)
