@@ -783,8 +783,10 @@ class AnnoyIndex:
         seed = require_int(meta, "seed", meta_path)
         metric = str(meta.get("metric", "dot"))
         max_norm = meta.get("max_norm", 1.0)
-        if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or not (
-            math.isfinite(max_norm) and max_norm > 0
+        if (
+            isinstance(max_norm, bool)
+            or not isinstance(max_norm, int | float)
+            or not (math.isfinite(max_norm) and max_norm > 0)
         ):
             raise ArtifactError(
                 f"{meta_path}: 'max_norm' must be a finite number > 0, got {max_norm!r}; "
