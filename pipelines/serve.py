@@ -185,8 +185,7 @@ class Recommender:
                 np.array([user]), n, at_time=self.at, exclude_watched=True
             )
             item_ids, cg = cands["item_id"].to_numpy(), None
-        req = self._requests(user, item_ids, cg)
-        req["retrieval_rank"] = np.arange(1, len(item_ids) + 1)  # best first, watched dropped
+        req = self._requests(user, item_ids, cg)  # rows best first, watched dropped
         frame = build_ranker_frame(
             self.features,
             req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
@@ -194,15 +193,14 @@ class Recommender:
         )
         ewt = self.ranker.predict_expected_watch_time(frame)
         order = np.argsort(-ewt, kind="stable")[:k]
-        item = req["item_id"].to_numpy()[order].tolist()
-        r_rank = req["retrieval_rank"].to_numpy()[order].tolist()
+        item = item_ids[order].tolist()
         score = req["cg_score"].to_numpy(dtype=np.float64)[order].tolist()
         slate = [
             {
                 "rank": i + 1,
                 "item_id": int(item[i]),
                 "expected_watch_time": float(ewt[j]),
-                "retrieval_rank": int(r_rank[i]),
+                "retrieval_rank": int(j) + 1,  # the row's place in the retrieved list
                 "cg_score": float(score[i]),
                 "stage": "candidate generator (annoy) -> deep ranker",
             }

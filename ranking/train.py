@@ -176,14 +176,7 @@ class TrainedRanker:
         return dist_utils.all_gather_rows(own, len(frame)).numpy()
 
     def _logits(self, frame: RankerFrame, batch_size: int) -> np.ndarray:
-        inputs = self._inputs(frame)
-        out = np.empty(len(frame), dtype=np.float64)
-        self.model.eval()
-        with torch.inference_mode():
-            for lo in range(0, len(frame), batch_size):
-                rows = np.arange(lo, min(lo + batch_size, len(frame)))
-                out[rows] = self.model(inputs.batch(rows, self.device)).double().cpu().numpy()
-        return out
+        return _batched_logits(self.model, self._inputs(frame), len(frame), self.device, batch_size)
 
     def predict_expected_watch_time(
         self, frame: RankerFrame, *, batch_size: int = 8192
@@ -666,13 +659,6 @@ def _fit_calibrator(
     scores the whole validation frame with the same weights, so all get the same calibrator);
     None, with a warning, when the validation frame is too small or has no watch time."""
     n = len(clicked)
-    logits = np.empty(n, dtype=np.float64)
-    model.eval()
-    step = max(config.batch_size, 4096)
-    with torch.inference_mode():
-        for lo in range(0, n, step):
-            rows = np.arange(lo, min(lo + step, n))
-            logits[rows] = model(valid_in.batch(rows, device)).double().cpu().numpy()
     observed = np.where(clicked, watch_time, 0.0)
     if n < _CALIBRATION_MIN_ROWS or not observed.sum() > 0:
         log.warning(
@@ -683,8 +669,22 @@ def _fit_calibrator(
             _CALIBRATION_MIN_ROWS,
         )
         return None
+    logits = _batched_logits(model, valid_in, n, device, max(config.batch_size, 4096))
     min_rows = max(1, min(_CALIBRATION_BIN_ROWS, n // 20))
     return WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows).fit(logits, observed)
+
+
+def _batched_logits(
+    model: DeepRanker, inputs: _Inputs, n: int, device: torch.device, batch_size: int
+) -> np.ndarray:
+    """Return the model's logits (n,) float64 of the n rows of `inputs`, scored in batches."""
+    out = np.empty(n, dtype=np.float64)
+    model.eval()
+    with torch.inference_mode():
+        for lo in range(0, n, batch_size):
+            rows = np.arange(lo, min(lo + batch_size, n))
+            out[rows] = model(inputs.batch(rows, device)).double().cpu().numpy()
+    return out
 
 
 def _fit_transforms(
