@@ -16,6 +16,7 @@ from features.tables import Dataset
 
 _DAY = 86_400
 _SCORE_ELEMENTS = 1 << 25  # scores held at once per block (128 MB of float32)
+_DIRECT_COUNT_MAX = 32  # pages with at most this many rows count per row, not by sorting
 
 
 def add_cg_features(
@@ -40,9 +41,11 @@ def add_cg_features(
     rows span many times); `exact_time=True` takes them at the request's own time instead, as
     the serving index does (serving: one time for every request, so one item-tower pass).
 
-    The rank counts only items scored at least the page's lowest row score (every item scored
-    higher than a row is among them), found with a partial top-k; a page whose rows sit deep in
-    the catalog falls back to a full sort. Both give the same integers.
+    The rank is counted, not sorted (`_count_higher`): per page, one pass over the scores of
+    the items servable at its time (a prefix of the catalog in upload order, so nothing is
+    masked), binary search of those above the page's lowest row among its sorted rows, a tally
+    per interval. A full sort per page made the 1M-item `large` preset's ranker stage run for
+    hours. `item_vector_cache` holds each day's item vectors in upload order.
     """
     req = requests.reset_index(drop=True).copy()
     if len(req) == 0:
@@ -61,57 +64,67 @@ def add_cg_features(
     user_vecs = model.user_embeddings(feats, example_age=0.0)  # (P, E)
     upload = ds.items["upload_time"].to_numpy()
     catalog_ids = ds.items["item_id"].to_numpy()
+    # the catalog in upload order: the items servable at time t are a prefix of it
+    by_upload = np.argsort(upload, kind="stable")
+    upload_sorted = upload[by_upload]
+    slot = np.empty(len(by_upload), dtype=np.int64)
+    slot[by_upload] = np.arange(len(by_upload))
     item_row = pd.Index(catalog_ids).get_indexer(req["item_id"].to_numpy())
+    if (item_row < 0).any():
+        bad = np.flatnonzero(item_row < 0)
+        raise ValueError(
+            f"add_cg_features: {len(bad)} request row(s) name items not in the catalog "
+            f"(dataset items table), e.g. rows {bad[:5].tolist()} with item_id "
+            f"{req['item_id'].to_numpy()[bad[:5]].tolist()}"
+        )
+    row_slot = slot[item_row]  # (R,) the row's item's position in upload order
     score = np.empty(len(req), dtype=np.float64)
     rank = np.empty(len(req), dtype=np.float64)
     page_time = pages["timestamp"].to_numpy()
+    n_servable = np.searchsorted(upload_sorted, page_time, side="right")  # (P,)
     day = page_time if exact_time else (page_time // _DAY) * _DAY  # item vectors' reference
     rows_by_page = np.argsort(page_of_row, kind="stable")
     page_start = np.searchsorted(page_of_row[rows_by_page], np.arange(len(pages) + 1))
-    page_t = pages["timestamp"].to_numpy()
-    upload_t = torch.from_numpy(np.ascontiguousarray(upload, dtype=np.int64).copy())
-    n_rows_page = np.diff(page_start)
     for d in np.unique(day):  # one item-vector pass per day of requests (a handful)
         iv = item_vector_cache.get(int(d)) if item_vector_cache is not None else None
-        if iv is None:
+        if iv is None:  # kept in upload order, so a page scores a prefix
             items = model.featurizer.item_features(ds, reference_time=int(d))
             _, item_vecs = model.item_embeddings(items)
-            iv = torch.from_numpy(item_vecs)
+            iv = torch.from_numpy(np.ascontiguousarray(item_vecs[by_upload]))
             if item_vector_cache is not None:
                 item_vector_cache[int(d)] = iv
-        n_items = iv.shape[0]
         pidx = np.flatnonzero(day == d)
         chunk = max(1, _SCORE_ELEMENTS // max(len(catalog_ids), 1))  # bounds the (C, N) block
         for lo in range(0, len(pidx), chunk):
             pc = pidx[lo : lo + chunk]
-            scores = torch.from_numpy(user_vecs[pc]) @ iv.T  # (C, N)
-            servable = upload_t[None, :] <= torch.from_numpy(page_t[pc])[:, None]  # (C, N)
-            masked = scores.masked_fill(~servable, -torch.inf)  # (C, N)
-            # the pages' rows as a padded (C, M) block: row j of page c at [c, j]
-            counts = n_rows_page[pc]
-            local = np.repeat(np.arange(len(pc)), counts)
-            within = np.arange(len(local)) - np.repeat(np.cumsum(counts) - counts, counts)
-            rows = rows_by_page[np.repeat(page_start[pc], counts) + within]
-            s_rows = scores[torch.from_numpy(local), torch.from_numpy(item_row[rows])]  # (R,)
-            block = torch.full((len(pc), int(counts.max())), torch.inf)
-            block[torch.from_numpy(local), torch.from_numpy(within)] = s_rows
-            # items scored strictly higher than a row all score >= the page's lowest row
-            floor = block.min(dim=1, keepdim=True).values  # (C, 1)
-            k_sel = int((masked >= floor).sum(dim=1).max())
-            if k_sel <= n_items // 4:  # partial: the k_sel best per page, ascending
-                ordered = torch.topk(masked, max(k_sel, 1), dim=1).values.flip(1)  # (C, k)
-            else:
-                ordered = torch.sort(masked, dim=1).values  # (C, N)
-            # scored strictly higher = listed - (listed scored <= s); items left out of a partial
-            # list all score below the page floor, so they are never higher than a row
-            higher = ordered.shape[1] - torch.searchsorted(ordered, block, right=True)  # (C, M)
-            score[rows] = s_rows.double().numpy()
-            rank[rows] = (
-                1 + higher[torch.from_numpy(local), torch.from_numpy(within)].double().numpy()
+            rows_of = [rows_by_page[page_start[p] : page_start[p + 1]] for p in pc]
+            # columns: every item servable to a page of the block, and every row's own item
+            # (a request may name an item not yet uploaded: it is scored, never counted)
+            n_cols = max(
+                int(n_servable[pc].max()), int(row_slot[np.concatenate(rows_of)].max()) + 1
             )
+            scores = torch.from_numpy(user_vecs[pc]) @ iv[:n_cols].T  # (C, n_cols)
+            scores = scores.numpy()
+            for c, rows in enumerate(rows_of):
+                s_rows = scores[c, row_slot[rows]]  # (M,) the GEMM's own values
+                score[rows] = s_rows
+                rank[rows] = 1 + _count_higher(scores[c, : n_servable[pc[c]]], s_rows)
     req["cg_score"] = score
     req["cg_rank"] = rank
     return req
+
+
+def _count_higher(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(M,) int64: for each threshold, how many of `scores` (N,) are strictly greater.
+
+    Only the K scores above the lowest threshold can count: one compress pass picks them, then
+    each threshold counts them directly (few thresholds: a logged page) or binary-searches them
+    sorted (many: a page of serving candidates)."""
+    cand = np.compress(scores > thresholds.min(), scores)  # (K,)
+    if len(thresholds) <= _DIRECT_COUNT_MAX:
+        return np.array([np.count_nonzero(cand > t) for t in thresholds], dtype=np.int64)
+    cand.sort()
+    return len(cand) - np.searchsorted(cand, thresholds, side="right")
 
 
 def top_k_per_user(

@@ -168,38 +168,60 @@ def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
     cg = TrainedCandidateGenerator.load(out / "candidate_gen" / "model")
     ds, _ = read_dataset(out / "data" / "tables")
     items = ds.items["item_id"].to_numpy()
-    t = int(ds.watches["timestamp"].quantile(0.9))
-    users = ds.users["user_id"].to_numpy()[:6]
-    # pages 0-2 hold items the model likes (partial top-k path), pages 3-5 random items (deep
-    # in the catalog: full-sort fallback); one request frame with both kinds
-    feats = cg.featurizer.serving(ds, users, np.full(len(users), t))
-    u = cg.user_embeddings(feats, example_age=0.0)
-    _, iv = cg.item_embeddings(cg.featurizer.item_features(ds, reference_time=(t // 86400) * 86400))
-    servable = ds.items["upload_time"].to_numpy() <= t
-    s_all = np.where(servable[None, :], u @ iv.T, -np.inf)  # (6, N)
+    upload = ds.items["upload_time"].to_numpy()
+    users = ds.users["user_id"].to_numpy()[:8]
+    # pages at three times of one day (different servable prefixes of the catalog) and one of
+    # the next day; pages 0-2 hold items the model likes, 3-5 random items (deep in the
+    # catalog, some not uploaded yet at the page's time), 6-7 forty random items each (the
+    # sorted-count path); one request frame with every kind
+    day = (int(ds.watches["timestamp"].quantile(0.5)) // 86400) * 86400
+    times = np.array([day + 3600, day + 40_000, day + 80_000, day + 86_400 + 7200] * 2)
     rng = np.random.default_rng(0)
-    rows = []
-    for p, user in enumerate(users):
-        pick = np.argsort(-s_all[p])[:5] if p < 3 else rng.choice(len(items), 5, replace=False)
-        rows += [(user, int(items[i]), t) for i in pick]
+    rows, expected = [], []
+    for p, (user, t) in enumerate(zip(users, times, strict=True)):
+        feats = cg.featurizer.serving(ds, np.array([user]), np.array([t]))
+        u = cg.user_embeddings(feats, example_age=0.0)[0]
+        ref = (t // 86400) * 86400
+        _, iv = cg.item_embeddings(cg.featurizer.item_features(ds, reference_time=ref))
+        s_all = np.where(upload <= t, iv @ u, -np.inf)  # (N,) only items servable at t count
+        if p < 3:
+            pick = np.argsort(-s_all)[:5]
+        else:
+            pick = rng.choice(len(items), 5 if p < 6 else 40, replace=False)
+        rows += [(user, int(items[i]), int(t)) for i in pick]
+        s = iv[pick] @ u
+        expected.append(1 + (s_all[None, :] > s[:, None]).sum(axis=1))  # brute force
+    assert (upload > times.min()).any()  # some items are not servable on the first page
+    expected_rank = np.concatenate(expected)
     req = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     cache: dict[int, torch.Tensor] = {}
     got = scoring.add_cg_features(cg, ds, req, cache)
-    assert len(cache) == 1  # the day's item vectors were kept for the next call
+    assert len(cache) == 2  # one item-vector pass per day, kept for the next call
     again = scoring.add_cg_features(cg, ds, req, cache)
     pd.testing.assert_frame_equal(got, again)
-    col = pd.Index(items).get_indexer(req["item_id"])
-    page = np.repeat(np.arange(len(users)), 5)
-    s = s_all[page, col]
-    expected_rank = 1 + (s_all[page] > s[:, None]).sum(axis=1)  # brute force over the catalog
-    np.testing.assert_allclose(got["cg_score"], (u[page] * iv[col]).sum(1), rtol=1e-5)
-    np.testing.assert_array_equal(got["cg_rank"].to_numpy(), expected_rank)  # mixed: full sort
-    # each kind alone: the liked pages take the partial top-k path, the random ones the sort
-    top = scoring.add_cg_features(cg, ds, req.iloc[:15], cache)
-    deep = scoring.add_cg_features(cg, ds, req.iloc[15:], cache)
-    np.testing.assert_array_equal(top["cg_rank"].to_numpy(), expected_rank[:15])
-    np.testing.assert_array_equal(deep["cg_rank"].to_numpy(), expected_rank[15:])
-    assert top["cg_rank"].max() <= 5 < deep["cg_rank"].max()
+    np.testing.assert_array_equal(got["cg_rank"].to_numpy(), expected_rank)
+    # each kind alone (the liked pages, the deep ones, the long ones) gives the same ranks
+    for lo, hi in ((0, 15), (15, 30), (30, len(req))):
+        part = scoring.add_cg_features(cg, ds, req.iloc[lo:hi], cache)
+        np.testing.assert_array_equal(part["cg_rank"].to_numpy(), expected_rank[lo:hi])
+    assert got["cg_rank"].iloc[:15].max() <= 5 < got["cg_rank"].iloc[15:30].max()
+    with pytest.raises(ValueError, match="not in the catalog.*rows \\[1\\]"):
+        bad = req.iloc[:3].copy()
+        bad.loc[1, "item_id"] = -12345
+        scoring.add_cg_features(cg, ds, bad, cache)
+
+
+def test_count_higher_matches_brute_force_with_ties():
+    import numpy as np
+
+    from pipelines.scoring import _count_higher
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 50, size=5000).astype(np.float32)  # many ties
+    for m in (1, 5, 32, 33, 200):  # direct counts up to 32 thresholds, sorted search beyond
+        thr = rng.choice(scores, m)
+        got = _count_higher(scores, thr)
+        np.testing.assert_array_equal(got, (scores[None, :] > thr[:, None]).sum(axis=1))
 
 
 def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_run):

@@ -71,7 +71,9 @@ have P(click) = 0. Simulating beyond `end + future_days` works but has no new up
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -888,7 +890,9 @@ class World:
         log_rel = np.log(self.n_topics * np.maximum(aff, 1e-30))
         style = (self.user_style[u] @ self.item_style[cols].T).astype(np.float64)  # (B, C)
         lang = self._lang_match[self.user_language[u]][:, self.item_language[cols]]  # (B, C)
-        age = t[:, None] - self.upload_time[cols][None, :]
+        up = self.upload_time[cols][None, :]  # (1, C)
+        # one serving time for every user (the usual case): the freshness terms are one row
+        age = t[:1, None] - up if (t == t[0]).all() else t[:, None] - up  # (1 or B, C)
         p, m = self._combine(
             log_rel, style, lang, age, self._click_static[cols][None, :],
             self._completion_static[cols][None, :],
@@ -992,15 +996,27 @@ class World:
         return self.item_ids[top]
 
     def _matrix_top_k(self, u: np.ndarray, tt: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-        if len(np.unique(cols)) < k:
+        cols = np.unique(cols)  # a repeated candidate has one score per user: it counts once
+        if len(cols) < k:
             raise ValueError(f"fewer than k={k} distinct candidate items")
         out = np.empty((len(u), k), dtype=np.int64)
         step = max(1, _CHUNK_ELEMENTS // max(1, len(cols)))
-        for lo in range(0, len(u), step):  # chunks of users bound the (B, C) matrix
+
+        def chunk(lo: int) -> None:  # chunks of users bound the (B, C) matrix
             sl = slice(lo, lo + step)
             ewt = self._matrix_ewt(u[sl], cols, tt[sl])  # (B, C)
-            top, _ = _top_k_unique(np.broadcast_to(cols, ewt.shape), ewt, k)
-            out[sl] = top
+            # columns are distinct: a partial top-k per row, no per-row sort of the catalog
+            top = np.argpartition(-ewt, k - 1, axis=1)[:, :k]  # (B, k)
+            order = np.argsort(-np.take_along_axis(ewt, top, axis=1), axis=1, kind="stable")
+            out[sl] = cols[np.take_along_axis(top, order, axis=1)]
+
+        starts = range(0, len(u), step)
+        if len(starts) > 1:  # numpy releases the GIL in its loops: one chunk per core at a time
+            with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+                list(pool.map(chunk, starts))
+        else:
+            for lo in starts:
+                chunk(lo)
         return self.item_ids[out]
 
     def _check_k(self, k: int) -> int:
