@@ -266,7 +266,9 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
             f"requests is missing column(s) {missing}; it needs user_id, item_id, timestamp "
             "(optional: source, cg_score, cg_rank, clicked, watch_time, position)"
         )
-    req = requests.reset_index(drop=True)
+    idx = requests.index
+    plain = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
+    req = requests if plain else requests.reset_index(drop=True)
     for col in ("user_id", "item_id", "timestamp"):
         if not pd.api.types.is_integer_dtype(req[col].dtype):
             raise TypeError(
@@ -280,21 +282,22 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
             "or neither (serving candidates)"
         )
     if has_clicked:
-        clicked = pd.to_numeric(req["clicked"], errors="coerce").to_numpy(dtype=np.float64)
+        clicked = _as_float(req["clicked"])
         bad = ~np.isin(clicked, (0.0, 1.0))
         if bad.any():
             raise ValueError(
                 f"requests.clicked must be 0 or 1; first offending rows:\n{_first_rows(req, bad)}"
             )
-        wt = pd.to_numeric(req["watch_time"], errors="coerce").to_numpy(dtype=np.float64)
+        wt = _as_float(req["watch_time"])
         bad = ~np.isfinite(wt) | (wt < 0)
         if bad.any():
             raise ValueError(
                 "requests.watch_time must be finite and >= 0 (0 when not clicked); first "
                 f"offending rows:\n{_first_rows(req, bad)}"
             )
+    sc = None
     if "cg_score" in req.columns:
-        sc = pd.to_numeric(req["cg_score"], errors="coerce").to_numpy(dtype=np.float64)
+        sc = _as_float(req["cg_score"])
         bad = np.isinf(sc)
         if bad.any():
             raise ValueError(
@@ -303,8 +306,8 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
     if "cg_rank" in req.columns:
         if "cg_score" not in req.columns:
             raise ValueError("requests has cg_rank but no cg_score; give both or only cg_score")
-        sc = pd.to_numeric(req["cg_score"], errors="coerce").to_numpy(dtype=np.float64)
-        rk = pd.to_numeric(req["cg_rank"], errors="coerce").to_numpy(dtype=np.float64)
+        assert sc is not None
+        rk = _as_float(req["cg_rank"])
         bad = ~np.isnan(sc) & ~(np.isfinite(rk) & (rk >= 1))
         if bad.any():
             raise ValueError(
@@ -316,14 +319,27 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
 
 def _str_codes_of(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Return (codes (n,) int64, -1 = missing; names (K,) object str) of a categorical column."""
-    s = values.reset_index(drop=True).astype(object)
-    present = s.notna().to_numpy()
-    codes = np.full(len(s), -1, dtype=np.int64)
+    arr = values.to_numpy(dtype=object)
+    present = pd.notna(arr)
+    codes = np.full(len(arr), -1, dtype=np.int64)
     if not present.any():
         return codes, np.array([], dtype=object)
-    c, names = pd.factorize(s[present].map(str).to_numpy(dtype=object))
+    v = arr if present.all() else arr[present]
+    if pd.api.types.infer_dtype(v, skipna=False) != "string":  # e.g. int ids: named by str()
+        v = np.array([str(x) for x in v], dtype=object)
+    c, names = pd.factorize(v)
     codes[present] = c
     return codes, np.asarray(names, dtype=object)
+
+
+def _block_frame(
+    columns: dict[str, np.ndarray], order: tuple[str, ...], dtype: Any
+) -> pd.DataFrame:
+    """A DataFrame of `dtype` with `order`'s columns, stored as one 2-D block."""
+    block = np.empty((len(next(iter(columns.values()))), len(order)), dtype=dtype)
+    for j, name in enumerate(order):
+        block[:, j] = columns[name]
+    return pd.DataFrame(block, columns=list(order), copy=False)
 
 
 def _topic_codes_of(topics: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -368,8 +384,17 @@ def _pair_codes(
     return g[:n_ev], g[n_ev:], n
 
 
-def _categorical(codes: np.ndarray, names: np.ndarray) -> pd.Categorical:
-    return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object))
+def _categorical(codes: np.ndarray, names: np.ndarray | pd.Index) -> pd.Categorical:
+    cats = names if isinstance(names, pd.Index) else pd.Index(names, dtype=object)
+    return pd.Categorical.from_codes(codes, categories=cats)
+
+
+def _as_float(col: pd.Series) -> np.ndarray:
+    """A request column as float64, anything not numeric as NaN (no parsing when it already is
+    a number column: the common case, ~0.1 ms cheaper per column and request)."""
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def _gather_users(
@@ -482,6 +507,11 @@ class RankerFeatureIndex:
                 np.full(len(users), -1, dtype=np.int64),
                 np.array([], dtype=object),
             )
+        # the categories of the frames' categorical columns, built once (a 40k-channel Index
+        # rebuilt per serving request costs milliseconds)
+        self.channel_categories = pd.Index(self.channel_names, dtype=object)
+        self.language_categories = pd.Index(self.language_names, dtype=object)
+        self.user_language_categories = pd.Index(self.user_language_names, dtype=object)
 
         w = dataset.watches
         w_user = w["user_id"].to_numpy(dtype=np.int64)
@@ -564,7 +594,7 @@ def build_ranker_frame(
         np.where(upos >= 0, ix.user_language_codes[np.maximum(upos, 0)], -1)
         if len(ix.user_language_codes)
         else np.full(n, -1, dtype=np.int64),
-        ix.user_language_names,
+        ix.user_language_categories,
     )
 
     # ---- the requesting users' watches, in (user, time) order
@@ -626,10 +656,10 @@ def build_ranker_frame(
 
     # ---- candidate generator score and its rank within the page (user, timestamp)
     if "cg_score" in req.columns:
-        cg = pd.to_numeric(req["cg_score"], errors="coerce").to_numpy(dtype=np.float64)
+        cg = _as_float(req["cg_score"])
         has_cg = ~np.isnan(cg)
         if "cg_rank" in req.columns:  # the caller's rank (e.g. over the whole catalog)
-            rank = pd.to_numeric(req["cg_rank"], errors="coerce").to_numpy(dtype=np.float64)
+            rank = _as_float(req["cg_rank"])
         else:  # rank within the page
             rank = (
                 pd.Series(cg)
@@ -644,31 +674,31 @@ def build_ranker_frame(
         cg_rank = np.zeros(n)
         cg_score = np.full(n, CG_SCORE_ABSENT)
 
-    continuous = pd.DataFrame(
-        {
-            "user_channel_watches": user_channel_watches,
-            "since_channel_watch": since_channel,
-            "since_topic_watch": since_topic,
-            "user_item_watches": user_item_watches,
-            "user_item_impressions": shown,
-            "user_item_unclicked": unclicked,
-            "cg_score": cg_score,
-            "cg_rank": cg_rank,
-            "item_age": np.maximum(r_t - ix.upload[ipos], 0),
-            "duration": ix.duration[ipos],
-            "item_popularity": item_popularity,
-            "user_activity": user_activity,
-        },
-        columns=list(CONTINUOUS_COLUMNS),
-    ).astype(np.float64)
-    flags = pd.DataFrame(
+    cont = {
+        "user_channel_watches": user_channel_watches,
+        "since_channel_watch": since_channel,
+        "since_topic_watch": since_topic,
+        "user_item_watches": user_item_watches,
+        "user_item_impressions": shown,
+        "user_item_unclicked": unclicked,
+        "cg_score": cg_score,
+        "cg_rank": cg_rank,
+        "item_age": np.maximum(r_t - ix.upload[ipos], 0),
+        "duration": ix.duration[ipos],
+        "item_popularity": item_popularity,
+        "user_activity": user_activity,
+    }
+    # one 2-D block each (a frame built column by column costs ~1 ms more per serving request)
+    continuous = _block_frame(cont, CONTINUOUS_COLUMNS, np.float64)
+    flags = _block_frame(
         {
             "never_watched_channel": never_ch,
             "never_watched_topic": never_topic,
             "has_cg_score": has_cg,
         },
-        columns=list(FLAG_COLUMNS),
-    ).astype(np.float32)
+        FLAG_COLUMNS,
+        np.float32,
+    )
 
     if "source" in req.columns:
         src_codes, src_names = _str_codes_of(req["source"])
@@ -681,8 +711,8 @@ def build_ranker_frame(
             "timestamp": r_t,
             "source": _categorical(src_codes, src_names),
             "user_language": user_lang,
-            "item_language": _categorical(ix.language_codes[ipos], ix.language_names),
-            "channel_id": _categorical(ch_codes[ipos], ix.channel_names),
+            "item_language": _categorical(ix.language_codes[ipos], ix.language_categories),
+            "channel_id": _categorical(ch_codes[ipos], ix.channel_categories),
         }
     )
     if "position" in req.columns:

@@ -9,6 +9,7 @@ demographics are known, and the answer says so.
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from features.tables import Dataset
 from pipelines import scoring
 from pipelines.rundir import RunDir, check_index_matches_model
 from ranking.train import TrainedRanker
+
+# the ranker request columns, in build_ranker_frame's order
+_REQUEST_COLUMNS = ("user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank")
 
 # the stages serving reads, and the stages each was built from (the pipeline's order)
 SERVING_STAGES: tuple[str, ...] = ("data", "candidate_gen", "index", "ranker")
@@ -87,6 +91,11 @@ class Recommender:
         self.features = RankerFeatureIndex(dataset)  # logs sorted once, so a request reads one user
         self._users = set(dataset.users["user_id"].tolist())
         self._items = pd.Index(dataset.items["item_id"].to_numpy())
+        # everything preloaded lives as long as the server: move it out of the garbage
+        # collector's reach, so a request's full collections do not traverse the catalog and
+        # logs (measured: p50 21.8 -> 19.5 ms, p99 30.3 -> 26.8 ms on the default run)
+        gc.collect()
+        gc.freeze()
 
     @classmethod
     def load(cls, run_dir: str | Path, *, verify: bool = True) -> Recommender:
@@ -136,26 +145,31 @@ class Recommender:
     ) -> pd.DataFrame:
         """Ranker requests with the CG score and rank: `cg` = (scores, ranks) when given, else
         computed over the catalog as for training rows."""
-        req = pd.DataFrame(
-            {
-                "user_id": np.full(len(item_ids), user, dtype=np.int64),
-                "item_id": item_ids,
-                "timestamp": np.full(len(item_ids), self.at, dtype=np.int64),
-            }
-        )
+        n = len(item_ids)
+        cols = {
+            "user_id": np.full(n, user, dtype=np.int64),
+            "item_id": np.asarray(item_ids, dtype=np.int64),
+            "timestamp": np.full(n, self.at, dtype=np.int64),
+        }
         if cg is None:
             req = scoring.add_cg_features(
                 self.cg,
                 self.dataset,
-                req,
+                pd.DataFrame(cols),
                 self._item_vectors,
                 history=self.retriever.history,
                 exact_time=True,  # upload ages at the serving time, as in the index
             )
+            cols["cg_score"], cols["cg_rank"] = (
+                req["cg_score"].to_numpy(),
+                req["cg_rank"].to_numpy(),
+            )
         else:
-            req["cg_score"], req["cg_rank"] = cg
-        req["source"] = "candidate_gen"
-        return req
+            cols["cg_score"], cols["cg_rank"] = cg
+        # one frame built at once, in build_ranker_frame's column order (adding columns one by
+        # one cost ~2 ms per request)
+        cols["source"] = np.full(n, "candidate_gen", dtype=object)
+        return pd.DataFrame(cols, columns=list(_REQUEST_COLUMNS))
 
     def _retrieve(self, user: int, n: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the user's top-n unwatched candidate ids (best first) and their (CG scores,
@@ -188,7 +202,7 @@ class Recommender:
         req = self._requests(user, item_ids, cg)  # rows best first, watched dropped
         frame = build_ranker_frame(
             self.features,
-            req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
+            req,
             history_len=self.ranker.config.history_len,
         )
         ewt = self.ranker.predict_expected_watch_time(frame)
@@ -215,7 +229,7 @@ class Recommender:
         req = self._requests(user, arr[known])
         frame = build_ranker_frame(
             self.features,
-            req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
+            req,
             history_len=self.ranker.config.history_len,
         )
         scored = pd.DataFrame(
