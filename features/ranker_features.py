@@ -304,9 +304,8 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
                 f"requests.cg_score contains inf; first offending rows:\n{_first_rows(req, bad)}"
             )
     if "cg_rank" in req.columns:
-        if "cg_score" not in req.columns:
+        if sc is None:  # cg_score absent
             raise ValueError("requests has cg_rank but no cg_score; give both or only cg_score")
-        assert sc is not None
         rk = _as_float(req["cg_rank"])
         bad = ~np.isnan(sc) & ~(np.isfinite(rk) & (rk >= 1))
         if bad.any():
