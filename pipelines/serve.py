@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from candidate_gen.index import AnnoyIndex
 from candidate_gen.retrieve import Retriever
@@ -82,7 +81,7 @@ class Recommender:
         self.split = split
         self.cg = cg
         # the item tower's vectors per day of requests: the dataset is fixed while serving
-        self._item_vectors: dict[int, torch.Tensor] = {}
+        self._item_vectors = scoring.CatalogCache()
         self.index = index
         self.ranker = ranker
         self.config = config

@@ -158,7 +158,6 @@ def test_ab_closed_loop_is_seeded_paired_and_refuses_a_tampered_run(tiny_run, tm
 def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
     import numpy as np
     import pandas as pd
-    import torch
 
     from candidate_gen.train import TrainedCandidateGenerator
     from features.io import read_dataset
@@ -194,9 +193,10 @@ def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
     assert (upload > times.min()).any()  # some items are not servable on the first page
     expected_rank = np.concatenate(expected)
     req = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    cache: dict[int, torch.Tensor] = {}
+    cache = scoring.CatalogCache()
     got = scoring.add_cg_features(cg, ds, req, cache)
-    assert len(cache) == 2  # one item-vector pass per day, kept for the next call
+    assert len(cache.vectors) == 2  # one item-vector pass per day, kept for the next call
+    assert cache.order is not None
     again = scoring.add_cg_features(cg, ds, req, cache)
     pd.testing.assert_frame_equal(got, again)
     np.testing.assert_array_equal(got["cg_rank"].to_numpy(), expected_rank)
