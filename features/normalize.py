@@ -31,7 +31,7 @@ class QuantileNormalizer:
     @staticmethod
     def _as_2d(X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, list[str] | None]:
         if isinstance(X, pd.DataFrame):
-            bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c].dtype)]
+            bad = [c for c, dt in X.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)]
             if bad:
                 raise TypeError(f"QuantileNormalizer: columns {bad} are not numeric")
             return X.to_numpy(dtype=np.float64), [str(c) for c in X.columns]
@@ -82,9 +82,10 @@ class QuantileNormalizer:
         arr, cols = self._as_2d(X)
         self._check(arr, cols)
         out = np.empty(arr.shape, dtype=np.float64)
+        cols_first = np.ascontiguousarray(arr.T)  # (F, N): each column contiguous for np.interp
         for j in range(arr.shape[1]):  # loop over columns (few), vectorized over rows
             xp = self.quantiles_[j]
-            x = arr[:, j]
+            x = cols_first[j]
             # repeated quantile values (ties, e.g. many zeros) make interpolation one-sided:
             # average the forward and backward interpolation (as scikit-learn does)
             fwd = np.interp(x, xp, self.levels_)

@@ -863,12 +863,12 @@ class RankerVocabularies:
             column.astype("category")
             if not isinstance(column.dtype, pd.CategoricalDtype)
             else column
-        )
-        codes = cat.cat.codes.to_numpy(dtype=np.int64)  # -1 = missing
+        ).array  # pd.Categorical: its codes and categories without Series wrappers
+        codes = np.asarray(cat.codes, dtype=np.int64)  # -1 = missing
         # only the categories present are looked up (a frame's dtype may list thousands)
         used = np.unique(codes[codes >= 0])
-        names = cat.cat.categories.to_numpy(dtype=object)[used]
-        table = np.zeros(len(cat.cat.categories) + 1, dtype=np.int64)
+        names = cat.categories.to_numpy(dtype=object)[used]
+        table = np.zeros(len(cat.categories) + 1, dtype=np.int64)
         table[used + 1] = vocab.transform(np.array([str(v) for v in names], dtype=object))
         return table[codes + 1]  # code -1 -> 0
 

@@ -40,6 +40,8 @@ class RankerBatch:
     topics          (B, T) int64 topic codes, 0-padded
     source          (B,) int64 candidate source codes
     dense           (B, D) float32 normalized continuous features (+ 0/1 flags); D may be 0
+    history_row     None, or (B,) int64: then `history` holds U distinct bags (U, L) and row b
+                    takes bag history_row[b] (scoring one user's candidates: one bag, not 500)
     """
 
     item: torch.Tensor
@@ -50,15 +52,15 @@ class RankerBatch:
     topics: torch.Tensor
     source: torch.Tensor
     dense: torch.Tensor
+    history_row: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> RankerBatch:
         """Return the batch with every tensor moved to `device`."""
-        return RankerBatch(
-            **{
-                name: getattr(self, name).to(device, non_blocking=True)
-                for name in self.__dataclass_fields__
-            }
-        )
+        moved = {}
+        for name in self.__dataclass_fields__:
+            t = getattr(self, name)
+            moved[name] = None if t is None else t.to(device, non_blocking=True)
+        return RankerBatch(**moved)
 
     def __len__(self) -> int:
         return int(self.item.shape[0])
@@ -141,13 +143,18 @@ class DeepRanker(nn.Module):
         """Return the embedding table of an id space."""
         return cast(nn.Embedding, self.embeddings[space])
 
+    def _history_bags(self, batch: RankerBatch) -> torch.Tensor:
+        """Return the watched-bag means (B, Ei), each distinct bag computed once."""
+        bags = mean_bag(batch.history, self.table("item").weight)  # (U, Ei) or (B, Ei)
+        return bags if batch.history_row is None else bags[batch.history_row]
+
     def forward(self, batch: RankerBatch) -> torch.Tensor:
         """Return the logits (B,) of a batch."""
         e = self.table
         parts = [
             e("item")(batch.item),  # (B, Ei)
             # mean over the non-padding ids of the bag (padding excluded; an empty bag gives 0)
-            mean_bag(batch.history, e("item").weight),  # (B, Ei)
+            self._history_bags(batch),  # (B, Ei)
             e("language")(batch.user_language),  # (B, El)
             e("language")(batch.item_language),  # (B, El)
             e("channel")(batch.channel),  # (B, Ec)

@@ -113,17 +113,32 @@ class _Inputs:
     dense: np.ndarray  # (N, D) float32
     history_len: int
 
-    def batch(self, rows: np.ndarray, device: torch.device) -> RankerBatch:
+    def batch(
+        self, rows: np.ndarray, device: torch.device, *, distinct_bags: bool = False
+    ) -> RankerBatch:
+        """The model inputs of `rows`; with `distinct_bags` the watched bags shared by several
+        rows (one user's candidates at one time) are gathered once (same logits: each bag's
+        mean is computed from the same ids)."""
         c = self.codes
+        history_row = None
+        if distinct_bags:
+            end, count = c.history_end[rows], np.minimum(c.history_count[rows], self.history_len)
+            key = end * (self.history_len + 1) + count  # equal keys: the same bag
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            history = c.history(rows[first], self.history_len)  # (U, L)
+            history_row = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+        else:
+            history = c.history(rows, self.history_len)  # (B, L)
         return RankerBatch(
             item=torch.from_numpy(c.item[rows]),
-            history=torch.from_numpy(c.history(rows, self.history_len)),  # (B, L)
+            history=torch.from_numpy(history),
             user_language=torch.from_numpy(c.user_language[rows]),
             item_language=torch.from_numpy(c.item_language[rows]),
             channel=torch.from_numpy(c.channel[rows]),
             topics=torch.from_numpy(np.ascontiguousarray(c.topics(rows))),  # (B, T)
             source=torch.from_numpy(c.source[rows]),
             dense=torch.from_numpy(self.dense[rows]),  # (B, D)
+            history_row=history_row,
         ).to(device)
 
 
@@ -679,11 +694,13 @@ def _batched_logits(
 ) -> np.ndarray:
     """Return the model's logits (n,) float64 of the n rows of `inputs`, scored in batches."""
     out = np.empty(n, dtype=np.float64)
-    model.eval()
+    if model.training:  # eval() walks every module: ~0.3 ms of a 500-candidate request
+        model.eval()
     with torch.inference_mode():
         for lo in range(0, n, batch_size):
             rows = np.arange(lo, min(lo + batch_size, n))
-            out[rows] = model(inputs.batch(rows, device)).double().cpu().numpy()
+            batch = inputs.batch(rows, device, distinct_bags=True)
+            out[rows] = model(batch).double().cpu().numpy()
     return out
 
 

@@ -422,6 +422,23 @@ def test_save_load_roundtrip_and_single_user_scoring(tmp_path):
         TrainedRanker.load(tmp_path / "nothing")
 
 
+def test_distinct_bags_give_the_same_logits_as_one_bag_per_row():
+    import torch
+
+    ds, tr, va = frames(n_imps=1500)
+    r = train_ranker(RankerConfig(**{**SMALL, "epochs": 1}), tr, va, progress=False)
+    inputs = r._inputs(va)
+    rows = np.arange(len(va))
+    shared = inputs.batch(rows, torch.device("cpu"), distinct_bags=True)
+    per_row = inputs.batch(rows, torch.device("cpu"))
+    assert shared.history_row is not None and per_row.history_row is None
+    assert len(shared.history) < len(per_row.history)  # pages share their user's bag
+    np.testing.assert_array_equal(shared.history[shared.history_row], per_row.history)
+    with torch.inference_mode():
+        a, b = r.model(shared), r.model(per_row)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # bit for bit
+
+
 def test_training_input_errors():
     ds, tr, va = frames(n_imps=500)
     unlabeled = build_ranker_frame(
