@@ -260,7 +260,8 @@ def _first_rows(df: pd.DataFrame, mask: np.ndarray, n: int = 5) -> str:
 def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(requests, pd.DataFrame):
         raise TypeError(f"requests must be a pandas DataFrame, got {type(requests).__name__}")
-    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in requests.columns]
+    dtypes = requests.dtypes.to_dict()  # one lookup per column name below
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in dtypes]
     if missing:
         raise ValueError(
             f"requests is missing column(s) {missing}; it needs user_id, item_id, timestamp "
@@ -270,10 +271,10 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
     plain = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
     req = requests if plain else requests.reset_index(drop=True)
     for col in ("user_id", "item_id", "timestamp"):
-        if not pd.api.types.is_integer_dtype(req[col].dtype):
+        if not pd.api.types.is_integer_dtype(dtypes[col]):
             raise TypeError(
                 f"requests.{col} must be an integer column (canonical int64; timestamps in UTC "
-                f"seconds), got dtype {req[col].dtype}; convert it with .astype('int64')"
+                f"seconds), got dtype {dtypes[col]}; convert it with .astype('int64')"
             )
     has_clicked, has_wt = "clicked" in req.columns, "watch_time" in req.columns
     if has_clicked != has_wt:
@@ -318,6 +319,11 @@ def _validate_requests(requests: pd.DataFrame) -> pd.DataFrame:
 
 def _str_codes_of(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Return (codes (n,) int64, -1 = missing; names (K,) object str) of a categorical column."""
+    if isinstance(values.dtype, pd.CategoricalDtype):  # codes already: name the categories
+        cat = values.array
+        names = np.array([str(c) for c in cat.categories], dtype=object)
+        if len(set(names)) == len(names):  # distinct names: the codes stand as they are
+            return np.asarray(cat.codes, dtype=np.int64), names
     arr = values.to_numpy(dtype=object)
     present = pd.notna(arr)
     codes = np.full(len(arr), -1, dtype=np.int64)

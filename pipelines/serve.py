@@ -31,6 +31,7 @@ from pipelines.rundir import RunDir, check_index_matches_model
 from ranking.train import TrainedRanker
 
 # the ranker request columns, in build_ranker_frame's order
+_SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
 _REQUEST_COLUMNS = ("user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank")
 
 # the stages serving reads, and the stages each was built from (the pipeline's order)
@@ -167,7 +168,7 @@ class Recommender:
             cols["cg_score"], cols["cg_rank"] = cg
         # one frame built at once, in build_ranker_frame's column order (adding columns one by
         # one cost ~2 ms per request)
-        cols["source"] = np.full(n, "candidate_gen", dtype=object)
+        cols["source"] = pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), _SOURCES)
         return pd.DataFrame(cols, columns=list(_REQUEST_COLUMNS))
 
     def _retrieve(self, user: int, n: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:

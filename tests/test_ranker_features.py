@@ -139,6 +139,21 @@ def test_candidate_score_rank_and_absent_constant():
     assert no_cg.rows["source"].isna().all()
 
 
+def test_source_given_as_categorical_or_strings_gives_the_same_rows():
+    req = tiny_requests()
+    as_str = build_ranker_frame(tiny_dataset(), req)
+    cat = req.assign(source=pd.Categorical(req["source"].astype(object)))
+    as_cat = build_ranker_frame(tiny_dataset(), cat)
+    assert as_cat.rows["source"].astype(object).tolist() == (
+        as_str.rows["source"].astype(object).tolist()
+    )
+    with_missing = req.assign(source=pd.Categorical([None, *req["source"].astype(object)[1:]]))
+    expected = [True, *as_str.rows["source"].isna().tolist()[1:]]
+    assert (
+        build_ranker_frame(tiny_dataset(), with_missing).rows["source"].isna().tolist() == expected
+    )
+
+
 def test_labels_pages_and_take():
     ds = tiny_dataset()
     f = build_ranker_frame(ds, ds.impressions)
