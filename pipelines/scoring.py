@@ -21,8 +21,8 @@ _DIRECT_COUNT_MAX = 32  # pages with at most this many rows count per row, not b
 
 class CatalogCache:
     """What `add_cg_features` reuses across calls over one fixed dataset: the catalog's upload
-    order (an argsort of 1M upload times costs ~80 ms) and each day's item vectors, in that
-    order (`vectors`: day start or request time -> (N, E) tensor)."""
+    order and item-id index (each costs tens of ms to rebuild at 1M items) and each day's item
+    vectors in that order (`vectors`: day start or request time -> (N, E) tensor)."""
 
     def __init__(self) -> None:
         self.order: np.ndarray | None = None  # (N,) catalog rows by upload time
@@ -57,9 +57,8 @@ def add_cg_features(
 
     The rank is counted, not sorted (`_count_higher`): per page, one pass over the scores of
     the items servable at its time (a prefix of the catalog in upload order, so nothing is
-    masked), binary search of those above the page's lowest row among its sorted rows, a tally
-    per interval. A full sort per page made the 1M-item `large` preset's ranker stage run for
-    hours. `item_vector_cache` holds each day's item vectors in upload order.
+    masked) keeps those above the page's lowest row, which are then counted against each row.
+    A full sort per page made the 1M-item `large` preset's ranker stage run for hours.
     """
     req = requests.reset_index(drop=True).copy()
     if len(req) == 0:
