@@ -115,8 +115,9 @@ METRIC_GLOSSARY: dict[str, str] = {
     "mean_watch_time": "mean observed watch time per impression, 0 when not clicked (seconds)",
     "tolerance": "allowed relative deviation for a calibrated bin (0.15 = ±15%)",
     "n_bins": "number of equal-count bins of the prediction",
-    "fraction_of_oracle": "the slate's true expected watch time divided by the best possible "
-    "slate's from the same candidates (0-1)",
+    "fraction_of_oracle": "the slate's true expected watch time divided by the oracle slate's "
+    "(end to end: the best k items of the whole catalog under the ground truth; in the ranker "
+    "table: the best k of the same candidates) (0-1)",
     "ctr": "click-through rate: clicks per impression (0-1)",
     "n": "rows the metric was computed on",
     "n_positives": "clicked impressions",
