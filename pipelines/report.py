@@ -50,6 +50,21 @@ def _iso(t: int) -> str:
     return datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def stage_commits(manifest: dict[str, Any]) -> str | None:
+    """Return the commit that built the run's stages: one hash, or, when a resumed run mixed
+    code versions, each commit (short) with the stages it built, in stage order."""
+    by_commit: dict[str, list[str]] = {}
+    for name, st in manifest.get("stages", {}).items():
+        commit = st.get("git_commit", manifest.get("git_commit"))
+        if st.get("status") == "done" and commit:
+            by_commit.setdefault(commit, []).append(name)
+    if not by_commit:
+        return manifest.get("git_commit")
+    if len(by_commit) == 1:
+        return next(iter(by_commit))
+    return "; ".join(f"{c[:7]} ({', '.join(names)})" for c, names in by_commit.items())
+
+
 def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report:
     """Build and write the run's report (json, md, html) into the run directory."""
     root = ctx.path
@@ -409,7 +424,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         "watch time. Every number is labelled with the data and window it was computed on.",
         extra_meta={
             "config_hash": ctx.rundir.config_hash,
-            "git_commit": ctx.rundir.manifest.get("git_commit"),
+            "git_commit": stage_commits(ctx.rundir.manifest),
             "stage_seconds": {
                 k: v.get("seconds") for k, v in ctx.rundir.manifest["stages"].items()
             },

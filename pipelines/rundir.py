@@ -420,7 +420,7 @@ class RunDir:
                 "run_id": self.run_id,
                 "config_hash": self.config_hash,
                 "config": self.config,
-                "git_commit": self.manifest.get("git_commit"),
+                "git_commit": git_commit(),  # the code that built this stage
                 "inputs": inputs,
                 "data_artifacts": data_stage.get("artifacts", {})
                 if name != "data"
@@ -465,6 +465,8 @@ class RunDir:
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "runtime": runtime_settings(),
+            # the code that built this stage: a run resumed after an upgrade mixes commits
+            "git_commit": git_commit(),
             **({"inputs": inputs} if inputs is not None else {}),
             "artifacts": artifacts,
             **(info or {}),

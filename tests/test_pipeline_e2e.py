@@ -25,6 +25,11 @@ def test_report_schema_and_ranges(tiny_run):
         assert (out / name).exists(), name
     meta = report["_meta"]
     assert meta["dataset"].startswith("synthetic") and meta["seed"] == 0
+    from pipelines.rundir import git_commit
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in STAGES:  # each stage records the code that built it
+        assert manifest["stages"][name]["git_commit"] == git_commit(), name
     flat = flatten({k: v for k, v in report.items() if k != "_meta"})
     for key in (
         "retrieval.recall@50",

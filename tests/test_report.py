@@ -219,3 +219,21 @@ def test_plot_input_errors():
         plots.calibration_plot(table, log_scale=True)
     with pytest.raises(ValueError, match="tolerance must be a fraction"):
         plots.calibration_plot(table, tolerance=15)
+
+
+def test_stage_commits_names_each_commit_of_a_resumed_run():
+    from pipelines.report import stage_commits
+
+    one = {"git_commit": "a" * 40, "stages": {"data": {"status": "done", "git_commit": "a" * 40}}}
+    assert stage_commits(one) == "a" * 40
+    mixed = {
+        "git_commit": "a" * 40,
+        "stages": {
+            "data": {"status": "done", "git_commit": "a" * 40},
+            "retrieval": {"status": "done"},  # recorded before stages kept their own commit
+            "ranker": {"status": "done", "git_commit": "b" * 40},
+            "report": {"status": "running"},
+        },
+    }
+    assert stage_commits(mixed) == "aaaaaaa (data, retrieval); bbbbbbb (ranker)"
+    assert stage_commits({"stages": {}}) is None
