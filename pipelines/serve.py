@@ -57,7 +57,8 @@ class Recommender:
       index's u·v. With an exact index this equals "catalog"; with annoy, an item the forest
       missed is not counted. No pass over the catalog per request.
     - "catalog": `scoring.add_cg_features` over the whole catalog per request (one
-      matrix-vector product and a partial top-k; item vectors cached).
+      matrix-vector product and a count of the items scoring above each candidate; the
+      catalog's upload order and item vectors cached in a `scoring.CatalogCache`).
     Both take the item vectors' upload ages at the serving time, as the index does; the
     ranker's training rows take them at the start of each impression's day (one item-tower
     pass per day of logs), so a few hours of upload age separate the two definitions.
