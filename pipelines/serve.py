@@ -30,8 +30,8 @@ from pipelines import scoring
 from pipelines.rundir import RunDir, check_index_matches_model
 from ranking.train import TrainedRanker
 
-# the ranker request columns, in build_ranker_frame's order
 _SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
+# the ranker request columns, in build_ranker_frame's order
 _REQUEST_COLUMNS = ("user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank")
 
 # the stages serving reads, and the stages each was built from (the pipeline's order)

@@ -892,7 +892,8 @@ class World:
         lang = self._lang_match[self.user_language[u]][:, self.item_language[cols]]  # (B, C)
         up = self.upload_time[cols][None, :]  # (1, C)
         # one serving time for every user (the usual case): the freshness terms are one row
-        age = t[:1, None] - up if (t == t[0]).all() else t[:, None] - up  # (1 or B, C)
+        same_t = len(t) > 0 and bool((t == t[0]).all())
+        age = t[:1, None] - up if same_t else t[:, None] - up  # (1 or B, C)
         p, m = self._combine(
             log_rel, style, lang, age, self._click_static[cols][None, :],
             self._completion_static[cols][None, :],
