@@ -30,6 +30,7 @@ its previous attempt removed, so that no trainer resumes from a checkpoint of ot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -99,8 +100,12 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """Return the commit of the code that runs, or None outside a git checkout."""
+    """Return the commit of the code that runs, or None outside a git checkout.
+
+    Asked once per process (every stage records it): the code a process runs is the code it
+    imported, even if the checkout moves on while it runs."""
     try:
         here = Path(__file__).resolve().parent
         res = subprocess.run(
