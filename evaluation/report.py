@@ -101,15 +101,18 @@ METRIC_GLOSSARY: dict[str, str] = {
     "rmse": "root mean squared error (seconds)",
     "bias": "mean of predicted minus observed (seconds; > 0 means over-prediction)",
     "relative_bias": "bias divided by the mean observed value (0 = unbiased)",
-    "max_abs_relative_error": "largest |mean predicted / mean observed - 1| over the bins "
-    "(0.15 = 15%)",
+    "max_abs_relative_error": "largest |mean predicted / mean reference - 1| over the bins "
+    "(0.15 = 15%; reference: the observed watch time, under ground_truth_calibration the true "
+    "E[watch time])",
     "bins_within_tolerance": "calibration bins whose mean prediction is within the tolerance of "
-    "the mean observed watch time",
+    "the mean reference (the observed watch time; under ground_truth_calibration the true "
+    "E[watch time])",
     "all_within_tolerance": "whether every calibration bin is within the tolerance",
     "pearson": "linear correlation of prediction and truth (-1 to 1)",
     "spearman": "rank correlation of prediction and truth (-1 to 1)",
     "worst_bin": "the calibration bin (1 = lowest predictions) farthest from calibrated",
-    "overall_ratio": "total predicted / total observed watch time (1 = unbiased on average)",
+    "overall_ratio": "total predicted / total reference watch time (1 = unbiased on average; "
+    "reference: observed, under ground_truth_calibration the true E[watch time])",
     "mean_predicted": "mean predicted expected watch time per impression (seconds)",
     "mean_observed": "mean observed watch time per impression, 0 when not clicked (seconds)",
     "mean_watch_time": "mean observed watch time per impression, 0 when not clicked (seconds)",
