@@ -96,6 +96,8 @@ RANKER_VARIANTS: dict[str, dict[str, Any]] = {
     },
     # the raw exp(logit) of the two watch-time weightings, without the validation calibrator
     "1024-512-256, uncalibrated": {"hidden": [1024, 512, 256], "calibrate": False},
+    # the calibrator before the two-part one: pooled bins of the observed watch time itself
+    "1024-512-256, binned calibrator": {"hidden": [1024, 512, 256], "calibrator": "binned"},
     "1024-512-256, YT16 weighting, uncalibrated": {
         "hidden": [1024, 512, 256],
         "weighting": "watch_time",

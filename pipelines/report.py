@@ -300,7 +300,8 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 "Expected watch time",
                 "exp(logit) of the watch-time-weighted ranker is its expected watch time per impression "
                 "(seconds); with ranking.calibrate = true it is exp(g(logit)), g a strictly increasing "
-                "map fitted on the ranker's validation impressions (same order, corrected level). "
+                "map fitted on the ranker's validation impressions (same order, corrected level; "
+                "ranking.calibrator says how: 'two_part' = click rate x watch time per click). "
                 "Calibration on held-out test impressions by decile of the prediction.",
                 metrics=_watch_time_headline(metrics["watch_time"]),
                 key_prefix="watch_time",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from ranking.calibration import METHODS as CALIBRATION_METHODS
+
 Weighting = Literal["watch_time", "watch_time_unbiased", "click"]
 WEIGHTINGS: tuple[str, ...] = ("watch_time", "watch_time_unbiased", "click")
 
@@ -48,6 +50,9 @@ class RankerConfig:
                        validation frame: a strictly increasing map of the logit, so the expected
                        watch time's level is corrected and no page's order changes (ignored
                        for weighting="click", whose exp(logit) is the click odds)
+    calibrator         the calibrator's method: "two_part" (click rate by pooled bins x watch
+                       time per click by a smooth increasing Poisson curve) or "binned" (pooled
+                       bins of the watch time itself); see ranking.calibration
     lr, weight_decay   Adam step size and L2 penalty
     epochs, batch_size, patience   training length; stop after `patience` epochs without a better
                        validation weighted log loss and keep the best epoch's weights
@@ -66,6 +71,7 @@ class RankerConfig:
     n_quantiles: int = 1000
     dropout: float = 0.0
     calibrate: bool = False
+    calibrator: str = "two_part"
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 10
@@ -99,6 +105,11 @@ class RankerConfig:
             raise ValueError(
                 "RankerConfig: lr and embedding_scale must be > 0 and weight_decay >= 0, got "
                 f"lr={self.lr}, embedding_scale={self.embedding_scale}, weight_decay={self.weight_decay}"
+            )
+        if self.calibrator not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"RankerConfig.calibrator must be one of {CALIBRATION_METHODS}, got "
+                f"{self.calibrator!r}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RankerConfig.dropout must be in [0, 1), got {self.dropout}")

@@ -686,7 +686,17 @@ def _fit_calibrator(
         return None
     logits = _batched_logits(model, valid_in, n, device, max(config.batch_size, 4096))
     min_rows = max(1, min(_CALIBRATION_BIN_ROWS, n // 20))
-    return WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows).fit(logits, observed)
+    cal = WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows, method=config.calibrator).fit(
+        logits, observed, np.asarray(clicked).astype(bool)
+    )
+    if cal.method != config.calibrator:
+        log.info(
+            "ranker: the %s calibrator fell back to %s (the click rate is flat over the "
+            "validation logits)",
+            config.calibrator,
+            cal.method,
+        )
+    return cal
 
 
 def _batched_logits(
