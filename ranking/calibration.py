@@ -128,9 +128,12 @@ class WatchTimeCalibrator:
                 f"WatchTimeCalibrator.fit needs at least {2 * self.min_bin_rows} rows "
                 f"(2 bins of min_bin_rows={self.min_bin_rows}), got {n}"
             )
-        if not y.sum() > 0:
-            raise ValueError("WatchTimeCalibrator.fit: no watch time in the rows (all zero)")
         y = np.where(c, y, 0.0)  # an unclicked impression watches nothing
+        if not y.sum() > 0:
+            raise ValueError(
+                "WatchTimeCalibrator.fit: no watch time in the rows (all zero, or only on rows "
+                "not clicked)"
+            )
         self.method = self.requested_method
         target = y if self.method == "binned" else c.astype(np.float64)
         self.knots_x, self.knots_y = _pooled_knots(x, target, self.n_bins, self.min_bin_rows)

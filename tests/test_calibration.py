@@ -181,3 +181,5 @@ def test_errors():
         cal.fit([0.0, 1.0, 2.0], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="no watch time"):
         cal.fit([0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="only on rows not clicked"):
+        cal.fit([0.0, 1.0, 2.0, 3.0], [0.0, 5.0, 0.0, 0.0], [True, False, False, False])
