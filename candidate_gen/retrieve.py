@@ -100,6 +100,30 @@ class Retriever:
             }
         )
 
+    def retrieve_ranked(
+        self, user_id: int, n: int, *, at_time: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return one user's top-n unwatched candidates as (item ids, scores, catalog ranks),
+        best first, the ranks as the index saw them before the watched items were dropped.
+
+        The index is asked for n + (the user's watched items) so that dropping them still
+        leaves n; a candidate's rank is 1 + the number of indexed items scoring strictly higher,
+        watched ones included (ties share a rank). With an exact index that is its rank over
+        the whole catalog; with annoy, an item the forest missed is not counted.
+        """
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        users = np.array([user_id], dtype=np.int64)
+        _, watched = watched_before(self.history, users, at_time)
+        watched = np.unique(watched)
+        vectors = self.user_vectors(users, at_time)  # (1, E)
+        ids, scores32 = self.index.search(vectors, int(n) + len(watched))
+        found = ids[0] >= 0
+        ids, scores = ids[0][found], scores32[0][found].astype(np.float64)  # best first
+        ranks = 1 + np.searchsorted(-scores, -scores, side="left")
+        keep = np.flatnonzero(~np.isin(ids, watched))[: int(n)]
+        return ids[keep], scores[keep], ranks[keep].astype(np.float64)
+
 
 def _empty() -> pd.DataFrame:
     return pd.DataFrame(

@@ -20,7 +20,6 @@ import pandas as pd
 from candidate_gen.index import AnnoyIndex
 from candidate_gen.retrieve import Retriever
 from candidate_gen.train import TrainedCandidateGenerator
-from features.examples import watched_before
 from features.integrity import read_json_object
 from features.io import read_dataset
 from features.ranker_features import RankerFeatureIndex, build_ranker_frame
@@ -175,18 +174,9 @@ class Recommender:
     def _retrieve(self, user: int, n: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the user's top-n unwatched candidate ids (best first) and their (CG scores,
         CG ranks) as the retrieval saw them before the watched items were dropped (see the
-        class docstring)."""
-        users = np.array([user], dtype=np.int64)
-        _, watched = watched_before(self.retriever.history, users, self.at)
-        watched = np.unique(watched)
-        vectors = self.retriever.user_vectors(users, self.at)  # (1, E)
-        ids, scores32 = self.retriever.index.search(vectors, n + len(watched))
-        found = ids[0] >= 0
-        ids, scores = ids[0][found], scores32[0][found].astype(np.float64)  # best first
-        # 1 + items scoring strictly higher (ties share a rank, as over the catalog)
-        ranks = 1 + np.searchsorted(-scores, -scores, side="left")
-        keep = np.flatnonzero(~np.isin(ids, watched))[:n]
-        return ids[keep], (scores[keep], ranks[keep].astype(np.float64))
+        class docstring and `Retriever.retrieve_ranked`)."""
+        ids, scores, ranks = self.retriever.retrieve_ranked(user, n, at_time=self.at)
+        return ids, (scores, ranks)
 
     def recommend(self, user: int, k: int = 10, n_candidates: int | None = None) -> dict[str, Any]:
         """Top-k slate with expected watch time, retrieval rank and the stage that proposed it."""

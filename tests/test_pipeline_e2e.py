@@ -194,9 +194,18 @@ def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
             pick = rng.choice(len(items), 5 if p < 6 else 40, replace=False)
         rows += [(user, int(items[i]), int(t)) for i in pick]
         s = iv[pick] @ u
-        expected.append(1 + (s_all[None, :] > s[:, None]).sum(axis=1))  # brute force
+        # brute force, as a range: float32 products summed in another order (numpy's matvec
+        # here, a GEMM in add_cg_features) can flip an item scoring within rounding of the
+        # candidate (seen on an AVX-512 machine: one rank of 110 off by one)
+        tol = 1e-6 * float(np.abs(s_all[np.isfinite(s_all)]).max())
+        low = 1 + (s_all[None, :] > s[:, None] + tol).sum(axis=1)
+        high = (s_all[None, :] > s[:, None] - tol).sum(axis=1) + (upload[pick] > t)  # not itself
+        expected.append(np.stack([low, high]))
     assert (upload > times.min()).any()  # some items are not servable on the first page
-    expected_rank = np.concatenate(expected)
+    low_rank, high_rank = np.concatenate(expected, axis=1)
+    # items within rounding of a candidate (mostly exact ties: tiny-world items with the same
+    # features share a vector) are 12% of the rows here; the rest must match exactly
+    assert (low_rank == high_rank).mean() > 0.8
     req = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     cache = scoring.CatalogCache()
     got = scoring.add_cg_features(cg, ds, req, cache)
@@ -204,11 +213,12 @@ def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
     assert cache.order is not None
     again = scoring.add_cg_features(cg, ds, req, cache)
     pd.testing.assert_frame_equal(got, again)
-    np.testing.assert_array_equal(got["cg_rank"].to_numpy(), expected_rank)
+    rank = got["cg_rank"].to_numpy()
+    assert ((rank >= low_rank) & (rank <= high_rank)).all()
     # each kind alone (the liked pages, the deep ones, the long ones) gives the same ranks
     for lo, hi in ((0, 15), (15, 30), (30, len(req))):
         part = scoring.add_cg_features(cg, ds, req.iloc[lo:hi], cache)
-        np.testing.assert_array_equal(part["cg_rank"].to_numpy(), expected_rank[lo:hi])
+        np.testing.assert_array_equal(part["cg_rank"].to_numpy(), rank[lo:hi])
     assert got["cg_rank"].iloc[:15].max() <= 5 < got["cg_rank"].iloc[15:30].max()
     with pytest.raises(ValueError, match="not in the catalog.*rows \\[1\\]"):
         bad = req.iloc[:3].copy()
