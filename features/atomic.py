@@ -15,11 +15,53 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"
+
+# Write observers: each is called with (path, kind) before a temporary is created ("check"),
+# once it exists ("temporary"), for every directory this module creates ("directory") and after
+# the rename ("file"). A run directory registers one so that it knows every file it wrote (and
+# deletes only those), and so that a write through a symbolic link out of it is refused
+# before anything is written.
+WriteObserver = Callable[[Path, str], None]
+_OBSERVERS: list[WriteObserver] = []
+
+
+def add_write_observer(observer: WriteObserver) -> None:
+    """Call `observer(path, kind)` for every write of this process (see `_OBSERVERS`)."""
+    _OBSERVERS.append(observer)
+
+
+def remove_write_observer(observer: WriteObserver) -> None:
+    """Stop calling `observer` (no error when it was not registered)."""
+    with contextlib.suppress(ValueError):
+        _OBSERVERS.remove(observer)
+
+
+def _notify(path: Path, kind: str) -> None:
+    for observer in list(_OBSERVERS):
+        observer(path, kind)
+
+
+def make_dirs(directory: str | os.PathLike[str]) -> Path:
+    """`mkdir -p directory`, telling the write observers about every directory it creates."""
+    d = Path(directory)
+    missing = []
+    p = d
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for m in reversed(missing):
+        _notify(m, "check")
+        try:
+            m.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise write_error(m, exc) from None
+        _notify(m, "directory")
+    return d
 
 
 class ArtifactWriteError(OSError):
@@ -61,8 +103,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             torch.save(state, tmp)
     """
     final = Path(path)
+    _notify(final, "check")
+    make_dirs(final.parent)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent
         )
@@ -71,11 +114,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise write_error(final, exc) from None
     tmp = Path(tmp_name)
     try:
+        _notify(tmp, "temporary")
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_directory(final.parent)
+        _notify(final, "file")
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise write_error(final, exc) from None

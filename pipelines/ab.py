@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,13 @@ from typing import Any
 import numpy as np
 
 from candidate_gen.train import TrainedCandidateGenerator
-from features.atomic import atomic_write_json
+from features.atomic import atomic_write_json, make_dirs
 from features.ranker_features import build_ranker_frame
 from features.split import TimeSplit
 from features.tables import Dataset
 from pipelines.config import ConfigError
 from pipelines.context import RunContext
-from pipelines.rundir import RunDir
+from pipelines.rundir import RunDir, read_lock
 from pipelines.simulate import (
     Policy,
     daily_index,
@@ -95,6 +96,27 @@ def run_ab_command(
         raise ConfigError("an A/B test needs at least two arms, e.g. --arms system,most_popular")
     if days < 1:
         raise ConfigError(f"--days must be >= 1, got {days}")
+    # the run is written (ab/ab.json, the report): its writer's lock; other arms' runs are read
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(RunDir.open(run, write=True))
+        others = {Path(r) for _, _, r in (spec.partition("@") for spec in arm_specs) if r}
+        for other in sorted(others - {run}):
+            stack.enter_context(read_lock(other))
+        return _run_ab(
+            run, arm_specs, days=days, k=k, max_visits=max_visits, retrain=retrain, seed=seed
+        )
+
+
+def _run_ab(
+    run: Path,
+    arm_specs: list[str],
+    *,
+    days: int,
+    k: int,
+    max_visits: int,
+    retrain: bool,
+    seed: int | None,
+) -> dict[str, Any]:
     cache: dict[Path, RunContext] = {}
     base_ctx = cache.setdefault(run, _context(run))
     seed = base_ctx.seed if seed is None else int(seed)
@@ -139,8 +161,7 @@ def run_ab_command(
         "retrain": retrain,
         "seed": seed,
     }
-    out = run / "ab"
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(run / "ab")
     atomic_write_json(out / "ab.json", summary)
     from pipelines.report import build_report
 

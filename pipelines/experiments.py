@@ -277,7 +277,7 @@ def _ranker_table(
 
     seed = int(base["seed"])
     run_pipeline(base, out / "base", progress=False, stages=CG_STAGES, shared=shared)
-    ctx = RunContext(RunDir(out / "base", base), progress=False)
+    ctx = RunContext(RunDir.open(out / "base"), progress=False)
     ctx.cache.update(shared)
     split = ctx.split()
     lo, hi = split.bounds("valid")

@@ -41,7 +41,8 @@ from features.atomic import atomic_path, atomic_write_json
 from features.examples import CandidateFeaturizer
 from features.split import TimeSplit
 from pipelines.context import RunContext, none_if_zero, seed_everything
-from pipelines.rundir import RunDir, check_index_matches_model
+from pipelines.config import ConfigError
+from pipelines.rundir import RunDir, check_data_outside_run, check_index_matches_model
 
 log = logging.getLogger("vidrec")
 
@@ -444,10 +445,25 @@ def run_pipeline(
 
     `shared` pre-fills the context's cache (e.g. {"world": world} so that experiments over many
     configs generate the synthetic world once per seed)."""
+    unknown = [s for s in (*stages, *redo) if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    check_data_outside_run(data_dir, out)
+    seed_everything(int(config["seed"]))
+    with RunDir(out, config) as rundir:
+        return _run_stages(rundir, data_dir, progress, stages, redo, shared)
+
+
+def _run_stages(
+    rundir: RunDir,
+    data_dir: str | Path | None,
+    progress: bool,
+    stages: tuple[str, ...],
+    redo: tuple[str, ...],
+    shared: dict[str, Any] | None,
+) -> dict[str, Any]:
     from pipelines import stages_rank  # ranking, end-to-end and report stages
 
-    seed_everything(int(config["seed"]))
-    rundir = RunDir(out, config)
     ctx = RunContext(rundir, Path(data_dir) if data_dir else None, progress)
     ctx.cache.update(shared or {})
     funcs = {
@@ -460,9 +476,6 @@ def run_pipeline(
         "end_to_end": stages_rank.stage_end_to_end,
         "report": stages_rank.stage_report,
     }
-    unknown = [s for s in (*stages, *redo) if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
     for name in redo:
         rundir.forget(name)
     t0 = time.perf_counter()

@@ -26,10 +26,30 @@ the command that rebuilds it (`--redo STAGE`). An interrupted stage (status "run
 again; its trainers resume from their own checkpoints. A stage that runs for any other reason
 (first run of a new config in an old directory, `--redo`, stale inputs) first has the files of
 its previous attempt removed, so that no trainer resumes from a checkpoint of other inputs.
+
+Ownership. vidrec writes only into directories it created, and deletes only files it wrote:
+
+- `.vidrec-run` (written first, when vidrec creates the directory or takes an empty one) marks a
+  run directory. An existing, non-empty `--out` without it is refused (a directory written by an
+  older vidrec, with its manifest, is adopted once);
+- `.vidrec-files` is the ledger of every file and directory the run wrote (every write goes
+  through `features.atomic`, which reports it). A stage's previous attempt is discarded by
+  deleting the ledger's files under its directory, nothing else; a stage records (hashes) only
+  ledger files as its artifacts, so a stranger's file put inside is never taken for one;
+- a write whose path leaves the run directory through a symbolic link is refused before it
+  happens, and so is a stage directory that is a link;
+- `.vidrec-lock` holds an OS lock (flock) for the writer's life: a second writer is refused
+  with the holder's pid, host, start time and command; a lock left by a killed process is
+  released by the OS and taken over (the takeover is logged). Readers (`Recommender.load`,
+  `vidrec ab`) take a shared lock while they load, so they never read a run while it is
+  written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -38,12 +58,13 @@ import os
 import platform
 import resource
 import shlex
-import shutil
+import socket
+import stat
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -51,7 +72,14 @@ from typing import Any
 
 import numpy as np
 
-from features.atomic import atomic_write_json, remove_stale_temporaries, write_error
+from features.atomic import (
+    TEMP_SUFFIX,
+    add_write_observer,
+    atomic_write_json,
+    make_dirs,
+    remove_write_observer,
+    write_error,
+)
 from features.integrity import (
     ArtifactError,
     read_json_object,
@@ -75,6 +103,12 @@ __all__ = [
     "sha256_file",
 ]
 
+MARKER_FILE = ".vidrec-run"
+LOCK_FILE = ".vidrec-lock"
+LEDGER_FILE = ".vidrec-files"
+# names vidrec writes at the top level of a run directory besides the stage directories
+_TOP_LEVEL = ("manifest.json", "config.json", "report.json", "report.md", "report.html",
+              "report_figures")
 _PACKAGES = ("vidrec", "torch", "numpy", "pandas", "pyarrow", "annoy", "lightgbm", "scikit-learn")
 PROVENANCE_FILE = "provenance.json"
 # manifest key: stages whose directories hold an attempt that must not be continued
@@ -148,6 +182,198 @@ def _digest(artifacts: dict[str, str]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+# ---------------------------------------------------------------------------- ownership, locking
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path` is `root` or below it (both taken as they are: resolve them first)."""
+    return path == root or root in path.parents
+
+
+def check_data_outside_run(data_dir: str | Path | None, out: str | Path) -> None:
+    """Refuse a data directory inside the run directory, or a run directory inside the data.
+
+    A run discards and rewrites its own stage directories (one is called `data`): a user's
+    tables inside `--out` could be taken for its files, and a run inside `--data` would write
+    into the user's data directory. Raises RunDirError; nothing is written.
+    """
+    if data_dir is None:
+        return
+    data, run = Path(data_dir).resolve(), Path(out).resolve()
+    if _inside(data, run):
+        raise RunDirError(
+            f"the data directory {data_dir} lies inside the run directory --out {out}: vidrec "
+            "rewrites what is inside its run directory, so it never runs there; choose an --out "
+            "outside the data directory (e.g. a sibling: --out runs/NAME)"
+        )
+    if _inside(run, data):
+        raise RunDirError(
+            f"the run directory --out {out} lies inside the data directory {data_dir}: vidrec "
+            "does not write into a user's data directory; choose an --out outside it"
+        )
+
+
+def _lock_holder(fh: Any) -> dict[str, Any]:
+    """What the lock file says of its holder (empty when it says nothing readable)."""
+    try:
+        fh.seek(0)
+        info = json.loads(fh.read() or "{}")
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_holder(info: dict[str, Any]) -> str:
+    if not info:
+        return "a process that left no details"
+    cmd = info.get("command")
+    cmd_s = f", command `{shlex.join(cmd)}`" if isinstance(cmd, list) else ""
+    return (
+        f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started')}"
+        f"{cmd_s}"
+    )
+
+
+class _Lock:
+    """One flock on a run directory's lock file, shared by every user of it in this process."""
+
+    def __init__(self, root: Path, fh: Any, exclusive: bool) -> None:
+        self.root, self.fh, self.exclusive, self.users = root, fh, exclusive, 1
+
+
+_HELD: dict[Path, _Lock] = {}  # resolved run directory -> the lock this process holds on it
+
+
+def _acquire(root: Path, exclusive: bool) -> _Lock:
+    """Take the run directory's lock (exclusive for a writer, shared for a reader) or refuse.
+
+    flock locks belong to the open file: the OS releases them when the holder dies, so a lock
+    file left by a killed run is simply taken over. Within one process a lock is reference
+    counted (a reader inside the writing process reads its own consistent state)."""
+    key = root.resolve()
+    held = _HELD.get(key)
+    if held is not None:
+        if exclusive and not held.exclusive:
+            raise RunDirError(
+                f"run directory {root} is open for reading in this process; cannot write it"
+            )
+        held.users += 1
+        return held
+    path = root / LOCK_FILE
+    # a reader creates nothing: no lock file means no vidrec writer has ever held the directory
+    flags = (os.O_RDWR | os.O_CREAT) if exclusive else os.O_RDONLY
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        if exclusive:
+            raise RunDirError(f"run directory {root} does not exist") from None
+        return _Lock(key, None, False)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError(
+                f"{path} is a symbolic link; vidrec never writes through a link out of its run "
+                "directory: remove the link"
+            ) from None
+        if not exclusive and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            return _Lock(key, None, False)  # a read-only copy of a run: nobody writes it
+        raise write_error(path, exc) from None
+    fh = os.fdopen(fd, "r+" if exclusive else "r", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _describe_holder(_lock_holder(fh))
+        fh.close()
+        if exclusive:
+            raise RunDirError(
+                f"run directory {root} is in use by another vidrec process ({holder}); one "
+                "process writes a run directory at a time: wait for it to finish, or choose "
+                "another --out"
+            ) from None
+        raise RunDirError(
+            f"run directory {root} is being written by a vidrec run ({holder}); wait for it to "
+            "finish before reading it"
+        ) from None
+    if exclusive:
+        previous = _lock_holder(fh)
+        if previous.get("pid") is not None:
+            log.info(
+                "run directory %s: taking over the lock left by %s, which no longer holds it "
+                "(the process ended or was killed)",
+                root,
+                _describe_holder(previous),
+            )
+        fh.seek(0)
+        fh.truncate()
+        fh.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "command": [str(a) for a in sys.argv],
+                }
+            )
+        )
+        fh.flush()
+    lock = _Lock(key, fh, exclusive)
+    _HELD[key] = lock
+    return lock
+
+
+def _release(lock: _Lock) -> None:
+    lock.users -= 1
+    if lock.users > 0:
+        return
+    _HELD.pop(lock.root, None)
+    if lock.fh is None:
+        return
+    try:
+        if lock.exclusive:
+            lock.fh.seek(0)
+            lock.fh.truncate()  # no holder: the next writer has nothing to take over
+        fcntl.flock(lock.fh.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        pass
+    finally:
+        lock.fh.close()
+
+
+@contextlib.contextmanager
+def read_lock(path: str | Path) -> Iterator[None]:
+    """Hold a shared lock on the run directory `path` while reading it.
+
+    Refuses (RunDirError, naming the writer) while a `vidrec run` writes it, so that a reader
+    never loads a half-rewritten run."""
+    lock = _acquire(Path(path), exclusive=False)
+    try:
+        yield
+    finally:
+        _release(lock)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    with os.scandir(path) as it:
+        return next(it, None) is None
+
+
+def _legacy_manifest(path: Path) -> bool:
+    """Whether `path` holds the manifest of a run written before run directories were marked."""
+    m = path / "manifest.json"
+    if not m.is_file() or m.is_symlink():
+        return False
+    try:
+        data = json.loads(m.read_text("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == "vidrec-run"
+
+
+def _refuse_foreign(path: Path) -> None:
+    raise RunDirError(
+        f"--out {path} exists, is not empty and is not a vidrec run directory (it has no "
+        f"{MARKER_FILE} marker): vidrec writes only into directories it created, so that it "
+        "never overwrites or deletes files that are not its own; choose a new or an empty --out"
+    )
+
+
 @dataclass
 class StageResult:
     name: str
@@ -159,23 +385,254 @@ class RunDir:
     """A run directory bound to one resolved config."""
 
     def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+        """Open (or create) the run directory `path` for writing, bound to `config`.
+
+        Refuses (RunDirError, nothing written) an existing non-empty directory that vidrec did
+        not create, and a directory another process is writing. Holds the directory's lock
+        until `close()` (or the end of the process)."""
         self.path = Path(path)
         self.config = config
         self.config_hash = config_hash(config)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise write_error(self.path, exc) from None
         self.manifest_path = self.path / "manifest.json"
         self._verified: dict[str, str] = {}  # stage -> digest checked against the files
-        self.manifest = self._load_or_init()
+        self._lock: _Lock | None = None
+        self._observer: Callable[[Path, str], None] | None = None
+        self._claim()
+        try:
+            self.manifest = self._load_or_init()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ ownership
+    def _claim(self) -> None:
+        """Check that the directory is ours (or new, or empty), lock it, mark it, start the
+        ledger of what this run writes."""
+        p = self.path
+        if p.is_symlink() and not p.exists():
+            raise RunDirError(f"--out {p} is a broken symbolic link; choose another --out")
+        if p.exists() and not p.is_dir():
+            raise RunDirError(f"--out {p} exists and is not a directory; choose another --out")
+        marker = p / MARKER_FILE
+        adopt = False
+        if p.is_dir():
+            if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+                raise RunDirError(f"{marker} is not a plain file; choose another --out")
+            if not marker.is_file():
+                adopt = _legacy_manifest(p)
+                if not adopt and not _is_empty_dir(p):
+                    _refuse_foreign(p)
+        else:
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise write_error(p, exc) from None
+        self._root = p.resolve()
+        self._lock = _acquire(p, exclusive=True)
+        try:
+            if not marker.is_file():
+                others = {e.name for e in os.scandir(p)} - {LOCK_FILE}
+                if others and not adopt:  # filled since the check above
+                    _refuse_foreign(p)
+            self._ledger_path = p / LEDGER_FILE
+            self._ledger = self._read_ledger()
+            if adopt and not marker.is_file():
+                self._adopt_legacy()
+            if not marker.is_file():
+                atomic_write_json(
+                    marker,
+                    {
+                        "kind": "vidrec-run-directory",
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "note": "vidrec writes and deletes only the files listed in "
+                        f"{LEDGER_FILE}; do not put your own files in the stage directories",
+                    },
+                )
+            self._observer = self._observe
+            add_write_observer(self._observer)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop recording writes and release the directory's lock (idempotent)."""
+        if self._observer is not None:
+            remove_write_observer(self._observer)
+            self._observer = None
+        if self._lock is not None:
+            _release(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_ledger(self) -> set[str]:
+        if self._ledger_path.is_symlink():
+            raise RunDirError(f"{self._ledger_path} is a symbolic link; remove it")
+        if not self._ledger_path.is_file():
+            return set()
+        try:
+            lines = self._ledger_path.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"cannot read {self._ledger_path}: {exc}") from None
+        return {ln for ln in lines if ln and not ln.startswith(("/", "../")) and ".." not in ln.split("/")}
+
+    def _append_ledger(self, rels: Iterable[str]) -> None:
+        new = [r for r in rels if r not in self._ledger]
+        if not new:
+            return
+        try:
+            fd = os.open(
+                self._ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644
+            )
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write("".join(r + "\n" for r in new))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise write_error(self._ledger_path, exc) from None
+        self._ledger.update(new)
+
+    def _rewrite_ledger(self) -> None:
+        text = "".join(r + "\n" for r in sorted(self._ledger))
+        tmp = self._ledger_path.with_name(f"{LEDGER_FILE}.{os.getpid()}.new")
+        try:
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._ledger_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise write_error(self._ledger_path, exc) from None
+
+    def _adopt_legacy(self) -> None:
+        """Take over a run directory an older vidrec wrote (a manifest, no marker): its stage
+        directories and top-level files of vidrec's names are taken as vidrec's."""
+        m = json.loads(self.manifest_path.read_text("utf-8"))
+        names = set(m.get("stages", {})) | set(m.get(_DISCARD, [])) | set(_TOP_LEVEL)
+        rels: list[str] = []
+        for name in sorted(n for n in names if isinstance(n, str) and "/" not in n):
+            top = self.path / name
+            if top.is_symlink() or not top.exists():
+                continue
+            rels.append(name)
+            if top.is_dir():
+                for dirpath, dirnames, filenames in os.walk(top):  # never follows links
+                    base = Path(dirpath).relative_to(self.path).as_posix()
+                    rels += [f"{base}/{d}" for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+                    rels += [f"{base}/{f}" for f in filenames if not (Path(dirpath) / f).is_symlink()]
+        log.info(
+            "run directory %s was written by an earlier vidrec: adopting its %d files and "
+            "directories",
+            self.path,
+            len(rels),
+        )
+        self._append_ledger(rels)
+
+    def _observe(self, path: Path, kind: str) -> None:
+        """Write observer: refuse writes that leave the run directory through a link; record
+        every file and directory written inside it in the ledger."""
+        a = Path(os.path.abspath(path))
+        root = Path(os.path.abspath(self.path))
+        if not _inside(a, root) or a == root:
+            return
+        if a.name in (LEDGER_FILE, MARKER_FILE, LOCK_FILE) and a.parent == root:
+            return
+        if kind == "check":
+            anc = a.parent
+            while not anc.exists() and anc != root:
+                anc = anc.parent
+            real = anc.resolve()
+            if not _inside(real, self._root):
+                raise RunDirError(
+                    f"refusing to write {path}: {anc} leads out of the run directory {self.path} "
+                    f"(to {real}) through a symbolic link; vidrec writes only inside its run "
+                    "directory: remove the link"
+                )
+            return
+        self._append_ledger([a.relative_to(root).as_posix()])
+
+    def _discard(self, name: str) -> None:
+        """Delete what this run wrote under stage `name` (its ledger entries), nothing else."""
+        prefix = f"{name}/"
+        mine = sorted(
+            (r for r in self._ledger if r == name or r.startswith(prefix)),
+            key=lambda r: (-r.count("/"), r),
+        )
+        files = dirs = 0
+        gone = set()
+        for rel in mine:
+            p = self.path / rel
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                gone.add(rel)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                p.unlink()
+                files += 1
+                gone.add(rel)
+            elif stat.S_ISDIR(st.st_mode):
+                try:
+                    p.rmdir()
+                    dirs += 1
+                    gone.add(rel)
+                except OSError:
+                    pass  # holds files vidrec did not write: kept
+        d = self.path / name
+        if d.is_dir() and not d.is_symlink():
+            left = sum(len(fs) for _, _, fs in os.walk(d))
+            if left:
+                log.warning(
+                    "stage %s: kept %d file(s) under %s that vidrec did not write",
+                    name,
+                    left,
+                    d,
+                )
+        log.info(
+            "stage %s: discarded the %d file(s) of its previous attempt", name, files
+        )
+        if gone:
+            self._ledger -= gone
+            self._rewrite_ledger()
+
+    def _remove_stale_temporaries(self, name: str) -> None:
+        """Delete the temporaries of killed atomic writes of this run under stage `name`."""
+        gone = set()
+        for p in self._stage_files(name):
+            if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX):
+                p.unlink(missing_ok=True)
+                gone.add(p.relative_to(self.path).as_posix())
+                log.info("removed %s, left by an interrupted write", p)
+        if gone:
+            self._ledger -= gone
+            self._rewrite_ledger()
+
+    def _stage_files(self, name: str) -> list[Path]:
+        """The regular files this run wrote under stage `name` (its ledger), sorted."""
+        prefix = f"{name}/"
+        out = []
+        for rel in sorted(r for r in self._ledger if r.startswith(prefix)):
+            p = self.path / rel
+            if p.is_file() and not p.is_symlink():
+                out.append(p)
+        return out
 
     @classmethod
-    def open(cls, path: str | Path) -> RunDir:
+    def open(cls, path: str | Path, *, write: bool = False) -> RunDir:
         """Return the existing run directory at `path`, bound to the config in its manifest.
 
         Nothing is written. Raises RunDirError when `path` holds no manifest and
-        ArtifactError when the manifest is damaged.
+        ArtifactError when the manifest is damaged. With `write`, the directory's lock is
+        taken (refused while another process writes it) and what is written into it is
+        recorded, as for a run: for commands that add to a finished run (`vidrec ab`); call
+        `close()` when done.
         """
         root = Path(path)
         manifest_path = root / "manifest.json"
@@ -203,7 +660,22 @@ class RunDir:
         self.config_hash = m["config_hash"]
         self.manifest_path = manifest_path
         self._verified = {}
+        self._lock = None
+        self._observer = None
         self.manifest = m
+        if write:
+            if not (root / MARKER_FILE).is_file() and not _legacy_manifest(root):
+                _refuse_foreign(root)
+            self._lock = _acquire(root, exclusive=True)
+            try:
+                self._root = root.resolve()
+                self._ledger_path = root / LEDGER_FILE
+                self._ledger = self._read_ledger()
+                self._observer = self._observe
+                add_write_observer(self._observer)
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def _load_or_init(self) -> dict[str, Any]:
@@ -262,11 +734,12 @@ class RunDir:
 
     def stage_dir(self, name: str) -> Path:
         d = self.path / name
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise write_error(d, exc) from None
-        return d
+        if d.is_symlink():
+            raise RunDirError(
+                f"stage directory {d} is a symbolic link (to {os.readlink(d)}); vidrec writes "
+                "only inside its run directory and never through a link: remove the link"
+            )
+        return make_dirs(d)
 
     # ------------------------------------------------------------------ integrity
     def redo_hint(self, stage: str) -> str:
@@ -458,12 +931,17 @@ class RunDir:
 
         `inputs` maps the stages it was built from to their digests (its lineage).
         """
-        d = self.path / name
+        prefix = f"{name}/"
+        vanished = {
+            r for r in self._ledger if r.startswith(prefix) and not os.path.lexists(self.path / r)
+        }
+        if vanished:  # renamed temporaries and the like: keep the ledger short
+            self._ledger -= vanished
+            self._rewrite_ledger()
         artifacts = {}
-        if d.exists():
-            for p in sorted(d.rglob("*")):
-                if p.is_file() and not p.name.startswith("."):
-                    artifacts[str(p.relative_to(self.path))] = sha256_file(p)
+        for p in self._stage_files(name):  # what this run wrote, never a stranger's file
+            if not p.name.startswith("."):
+                artifacts[str(p.relative_to(self.path))] = sha256_file(p)
         self.manifest["stages"][name] = {
             "status": "done",
             "seconds": round(seconds, 3),
@@ -504,15 +982,12 @@ class RunDir:
             # an interrupted attempt of this config is continued (trainers resume from their
             # checkpoints); any other attempt's files go, so that nothing resumes from them
             # and the manifest hashes only what this attempt wrote
-            if (self.path / name).is_dir():
-                log.info("stage %s: discarding the files of its previous attempt", name)
-                shutil.rmtree(self.path / name)
+            self._discard(name)
             self.manifest[_DISCARD].remove(name)
         self.manifest["stages"][name] = {"status": "running"}
         self.save()
         out = self.stage_dir(name)
-        for p in remove_stale_temporaries(out):
-            log.info("removed %s, left by an interrupted write", p)
+        self._remove_stale_temporaries(name)
         t0 = time.perf_counter()
         info = fn(out)
         dt = time.perf_counter() - t0

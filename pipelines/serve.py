@@ -26,7 +26,7 @@ from features.ranker_features import RankerFeatureIndex, build_ranker_frame
 from features.split import TimeSplit
 from features.tables import Dataset
 from pipelines import scoring
-from pipelines.rundir import RunDir, check_index_matches_model
+from pipelines.rundir import RunDir, check_index_matches_model, read_lock
 from ranking.train import TrainedRanker
 
 _SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
@@ -109,6 +109,11 @@ class Recommender:
         ones it was trained with. A mismatch raises RunIntegrityError (an ArtifactError)
         naming the artifact, what was expected, what was found and the `--redo` that fixes it.
         """
+        with read_lock(run_dir):  # never while a `vidrec run` rewrites it
+            return cls._load(run_dir, verify=verify)
+
+    @classmethod
+    def _load(cls, run_dir: str | Path, *, verify: bool) -> Recommender:
         rundir = RunDir.open(run_dir)
         root = rundir.path
         if verify:

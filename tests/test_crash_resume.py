@@ -459,7 +459,7 @@ def test_permission_denied_is_one_line(
     monkeypatch.setattr(atomic.tempfile, "mkstemp", tempfile.mkstemp)
     assert rc == 3
     assert errors == [
-        f"vidrec run: error: cannot write artifact {out / 'manifest.json'}: permission denied; "
+        f"vidrec run: error: cannot write artifact {out / '.vidrec-run'}: permission denied; "
         f"make {out} writable or choose another --out directory (nothing was written; an "
         "earlier version of the file, if any, is unchanged)"
     ]
@@ -499,7 +499,7 @@ def test_read_only_run_directory(contract_dir: Path, tmp_path: Path, capsys) -> 
     finally:
         undo()
     assert rc == 3 and len(errors) == 1
-    assert errors[0].startswith(f"vidrec run: error: cannot write artifact {out / 'manifest.json'}")
+    assert errors[0].startswith(f"vidrec run: error: cannot write artifact {out / '.vidrec-lock'}")
     assert f"permission denied; make {out} writable or choose another --out" in errors[0]
     assert list(out.iterdir()) == []  # nothing left behind
     # a run directory that cannot even be created

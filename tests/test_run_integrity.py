@@ -35,7 +35,7 @@ from test_ranker_model import SMALL, frames
 from candidate_gen.config import CandidateGenConfig
 from candidate_gen.index import AnnoyIndex
 from candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
-from features.atomic import atomic_write_json
+from features.atomic import atomic_write_json, atomic_write_text, make_dirs
 from features.examples import CandidateFeaturizer
 from features.integrity import ArtifactError
 from features.io import write_dataset
@@ -398,8 +398,9 @@ def test_report_determinism_section(runs: tuple[Path, Path], tmp_path: Path) -> 
 def test_only_an_interrupted_attempt_of_the_same_config_is_continued(tmp_path: Path) -> None:
     def write(name: str) -> Callable[[Path], None]:
         def stage(d: Path) -> None:
-            (d / "checkpoints").mkdir(exist_ok=True)
-            (d / name).write_text(name)
+            # as vidrec's writers do: through features.atomic, which the run directory records
+            make_dirs(d / "checkpoints")
+            atomic_write_text(d / name, name)
 
         return stage
 
@@ -409,8 +410,7 @@ def test_only_an_interrupted_attempt_of_the_same_config_is_continued(tmp_path: P
     # interrupted: the manifest says running; the rerun keeps the directory (checkpoints)
     rd.manifest["stages"]["b"] = {"status": "running"}
     rd.save()
-    (root / "b" / "checkpoints").mkdir(parents=True)
-    (root / "b" / "checkpoints" / "checkpoint.pt").write_text("epoch 1")
+    atomic_write_text(root / "b" / "checkpoints" / "checkpoint.pt", "epoch 1")
     rd = RunDir(root, {"seed": 0})
     rd.run_stage("b", write("b"), inputs=("a",))
     assert (root / "b" / "checkpoints" / "checkpoint.pt").exists()
