@@ -163,6 +163,10 @@ def check_digest(
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
+class DamagedWeightsError(ArtifactError):
+    """A weights file that cannot be read at all (truncated, or not a torch file)."""
+
+
 def unsafe_pickle_error(path: str | os.PathLike[str], exc: BaseException) -> ArtifactError:
     """Return the error for a weights file that `torch.load(weights_only=True)` refused.
 

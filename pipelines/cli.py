@@ -127,8 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
+    from pipelines.config import UsageError
+
     try:
         return func(args)
+    except UsageError as exc:
+        print(f"vidrec {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except _known_errors() as exc:
         print(f"vidrec {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_DATA

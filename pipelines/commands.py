@@ -6,7 +6,45 @@ import argparse
 import json
 from pathlib import Path
 
-from pipelines.config import PRESETS, resolve_config
+from pipelines.config import PRESETS, UsageError, resolve_config
+
+INT64_MAX = 2**63 - 1
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (e.g. -k)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def id_value(text: str) -> int:
+    """argparse type: an id as the data has it (integer text that fits in int64)."""
+    t = text.strip()
+    if not t.lstrip("-").isdigit() or t != text:
+        raise argparse.ArgumentTypeError(f"ids are integer text, got {text!r}")
+    v = int(t)
+    if not 0 <= v <= INT64_MAX:
+        raise argparse.ArgumentTypeError(
+            f"id {text} is outside 0..{INT64_MAX} (64-bit ids), so no user or item has it"
+        )
+    return v
+
+
+def _stage_list(option: str, text: str | None, stages: tuple[str, ...]) -> tuple[str, ...]:
+    if not text:
+        return ()
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [s for s in names if s not in stages]
+    if unknown or not names:
+        raise UsageError(
+            f"{option}: unknown stage(s) {unknown or [text]}; stages are {', '.join(stages)}"
+        )
+    return names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("recommend", help="print a user's top-k slate from a finished run")
     s.add_argument("--run", required=True, help="run directory of a finished `vidrec run`")
-    s.add_argument("--user", required=True, type=int)
-    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--user", required=True, type=id_value)
+    s.add_argument("-k", type=positive_int, default=10)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_recommend)
 
@@ -72,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict", help="expected watch time of items for a user, from a finished run"
     )
     s.add_argument("--run", required=True)
-    s.add_argument("--user", required=True, type=int)
+    s.add_argument("--user", required=True, type=id_value)
     s.add_argument("--items", required=True, help="comma-separated item ids")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
@@ -101,23 +139,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_dir_alias:
         if args.data and args.data != args.data_dir_alias:
-            raise ValueError("give the data directory once (--data or --data-dir)")
+            raise UsageError("give the data directory once (--data or --data-dir)")
         args.data = args.data_dir_alias
     if args.dataset and not args.data:
-        raise ValueError(f"--dataset {args.dataset} needs --data-dir DIR")
+        raise UsageError(f"--dataset {args.dataset} needs --data-dir DIR")
     if args.data:
         overrides.append(f"data.source={args.dataset or 'dir'}")
     config = resolve_config(args.preset, overrides, args.config, seed=args.seed)
     if args.print_config:
         print(json.dumps(config, indent=2))
         return 0
-    stages = STAGES
-    if args.stages:
-        stages = tuple(s.strip() for s in args.stages.split(","))
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
-    redo = tuple(x.strip() for x in args.redo.split(",")) if args.redo else ()
+    stages = _stage_list("--stages", args.stages, STAGES) or STAGES
+    redo = _stage_list("--redo", args.redo, STAGES)
     report = run_pipeline(
         config,
         args.out,
@@ -185,11 +218,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipelines.serve import Recommender
 
     try:
-        items = [int(x) for x in args.items.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--items must be comma-separated integer item ids, got {args.items!r}"
-        ) from None
+        items = [id_value(x.strip()) for x in args.items.split(",") if x.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--items must be comma-separated item ids: {exc}") from None
+    if not items:
+        raise UsageError(f"--items names no item id, got {args.items!r}")
     rec = Recommender.load(args.run)
     out = rec.predict(args.user, items)
     if args.json:
@@ -235,7 +268,7 @@ def register_ab(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--arms", default="system,click_only,cg_only,most_popular,logging_policy")
     s.add_argument("--days", type=int, default=3)
-    s.add_argument("-k", type=int, default=10)
+    s.add_argument("-k", type=positive_int, default=10)
     s.add_argument("--max-visits-per-day", type=int, default=2000, help="0 = every visit")
     s.add_argument(
         "--retrain",
@@ -299,7 +332,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         seeds = [int(x) for x in args.seeds.split(",")]
         fractions = tuple(float(x) for x in args.fractions.split(","))
     except ValueError:
-        raise ValueError("--seeds and --fractions take comma-separated numbers") from None
+        raise UsageError("--seeds and --fractions take comma-separated numbers") from None
     if args.name == "movielens-table":
         from pipelines.config import ConfigError
         from pipelines.experiments_real import run_movielens_table

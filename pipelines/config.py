@@ -13,12 +13,17 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 PRESETS: tuple[str, ...] = ("tiny", "default", "large", "movielens")
+
+
+class UsageError(ValueError):
+    """A command line that cannot be run as given (exit code 2, like argparse's own errors)."""
 
 
 class ConfigError(ValueError):
@@ -134,7 +139,153 @@ def apply_overrides(
         for p in parents:
             node = node[p]
         node[leaf] = value
+    check_values(out)
     return out
+
+
+def _positive_list(v: Any, minimum: float, strict: bool) -> bool:
+    return bool(v) and all((x > minimum) if strict else (x >= minimum) for x in v)
+
+
+# value rules beyond the types: key -> (test, what the key expects)
+_VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "retrieval_baselines.recent_popular_halvings": (
+        lambda v: 0 <= v <= 30,
+        "an integer in 0..30 (windows span / 2^j for j = 0..n)",
+    ),
+    "retrieval_baselines.item_knn_neighbors": (
+        lambda v: _positive_list(v, 0, strict=False),
+        "a non-empty list of integers >= 0 (0 = every item)",
+    ),
+    "retrieval_baselines.ease_l2": (
+        lambda v: _positive_list(v, 0.0, strict=True),
+        "a non-empty list of numbers > 0",
+    ),
+    "retrieval_baselines.ease_max_gb": (lambda v: v > 0, "a number of GB > 0"),
+    "retrieval_baselines.pure_svd_ranks": (
+        lambda v: _positive_list(v, 1, strict=False),
+        "a non-empty list of integers >= 1",
+    ),
+}
+
+
+def _rule(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+          hi_open: bool = False) -> tuple[Any, str]:
+    """A range rule for one number: lo <= v <= hi (open ends with lo_open / hi_open)."""
+
+    def test(v: Any) -> bool:
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return not (hi is not None and (v >= hi if hi_open else v > hi))
+
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    return test, "a number " + " and ".join(parts)
+
+
+_POS = _rule(0, lo_open=True)
+_NONNEG = _rule(0)
+_AT_LEAST_1 = _rule(1)
+_FRACTION_OPEN = _rule(0, 1, lo_open=True, hi_open=True)
+# ranges of the pipeline's own keys (0 means "no limit" where the preset says so)
+_RANGE_RULES: dict[str, tuple[Any, str]] = {
+    "split.train_end": _FRACTION_OPEN,
+    "split.valid_end": _FRACTION_OPEN,
+    "split.ranker_valid_share": _FRACTION_OPEN,
+    "retrieval.n_trees": _AT_LEAST_1,
+    "retrieval.search_k": (lambda v: v == -1 or v >= 1, "-1 (annoy's default) or an integer >= 1"),
+    "retrieval.n_candidates": _AT_LEAST_1,
+    "evaluation.max_users": _NONNEG,
+    "evaluation.ks": (lambda v: _positive_list(v, 1, strict=False), "a non-empty list of integers >= 1"),
+    "evaluation.slate_k": _AT_LEAST_1,
+    "evaluation.bootstrap": _NONNEG,
+    "features.max_history": _AT_LEAST_1,
+    "features.max_searches": _AT_LEAST_1,
+    "features.max_search_tokens": _AT_LEAST_1,
+    "features.max_topics": _AT_LEAST_1,
+    "features.min_item_count": _AT_LEAST_1,
+    "features.min_token_count": _AT_LEAST_1,
+    "features.min_category_count": _AT_LEAST_1,
+    "features.n_duration_buckets": _AT_LEAST_1,
+    "features.n_quantiles": _rule(2),
+    "candidate_gen.embedding_dim": _AT_LEAST_1,
+    "candidate_gen.user_layers": (lambda v: all(x >= 1 for x in v), "a list of integers >= 1"),
+    "candidate_gen.item_layers": (lambda v: all(x >= 1 for x in v), "a list of integers >= 1"),
+    "candidate_gen.categorical_dim": _AT_LEAST_1,
+    "candidate_gen.num_negatives": _AT_LEAST_1,
+    "candidate_gen.unigram_power": _NONNEG,
+    "candidate_gen.temperature": _POS,
+    "candidate_gen.ssl_alpha": _NONNEG,
+    "candidate_gen.ssl_temperature": _POS,
+    "candidate_gen.ssl_batch_size": _AT_LEAST_1,
+    "candidate_gen.ssl_dropout": _rule(0, 1, hi_open=True),
+    "candidate_gen.learning_rate": _POS,
+    "candidate_gen.weight_decay": _NONNEG,
+    "candidate_gen.epochs": _AT_LEAST_1,
+    "candidate_gen.batch_size": _AT_LEAST_1,
+    "candidate_gen.patience": _AT_LEAST_1,
+    "candidate_gen.valid_k": _AT_LEAST_1,
+    "candidate_gen.valid_max_examples": _NONNEG,
+    "candidate_gen.max_examples_per_user": _NONNEG,
+    "candidate_gen.label_fraction": _rule(0, 1, lo_open=True),
+    "ranking.hidden": (lambda v: all(x >= 1 for x in v), "a list of integers >= 1"),
+    "ranking.history_len": _AT_LEAST_1,
+    "ranking.vocab_top_n": _NONNEG,
+    "ranking.embedding_scale": _POS,
+    "ranking.max_embedding_width": _AT_LEAST_1,
+    "ranking.n_quantiles": _rule(2),
+    "ranking.dropout": _rule(0, 1, hi_open=True),
+    "ranking.lr": _POS,
+    "ranking.weight_decay": _NONNEG,
+    "ranking.epochs": _AT_LEAST_1,
+    "ranking.batch_size": _AT_LEAST_1,
+    "ranking.patience": _AT_LEAST_1,
+    "ranking.max_train_rows": _NONNEG,
+    "ranking.max_eval_rows": _NONNEG,
+    "lightgbm.num_leaves": _rule(2),
+    "lightgbm.learning_rate": _POS,
+    "lightgbm.n_estimators": _AT_LEAST_1,
+    "lightgbm.min_data_in_leaf": _AT_LEAST_1,
+    "lightgbm.feature_fraction": _rule(0, 1, lo_open=True),
+    "lightgbm.lambda_l2": _NONNEG,
+    "lightgbm.early_stopping_rounds": _AT_LEAST_1,
+    "lightgbm.relevance_buckets": _rule(2),
+    "lightgbm.ndcg_at": _AT_LEAST_1,
+    "lightgbm.vocab_top_n": _NONNEG,
+    "lightgbm.num_threads": _NONNEG,
+}
+
+
+def _non_finite(v: Any) -> bool:
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    if isinstance(v, list):
+        return any(_non_finite(x) for x in v)
+    return False
+
+
+def check_values(config: dict[str, Any]) -> None:
+    """Refuse values of the right type but out of range (ConfigError naming the key).
+
+    Every number must be finite (nan and inf are refused wherever they appear); keys with a
+    range must be in it, and the split's windows must be ordered (train_end < valid_end)."""
+    flat = flatten(config)
+    for key, value in flat.items():
+        if _non_finite(value):
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+    for key, (test, expects) in {**_RANGE_RULES, **_VALUE_RULES}.items():
+        if key in flat and not test(flat[key]):
+            raise ConfigError(f"config key {key!r} expects {expects}, got {flat[key]!r}")
+    t, v = flat.get("split.train_end"), flat.get("split.valid_end")
+    if t is not None and v is not None and not t < v:
+        raise ConfigError(
+            f"config keys 'split.train_end' ({t!r}) and 'split.valid_end' ({v!r}) must satisfy "
+            "0 < train_end < valid_end < 1 (fractions of the log's time span: the candidate "
+            "generator's window, then the ranker's, then the test window)"
+        )
 
 
 def resolve_config(
@@ -151,6 +302,7 @@ def resolve_config(
         cfg = apply_overrides(cfg, overrides)
     if seed is not None:
         cfg = apply_overrides(cfg, {"seed": seed})
+    check_values(cfg)
     return cfg
 
 

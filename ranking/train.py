@@ -25,6 +25,7 @@ only rank 0 reads and writes checkpoints (the others receive its checkpoint by b
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from features.atomic import atomic_path, atomic_write_json
 from features.dist_env import row_range, shard_batches
 from features.integrity import (
     ArtifactError,
+    DamagedWeightsError,
     check_digest,
     check_match,
     resolve_inside,
@@ -265,7 +267,9 @@ class TrainedRanker:
         self.normalizer.save(d / "normalizer.json")
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         with atomic_path(d / _MODEL) as tmp:
-            torch.save(state, tmp)
+            # a file object: a full disk is then an OSError, not torch's bare RuntimeError
+            with open(tmp, "wb") as fh:
+                torch.save(state, fh)
         companions = list(_COMPANIONS)
         if self.calibrator is not None:
             atomic_write_json(d / _CALIBRATION, self.calibrator.to_dict())
@@ -746,7 +750,13 @@ def _read_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict[str, An
     """
     if not (ckpt_dir / _CHECKPOINT).exists():
         return None
-    ck = _load_weights(ckpt_dir / _CHECKPOINT, device)
+    try:
+        ck = _load_weights(ckpt_dir / _CHECKPOINT, device)
+    except DamagedWeightsError as exc:
+        # a kill or a full disk can leave a torn checkpoint behind: it is no use to resume
+        # from, and keeping it would fail every rerun; the stage trains from the first epoch
+        log.warning("ranker: %s; discarding it and training from the first epoch", exc)
+        return None
     recorded = ck.get("transforms_sha256") if isinstance(ck, dict) else None
     for name, digest in (recorded or {}).items():
         found = sha256_file(ckpt_dir / name) if (ckpt_dir / name).is_file() else "missing"
@@ -766,6 +776,13 @@ def _load_weights(path: Path, device: torch.device | str) -> Any:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise unsafe_pickle_error(path, exc) from None
+    except (RuntimeError, EOFError, OSError) as exc:  # torch's zip reader on a torn file
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+            raise  # missing, unreadable: not a damaged file
+        raise DamagedWeightsError(
+            f"{path} cannot be read as a weights file ({str(exc).splitlines()[0][:200]}): it is "
+            "truncated or damaged"
+        ) from None
 
 
 def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:
@@ -776,7 +793,8 @@ def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:
         "transforms_sha256": {n: sha256_file(ckpt_dir / n) for n in _TRANSFORMS},
     }
     with atomic_path(ckpt_dir / _CHECKPOINT) as tmp:
-        torch.save(checkpoint, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
     atomic_write_json(
         ckpt_dir / "progress.json",
         {

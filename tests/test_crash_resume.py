@@ -570,3 +570,49 @@ if __name__ == "__main__":
         _worker_write(Path(sys.argv[2]), sys.argv[3])
     else:
         raise SystemExit(f"unknown worker mode {sys.argv[1]!r}")
+
+
+@pytest.mark.parametrize("trainer", ["cg", "ranker"])
+def test_truncated_checkpoint_is_discarded_and_training_starts_over(
+    reference: dict, tmp_path: Path, trainer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torn checkpoint.pt (a kill or a full disk outside vidrec's atomic writes) must not make
+    every rerun fail: it is discarded with a warning and the training starts from epoch 1."""
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    _train_counting(trainer, ckpt)
+    path = ckpt / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    caplog.set_level("WARNING")
+    weights, history, _ = _train_counting(trainer, ckpt)
+    assert "cannot be read as a weights file" in caplog.text
+    assert "training from the first epoch" in caplog.text
+    ref_weights, ref_history, _ = reference[trainer]
+    assert [h.get("epoch") for h in history] == [h.get("epoch") for h in ref_history]
+    for k, v in ref_weights.items():
+        assert torch.equal(weights[k], v), k
+
+
+@pytest.mark.parametrize("module", ["candidate_gen.train", "ranking.train"])
+def test_disk_full_during_torch_save_is_a_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    """torch.save onto a path reports a full disk as a bare RuntimeError; vidrec hands it an open
+    file, so the user gets the same one-line message as for every other artifact."""
+    import importlib
+
+    from features.atomic import ArtifactWriteError
+
+    mod = importlib.import_module(module)
+
+    class FullDisk(io.FileIO):
+        def write(self, b: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mod, "open", lambda p, mode="r": FullDisk(p, mode), raising=False)
+    trainer = "cg" if module.startswith("candidate_gen") else "ranker"
+    with pytest.raises(ArtifactWriteError, match="no space left on the device"):
+        TRAINERS[trainer](tmp_path / "ckpt")
+    assert list((tmp_path / "ckpt").rglob("*.tmp")) == []
