@@ -14,6 +14,10 @@ Time protocol (every number in the report says which window it comes from):
 * Test: held-out users are served at `valid_end` from their history strictly before it;
   retrieval targets are what they watched in the test window; ranking metrics are on test
   impressions; on the simulated world every slate is also scored by the world's ground truth.
+* Retrieval baselines (`pipelines.retrieval_baselines`: recent popular, item-kNN, EASE,
+  PureSVD) choose their hyperparameter on the ranker window (fitted before `train_end`, users
+  served at `train_end`), then are refitted on everything before `valid_end` and tested on
+  the same users, exclusions and targets as the candidate generator.
 """
 
 from __future__ import annotations
@@ -331,6 +335,25 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     metrics["random"] = retrieval_metrics(
         rand_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
     )
+    # tuned baselines (recent popular, item-kNN, EASE, PureSVD): hyperparameters chosen on the
+    # ranker window, then scored on these users, exclusions and targets
+    from pipelines.retrieval_baselines import evaluate_baselines
+
+    tuned_metrics, tuned, tuned_slates = evaluate_baselines(
+        ds,
+        split,
+        ctx.config,
+        users=users,
+        exclude=exclude,
+        targets=targets,
+        ks=ks,
+        catalog_size=n_catalog,
+        item_bucket=buckets,
+        slate_k=int(ev["slate_k"]),
+    )
+    metrics.update(tuned_metrics)
+    with atomic_path(out / "baseline_slates.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, users=users, **tuned_slates)  # top slate_k per baseline (end to end)
 
     # ANN quality and speed against exact search on the same vectors
     ann = {
@@ -389,6 +412,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
         "n_users_with_targets": int(sum(len(t) > 0 for t in targets)),
         "served_at": int(t_serve),
         "exclude_watched": bool(r["exclude_watched"]),
+        "tuned_baselines": tuned,
     }
     atomic_write_json(out / "retrieval.json", result)
     return {"n_users": int(len(users))}

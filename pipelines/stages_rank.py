@@ -329,6 +329,16 @@ def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
         )
         for name, s in scores.items()
     }
+    # the retrieval baselines' own top k (tuned in the retrieval stage; same users, exclusions)
+    baseline_npz = ctx.path / "retrieval" / "baseline_slates.npz"
+    if baseline_npz.exists():
+        with np.load(baseline_npz, allow_pickle=False) as z:
+            if np.array_equal(z["users"], users):
+                slates.update(
+                    {n: z[n][:, :k] for n in z.files if n != "users" and z[n].shape[1] >= k}
+                )
+            else:
+                log.warning("%s holds other users than the held-out ones; not used", baseline_npz)
     next_watches = split.slice(ds.watches, "test")
     result: dict[str, Any] = {
         "k": k,

@@ -282,3 +282,19 @@ def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_
     assert len(cands) == 30 and not np.isin(cands, seen).any()
     with pytest.raises(ValueError, match="cg_features must be one of"):
         Recommender(ds, rec.split, cg, rec.index, rec.ranker, rec.config, cg_features="x")
+
+
+def test_report_has_the_tuned_retrieval_baselines(tiny_run):
+    out, _, report = tiny_run
+    flat = flatten({k: v for k, v in report.items() if k != "_meta"})
+    for name in ("recent_popular", "item_knn", "ease", "pure_svd"):
+        for key in ("retrieval.recall@50", "retrieval.popularity.tail.recall@50",
+                    "end_to_end.recall@10", "end_to_end.true_expected_watch_time.mean"):  # fmt: skip
+            assert f"baselines.{name}.{key}" in flat, (name, key)
+        tuning = report["baselines"][name]["retrieval_tuning"]
+        assert tuning["chosen"] in tuning["grid"]
+        assert len(tuning["grid_validation_recall@50"]) == len(tuning["grid"])
+    md = (out / "report.md").read_text("utf-8")
+    assert "Retrieval baselines (tuned on the ranker window)" in md
+    chosen = report["baselines"]["ease"]["retrieval_tuning"]["chosen_label"]
+    assert f"| EASE, {chosen} |" in md  # the retrieval table names the tuned value
