@@ -16,7 +16,8 @@ reading it again gives exactly the same tables.
 
 File conventions: CSV is UTF-8, comma-separated, with a header line; an empty field is a
 missing value; `topics` is one '|'-separated string (`music|jazz`). In parquet `topics` is a
-list of strings. Times are UTC seconds or ISO-8601 strings. Every read error (bad encoding,
+list of strings. Integer ids are plain integer text (digits, optionally a leading '-'; see
+`features.schema.integer_text_ids`). Times are UTC seconds or ISO-8601 strings. Every read error (bad encoding,
 ragged lines, another separator, an unreadable parquet file) becomes a `DataContractError`
 naming the file and line.
 """
@@ -43,6 +44,7 @@ from features.schema import (
     Problem,
     ValidationReport,
     check_tables,
+    file_may_pad_integers,
     validate_dataset,
 )
 from features.tables import TABLES, Dataset
@@ -66,6 +68,10 @@ _OTHER_SEPARATORS = {";": "';'", "\t": "a tab", "|": "'|'"}
 
 def _string_columns(table: str) -> set[str]:
     return {c.name for c in TABLE_SPECS[table].columns if c.kind in ("str", "topics")}
+
+
+def _id_columns(table: str) -> set[str]:
+    return {c.name for c in TABLE_SPECS[table].columns if c.kind == "id"}
 
 
 def _problem(table: str, file: Path | str, message: str, fix: str) -> DataContractError:
@@ -109,9 +115,31 @@ def _read_parquet(path: Path, table: str) -> pd.DataFrame:
 def _read_csv(path: Path, table: str) -> pd.DataFrame:
     header = _csv_header(path, table)
     strings = _string_columns(table)
-    # only the contract's string columns are read as strings: the rest are inferred, so a bad
-    # value in a numeric column shows up as a string that validation can point at
-    dtype = {c: "str" for c in header if c in strings}
+    ids = [c for c in header if c in _id_columns(table)]
+    # ids must be plain integer text (schema.integer_text_ids): the parser would read ' 5' and
+    # '+6' as integers, so ids are read as text when the file holds such bytes at all
+    df = _parse_csv(path, table, header, strings, ids if file_may_pad_integers(path) else [])
+    # ... and as numbers otherwise (fast); a column that came out as floats or booleans holds a
+    # '1e2', '73.0', 'True' or an empty field: read it again as text so that the check sees
+    # how each value was written (error path only: such ids are refused)
+    respell = [
+        c
+        for c in ids
+        if c in df.columns
+        and (pd.api.types.is_float_dtype(df[c].dtype) or pd.api.types.is_bool_dtype(df[c].dtype))
+    ]
+    if respell:
+        df = _parse_csv(path, table, header, strings, ids)
+    return df
+
+
+def _parse_csv(
+    path: Path, table: str, header: list[str], strings: set[str], as_text: list[str]
+) -> pd.DataFrame:
+    # only the contract's string columns (and `as_text`) are read as strings: the rest are
+    # inferred, so a bad value in a numeric column shows up as a string that validation can
+    # point at
+    dtype = {c: "str" for c in header if c in strings or c in as_text}
     na_values = {c: ([""] if c in strings else _NA_TOKENS) for c in header}
     try:
         return pd.read_csv(
@@ -367,6 +395,10 @@ def format_report(report: ValidationReport) -> str:
     if report.notes:
         lines.append("notes:")
         lines += [f"  {n}" for n in report.notes]
+    if report.warnings:
+        them = "them" if len(report.warnings) > 1 else "it"
+        lines.append(f"warnings ({len(report.warnings)}; the data is accepted, but check {them}):")
+        lines += [f"  {w}" for w in report.warnings]
     return "\n".join(lines)
 
 

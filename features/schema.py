@@ -12,7 +12,11 @@ fix. All checks are vectorized (numpy/pandas/pyarrow), so they scale to tables o
 millions of rows.
 
 Coercions (each one is reported in the `ValidationReport`, never silently):
-- ids: int64; digit strings are converted, any other string is an error.
+- ids: int64. An id given as text (a CSV field, a string column) must be plain integer text:
+  ASCII digits with an optional leading '-' (`integer_text_ids`); '1e2', '73.0', '+6' and ' 5'
+  are errors, never read as 100, 73, 6 or 5. Floating-point id columns (parquet float64) whose
+  values are all whole numbers, and decimal ones, are converted and reported; a fraction is an
+  error. Integer columns of other widths (int32, uint64 below 2^63) are taken as they are.
 - times: int64 UTC seconds; ISO-8601 strings and datetime columns are converted (timezone-aware
   values to UTC, naive values are taken as UTC); fractional seconds are floored. Upload times
   before 1970 are valid (negative seconds); event timestamps must be >= 0.
@@ -21,6 +25,11 @@ Coercions (each one is reported in the `ValidationReport`, never silently):
 - strings: an empty string is a missing value.
 - extra columns: on `users`, numeric ones are kept as continuous user features (float64);
   everything else is ignored and listed in the report.
+
+Warnings (the data is accepted, and the report counts what looks wrong; see
+`ValidationReport.warnings`): event rows repeating an earlier row exactly (double logging), and
+watch times above `WATCH_TIME_OVER_DURATION` (10) times the item's duration (a unit mix-up or
+a wrong item id: replays of a video rarely add up to ten plays).
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ import contextlib
 import csv
 import difflib
 import gc
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
 
@@ -47,7 +57,14 @@ __all__ = [
     "TABLE_SPECS",
     "TableSpec",
     "ValidationReport",
+    "WATCH_TIME_OVER_DURATION",
     "check_tables",
+    "csv_line_numbers",
+    "file_may_pad_integers",
+    "integer_text_ids",
+    "page_sizes",
+    "repeated_rows",
+    "table_warnings",
     "validate_dataset",
     "validate_table",
 ]
@@ -69,6 +86,10 @@ _INT64_MIN = np.iinfo(np.int64).min
 MILLISECONDS_THRESHOLD = 1e11
 _MAX_EXAMPLES = 5
 _MAX_EXAMPLE_CHARS = 60
+# A watch time above this many times the item's duration is counted as a warning: replays add
+# up to a few plays, while a factor of 10 or more points at milliseconds read as seconds or at a
+# watch attributed to the wrong (shorter) item.
+WATCH_TIME_OVER_DURATION = 10.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +297,8 @@ class ValidationReport:
     ignored_files: list[str] = field(default_factory=list)
     conversions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # accepted, but counted because it looks wrong (duplicated events, implausible watch times)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain JSON-serialisable dicts and lists."""
@@ -617,6 +640,9 @@ class _TableChecker:
                 dtype = s.dtype
                 if not pd.api.types.is_integer_dtype(dtype):
                     return self._digit_strings(col, s)
+                n_dec = int(s.notna().sum())
+                if n_dec:
+                    self.convert(col.name, f"converted {n_dec} whole decimal {what} to int64")
             elif inferred in ("floating", "mixed-integer-float"):
                 s = pd.to_numeric(s, errors="coerce").astype("float64")
                 dtype = s.dtype
@@ -648,6 +674,13 @@ class _TableChecker:
                 "with no empty field in the column; in parquet as an int64 column",
             )
             ok &= ~inexact
+            n_ok = int(ok.sum())
+            if n_ok:  # exact, but not what the contract asks for: say so (once per column)
+                self.convert(
+                    col.name,
+                    f"converted {n_ok} floating-point {what} that are whole numbers to int64 "
+                    f"(store {col.name} as an int64 column to skip this)",
+                )
             return np.where(ok, f, 0).astype(np.int64), missing, ~ok & ~missing & ~inexact
         if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
             return self._digit_strings(col, s)
@@ -658,33 +691,40 @@ class _TableChecker:
     def _digit_strings(
         self, col: ColumnSpec, s: pd.Series
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return (int64 values, missing, bad) of a column of strings like ' 42'."""
+        """Return (int64 values, missing, bad) of an id column given as text.
+
+        Only plain integer text is an id (`integer_text_ids`). Other spellings of a whole
+        number ('1e2', '73.0', '+6', ' 5') are flagged here, apart from the values that are no
+        integer at all (returned as `bad`), so that neither message hides the other.
+        """
         n = len(s)
         t, missing = _stripped(s)
-        ok = _regex_mask(t, _INT_RE)
-        values = np.zeros(n, np.int64)
-        if ok.any():
-            digits = t[ok].str.removeprefix("+")  # arrow's parser rejects a leading '+'
-            fits = np.ones(len(digits), bool)
-            try:
-                parsed = pc.cast(pa.array(digits), pa.int64()).to_numpy()
-            except pa.ArrowInvalid:
-                # some value overflows int64 (error path): range-check the long ones one by one
-                long = (digits.str.lstrip("+-").str.lstrip("0").str.len() >= 19).to_numpy(bool)
-                fits[long] = [_INT64_MIN <= int(v) <= _INT64_MAX for v in digits[long]]
-                parsed = pc.cast(pa.array(digits[fits]), pa.int64()).to_numpy()
-            pos = np.flatnonzero(ok)
-            values[pos[fits]] = parsed
-            over = np.zeros(n, bool)
-            over[pos[~fits]] = True
+        values, plain, fits = integer_text_ids(s)
+        self.flag(
+            col.name,
+            plain & ~fits,
+            "integers outside the int64 range",
+            f"{col.name} must fit in a signed 64-bit integer; remap the ids",
+        )
+        rest = ~plain & ~missing
+        spelled = np.zeros(n, bool)
+        if rest.any():  # error path: which of the others are whole numbers written otherwise
+            num, is_num = _parse_floats(t.where(rest))
+            with np.errstate(invalid="ignore"):
+                spelled = rest & is_num & np.isfinite(num) & (np.floor(num) == num)
             self.flag(
                 col.name,
-                over,
-                "integers outside the int64 range",
-                f"{col.name} must fit in a signed 64-bit integer; remap the ids",
+                spelled,
+                "ids written with a sign, a space, a decimal point or an exponent (such as "
+                "'+6', ' 5', '73.0', '1e2'), not as plain integer text",
+                f"ids must be integer text: digits only, with an optional leading '-' (write "
+                f"100, not 1e2, 100.0, +100 or ' 100'); in pandas, write {col.name} as an "
+                "int64 column (a column with empty fields is written as floats)",
             )
-            self.convert(col.name, f"converted {int(fits.sum())} digit strings to int64")
-        return values, missing, ~ok & ~missing
+        n_fit = int(np.count_nonzero(fits))
+        if n_fit and not self.is_csv:  # every CSV field is text: nothing was converted
+            self.convert(col.name, f"converted {n_fit} digit strings to int64")
+        return values, missing, rest & ~spelled
 
     def times(self, col: ColumnSpec, s: pd.Series) -> pd.Series:
         """Return int64 UTC seconds; flag unparseable, infinite, millisecond-like values."""
@@ -936,9 +976,76 @@ class _TableChecker:
         return pd.Series(f, name=str(name))
 
 
-_INT_RE = r"^\s*[+-]?\d+\s*$"
+# Plain integer text: what an integer id given as text must look like (RE2 '$' is the end of
+# the text only, so '5\n' does not match).
+_INTEGER_TEXT_RE = r"^-?[0-9]+$"
 _NUMBER_RE = r"(?i)^\s*[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|inf|infinity)\s*$"
 _NA_RE = r"(?i)^(nan|na|n/a|null|none|<na>)$"
+
+
+def integer_text_ids(text: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (int64 values, plain, fits) of integer ids given as text (a CSV field, a string).
+
+    The contract's one rule for ids in text form: plain integer text, i.e. ASCII digits with an
+    optional leading '-' and nothing else. Anything else ('1e2', '73.0', '+6', ' 5', '5 ',
+    'u1') is not an id, so that no id is ever changed on the way in ('1e2' is not user 100).
+    `plain` (N,) marks the values of that form, `fits` those of them within int64, and
+    `values` holds those (0 elsewhere; missing values are not plain). Every reader of integer
+    ids from text calls this (`features.schema` for data directories, `features.sources.
+    delimited` for MovieLens and KuaiRand), so a mode with string ids bypasses this function.
+    """
+    n = len(text)
+    t = _as_str(text)
+    plain = _regex_mask(t, _INTEGER_TEXT_RE)
+    values = np.zeros(n, np.int64)
+    fits = plain.copy()
+    if plain.any():
+        pos = np.flatnonzero(plain)
+        digits = t[plain]
+        try:
+            values[pos] = pc.cast(pa.array(digits, type=pa.large_string()), pa.int64()).to_numpy()
+        except pa.ArrowInvalid:
+            # some value overflows int64 (error path): range-check the long ones one by one
+            ok = np.ones(len(digits), bool)
+            long = (digits.str.lstrip("-").str.lstrip("0").str.len() >= 19).to_numpy(bool)
+            ok[long] = [_INT64_MIN <= int(v) <= _INT64_MAX for v in digits[long]]
+            parsed = pc.cast(pa.array(digits[ok], type=pa.large_string()), pa.int64())
+            values[pos[ok]] = parsed.to_numpy()
+            fits[pos[~ok]] = False
+    return values, plain, fits
+
+
+def file_may_pad_integers(path: str | os.PathLike[str], sep: str = ",") -> bool:
+    """Return whether a delimited file holds a '+' or whitespace other than its separator.
+
+    pandas' C parser reads ' 5', '5 ' and '+6' as the integer 5 or 6, so an integer-id column
+    it parsed as integers is plain integer text (`integer_text_ids`) only when the file has
+    none of these bytes. Readers parse the id columns of such a file as numbers (fast) and
+    read them as text otherwise. Scans the file in 4 MiB blocks (about 1 GB/s).
+    """
+    needles = [b"+", b" ", b"\x0b", b"\x0c"] + ([] if "\t" in sep else [b"\t"])
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            if any(b in block for b in needles):
+                return True
+    return False
+
+
+def csv_line_numbers(path: str, n_rows: int, rows: np.ndarray) -> list[int] | None:
+    """Return the 1-based line where each of `rows` of a CSV file of `n_rows` rows starts.
+
+    None when the file cannot be read or does not agree (a table that changed since).
+    """
+    if len(rows) == 0:
+        return []
+    try:
+        starts = _csv_record_lines(path, n_rows, int(np.max(rows)))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if isinstance(starts, int):
+        return [starts + int(i) for i in rows]
+    lines = [int(starts[i]) for i in rows]
+    return lines if all(line > 0 for line in lines) else None
 
 
 def _csv_record_lines(path: str, n_rows: int, upto: int) -> int | np.ndarray:
@@ -1183,7 +1290,138 @@ def check_tables(
             )
     if only is None:
         problems.extend(_reference_problems(checkers, files))
+        if not problems:
+            _count_suspicious(out, checkers, report)
     return out, problems
+
+
+def _where(checker: _TableChecker) -> Callable[[str, np.ndarray], str]:
+    """Return a function naming the first rows of a table (with their CSV lines)."""
+
+    def where(table: str, rows: np.ndarray) -> str:
+        idx = rows[:3]
+        lines = checker.csv_lines(idx) if checker.is_csv and checker.spec.name == table else None
+        return _row_list(idx, lines, len(rows))
+
+    return where
+
+
+def _row_list(idx: np.ndarray, lines: list[int] | None, n: int) -> str:
+    parts = [
+        f"row {i}" + (f" (line {lines[k]})" if lines is not None else "")
+        for k, i in enumerate(idx.tolist())
+    ]
+    return ", ".join(parts) + (", ..." if n > len(idx) else "")
+
+
+def repeated_rows(df: pd.DataFrame) -> np.ndarray:
+    """Return the positions of the rows equal in every column to an earlier row (ascending).
+
+    Hashes the rows and sorts the hashes (fast on tens of millions of rows); only rows whose
+    hash repeats are compared exactly.
+    """
+    if len(df) < 2 or df.shape[1] == 0:
+        return np.zeros(0, np.int64)
+    h = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    hs = np.sort(h)
+    same = hs[1:] == hs[:-1]
+    if not same.any():
+        return np.zeros(0, np.int64)
+    rep = hs[1:][same]  # sorted: a binary search per row finds the rows holding them
+    idx = np.minimum(np.searchsorted(rep, h), len(rep) - 1)
+    cand = np.flatnonzero(rep[idx] == h)
+    dup = df.iloc[cand].duplicated(keep="first").to_numpy()
+    return cand[dup]
+
+
+def table_warnings(
+    tables: Mapping[str, pd.DataFrame | None],
+    where: Mapping[str, Callable[[str, np.ndarray], str]] | None = None,
+) -> list[str]:
+    """Return the counted warnings about valid tables: what is accepted but looks wrong.
+
+    - event rows (watches, searches, impressions) equal in every column to an earlier row:
+      double logging, which counts the event twice in training and metrics;
+    - watch times above `WATCH_TIME_OVER_DURATION` times the item's duration (items with a
+      duration > 0): replays add up to a few plays, ten or more point at milliseconds or at
+      a wrong item id.
+
+    `tables` are coerced contract tables whose references hold; `where` maps a table to a
+    function naming its first offending rows (default: row numbers).
+    """
+    out: list[str] = []
+    items = tables.get("items")
+    for name in ("watches", "searches", "impressions"):
+        df = tables.get(name)
+        if df is None or len(df) == 0:
+            continue
+        rows_of = (where or {}).get(name) or (lambda _t, r: _row_list(r[:3], None, len(r)))
+        contract = [c for c in TABLE_SPECS[name].column_names if c in df.columns]
+        rep = repeated_rows(df[contract])
+        if len(rep):
+            out.append(
+                f"{name}: {len(rep):,} of {len(df):,} rows repeat an earlier row exactly (every "
+                f"contract column equal; first repeats at {rows_of(name, rep)}): kept, so each "
+                "counts again in training and in the metrics; if the log recorded them twice, "
+                "drop them (pandas: df.drop_duplicates())"
+            )
+        if (
+            "watch_time" in df.columns
+            and items is not None
+            and "duration" in items.columns
+            and "item_id" in df.columns
+        ):
+            pos = pd.Index(items["item_id"].to_numpy()).get_indexer(df["item_id"].to_numpy())
+            dur = items["duration"].to_numpy(np.float64)[pos]  # every item_id is known here
+            wt = df["watch_time"].to_numpy(np.float64)
+            with np.errstate(invalid="ignore"):
+                over = (dur > 0) & (wt > WATCH_TIME_OVER_DURATION * dur)
+            if over.any():
+                rows = np.flatnonzero(over)
+                top = rows[np.argmax(wt[rows] / dur[rows])]
+                out.append(
+                    f"{name}: {len(rows):,} of {len(df):,} rows have a watch_time above "
+                    f"{WATCH_TIME_OVER_DURATION:g} times the item's duration (largest: "
+                    f"{wt[top]:g} s on item {int(df['item_id'].iloc[top])} of {dur[top]:g} s; "
+                    f"first at {rows_of(name, rows)}): kept as given; check that watch_time "
+                    "and items.duration are both in seconds and that these item ids are right"
+                )
+    return out
+
+
+def _count_suspicious(
+    tables: Mapping[str, pd.DataFrame | None],
+    checkers: Mapping[str, _TableChecker],
+    report: ValidationReport,
+) -> None:
+    """Count what is valid but looks wrong into `report.warnings`; describe impression pages."""
+    report.warnings.extend(
+        table_warnings(tables, {name: _where(c) for name, c in checkers.items()})
+    )
+    imps = tables.get("impressions")
+    if imps is not None and len(imps):
+        sizes = page_sizes(imps["user_id"].to_numpy(), imps["timestamp"].to_numpy())
+        report.notes.append(
+            f"impressions: a page (the slate that ranking metrics and the ranker group by) is "
+            f"the rows sharing (user_id, timestamp): {len(sizes):,} pages, "
+            f"{len(imps) / len(sizes):.1f} impressions per page on average, "
+            f"{int((sizes == 1).sum()):,} pages of a single impression"
+        )
+
+
+def page_sizes(user_id: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+    """Return the number of rows of each distinct (user_id, timestamp) pair (any order)."""
+    if len(user_id) == 0:
+        return np.zeros(0, np.int64)
+    u, t = user_id.astype(np.int64), timestamp.astype(np.int64)
+    u_span = int(u.max()) - int(u.min()) + 1
+    t_span = int(t.max()) - int(t.min()) + 1
+    if u_span * t_span < 2**62:  # one int64 key per pair: a sort counts them
+        key = np.sort((u - u.min()) * t_span + (t - t.min()))
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        return np.diff(np.r_[starts, len(key)])
+    frame = pd.DataFrame({"u": u, "t": t})
+    return frame.groupby(["u", "t"], sort=False).size().to_numpy()
 
 
 def _reference_problems(

@@ -62,13 +62,13 @@ class TimeSplit:
         ts = _watch_times(dataset)
         start, end = int(ts.min()), int(ts.max()) + 1
         span = end - start
-        train_end = start + int(np.floor(span * train))
+        # the train window holds at least one second; the valid window starts where it ends
+        # (with a span of a second or two, flooring alone left valid_end before train_end)
+        train_end = max(start + int(np.floor(span * train)), start + 1)
         valid_end = min(end, train_end + int(np.floor(span * valid)))
         if train + valid >= 1.0 - 1e-12:
             valid_end = end
-        return cls(
-            start=start, train_end=max(train_end, start + 1), valid_end=valid_end, test_end=end
-        )
+        return cls(start=start, train_end=train_end, valid_end=valid_end, test_end=end)
 
     @classmethod
     def from_times(

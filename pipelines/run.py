@@ -159,6 +159,9 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
         info["source"] = f"{source} data from {ctx.data_dir}"
         if ds.name == "unnamed":
             ds.name = Path(ctx.data_dir).name
+    from features.preflight import preflight
+
+    preflight(ds, cfg, simulated=ctx.is_synthetic)  # data a run cannot use fails here, untrained
     ctx.store_dataset(ds, out)
     split = TimeSplit.from_fractions(
         ds,

@@ -1192,3 +1192,121 @@ def test_real_data_loaders_on_damaged_fixtures_many() -> None:
         event(f"loader {case.how}: {run_source_case(case)}")
 
     run()
+
+
+# --------------------------------------------------------------------------------------------
+# Exact ids, reported conversions, counted warnings
+# --------------------------------------------------------------------------------------------
+
+
+def _with_user_100() -> dict[str, pd.DataFrame]:
+    """The base tables plus user 100, so that '1e2' read as a number would be a real user."""
+    tables = base_tables()
+    extra = pd.DataFrame({"user_id": [100], "gender": ["f"], "country": ["DE"], "age_days": [1.0]})
+    tables["users"] = pd.concat([tables["users"], extra], ignore_index=True)
+    return tables
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("spelled", ["1e2", "100.0", " 100", "+100", "100 ", "1E2"])
+def test_ids_must_be_plain_integer_text(tmp_path: Path, fmt: str, spelled: str) -> None:
+    tables = _with_user_100()
+    tables["watches"] = _set(tables["watches"], "user_id", [2], [spelled])
+    if fmt == "parquet":
+        tables["watches"] = _as_strings(tables["watches"], "user_id")
+    root = tmp_path / "data"
+    Case("spelled_id", fmt, tables).write(root)
+    with pytest.raises(DataContractError) as exc:
+        read_dataset(root)
+    (p,) = exc.value.problems
+    assert (p.table, p.column, p.n_rows) == ("watches", "user_id", 1), str(exc.value)
+    assert p.examples[0]["row"] == 2 and p.examples[0]["user_id"] == spelled
+    assert "not as plain integer text" in p.message and "ids must be integer text" in p.fix
+    rc, out, err = run_cli(root)
+    assert rc == 3 and out == "" and "Traceback" not in err
+    shown = f"watches.{fmt}, table 'watches', column 'user_id': ids written with a sign"
+    assert shown in err and "row 2" + (" (line 4)" if fmt == "csv" else ":") in err
+
+
+def test_plain_integer_text_is_still_read_exactly(tmp_path: Path) -> None:
+    # leading zeros and '-0' are integer text; a '+' elsewhere in the file (an exponent of a
+    # watch time) makes the reader take the ids as text, with the same result
+    tables = _with_user_100()
+    tables["watches"] = _set(tables["watches"], "user_id", [0, 1], ["0001", "002"])
+    tables["watches"]["watch_time"] = tables["watches"]["watch_time"].astype(object)
+    tables["watches"].loc[4, "watch_time"] = "7e+00"
+    root = tmp_path / "data"
+    Case("plain", "csv", tables).write(root)
+    ds, report = read_dataset(root)
+    assert ds.watches["user_id"].tolist() == [1, 2, 3, 1, 2]
+    assert not [c for c in report.conversions if "user_id" in c]  # CSV text is not converted
+
+
+def test_float_parquet_ids_are_converted_once_and_reported(tmp_path: Path) -> None:
+    tables = base_tables()
+    tables["watches"] = tables["watches"].astype({"user_id": np.float64})
+    root = tmp_path / "data"
+    Case("float_id", "parquet", tables).write(root)
+    ds, report = read_dataset(root)
+    assert ds.watches["user_id"].dtype == np.int64
+    assert ds.watches["user_id"].tolist() == [1, 2, 3, 1, 2]
+    note = (
+        "watches.user_id: converted 5 floating-point ids that are whole numbers to int64 "
+        "(store user_id as an int64 column to skip this)"
+    )
+    assert [c for c in report.conversions if "user_id" in c] == [note]
+    rc, out, _ = run_cli(root)
+    assert rc == 0 and out.count("floating-point ids") == 1 and note in out
+    # a fraction stays an error
+    tables["watches"].loc[1, "user_id"] = 2.5
+    Case("float_id", "parquet", tables).write(root)
+    with pytest.raises(DataContractError, match=r"not integer ids \(1 of 5 rows\)"):
+        read_dataset(root)
+
+
+def test_repeated_watch_rows_are_counted(tmp_path: Path) -> None:
+    tables = base_tables()
+    w = tables["watches"]
+    tables["watches"] = pd.concat([w, w.iloc[[1]], w.iloc[[1]]], ignore_index=True)
+    root = tmp_path / "data"
+    Case("dup", "csv", tables).write(root)
+    ds, report = read_dataset(root)
+    assert len(ds.watches) == 7  # kept: nothing is dropped silently
+    (warning,) = report.warnings
+    assert warning.startswith(
+        "watches: 2 of 7 rows repeat an earlier row exactly (every contract column equal; first "
+        "repeats at row 5 (line 7), row 6 (line 8))"
+    )
+    rc, out, _ = run_cli(root)
+    assert rc == 0 and "warnings (1; the data is accepted, but check it):" in out
+    assert warning in out
+
+
+def test_watch_time_far_above_the_duration_is_counted(tmp_path: Path) -> None:
+    tables = base_tables()
+    # item 10 lasts 61.5 s: 615 s is ten plays (kept quietly), 615.5 s is more; item 11 has
+    # no duration, so nothing can be said about its 9000 s
+    tables["watches"]["watch_time"] = [615.0, 9000.0, 0.0, 250.25, 615.5]
+    root = tmp_path / "data"
+    Case("long", "csv", tables).write(root)
+    ds, report = read_dataset(root)
+    assert ds.watches["watch_time"].tolist()[-1] == 615.5
+    assert report.warnings == [
+        "watches: 1 of 5 rows have a watch_time above 10 times the item's duration (largest: "
+        "615.5 s on item 10 of 61.5 s; first at row 4 (line 6)): kept as given; check that "
+        "watch_time and items.duration are both in seconds and that these item ids are right"
+    ]
+    rc, out, _ = run_cli(root)
+    assert rc == 0 and report.warnings[0] in out
+
+
+def test_validate_describes_impression_pages(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    Case("pages", "csv").write(root)
+    rc, out, _ = run_cli(root)
+    assert rc == 0
+    assert (
+        "impressions: a page (the slate that ranking metrics and the ranker group by) is the "
+        "rows sharing (user_id, timestamp): 3 pages, 1.3 impressions per page on average, 2 "
+        "pages of a single impression"
+    ) in out

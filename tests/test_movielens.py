@@ -195,6 +195,32 @@ def test_ml_latest_malformed_lines_name_file_line_and_column(tmp_path, file, lin
         load_movielens(root)
 
 
+@pytest.mark.parametrize(
+    ("file", "line", "text", "column"),
+    [
+        ("ratings.csv", 3, "1e0,2,3.5,964981247", "userId"),  # was read as user 1
+        ("ratings.csv", 4, "1,4.0,2.0,1445714835", "movieId"),
+        ("ratings.csv", 5, "+2,1,5.0,1445714900", "userId"),
+        ("ratings.csv", 6, " 2,5,4.5,1445715000", "userId"),
+        ("movies.csv", 3, "2.0,Jumanji (1995),Adventure", "movieId"),
+    ],
+)  # fmt: skip
+def test_ml_latest_ids_must_be_plain_integer_text(tmp_path, file, line, text, column):
+    root = _copy(LATEST, tmp_path)
+    _replace_line(root / file, line, text)
+    match = rf"{file}.*column '{column}': id written with a sign, a space.*at line {line} "
+    with pytest.raises(DataContractError, match=match) as exc:
+        load_movielens(root)
+    assert "ids must be integer text" in exc.value.problems[0].fix
+
+
+def test_ml_100k_ids_must_be_plain_integer_text(tmp_path):
+    root = _copy(ML100K, tmp_path)
+    _replace_line(root / "u.data", 2, "1\t2.0\t3\t876893171", encoding="latin-1")
+    with pytest.raises(DataContractError, match=r"u\.data.*column 'item_id': id written.*line 2"):
+        load_movielens(root)
+
+
 def test_ml_latest_duplicate_movie_is_an_error(tmp_path):
     root = _copy(LATEST, tmp_path)
     _replace_line(root / "movies.csv", 3, "1,Toy Story again (1995),Comedy")

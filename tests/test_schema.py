@@ -169,9 +169,18 @@ def test_non_numeric_ids_report_offending_values() -> None:
 
 def test_digit_string_ids_are_converted_and_reported() -> None:
     report = ValidationReport()
-    out = validate_table("watches", _watches(user_id=[" 1", "2", "+3"]), report=report)
-    assert out["user_id"].tolist() == [1, 2, 3] and out["user_id"].dtype == np.int64
+    out = validate_table("watches", _watches(user_id=["1", "2", "-0"]), report=report)
+    assert out["user_id"].tolist() == [1, 2, 0] and out["user_id"].dtype == np.int64
     assert report.conversions == ["watches.user_id: converted 3 digit strings to int64"]
+
+
+def test_ids_must_be_plain_integer_text() -> None:
+    # a sign or spaces around the digits are not an id (they were read as 1 and 3)
+    with pytest.raises(DataContractError, match="not as plain integer text") as exc:
+        validate_table("watches", _watches(user_id=[" 1", "2", "+3"]))
+    p = _one(exc)
+    assert p.n_rows == 2 and [e["row"] for e in p.examples] == [0, 2]
+    assert "ids must be integer text" in p.fix
 
 
 def test_nineteen_digit_ids_fit_and_twenty_digit_ids_do_not() -> None:
@@ -488,4 +497,5 @@ def test_report_to_dict() -> None:
         "ignored_files",
         "conversions",
         "notes",
+        "warnings",
     }

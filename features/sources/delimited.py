@@ -24,7 +24,7 @@ import csv
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -32,7 +32,12 @@ from typing import Any, Literal, NoReturn
 import numpy as np
 import pandas as pd
 
-from features.schema import DataContractError, Problem
+from features.schema import (
+    DataContractError,
+    Problem,
+    file_may_pad_integers,
+    integer_text_ids,
+)
 
 __all__ = [
     "FieldKind",
@@ -135,7 +140,10 @@ def coerce_field(
         return t, problems
 
     dtype = s.dtype
-    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+    textual = pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype)
+    if kind == "id" and textual:
+        return _text_ids(s, required, flag, column), problems
+    if textual:
         text = s.astype("str").str.strip()
         blank = (text.isna() | (text == "")).to_numpy(dtype=bool, na_value=True)
         f = pd.to_numeric(text.where(~blank), errors="coerce").to_numpy(np.float64)
@@ -193,6 +201,52 @@ def coerce_field(
         )
         return ints.astype(np.int8), problems
     return ints, problems
+
+
+def _text_ids(
+    s: pd.Series, required: bool, flag: Callable[[np.ndarray, str, str], None], column: str
+) -> np.ndarray:
+    """Return int64 ids of a text column; flag values that are not plain integer text.
+
+    The rule is `features.schema.integer_text_ids`: digits with an optional leading '-'. Of the
+    other values, words, fractions and whole numbers written otherwise ('+6', ' 5', '73.0',
+    '1e2') get a message each.
+    """
+    text = s.astype("str")
+    stripped = text.str.strip()
+    blank = (stripped.isna() | (stripped == "")).to_numpy(dtype=bool, na_value=True)
+    values, plain, fits = integer_text_ids(text)
+    what = f"column {column!r} must hold {_WHAT['id']}"
+    if required:
+        flag(
+            blank,
+            "missing value",
+            f"every line needs a value in column {column!r}: check that the line has as many "
+            "fields as the header (a short line leaves the last fields empty) or remove the line",
+        )
+    rest = ~blank & ~plain
+    if rest.any():  # error path
+        f = pd.to_numeric(stripped.where(rest), errors="coerce").to_numpy(np.float64)
+        number = rest & ~np.isnan(f)
+        with np.errstate(invalid="ignore"):
+            whole = number & np.isfinite(f) & (np.floor(f) == f)
+        fix = f"{what}; fix or remove the line"
+        flag(rest & ~number, f"value that is not a number ({what})", fix)
+        flag(number & ~whole, f"value that is not an integer ({what})", fix)
+        flag(
+            whole,
+            f"id written with a sign, a space, a decimal point or an exponent ({what} as plain "
+            "integer text)",
+            "ids must be integer text: digits only, with an optional leading '-' (100, not "
+            "+100, ' 100', 100.0 or 1e2); fix or remove the line",
+        )
+    flag(plain & ~fits, f"integer beyond the int64 range ({what})", f"{what}; fix the line")
+    flag(
+        plain & fits & (values < 0),
+        f"negative value ({what})",
+        f"{what}; fix or remove the line",
+    )
+    return values
 
 
 def read_header(path: Path, *, table: str, encoding: str, sep: str = ",") -> list[str]:
@@ -307,33 +361,61 @@ def read_delimited(
     # a line with too many fields would go unnoticed); unused ones are dropped per chunk
     keep = [c for c in raw_names if c in fields] + spacers
     read_sep = ":" if sep == "::" else sep
-    row0 = 0
-    with _parse_errors(path, table, encoding, first_line, len(columns), sep):
-        reader = pd.read_csv(
-            path,
-            sep=read_sep,
-            header=None,
-            names=raw_names,
-            index_col=False,  # a longer first line must not become an index column
-            skiprows=skip,
-            dtype={c: "str" for c in keep if fields.get(c, "str") == "str"},
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-            encoding=encoding,
-            chunksize=chunksize,
-            quoting=csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE,
-            engine="c",
-        )
-    chunks = iter(reader)
-    while True:
+    ids = [c for c in keep if fields.get(c) == "id"]
+
+    def open_chunks(ids_as_text: bool) -> Iterator[pd.DataFrame]:
+        text = {c for c in keep if fields.get(c, "str") == "str" or (ids_as_text and c in ids)}
+        with _parse_errors(path, table, encoding, first_line, len(columns), sep):
+            reader = pd.read_csv(
+                path,
+                sep=read_sep,
+                header=None,
+                names=raw_names,
+                index_col=False,  # a longer first line must not become an index column
+                skiprows=skip,
+                dtype={c: "str" for c in text},
+                keep_default_na=False,
+                na_values=[""],
+                skip_blank_lines=False,
+                encoding=encoding,
+                chunksize=chunksize,
+                quoting=csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE,
+                engine="c",
+            )
+        return iter(reader)
+
+    def next_chunk(chunks: Iterator[pd.DataFrame]) -> pd.DataFrame | None:
         # parse one chunk at a time under the error translation (not across the yield)
         with _parse_errors(path, table, encoding, first_line, len(columns), sep):
-            chunk = next(chunks, None)
+            return next(chunks, None)
+
+    # ids must be plain integer text (schema.integer_text_ids), but the parser reads ' 5' and
+    # '+6' as integers: ids are parsed as text when the file holds such bytes at all, and as
+    # numbers (fast) otherwise
+    ids_as_text = bool(ids) and file_may_pad_integers(path, sep)
+    chunks = open_chunks(ids_as_text)
+    row0, n_chunks = 0, 0
+    while True:
+        chunk = next_chunk(chunks)
         if chunk is None:
             return
+        if not ids_as_text and any(_respell(chunk[c]) for c in ids):
+            # floats or booleans in an id column ('1e2', '73.0', an empty field): parse the
+            # file again with ids as text up to this chunk, so that the problems show how each
+            # value was written (error path only: the chunk is refused)
+            ids_as_text = True
+            chunks = open_chunks(True)
+            for _ in range(n_chunks + 1):
+                chunk = next_chunk(chunks)
+            assert chunk is not None  # the same file, parsed into the same chunks
         yield _convert_chunk(chunk[keep], fields, table, path, first_line + row0, optional, stats)
         row0 += len(chunk)
+        n_chunks += 1
+
+
+def _respell(s: pd.Series) -> bool:
+    """Return whether the parser made an id column floats or booleans (not plain integers)."""
+    return pd.api.types.is_float_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)
 
 
 @contextlib.contextmanager
