@@ -11,6 +11,13 @@ from the objective, and each objective can be tested against hand-computed numbe
   frequencies). Without it, popular items are over-represented among negatives and the model
   learns to under-score them.
 - `ssl_contrastive_loss`: the SSL21 contrastive loss L_self between two augmented views.
+- `sampled_softmax_from_scores` / `in_batch_softmax_from_scores`: the same two softmaxes from
+  precomputed dot products, for a trainer whose item vectors differ per row (an item's
+  upload age is taken at each example's time); both take a mask of the candidates servable to
+  each row, and a masked candidate leaves that row's softmax like an accidental hit does.
+  Removing a candidate from a row is consistent with the logQ correction: restricted to the
+  servable items the proposal is q_j / Q(row) for every candidate of the row, the positive
+  included, and a constant shift of a row's logits does not change its softmax.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import torch.nn.functional as F
 __all__ = [
     "log_q_from_counts",
     "sampled_softmax_loss",
+    "sampled_softmax_from_scores",
     "in_batch_softmax_loss",
+    "in_batch_softmax_from_scores",
     "ssl_contrastive_loss",
 ]
 
@@ -133,13 +142,60 @@ def sampled_softmax_loss(
             "pass both pos_ids and neg_ids to remove accidental hits, or neither of them"
         )
 
-    pos_logit = (user_emb * pos_emb).sum(dim=1) / temperature - pos_log_q  # (B,)
-    neg_logits = user_emb @ neg_emb.T / temperature - neg_log_q.unsqueeze(0)  # (B, S)
+    return sampled_softmax_from_scores(
+        (user_emb * pos_emb).sum(dim=1),
+        user_emb @ neg_emb.T,
+        pos_log_q,
+        neg_log_q,
+        temperature=temperature,
+        pos_ids=pos_ids,
+        neg_ids=neg_ids,
+    )
+
+
+def sampled_softmax_from_scores(
+    pos_scores: torch.Tensor,
+    neg_scores: torch.Tensor,
+    pos_log_q: torch.Tensor,
+    neg_log_q: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    pos_ids: torch.Tensor | None = None,
+    neg_ids: torch.Tensor | None = None,
+    neg_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return `sampled_softmax_loss` from the dot products: `pos_scores` (B,) of each row with
+    its positive, `neg_scores` (B, S) of each row with each shared negative.
+
+    `neg_mask` (B, S) bool, when given, says which negatives row b may use (True = servable at
+    the row's time); the others leave the row's softmax, as accidental hits do.
+    """
+    _check_temperature(temperature)
+    if not isinstance(neg_scores, torch.Tensor) or neg_scores.ndim != 2:
+        raise ValueError("neg_scores must be a 2-D tensor (rows, negatives)")
+    b, s = neg_scores.shape
+    if s == 0:
+        raise ValueError("neg_scores has no columns; sample at least one negative")
+    _check_1d("pos_scores", pos_scores, b)
+    _check_1d("pos_log_q", pos_log_q, b)
+    _check_1d("neg_log_q", neg_log_q, s)
+    if (pos_ids is None) != (neg_ids is None):
+        raise ValueError(
+            "pass both pos_ids and neg_ids to remove accidental hits, or neither of them"
+        )
+    pos_logit = pos_scores / temperature - pos_log_q  # (B,)
+    neg_logits = neg_scores / temperature - neg_log_q.unsqueeze(0)  # (B, S)
+    drop = None
     if pos_ids is not None and neg_ids is not None:
         _check_1d("pos_ids", pos_ids, b)
         _check_1d("neg_ids", neg_ids, s)
-        hit = pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0)  # (B, S)
-        neg_logits = neg_logits.masked_fill(hit, float("-inf"))
+        drop = pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0)  # (B, S) accidental hits
+    if neg_mask is not None:
+        if neg_mask.shape != (b, s) or neg_mask.dtype != torch.bool:
+            raise ValueError(f"neg_mask must be a bool tensor of shape ({b}, {s})")
+        drop = ~neg_mask if drop is None else drop | ~neg_mask
+    if drop is not None:
+        neg_logits = neg_logits.masked_fill(drop, float("-inf"))
     logits = torch.cat([pos_logit.unsqueeze(1), neg_logits], dim=1)  # (B, 1 + S)
     # The positive sits in column 0 and is never masked, so every row has a finite logsumexp.
     return (torch.logsumexp(logits, dim=1) - pos_logit).mean()
@@ -175,13 +231,55 @@ def in_batch_softmax_loss(
         raise ValueError("the batch is empty; in-batch softmax needs at least one row")
     _check_1d("item_log_q", item_log_q, b)
 
-    logits = user_emb @ item_emb.T / temperature - item_log_q.unsqueeze(0)  # (B, B)
+    return in_batch_softmax_from_scores(
+        user_emb @ item_emb.T, item_log_q, temperature=temperature, item_ids=item_ids
+    )
+
+
+def in_batch_softmax_from_scores(
+    scores: torch.Tensor,
+    item_log_q: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    row_offset: int = 0,
+    item_ids: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return `in_batch_softmax_loss` from the dot products `scores` (b, B) of b rows with the
+    B positives of the (global) batch; row i's own positive is column `row_offset + i` (a
+    data-parallel rank's rows are a slice of the global batch).
+
+    With `item_ids` (B,), a column holding row i's positive item elsewhere leaves row i's
+    softmax; with `mask` (b, B) bool (True = servable at the row's time), so does every
+    False column other than the row's own positive.
+    """
+    _check_temperature(temperature)
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
+        raise ValueError("scores must be a 2-D tensor (rows, batch positives)")
+    b, n = scores.shape
+    if b == 0:
+        raise ValueError("the batch is empty; in-batch softmax needs at least one row")
+    if not 0 <= row_offset <= n - b:
+        raise ValueError(
+            f"row_offset must be in [0, {n - b}] for {b} rows of {n}, got {row_offset}"
+        )
+    _check_1d("item_log_q", item_log_q, n)
+    logits = scores / temperature - item_log_q.unsqueeze(0)  # (b, B)
+    labels = torch.arange(row_offset, row_offset + b, device=logits.device)  # (b,)
+    own = torch.zeros((b, n), dtype=torch.bool, device=logits.device)
+    own[torch.arange(b, device=logits.device), labels] = True
+    drop = None
     if item_ids is not None:
-        _check_1d("item_ids", item_ids, b)
-        same = item_ids.unsqueeze(1) == item_ids.unsqueeze(0)  # (B, B)
-        eye = torch.eye(b, dtype=torch.bool, device=logits.device)
-        logits = logits.masked_fill(same & ~eye, float("-inf"))
-    labels = torch.arange(b, device=logits.device)
+        _check_1d("item_ids", item_ids, n)
+        same = item_ids[labels].unsqueeze(1) == item_ids.unsqueeze(0)  # (b, B)
+        drop = same & ~own
+    if mask is not None:
+        if mask.shape != (b, n) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape ({b}, {n})")
+        unservable = ~mask & ~own
+        drop = unservable if drop is None else drop | unservable
+    if drop is not None:
+        logits = logits.masked_fill(drop, float("-inf"))
     return F.cross_entropy(logits, labels)
 
 

@@ -3,9 +3,24 @@
 Where it sits: `features.examples` builds `CandidateExamples` and `ItemFeatures`;
 `train_candidate_generator` fits a `TwoTowerModel` with the objective chosen in
 `CandidateGenConfig` (sampled or in-batch softmax with logQ correction, plus the SSL21
-regulariser `L = L_main + alpha * L_self` on an item batch drawn uniformly from the catalog);
-the resulting `TrainedCandidateGenerator` exports item and user vectors for
+regulariser `L = L_main + alpha * L_self` on an item batch drawn uniformly from the training
+window's items); the resulting `TrainedCandidateGenerator` exports item and user vectors for
 `candidate_gen.index` / `candidate_gen.retrieve`, and saves/loads itself.
+
+Time (no future information, no train/serve skew): the catalog passed in may hold items
+uploaded after the training examples (the pipeline passes the whole catalog, so that the
+saved model can embed them later). Training uses
+- as sampled negatives, SSL items and rows of the CFM mutual-information matrix only the
+  items uploaded at or before the last training example (the training window's items);
+- for each example (row at time t), only the items servable at t (uploaded at or before t):
+  a sampled or in-batch negative uploaded later leaves that row's softmax;
+- each item with its upload-age bucket at the row's own time t (`TimedCatalog`), which is
+  what a request at t is served with (`CandidateFeaturizer.item_features(catalog, t)`, the
+  index built at the serving time); example age is taken at t the same way [YT16 §3.3].
+  SSL items and the MI matrix take the ages at the last training example's time.
+An item watched in training before its logged upload time counts as uploaded at its first
+such watch. Validation Recall@k ranks, for each validation label at time t, the items
+servable at t with their ages at t.
 
 Randomness: one `torch.Generator` seeded from `config.seed` drives shuffling, negative
 sampling, SSL batches, masks and dropout; its state is checkpointed after every epoch with the
@@ -20,10 +35,12 @@ on CPU, NCCL on CUDA, one GPU per rank) and the single-process objective is kept
   global batch of `batch_size` rows is split into W equal rank slices (`features.dist_env.
   shard_batches`), so every rank runs the same number of steps;
 - each rank draws ceil(num_negatives / W) sampled negatives and ceil(ssl_batch_size / W) SSL
-  items (with their masks) from its own generator, seeded from (seed, epoch, rank); negatives,
-  in-batch rows and SSL views are all-gathered with gradients, so every row of the global batch
-  is scored against the same negatives as in one process and DDP's gradient average is the
-  gradient of the global-batch loss;
+  items (with their masks) from its own generator, seeded from (seed, epoch, rank); the
+  ids of the negatives and of the in-batch positives are all-gathered, and each rank embeds
+  them at its own rows' times, so every row of the global batch is scored against the same
+  candidates as in one process; each rank's main loss is the mean over its rows, so DDP's
+  gradient average is the gradient of the global-batch loss; SSL views are all-gathered with
+  gradients;
 - validation Recall@k is computed on rank shards and summed over ranks; rank 0's value decides
   early stopping on every rank; only rank 0 reads and writes checkpoints (the others receive
   its checkpoint by broadcast, so no shared filesystem is needed), and a resumed run may use a
@@ -34,12 +51,14 @@ splits rows by rank and all-gathers them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import pickle
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +71,24 @@ from tqdm.auto import tqdm
 from candidate_gen import distributed as dist_utils
 from candidate_gen.config import RESUMABLE_CHANGES, CandidateGenConfig
 from candidate_gen.losses import (
-    in_batch_softmax_loss,
+    in_batch_softmax_from_scores,
     log_q_from_counts,
-    sampled_softmax_loss,
+    sampled_softmax_from_scores,
     ssl_contrastive_loss,
 )
 from candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_information, rfm_masks
 from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
 from features.atomic import atomic_path, atomic_write_json
 from features.dist_env import rank_seed, row_range, shard_batches
-from features.examples import CandidateExamples, CandidateFeaturizer, ItemFeatures, UserFeatures
+from features.examples import (
+    N_UPLOAD_AGE_CODES,
+    UPLOAD_AGE_EDGES_S,
+    UPLOAD_AGE_FUTURE,
+    CandidateExamples,
+    CandidateFeaturizer,
+    ItemFeatures,
+    UserFeatures,
+)
 from features.integrity import (
     ArtifactError,
     check_digest,
@@ -71,6 +98,7 @@ from features.integrity import (
 )
 
 __all__ = [
+    "TimedCatalog",
     "TrainedCandidateGenerator",
     "train_candidate_generator",
     "resolve_device",
@@ -97,6 +125,153 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
     return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- catalog in time
+
+
+class TimedCatalog:
+    """The catalog's item-tower inputs on a device, at any time: which items are servable
+    then, and each item's upload-age bucket then.
+
+    An item is servable at time t when its upload time is at or before t (the rule of
+    `pipelines.run.available_items`, which the serving index applies); its upload-age bucket
+    at t is `features.examples.upload_age_codes(t - upload_time)`, the code that
+    `CandidateFeaturizer.item_features(catalog, reference_time=t)` gives, i.e. what a request
+    at t is served with. Training takes both at each example's own time, as example age is.
+    Without upload times (a hand-built `ItemFeatures`) every item is servable at every time
+    and its codes are used as they are; `n_single` (the item tower's single-valued feature
+    count) leaves the age alone when the tower does not read it ("id_only").
+    """
+
+    def __init__(
+        self, items: ItemFeatures, device: torch.device | str, *, n_single: int | None = None
+    ) -> None:
+        self.batch = ItemBatch.from_features(items, device)
+        self.n = len(items)
+        self.upload = (
+            None
+            if items.upload_time is None
+            else torch.from_numpy(np.asarray(items.upload_time, dtype=np.int64)).to(device)
+        )
+        col = items.age_column
+        read = col is not None and (n_single is None or col < n_single)
+        self.age_col = col if self.upload is not None and read else None
+        self.edges = torch.tensor(UPLOAD_AGE_EDGES_S, dtype=torch.int64, device=device)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def servable(self, rows: torch.Tensor, times: torch.Tensor | int) -> torch.Tensor | None:
+        """Whether catalog `rows` are uploaded at or before `times` (broadcast together); None
+        when the catalog has no upload times (everything is)."""
+        if self.upload is None:
+            return None
+        return self.upload[rows] <= times
+
+    def age_codes(self, rows: torch.Tensor, times: torch.Tensor | int) -> torch.Tensor:
+        """Upload-age bucket codes of catalog `rows` at `times` (broadcast together)."""
+        if self.upload is None:
+            raise ValueError("this catalog carries no upload times")
+        age = times - self.upload[rows]
+        codes = torch.bucketize(age, self.edges, right=True) + 2
+        return codes.masked_fill(age < 0, UPLOAD_AGE_FUTURE)
+
+    def at(self, rows: torch.Tensor, times: torch.Tensor | int) -> ItemBatch:
+        """Item-tower inputs of catalog `rows` (M,), row i with its upload age at times[i]
+        (or at one time for all)."""
+        items = self.batch.index(rows)  # a copy: the age column can be written
+        if self.age_col is not None:
+            codes = self.age_codes(rows, times)
+            items.single[:, self.age_col] = codes.to(items.single.dtype)
+        return items
+
+    def scores(
+        self, model: TwoTowerModel, users: torch.Tensor, times: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (scores (B, S), servable (B, S) or None): user vector b (`users` (B, E),
+        at `times` (B,)) dotted with catalog row rows[s] embedded with its upload age at
+        times[b], and whether rows[s] is servable then.
+
+        With a linear item tower (no hidden layer, no normalization: every preset) an item's
+        vector is a sum of one term per feature, so u · v(item, code) = u · (v(item) − the
+        stored code's term) + u · term(code): one (B, S) product and one (B, codes) product,
+        the cost of scoring a single catalog. Otherwise each distinct (item, age code) of the
+        block is embedded once (an item uploaded well before the rows' times has one code for
+        all of them, a fresh one a few) and scored by a (B, distinct pairs) product.
+        """
+        servable = self.servable(rows.unsqueeze(0), times.unsqueeze(1))
+        if self.age_col is None:
+            return users @ model.item_vectors(self.batch.index(rows)).T, servable
+        codes = self.age_codes(rows.unsqueeze(0), times.unsqueeze(1))  # (B, S)
+        terms = _age_terms(model, self.age_col)  # (codes, E) or None
+        if terms is not None:
+            items = self.batch.index(rows)
+            stored = items.single[:, self.age_col].long()  # (S,) the catalog's own codes
+            base = model.item_vectors(items) - terms[stored]  # (S, E) without the age term
+            return users @ base.T + (users @ terms.T).gather(1, codes), servable
+        nb = N_UPLOAD_AGE_CODES
+        key = torch.arange(len(rows), device=rows.device).unsqueeze(0) * nb + codes  # (B, S)
+        present = torch.zeros(len(rows) * nb, dtype=torch.bool, device=rows.device)
+        present[key.reshape(-1)] = True
+        distinct = torch.nonzero(present).squeeze(1)  # (U,) sorted keys
+        slot = torch.cumsum(present, 0) - 1  # key -> its place among the distinct keys
+        items = self.batch.index(rows[distinct // nb])
+        items.single[:, self.age_col] = (distinct % nb).to(items.single.dtype)
+        vectors = model.item_vectors(items)  # (U, E)
+        return (users @ vectors.T).gather(1, slot[key]), servable
+
+    def pairs_between(self, t_lo: int, t_hi: int) -> _AgePairs:
+        """Every (item, age code) that some time in [t_lo, t_hi] gives (codes grow with time,
+        so an item's codes are the range from its code at t_lo to its code at t_hi)."""
+        rows = torch.arange(self.n, device=self.batch.single.device)
+        if self.age_col is None:
+            return _AgePairs(rows, self.batch, rows, None)
+        lo = self.age_codes(rows, t_lo)
+        span = self.age_codes(rows, t_hi) - lo + 1  # (N,) >= 1
+        start = torch.cumsum(span, 0) - span
+        pair_rows = torch.repeat_interleave(rows, span)  # (P,)
+        codes = lo[pair_rows] + torch.arange(len(pair_rows), device=rows.device) - start[pair_rows]
+        items = self.batch.index(pair_rows)
+        items.single[:, self.age_col] = codes.to(items.single.dtype)
+        return _AgePairs(pair_rows, items, start, lo)
+
+
+def _age_terms(model: TwoTowerModel, age_col: int) -> torch.Tensor | None:
+    """Return the upload-age term (codes, E) of a linear item tower's vectors, one row per
+    age code (v = Σ_f W_f e_f + b, the age feature's W_f e_age(code)), or None when the tower
+    is not linear in its feature embeddings (hidden layers, normalized vectors)."""
+    tower = model.item_tower
+    layers = list(tower.mlp)
+    if (
+        model.config.normalize_embeddings
+        or age_col >= tower.n_single
+        or len(layers) != 1
+        or not isinstance(layers[0], nn.Linear)
+    ):
+        return None
+    e = model.config.embedding_dim
+    block = layers[0].weight[:, age_col * e : (age_col + 1) * e]  # (E, E): the age slot
+    table = tower.other_embeddings[age_col - 1].weight  # (codes, E); single col j -> table j-1
+    return table @ block.T
+
+
+@dataclass
+class _AgePairs:
+    """Item-tower inputs of (item, age code) pairs, an item's pairs consecutive."""
+
+    rows: torch.Tensor  # (P,) catalog row of each pair
+    items: ItemBatch  # (P) the pairs' inputs
+    start: torch.Tensor  # (N,) each item's first pair
+    code_lo: torch.Tensor | None  # (N,) each item's first code (None: one pair per item)
+
+    def column(
+        self, catalog: TimedCatalog, rows: torch.Tensor, times: torch.Tensor
+    ) -> torch.Tensor:
+        """Pair index (T, R) of catalog `rows` (R,) at `times` (T, 1), within the range."""
+        if self.code_lo is None:
+            return self.start[rows].expand(times.shape[0], -1)
+        return self.start[rows] + catalog.age_codes(rows, times) - self.code_lo[rows]
 
 
 # ----------------------------------------------------------------------------- trained model
@@ -180,6 +355,7 @@ class TrainedCandidateGenerator:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         with atomic_path(out / "model.pt") as tmp:
+            # a file object: a full disk is then an OSError, not torch's bare RuntimeError
             torch.save(state, tmp)
         atomic_write_json(out / "config.json", self.config.to_dict())
         self.featurizer.save(out / "featurizer.json")
@@ -253,8 +429,10 @@ def train_candidate_generator(
 ) -> TrainedCandidateGenerator:
     """Return a candidate generator trained on `examples` over the catalog `item_features`.
 
-    Every training label must be a catalog item. With `valid`, Recall@`config.valid_k` (exact
-    search over the whole catalog) is measured after each epoch, training stops after
+    Every training label must be a catalog item. Items uploaded after the last training
+    example are never negatives or SSL items, and each example sees the items as servable at
+    its own time (module docstring). With `valid`, Recall@`config.valid_k` (exact search over
+    the items servable at each label's time) is measured after each epoch, training stops after
     `config.patience` epochs without improvement, and the best epoch's weights are returned.
     With `checkpoint_dir`, a checkpoint (weights, optimizer, RNG state, history, config) is
     written atomically after every epoch; `resume=True` continues from it (or starts afresh
@@ -310,7 +488,7 @@ def train_candidate_generator(
     selected = examples.features if len(keep) == len(examples) else examples.features.take(keep)
     train_users = UserBatch.from_features(selected, device)  # zero-copy on CPU when all kept
     train_rows = torch.from_numpy(rows_np[keep].astype(np.int64)).to(device)
-    catalog = ItemBatch.from_features(item_features, device)
+    train_times = torch.from_numpy(examples.timestamp[keep].astype(np.int64)).to(device)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -318,21 +496,32 @@ def train_candidate_generator(
     model.to(device)
     optimizer = _make_optimizer(config, model)
     gen = torch.Generator().manual_seed(config.seed)
+    label_times = examples.timestamp[keep].astype(np.int64)
+    timed_items = _uploaded_by_first_watch(item_features, rows_np[keep], label_times)
+    catalog = TimedCatalog(timed_items, device, n_single=model.item_tower.n_single)
 
     counts = np.bincount(rows_np[keep], minlength=n_items).astype(np.float64)
-    sampler = _NegativeSampler(config, counts, device)
+    # the items the training examples may meet: those servable at the last example's time
+    t_last = int(label_times.max())
+    in_window = timed_items.servable_at(t_last)
+    sampler = _NegativeSampler(config, counts, device, in_window)
     label_log_q = log_q_from_counts(counts, smoothing=1.0).to(device)  # (N,) in-batch logQ
+    ssl_rows = torch.from_numpy(np.flatnonzero(in_window)).to(device)
     mi = None
     if config.ssl == "cfm":
-        mi = mutual_information(item_features.codes()[:, : model.item_tower.n_features])
+        known = timed_items.take(in_window)
+        if known.upload_time is not None and known.age_column is not None:
+            known = known.at_time(t_last)  # the catalog as the end of the window knows it
+        mi = mutual_information(known.codes()[:, : model.item_tower.n_features])
 
-    valid_users, valid_rows = None, None
+    valid_users, valid_rows, valid_times = None, None, None
     if valid is not None and len(valid):
         pick = _valid_sample(config, len(valid))
         valid_users = UserBatch.from_features(valid.features.take(pick), device)
         valid_rows = torch.from_numpy(
             item_features.rows(valid.label_item[pick]).astype(np.int64)
         ).to(device)
+        valid_times = torch.from_numpy(valid.timestamp[pick].astype(np.int64)).to(device)
 
     state = _TrainState()
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
@@ -349,7 +538,9 @@ def train_candidate_generator(
 
     # one module computes a step's loss, so that DDP sees (and synchronizes) all of it
     group = dist_utils.new_group() if world > 1 else None  # for the loss's gathers
-    step = _TrainStep(config, model, catalog, sampler, label_log_q, mi, group, world)
+    step = _TrainStep(
+        config, model, catalog, sampler, label_log_q, mi, ssl_rows, t_last, group, rank, world
+    )
     runner: nn.Module = step
     if world > 1:
         # without a masking SSL objective the SSL head (and, for spread_out, the default feature
@@ -380,6 +571,7 @@ def train_candidate_generator(
                 shard_batches(perm.numpy(), config.batch_size, rank, world),
                 train_users,
                 train_rows,
+                train_times,
                 draw,
                 bar,
             )
@@ -394,7 +586,13 @@ def train_candidate_generator(
             }
             if valid_users is not None and valid_rows is not None:
                 recall = recall_at_k(
-                    model, valid_users, valid_rows, catalog, config.valid_k, distributed=world > 1
+                    model,
+                    valid_users,
+                    valid_rows,
+                    catalog,
+                    config.valid_k,
+                    times=valid_times,
+                    distributed=world > 1,
                 )
                 recall = dist_utils.broadcast_object(recall)  # rank 0 decides for every rank
                 record[f"valid_recall@{config.valid_k}"] = recall
@@ -422,12 +620,18 @@ def recall_at_k(
     model: TwoTowerModel,
     users: UserBatch,
     label_rows: torch.Tensor,
-    catalog: ItemBatch,
+    catalog: ItemBatch | TimedCatalog,
     k: int,
     *,
+    times: torch.Tensor | None = None,
     distributed: bool = False,
 ) -> float:
-    """Return the share of users whose label row is among the exact top-k of the whole catalog.
+    """Return the share of users whose label row is among the exact top-k of the catalog.
+
+    With a `TimedCatalog` and the label `times` (N,), user i is ranked against the items
+    servable at times[i] (uploaded at or before it), each with its upload age then: what a
+    request at that time would be served from. Otherwise (an `ItemBatch`) the whole catalog
+    is ranked with its feature codes as they are.
 
     Label rows of -1 (items missing from the catalog) count as misses. With `distributed=True`
     under a process group of several ranks (all passing the same arguments), each rank embeds
@@ -436,19 +640,40 @@ def recall_at_k(
     was_training = model.training
     model.eval()
     rank, world = dist_utils.rank_and_world() if distributed else (0, 1)
-    n_items = len(catalog)
-    items = _item_vectors(model, catalog, *row_range(n_items, rank, world))
-    if world > 1:
-        items = dist_utils.all_gather_rows(items, n_items)  # (N, E) on every rank
+    timed = isinstance(catalog, TimedCatalog) and times is not None
+    batch = catalog.batch if isinstance(catalog, TimedCatalog) else catalog
+    n_items = len(batch)
+    dev = label_rows.device
+    if timed:
+        assert isinstance(catalog, TimedCatalog) and times is not None
+        # every (item, age code) the validation times need, embedded once
+        pairs = catalog.pairs_between(int(times.min()), int(times.max()))
+        n_pairs = len(pairs.rows)
+        items = _item_vectors(model, pairs.items, *row_range(n_pairs, rank, world))
+        if world > 1:
+            items = dist_utils.all_gather_rows(items, n_pairs)  # (P, E) on every rank
+    else:
+        items = _item_vectors(model, batch, *row_range(n_items, rank, world))
+        if world > 1:
+            items = dist_utils.all_gather_rows(items, n_items)  # (N, E) on every rank
     k_eff = min(k, n_items)
     lo, hi = row_range(len(users), rank, world)
-    dev = label_rows.device
     hits = 0
-    chunk = max(1, min(4096, (1 << 26) // max(n_items, 1)))  # bound the (chunk, N) score block
+    # bound the (chunk, N) blocks of scores and, when timed, of int64 pair indices
+    chunk = max(1, min(4096, (1 << (24 if timed else 26)) // max(len(items), 1)))
+    every = torch.arange(n_items, device=dev)
     for i in range(lo, hi, chunk):
         rows = torch.arange(i, min(i + chunk, hi), device=dev)
         u = model.user_vectors(users.index(rows))  # (c, E)
-        top = torch.topk(u @ items.T, k_eff, dim=1).indices  # (c, k)
+        scores = u @ items.T  # (c, N), or (c, P) when timed
+        if timed:
+            assert isinstance(catalog, TimedCatalog) and times is not None
+            t = times[rows].unsqueeze(1)  # (c, 1)
+            scores = scores.gather(1, pairs.column(catalog, every, t))  # (c, N)
+            ok = catalog.servable(every, t)
+            if ok is not None:
+                scores = scores.masked_fill(~ok, float("-inf"))
+        top = torch.topk(scores, k_eff, dim=1).indices  # (c, k)
         hits += int((top == label_rows[rows].unsqueeze(1)).any(dim=1).sum())
     model.train(was_training)
     total_hits, n_users = dist_utils.all_reduce_sum([hits, hi - lo]) if world > 1 else (hits, hi)
@@ -507,6 +732,7 @@ def _run_epoch(
     batches: list[np.ndarray],
     train_users: UserBatch,
     train_rows: torch.Tensor,
+    train_times: torch.Tensor,
     draw: torch.Generator,
     bar: Any,
 ) -> np.ndarray:
@@ -518,7 +744,7 @@ def _run_epoch(
     totals = np.zeros(4)
     for b, local in enumerate(batches):
         idx = torch.from_numpy(local).to(device)
-        loss, main, ssl = runner(train_users.index(idx), train_rows[idx], draw)
+        loss, main, ssl = runner(train_users.index(idx), train_rows[idx], train_times[idx], draw)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -534,47 +760,66 @@ def _run_epoch(
 
 
 class _NegativeSampler:
-    """Draws shared negatives by inverse-CDF lookup; `log_q` is each item's log proposal prob."""
+    """Draws shared negatives by inverse-CDF lookup; `log_q` is each item's log proposal prob.
+
+    Only the catalog rows where `allowed` is True are ever drawn (the items of the training
+    window: nothing uploaded after the last training example); the others have log q = -inf.
+    """
 
     def __init__(
-        self, config: CandidateGenConfig, counts: np.ndarray, device: torch.device
+        self,
+        config: CandidateGenConfig,
+        counts: np.ndarray,
+        device: torch.device,
+        allowed: np.ndarray | None = None,
     ) -> None:
+        rows = np.arange(len(counts)) if allowed is None else np.flatnonzero(allowed)
+        if len(rows) == 0:
+            raise ValueError("no catalog item may be drawn as a negative")
         if config.negative_sampler == "uniform":
-            weights = np.ones_like(counts)
+            weights = np.ones(len(rows))
         else:  # unigram ** power, +1 so items without training labels can still be drawn
-            weights = (counts + 1.0) ** config.unigram_power
+            weights = (counts[rows] + 1.0) ** config.unigram_power
         p = weights / weights.sum()
-        self.cdf = torch.from_numpy(np.cumsum(p))  # (N,) float64 on CPU
-        self.log_q = torch.from_numpy(np.log(p)).float().to(device)  # (N,)
-        self.n = len(counts)
+        self.cdf = torch.from_numpy(np.cumsum(p))  # (R,) float64 on CPU
+        log_q = np.full(len(counts), -np.inf)
+        log_q[rows] = np.log(p)
+        self.log_q = torch.from_numpy(log_q).float().to(device)  # (N,)
+        self.rows = torch.from_numpy(rows.astype(np.int64))  # (R,) the drawable catalog rows
         self.size = config.num_negatives
         self.device = device
 
     def sample(self, gen: torch.Generator, size: int | None = None) -> torch.Tensor:
         """Return `size` (default `num_negatives`) catalog rows (S,) drawn with replacement."""
         u = torch.rand(self.size if size is None else size, generator=gen, dtype=torch.float64)
-        rows = torch.searchsorted(self.cdf, u, right=True).clamp_max_(self.n - 1)
-        return rows.to(self.device)
+        pick = torch.searchsorted(self.cdf, u, right=True).clamp_max_(len(self.rows) - 1)
+        return self.rows[pick].to(self.device)
 
 
 class _TrainStep(nn.Module):
     """A training step's loss as a module: DDP synchronizes the gradients of its forward.
 
-    In one process the gathers are identities and the step computes exactly what the
-    single-process trainer always did; under W ranks each rank draws ceil(S / W) negatives and
-    ceil(ssl_batch_size / W) SSL items, and the rows other ranks' losses need are all-gathered
-    with gradients (`dist_utils.gather_with_grad`).
+    Each rank computes the main loss of its own rows (DDP's gradient average of the rank
+    means is the gradient of the global-batch mean): under W ranks each draws ceil(S / W)
+    negatives and the ids are all-gathered, so every row is scored against the same S
+    negatives as in one process, each embedded at the row's own time; in-batch, each row is
+    scored against the positives of the whole global batch (their ids all-gathered). The
+    SSL batch (ceil(ssl_batch_size / W) items per rank) is all-gathered with gradients
+    (`dist_utils.gather_with_grad`) so its contrastive softmax spans the global SSL batch.
     """
 
     def __init__(
         self,
         config: CandidateGenConfig,
         model: TwoTowerModel,
-        catalog: ItemBatch,
+        catalog: TimedCatalog,
         sampler: _NegativeSampler,
         label_log_q: torch.Tensor,
         mi: np.ndarray | None,
+        ssl_rows: torch.Tensor,
+        ssl_time: int,
         group: Any,
+        rank: int,
         world: int,
     ) -> None:
         super().__init__()
@@ -584,7 +829,10 @@ class _TrainStep(nn.Module):
         self.sampler = sampler
         self.label_log_q = label_log_q
         self.mi = mi
+        self.ssl_rows = ssl_rows
+        self.ssl_time = ssl_time
         self.group = group
+        self.rank = rank
         self.n_negatives = -(-config.num_negatives // world)  # ceil(S / W) per rank
         self.n_ssl = -(-config.ssl_batch_size // world)
 
@@ -593,7 +841,7 @@ class _TrainStep(nn.Module):
         return dist_utils.gather_with_grad(t, self.group)
 
     def forward(
-        self, users: UserBatch, pos: torch.Tensor, gen: torch.Generator
+        self, users: UserBatch, pos: torch.Tensor, times: torch.Tensor, gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (loss, main loss, SSL loss or 0) of this rank's batch; only `loss` has a graph."""
         main = _main_loss(
@@ -601,17 +849,27 @@ class _TrainStep(nn.Module):
             self.model,
             users,
             pos,
+            times,
             self.catalog,
             self.sampler,
             self.label_log_q,
             gen,
             self.gather,
             self.n_negatives,
+            self.rank,
         )
         if self.config.ssl == "none":
             return main, main.detach(), torch.zeros((), device=main.device)
         ssl = _ssl_loss(
-            self.config, self.model, self.catalog, self.mi, gen, self.gather, self.n_ssl
+            self.config,
+            self.model,
+            self.catalog,
+            self.mi,
+            gen,
+            self.gather,
+            self.n_ssl,
+            self.ssl_rows,
+            self.ssl_time,
         )
         return main + self.config.ssl_alpha * ssl, main.detach(), ssl.detach()
 
@@ -621,52 +879,64 @@ def _main_loss(
     model: TwoTowerModel,
     users: UserBatch,
     pos: torch.Tensor,
-    catalog: ItemBatch,
+    times: torch.Tensor,
+    catalog: TimedCatalog,
     sampler: _NegativeSampler,
     label_log_q: torch.Tensor,
     gen: torch.Generator,
     gather: Callable[[torch.Tensor], torch.Tensor],
     n_negatives: int,
+    rank: int,
 ) -> torch.Tensor:
+    """This rank's mean main loss: every candidate is embedded with its upload age at the
+    row's time, and candidates not servable then leave the row's softmax."""
     u = model.user_vectors(users)  # (b, E)
     if config.loss == "sampled":
-        neg = sampler.sample(gen, n_negatives)  # (S / W,) this rank's share
-        v = model.item_vectors(catalog.index(torch.cat([pos, neg])))  # (b + S / W, E)
-        b = len(pos)
-        neg_all = gather(neg)  # (S,) every rank's negatives, shared by the global batch
-        return sampled_softmax_loss(
-            u,
-            v[:b],
-            gather(v[b:]),  # (S, E)
+        neg_all = gather(sampler.sample(gen, n_negatives))  # (S,) every rank's share, shared
+        v_pos = model.item_vectors(catalog.at(pos, times))  # (b, E)
+        neg_scores, servable = catalog.scores(model, u, times, neg_all)  # (b, S)
+        return sampled_softmax_from_scores(
+            (u * v_pos).sum(dim=1),
+            neg_scores,
             sampler.log_q[pos],
             sampler.log_q[neg_all],
             temperature=config.temperature,
             pos_ids=pos,
             neg_ids=neg_all,
+            neg_mask=servable,
         )
-    v = model.item_vectors(catalog.index(pos))  # (b, E)
     pos_all = gather(pos)  # (B,) the global batch: the in-batch softmax of one process
-    return in_batch_softmax_loss(
-        gather(u), gather(v), label_log_q[pos_all], temperature=config.temperature, item_ids=pos_all
+    scores, servable = catalog.scores(model, u, times, pos_all)  # (b, B)
+    return in_batch_softmax_from_scores(
+        scores,
+        label_log_q[pos_all],
+        temperature=config.temperature,
+        row_offset=rank * len(pos),  # equal slices per rank (features.dist_env.shard_batches)
+        item_ids=pos_all,
+        mask=servable,
     )
 
 
 def _ssl_loss(
     config: CandidateGenConfig,
     model: TwoTowerModel,
-    catalog: ItemBatch,
+    catalog: TimedCatalog,
     mi: np.ndarray | None,
     gen: torch.Generator,
     gather: Callable[[torch.Tensor], torch.Tensor],
     n_items: int,
+    ssl_rows: torch.Tensor,
+    ssl_time: int,
 ) -> torch.Tensor:
-    """L_self on an item batch drawn uniformly from the catalog (not from the label distribution).
+    """L_self on an item batch drawn uniformly from the training window's items (`ssl_rows`,
+    nothing uploaded after the last training example; not from the label distribution), each
+    with its features as at `ssl_time`, the last training example's time.
 
     Each rank draws `n_items` items and its own masks; the views of all ranks are gathered so
     that the contrastive softmax runs over the whole SSL batch.
     """
-    rows = torch.randint(len(catalog), (n_items,), generator=gen).to(catalog.single.device)
-    items = catalog.index(rows)
+    pick = torch.randint(len(ssl_rows), (n_items,), generator=gen).to(ssl_rows.device)
+    items = catalog.at(ssl_rows[pick], ssl_time)
     if config.ssl == "spread_out":  # identity augmentations
         z = gather(model.ssl_projection(items))
         return ssl_contrastive_loss(z, z, temperature=config.ssl_temperature)
@@ -685,6 +955,25 @@ def _ssl_loss(
             view = with_topics_mask(items, dropped)
         views.append(gather(model.ssl_projection(view, mask)))
     return ssl_contrastive_loss(views[0], views[1], temperature=config.ssl_temperature)
+
+
+def _uploaded_by_first_watch(
+    items: ItemFeatures, label_rows: np.ndarray, label_times: np.ndarray
+) -> ItemFeatures:
+    """Return `items` whose upload time is at the latest its first training label's time.
+
+    A watch logged before its item's upload time (a logging artifact: KuaiRand counts such
+    exposures) makes the item servable from that watch on, so that the positive is never an
+    item "not uploaded yet" at its own example's time.
+    """
+    if items.upload_time is None or len(label_rows) == 0:
+        return items
+    first = np.full(len(items), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, label_rows, label_times)
+    upload = np.minimum(items.upload_time, first)
+    if np.array_equal(upload, items.upload_time):
+        return items
+    return dataclasses.replace(items, upload_time=upload)
 
 
 def _make_optimizer(config: CandidateGenConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -10,6 +10,18 @@ user's events with a timestamp strictly before watch i's timestamp. Events at th
 as the label are excluded too, even when they come earlier in the file, because their order
 within a second is not known.
 
+Time of the item side: an item's only time-dependent feature is its upload-age bucket. Serving
+takes it at the request time; a training example takes it at the example's own (label) time,
+as example age is taken [YT16 §3.3], and an item uploaded after that time is not servable to
+that example (`ItemFeatures.upload_time` / `at_time`; the trainer applies both per row).
+
+User attributes: every numeric column of the users table other than the categorical ones
+becomes a continuous feature and is read as the same value at every example time. The table
+must therefore hold attributes known before the examples (demographics, a sign-up date), not
+snapshots taken at the end of the log: a follower count or activity level measured at the end
+of collection encodes the activity that comes after an early example (see
+`features.sources.kuairand`, which leaves such columns out by default).
+
 Everything is built in bulk: events are sorted by (user, time) once, "how many events of this
 user come strictly before time t" is a merge of two sorted sequences (`np.lexsort` + a
 cumulative count), and the last-50 bags are gathered with index arithmetic into padded arrays.
@@ -17,6 +29,7 @@ cumulative count), and the last-50 bags are gathered with index arithmetic into 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,6 +51,10 @@ SECONDS_PER_DAY = 86_400.0
 # reference time; codes 2.. = [0, 1), [1, 3), [3, 7), [7, 14), [14, 30), [30, 90), [90, 365),
 # [365, inf) days. Fixed edges: freshness matters on a log-like scale whatever the source.
 UPLOAD_AGE_EDGES_DAYS: tuple[float, ...] = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0, 365.0)
+# the same edges in seconds (whole numbers), for ages measured in seconds
+UPLOAD_AGE_EDGES_S: tuple[int, ...] = tuple(int(d * SECONDS_PER_DAY) for d in UPLOAD_AGE_EDGES_DAYS)
+UPLOAD_AGE_FUTURE = 1  # the code of an item not uploaded yet at the reference time
+N_UPLOAD_AGE_CODES = len(UPLOAD_AGE_EDGES_DAYS) + 3  # 0 unused, 1 = future, 2.. = ages
 
 ACTIVITY_FEATURES: tuple[str, ...] = (
     "n_watches_before",  # watches strictly before the example time
@@ -46,6 +63,17 @@ ACTIVITY_FEATURES: tuple[str, ...] = (
 )
 
 ITEM_CATEGORICAL_FEATURES: tuple[str, ...] = ("channel_id", "language")
+
+
+
+def upload_age_codes(age_seconds: np.ndarray | int) -> np.ndarray:
+    """Return the upload-age bucket code (int32) of each age in seconds (reference time minus
+    upload time): `UPLOAD_AGE_FUTURE` (1) when negative (not uploaded yet), else 2 + the number
+    of `UPLOAD_AGE_EDGES_S` at or below the age."""
+    age = np.asarray(age_seconds, dtype=np.int64)
+    codes = 2 + np.searchsorted(np.asarray(UPLOAD_AGE_EDGES_S, dtype=np.int64), age, side="right")
+    return np.where(age < 0, UPLOAD_AGE_FUTURE, codes).astype(np.int32)
+
 
 # Rows processed per chunk when gathering padded bags, to bound temporary (rows, width) arrays.
 _CHUNK = 1 << 17
@@ -134,9 +162,49 @@ class ItemFeatures:
     single_cardinalities: tuple[int, ...]  # embedding rows per single-valued feature
     topic_cardinality: int  # embedding rows for topics (0 = no topics feature)
     reference_time: int  # time the upload-age buckets were computed at
+    # (N,) int64 upload time of each item (UTC s): lets a trainer take the upload-age bucket
+    # at each example's own time (`at_time`) and keep items not uploaded yet out of it; None
+    # for hand-built catalogs and catalogs saved without it (then used as they are)
+    upload_time: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.item_id))
+
+    @property
+    def age_column(self) -> int | None:
+        """Column of "upload_age_bucket" in `single` (None when the catalog has none)."""
+        names = self.single_names
+        return names.index("upload_age_bucket") if "upload_age_bucket" in names else None
+
+    def servable_at(self, time: int) -> np.ndarray:
+        """Return the (N,) bool mask of the items uploaded at or before `time` (all of them
+        when the catalog carries no upload times)."""
+        if self.upload_time is None:
+            return np.ones(len(self), dtype=bool)
+        return self.upload_time <= int(time)
+
+    def take(self, index: np.ndarray) -> ItemFeatures:
+        """Return the items at catalog rows `index` (integer or boolean array)."""
+        return dataclasses.replace(
+            self,
+            item_id=self.item_id[index],
+            single=self.single[index],
+            topics=self.topics[index],
+            upload_time=None if self.upload_time is None else self.upload_time[index],
+        )
+
+    def at_time(self, reference_time: int) -> ItemFeatures:
+        """Return a copy whose upload-age buckets are taken at `reference_time`: exactly what
+        `CandidateFeaturizer.item_features(catalog, reference_time)` gives for these items."""
+        col = self.age_column
+        if self.upload_time is None or col is None:
+            raise ValueError(
+                "these item features carry no upload times or no upload-age bucket; build them "
+                "with CandidateFeaturizer.item_features(catalog, reference_time) instead"
+            )
+        single = self.single.copy()
+        single[:, col] = upload_age_codes(int(reference_time) - self.upload_time)
+        return dataclasses.replace(self, single=single, reference_time=int(reference_time))
 
     @property
     def has_topics(self) -> bool:
@@ -173,6 +241,7 @@ class ItemFeatures:
             "single_cardinalities": np.asarray(self.single_cardinalities, dtype=np.int64),
             "topic_cardinality": np.asarray(self.topic_cardinality, dtype=np.int64),
             "reference_time": np.asarray(self.reference_time, dtype=np.int64),
+            **({} if self.upload_time is None else {"upload_time": self.upload_time}),
         }
 
     @classmethod
@@ -186,6 +255,11 @@ class ItemFeatures:
             single_cardinalities=tuple(int(c) for c in arrays["single_cardinalities"]),
             topic_cardinality=int(arrays["topic_cardinality"]),
             reference_time=int(arrays["reference_time"]),
+            upload_time=(
+                np.asarray(arrays["upload_time"], dtype=np.int64)
+                if "upload_time" in arrays
+                else None
+            ),
         )
 
 
@@ -373,7 +447,7 @@ class CandidateFeaturizer:
             names.append("duration_bucket")
             card.append(len(self.duration_edges_) + 2)  # 0 = unknown, 1.. = buckets
         names.append("upload_age_bucket")
-        card.append(len(UPLOAD_AGE_EDGES_DAYS) + 3)  # 0 unused, 1 = future, 2.. = ages
+        card.append(N_UPLOAD_AGE_CODES)  # 0 unused, 1 = future, 2.. = ages
         return tuple(names), tuple(card)
 
     # -------------------------------------------------------------- examples
@@ -608,7 +682,11 @@ class CandidateFeaturizer:
 
         Items never watched in training get id code 0 but keep their other features, so the
         item tower still embeds them. Upload-age buckets are computed at `reference_time`
-        (default: the end of the train window).
+        (default: the end of the train window); serving passes the request time. The result
+        keeps each item's upload time, and the trainer (`candidate_gen.train`) re-takes the
+        bucket at each training example's own time (`ItemFeatures.at_time`), so a training row
+        sees an item's age as a request at that time would: the default reference time only
+        matters to callers that use these codes as they are.
         """
         self._check_fitted()
         items = catalog.items if isinstance(catalog, Dataset) else catalog
@@ -643,9 +721,8 @@ class CandidateFeaturizer:
             bucket = 1 + np.searchsorted(self.duration_edges_, d, side="right")
             single[:, j] = np.where(np.isfinite(d), bucket, 0)
             j += 1
-        age_days = (ref - items["upload_time"].to_numpy(dtype=np.int64)) / SECONDS_PER_DAY
-        age_bucket = 2 + np.searchsorted(np.asarray(UPLOAD_AGE_EDGES_DAYS), age_days, side="right")
-        single[:, j] = np.where(age_days < 0, 1, age_bucket)
+        upload = items["upload_time"].to_numpy(dtype=np.int64)
+        single[:, j] = upload_age_codes(ref - upload)
 
         if self.has_topics_:
             if "topics" not in items.columns:
@@ -665,6 +742,7 @@ class CandidateFeaturizer:
             single_cardinalities=card,
             topic_cardinality=topic_card,
             reference_time=ref,
+            upload_time=upload.copy(),
         )
 
     # --------------------------------------------------------------- persist

@@ -10,7 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.examples import CandidateFeaturizer
+from features.examples import (
+    UPLOAD_AGE_EDGES_DAYS,
+    CandidateFeaturizer,
+    ItemFeatures,
+    upload_age_codes,
+)
 from features.split import TimeSplit
 from features.tables import Dataset
 from features.vocab import NotFittedError
@@ -280,6 +285,46 @@ def test_item_features_cover_the_whole_catalog() -> None:
     assert items.topics[4, 0] == tv(["x"])[0] and items.topics[4, 1:].sum() == 0
     assert items.codes().shape == (5, 4)
     assert items.rows(np.array([3, 42])).tolist() == [2, -1]
+
+
+def test_item_features_at_any_time_and_their_upload_times(tmp_path) -> None:
+    ds = random_dataset(n_watches=800, n_searches=200)
+    split = TimeSplit.from_fractions(ds, 0.7, 0.15)
+    f = CandidateFeaturizer(min_token_count=1).fit(ds, split)
+    items = f.item_features(ds)
+    np.testing.assert_array_equal(items.upload_time, ds.items["upload_time"].to_numpy())
+    col = items.age_column
+    assert items.single_names[col] == "upload_age_bucket"
+    # at_time re-takes the bucket exactly as item_features at that reference time does
+    for t in (split.start, split.train_end - 1, split.valid_end, split.test_end + 400 * DAY):
+        np.testing.assert_array_equal(
+            items.at_time(t).single, f.item_features(ds, reference_time=t).single
+        )
+        np.testing.assert_array_equal(
+            items.servable_at(t), ds.items["upload_time"].to_numpy() <= t
+        )
+    sub = items.take(np.array([4, 1]))
+    assert sub.item_id.tolist() == items.item_id[[4, 1]].tolist()
+    assert sub.upload_time.tolist() == items.upload_time[[4, 1]].tolist()
+    # the upload times survive to_arrays / from_arrays (the saved model's items.npz)
+    np.savez(tmp_path / "items.npz", **items.to_arrays())
+    with np.load(tmp_path / "items.npz", allow_pickle=False) as z:
+        back = ItemFeatures.from_arrays(z)
+    np.testing.assert_array_equal(back.upload_time, items.upload_time)
+    # an items.npz written before upload times were kept loads without them
+    old = {k: v for k, v in items.to_arrays().items() if k != "upload_time"}
+    assert ItemFeatures.from_arrays(old).upload_time is None
+    with pytest.raises(ValueError, match="no upload times"):
+        ItemFeatures.from_arrays(old).at_time(0)
+
+
+def test_upload_age_codes_match_the_bucket_edges_in_days() -> None:
+    ages = np.array([-5, -1, 0, DAY - 1, DAY, 3 * DAY - 1, 3 * DAY, 7 * DAY, 14 * DAY, 30 * DAY,
+                     90 * DAY - 1, 90 * DAY, 365 * DAY, 10**10])  # fmt: skip
+    assert upload_age_codes(ages).tolist() == [1, 1, 2, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9, 9]
+    days = ages / DAY
+    old = 2 + np.searchsorted(np.asarray(UPLOAD_AGE_EDGES_DAYS), days, side="right")
+    np.testing.assert_array_equal(upload_age_codes(ages), np.where(days < 0, 1, old))
 
 
 def test_duration_buckets_are_train_catalog_quantiles() -> None:

@@ -11,9 +11,10 @@ from test_cg_examples import random_dataset
 from candidate_gen.config import CandidateGenConfig
 from candidate_gen.index import ExactIndex
 from candidate_gen.retrieve import Retriever, build_index
-from candidate_gen.towers import ItemBatch, UserBatch
+from candidate_gen.towers import UserBatch
 from candidate_gen.train import (
     CHECKPOINT_FILE,
+    TimedCatalog,
     TrainedCandidateGenerator,
     _select_examples,
     recall_at_k,
@@ -153,7 +154,10 @@ def test_early_stopping_returns_the_best_epoch(world) -> None:
     # the returned weights are the best epoch's, not the last one's
     users = UserBatch.from_features(valid.features)
     rows = torch.from_numpy(items.rows(valid.label_item))
-    again = recall_at_k(model.model, users, rows, ItemBatch.from_features(items), 10)
+    # (each validation label ranks the items servable at its time, with their ages then)
+    catalog = TimedCatalog(items, "cpu")
+    times = torch.from_numpy(valid.timestamp)
+    again = recall_at_k(model.model, users, rows, catalog, 10, times=times)
     assert again == pytest.approx(max(recall), abs=1e-12)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.examples import ACTIVITY_FEATURES, CandidateFeaturizer
 from features.io import read_dataset
 from features.schema import DataContractError
 from features.sources.kuairand import (
@@ -22,6 +23,7 @@ from features.sources.kuairand import (
     load_kuairand_users,
     split_impressions,
 )
+from features.split import TimeSplit
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kuairand"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "kuairand-pure-metadata"
@@ -117,8 +119,35 @@ def test_items_map_author_tags_upload_date_and_duration(loaded):
     assert c["exposures_before_upload_time"] == 1  # user 0 saw video 75 at 16:05 on Apr 10
 
 
-def test_users_features(loaded):
+def test_user_snapshot_columns_are_left_out_by_default(loaded):
+    # the user file is one snapshot at the end of the log: activity degree, follow/fan/friend
+    # counts, register days and the flags would tell an early example its user's future
     ds, info = loaded
+    assert ds.users.columns.tolist() == ["user_id"]
+    assert ds.users["user_id"].tolist() == [0, 1, 3120, 77777]
+    assert ds.meta["snapshot_user_features"] is False
+    assert any("encode future activity" in n for n in info["notes"])
+    assert info["counts"]["users_in_user_file"] == 3  # the file is still read and checked
+    users, _ = load_kuairand_users(FIXTURE / "user_features_pure.csv")
+    assert users.columns.tolist() == ["user_id"]
+
+
+def test_user_snapshot_columns_never_reach_the_candidate_generator(loaded):
+    ds, _ = loaded
+    kept, _ = load_kuairand(FIXTURE, snapshot_user_features=True)
+    split = TimeSplit.from_fractions(ds, 0.7, 0.15)
+    snapshot = {"follow_user_num", "fans_user_num", "friend_user_num", "register_days"}
+    snapshot |= {"is_lowactive_period", "is_live_streamer", "is_video_author"}
+    default = CandidateFeaturizer(min_token_count=1).fit(ds, split)
+    assert default.continuous_names_ == ACTIVITY_FEATURES  # only activity before the example
+    on = CandidateFeaturizer(min_token_count=1).fit(kept, split)
+    names = set(on.continuous_names_)
+    assert snapshot <= names and any(c.startswith("active_degree_") for c in names)
+
+
+def test_users_features():
+    ds, info = load_kuairand(FIXTURE, snapshot_user_features=True)
+    assert ds.meta["snapshot_user_features"] is True
     users = ds.users.set_index("user_id")
     assert users.index.tolist() == [0, 1, 3120, 77777]  # 77777 only in the log
     assert users.loc[0, "follow_user_num"] == 514
@@ -247,7 +276,7 @@ def test_real_video_and_user_tables():
     assert items["upload_time"].min() == APR10_BJ - 86_400
     assert items["upload_time"].max() == APR11_BJ
     assert items["duration"].min() > 0
-    users, uc = load_kuairand_users(REAL / "user_features_pure.csv")
+    users, uc = load_kuairand_users(REAL / "user_features_pure.csv", snapshot_user_features=True)
     assert len(users) == 27_285 and users["user_id"].is_unique
     assert uc["users_with_unknown_active_degree"] == 6
     assert uc["is_live_streamer_missing"] == int(users["is_live_streamer"].isna().sum()) > 0

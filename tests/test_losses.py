@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from candidate_gen.losses import (
+    in_batch_softmax_from_scores,
     in_batch_softmax_loss,
     log_q_from_counts,
+    sampled_softmax_from_scores,
     sampled_softmax_loss,
     ssl_contrastive_loss,
 )
@@ -168,6 +170,61 @@ def test_in_batch_equals_sampled_softmax_with_batch_negatives() -> None:
     a = in_batch_softmax_loss(u, v, lq, temperature=0.3, item_ids=ids)
     b = sampled_softmax_loss(u, v, v, lq, lq, temperature=0.3, pos_ids=ids, neg_ids=ids)
     torch.testing.assert_close(a, b)
+
+
+def test_masked_negatives_leave_the_softmax_like_removed_columns() -> None:
+    # A negative not servable at a row's time leaves that row's softmax: the loss equals the
+    # loss over the row's servable negatives only (row by row).
+    g = torch.Generator().manual_seed(1)
+    u, pos = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    neg = torch.randn(5, 4, generator=g)
+    lq_pos, lq_neg = -torch.rand(3, generator=g), -torch.rand(5, generator=g)
+    mask = torch.tensor(
+        [[True, False, True, True, False], [True] * 5, [False, False, True, False, False]]
+    )
+    got = sampled_softmax_from_scores(
+        (u * pos).sum(1), u @ neg.T, lq_pos, lq_neg, temperature=0.5, neg_mask=mask
+    )
+    rows = [
+        sampled_softmax_loss(
+            u[b : b + 1], pos[b : b + 1], neg[mask[b]], lq_pos[b : b + 1], lq_neg[mask[b]],
+            temperature=0.5,
+        )
+        for b in range(3)
+    ]  # fmt: skip
+    torch.testing.assert_close(got, torch.stack(rows).mean())
+    # without a mask it is sampled_softmax_loss
+    torch.testing.assert_close(
+        sampled_softmax_from_scores((u * pos).sum(1), u @ neg.T, lq_pos, lq_neg, temperature=0.5),
+        sampled_softmax_loss(u, pos, neg, lq_pos, lq_neg, temperature=0.5),
+    )
+
+
+def test_in_batch_from_scores_rank_slice_and_mask() -> None:
+    g = torch.Generator().manual_seed(2)
+    u, v = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    lq = torch.log_softmax(torch.randn(6, generator=g), dim=0)
+    ids = torch.tensor([1, 2, 3, 2, 5, 6])
+    whole = in_batch_softmax_loss(u, v, lq, temperature=0.3, item_ids=ids)
+    # two rank slices of 3 rows each, scored against the 6 positives: their mean is the whole
+    halves = [
+        in_batch_softmax_from_scores(
+            u[r * 3 : (r + 1) * 3] @ v.T, lq, temperature=0.3, row_offset=r * 3, item_ids=ids
+        )
+        for r in (0, 1)
+    ]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+    # a mask removes unservable columns but never the row's own positive
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    got = in_batch_softmax_from_scores(u @ v.T, lq, temperature=0.3, item_ids=ids, mask=mask)
+    assert got.item() == pytest.approx(0.0, abs=1e-7)  # each row is left with its positive
+    mask[0, 4] = True
+    one = in_batch_softmax_from_scores(u @ v.T, lq, temperature=0.3, mask=mask)
+    logits = (u[0] @ v[[0, 4]].T) / 0.3 - lq[[0, 4]]
+    want = (torch.logsumexp(logits, 0) - logits[0]) / 6  # rows 1..5 contribute 0
+    torch.testing.assert_close(one, want)
+    with pytest.raises(ValueError, match="row_offset must be in"):
+        in_batch_softmax_from_scores(u[:3] @ v.T, lq, row_offset=4)
 
 
 @pytest.mark.parametrize(

@@ -34,13 +34,24 @@ Mapping (every handled case is counted in the returned info dict):
   `video_duration` ms -> `duration` s, a missing one taken from the logs' `duration_ms` of that
   video, else left missing (NaN). A logged video absent from the video file becomes an item
   uploaded at its first exposure.
-- users: `user_active_degree` -> 0/1 columns `active_degree_<value>` ("UNKNOWN": all 0);
+- users: **by default only the user ids.** Every column of `user_features_pure.csv` is one
+  snapshot taken at the end of the collection, not a value known at each logged exposure:
+  `user_active_degree` and `is_lowactive_period` summarise the activity of the whole period,
+  `follow_user_num`, `fans_user_num`, `friend_user_num` count what the user had gathered by
+  its end, `register_days` is measured at its end (a user who signed up during the log has
+  fewer days than the log is long), and `is_live_streamer` / `is_video_author` say what the
+  user had done by then. Read as the same value at every example time (every numeric user
+  column becomes a continuous feature of the candidate generator, `features.examples`), they
+  tell a model of an early example about the activity that follows it: future information.
+  `snapshot_user_features=True` keeps them anyway (e.g. for studies that accept the leak):
+  `user_active_degree` -> 0/1 columns `active_degree_<value>` ("UNKNOWN": all 0);
   `is_lowactive_period`, `is_live_streamer`, `is_video_author` (values other than 0/1, e.g.
   the -124 of `is_live_streamer`, are missing), `follow_user_num`, `fans_user_num`,
-  `friend_user_num`, `register_days` -> numeric user features. The `*_range` columns repeat
-  these as buckets and the anonymised `onehot_feat*` ids have no contract slot (a categorical
-  extra would need a contract change): both are left out. A logged user absent from the user
-  file becomes a user without features.
+  `friend_user_num`, `register_days` -> numeric user features. The file is read and checked
+  (and its cases counted) either way. The `*_range` columns repeat the counts as buckets and
+  the anonymised `onehot_feat*` ids have no contract slot (a categorical extra would need a
+  contract change): both are always left out. A logged user absent from the user file becomes
+  a user without features.
 
 Logs are read `chunksize` lines at a time, keeping only the converted columns, so memory is one
 raw chunk plus the output. Malformed lines raise `DataContractError` naming file, line, column.
@@ -310,15 +321,26 @@ def _video_table(path: Path, chunksize: int) -> tuple[pd.DataFrame, dict[str, in
 
 
 def load_kuairand_users(
-    path: str | os.PathLike[str], *, chunksize: int = 500_000
+    path: str | os.PathLike[str],
+    *,
+    snapshot_user_features: bool = False,
+    chunksize: int = 500_000,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Return (the validated contract users table, counts) of `user_features_*.csv`."""
-    users, counts = _user_table(Path(path), chunksize)
+    """Return (the validated contract users table, counts) of `user_features_*.csv`.
+
+    The table holds only `user_id` unless `snapshot_user_features=True`: the file's columns are
+    measured at the end of the collection and encode the activity that follows an early
+    example (module docstring).
+    """
+    users, counts = _user_table(Path(path), chunksize, snapshot_user_features)
     return validate_table("users", users, file=str(path)), counts
 
 
-def _user_table(path: Path, chunksize: int) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Return (the users table before validation, counts) of the user file."""
+def _user_table(
+    path: Path, chunksize: int, snapshot_user_features: bool = False
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Return (the users table before validation, counts) of the user file; the snapshot
+    columns only with `snapshot_user_features` (their cases are counted either way)."""
     cols: dict[str, Any] = read_delimited_all(
         path, _USER_FIELDS, table="users", chunksize=chunksize, optional=tuple(_USER_FIELDS)[1:]
     )
@@ -349,6 +371,8 @@ def _user_table(path: Path, chunksize: int) -> tuple[pd.DataFrame, dict[str, int
         out[name] = np.where(odd, np.nan, v)
     for name in _USER_COUNTS:
         out[name] = cols[name]
+    if not snapshot_user_features:
+        out = {"user_id": out["user_id"]}
     return pd.DataFrame(out), counts
 
 
@@ -427,12 +451,17 @@ def load_kuairand(
     *,
     include_random: bool = True,
     unclicked_play: Literal["drop", "click"] = "drop",
+    snapshot_user_features: bool = False,
     chunksize: int = 500_000,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Return (the validated contract `Dataset`, an info dict) of a KuaiRand directory.
 
     `include_random` adds the random-exposure log as impressions with source "random";
     `unclicked_play` says what an unclicked exposure with play time becomes (module docstring).
+    `snapshot_user_features` keeps the user file's columns (activity degree, follow / fan /
+    friend counts, register days, streamer and author flags): off by default because they are
+    measured at the end of the log, so as features of an earlier example they encode future
+    activity (module docstring); the users table then holds only user ids.
     The info dict (JSON-serialisable) holds the files read, rows per file, `counts` of every
     handled case, the `conversions`, `notes` and the contract `validation` report.
     """
@@ -448,7 +477,7 @@ def load_kuairand(
     )
     log, logged_duration, rows = _read_logs(logs, chunksize, counts)
     items, item_counts = _video_table(files.videos, chunksize)
-    users, user_counts = _user_table(files.users, chunksize)
+    users, user_counts = _user_table(files.users, chunksize, snapshot_user_features)
     counts |= item_counts | user_counts
 
     # impressions: the click is the logged one; play time only on clicks (module docstring)
@@ -575,6 +604,7 @@ def load_kuairand(
         "impression_sources": {"standard": n_exposures - n_random, "random": n_random},
         "unbiased_eval": "impressions.source == 'random'",
         "unclicked_play": unclicked_play,
+        "snapshot_user_features": bool(snapshot_user_features),
     }
     info: dict[str, Any] = {
         "dataset": "kuairand",
@@ -594,6 +624,15 @@ def load_kuairand(
             "impressions.source == 'random' (the random-exposure log) is the unbiased "
             "evaluation set: train the ranker on source == 'standard'.",
             "upload_dt is a Beijing date: upload_time is 00:00 UTC+8 of it.",
+            (
+                "user file columns kept (snapshot_user_features=True): they are measured at "
+                "the end of the log and encode future activity when read at an earlier time."
+                if snapshot_user_features
+                else "user file columns left out (snapshot_user_features=False): activity "
+                "degree, low-activity period, follow/fan/friend counts, register days and the "
+                "streamer/author flags are measured at the end of the log, so as features of "
+                "earlier examples they encode future activity; the users table holds user ids."
+            ),
             "left out: user *_range buckets (repeat the counts), onehot_feat0..17 (anonymised "
             "categorical ids without a contract slot), video_type, upload_type, "
             "visible_status, music, sizes, likes/follows/comments/forwards/hates, tab.",
