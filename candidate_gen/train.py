@@ -52,6 +52,7 @@ splits rows by rank and all-gathers them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -91,6 +92,7 @@ from features.examples import (
 )
 from features.integrity import (
     ArtifactError,
+    DamagedWeightsError,
     check_digest,
     resolve_inside,
     sha256_file,
@@ -356,7 +358,8 @@ class TrainedCandidateGenerator:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         with atomic_path(out / "model.pt") as tmp:
             # a file object: a full disk is then an OSError, not torch's bare RuntimeError
-            torch.save(state, tmp)
+            with open(tmp, "wb") as fh:
+                torch.save(state, fh)
         atomic_write_json(out / "config.json", self.config.to_dict())
         self.featurizer.save(out / "featurizer.json")
         arrays: dict[str, Any] = self.items.to_arrays()
@@ -1049,7 +1052,8 @@ def _save_checkpoint(
         "stopped": state.stopped,
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
 
 
 def _load_weights(path: Path, device: torch.device | str) -> Any:
@@ -1058,6 +1062,13 @@ def _load_weights(path: Path, device: torch.device | str) -> Any:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise unsafe_pickle_error(path, exc) from None
+    except (RuntimeError, EOFError, OSError) as exc:  # torch's zip reader on a torn file
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+            raise  # missing, unreadable: not a damaged file
+        raise DamagedWeightsError(
+            f"{path} cannot be read as a weights file ({str(exc).splitlines()[0][:200]}): it is "
+            "truncated or damaged"
+        ) from None
 
 
 def _read_checkpoint(
@@ -1066,7 +1077,13 @@ def _read_checkpoint(
     """Return the checkpoint at `path` (None if there is none), checked against config and data."""
     if not path.exists():
         return None
-    payload = _load_weights(path, "cpu")
+    try:
+        payload = _load_weights(path, "cpu")
+    except DamagedWeightsError as exc:
+        # a kill or a full disk can leave a torn checkpoint behind: it is no use to resume
+        # from, and keeping it would fail every rerun; the stage trains from the first epoch
+        log.warning("candidate_gen: %s; discarding it and training from the first epoch", exc)
+        return None
     if payload.get("format") != _CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a candidate-generator checkpoint of format {_CHECKPOINT_FORMAT}"
