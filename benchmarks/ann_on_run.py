@@ -36,6 +36,7 @@ from candidate_gen.train import TrainedCandidateGenerator  # noqa: E402
 from features.integrity import read_json_object  # noqa: E402
 from features.io import read_dataset  # noqa: E402
 from features.split import TimeSplit  # noqa: E402
+from pipelines.rundir import serving_cg_dir  # noqa: E402
 
 SEARCH_K = (-1, 10_000, 30_000, 100_000)
 K = 100
@@ -49,7 +50,7 @@ def held_out_queries(run: Path, n_users: int, seed: int) -> dict[str, np.ndarray
         vectors = np.ascontiguousarray(z["vectors"], dtype=np.float32)
     ds, _ = read_dataset(run / "data" / "tables")
     split = TimeSplit.from_dict(read_json_object(run / "data" / "split.json", "the split"))
-    cg = TrainedCandidateGenerator.load(run / "candidate_gen" / "model")
+    cg = TrainedCandidateGenerator.load(serving_cg_dir(run))
     exact = ExactIndex(vectors, ids)
     at = int(split.valid_end)
     w = ds.watches

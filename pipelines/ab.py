@@ -16,7 +16,7 @@ from features.split import TimeSplit
 from features.tables import Dataset
 from pipelines.config import ConfigError
 from pipelines.context import RunContext
-from pipelines.rundir import RunDir, read_lock
+from pipelines.rundir import RunDir, read_lock, serving_cg_dir
 from pipelines.simulate import (
     Policy,
     daily_index,
@@ -66,7 +66,7 @@ def _arm(
     name = spec if run else policy
     if policy in _WORLD:
         return name, world_policy(ctx.world(), policy, k, seed), ctx
-    cg = TrainedCandidateGenerator.load(run_dir / "candidate_gen" / "model")
+    cg = TrainedCandidateGenerator.load(serving_cg_dir(run_dir))
     r = ctx.config["retrieval"]
     index = daily_index(cg, int(r["n_trees"]), int(r["search_k"]), ctx.seed)
     n_cand = int(ctx.config["retrieval"]["n_candidates"])
@@ -191,7 +191,7 @@ def _retrainer(ctx: RunContext, k: int):
     from pipelines import scoring
     from pipelines.stages_rank import ranker_config
 
-    cg = TrainedCandidateGenerator.load(ctx.path / "candidate_gen" / "model")
+    cg = TrainedCandidateGenerator.load(serving_cg_dir(ctx.path))
     r = ctx.config["retrieval"]
     index = daily_index(cg, int(r["n_trees"]), int(r["search_k"]), ctx.seed)
     n_cand = int(ctx.config["retrieval"]["n_candidates"])

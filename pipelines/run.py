@@ -74,6 +74,7 @@ def load_json(path: Path) -> Any:
 
 def cg_config(config: dict[str, Any]) -> CandidateGenConfig:
     c = dict(config["candidate_gen"])
+    c.pop("refit_for_test", None)  # a pipeline setting (stage_candidate_gen), not the model's
     c["max_examples_per_user"] = none_if_zero(c["max_examples_per_user"])
     c["user_layers"] = tuple(c["user_layers"])
     c["item_layers"] = tuple(c["item_layers"])
@@ -176,6 +177,12 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
 
 
 def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
+    """Train the candidate generator on [start, train_end), early-stopped on the ranker window's
+    next watches: its scores are out of sample for the ranker's training rows. With
+    `candidate_gen.refit_for_test` (the default) a second model with the same settings is then
+    refit on everything before `valid_end` for the number of epochs the first one chose, and
+    serves the test window (index, retrieval, end to end, `vidrec recommend`), as a production
+    system retrains on its newest logs before it serves."""
     ds, split = ctx.dataset(), ctx.split()
     cfg = cg_config(ctx.config)
     featurizer = featurizer_from_config(ctx.config).fit(ds, split)
@@ -193,7 +200,7 @@ def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
         cfg,
         train,
         items,
-        valid=valid,
+        valid=valid if len(valid) else None,
         checkpoint_dir=out / "checkpoints",
         resume=True,
         progress=ctx.progress,
@@ -202,24 +209,95 @@ def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
     model.save(out / "model")
     ctx.cache["cg_model"] = model
     atomic_write_json(out / "history.json", model.history)
-    return {
+    info: dict[str, Any] = {
         "train_examples": len(train),
         "valid_examples": len(valid),
         "examples_dropped_by_cap": int(train.n_dropped_by_cap),
         "train_seconds": round(seconds, 2),
         "featurizer": {k: v for k, v in featurizer.schema().items() if isinstance(v, int | str)},
+        "models": {
+            "model": f"trained on [start, train_end) = [{split.start}, {split.train_end}), "
+            f"early-stopped on the next watches of [{split.train_end}, {split.valid_end}); "
+            "scores the ranker's training rows (out of sample)",
+        },
     }
+    if not ctx.config["candidate_gen"].get("refit_for_test", False):
+        info["models"]["model"] += "; also serves the test window (no refit)"
+        return info
+    epochs = best_epoch(model.history, cfg.epochs)
+    refit_split = TimeSplit(
+        start=split.start,
+        train_end=split.valid_end,
+        valid_end=split.valid_end,
+        test_end=split.test_end,
+    )
+    refit_featurizer = featurizer_from_config(ctx.config).fit(ds, refit_split)
+    refit_train = refit_featurizer.examples(
+        ds, "train", max_examples_per_user=cfg.max_examples_per_user
+    )
+    log.info(
+        "candidate generator for the test window: refit on %d examples before valid_end for "
+        "%d epoch(s) (the epoch the first model stopped at)",
+        len(refit_train),
+        epochs,
+    )
+    t0 = time.perf_counter()
+    serving = train_candidate_generator(
+        cfg.replace(epochs=epochs),
+        refit_train,
+        refit_featurizer.item_features(ds),
+        valid=None,
+        checkpoint_dir=out / "serving_checkpoints",
+        resume=True,
+        progress=ctx.progress,
+    )
+    refit_seconds = time.perf_counter() - t0
+    serving.save(out / "serving_model")
+    ctx.cache["serving_cg_model"] = serving
+    info["refit_examples"] = len(refit_train)
+    info["refit_epochs"] = epochs
+    info["refit_seconds"] = round(refit_seconds, 2)
+    info["models"]["serving_model"] = (
+        f"refit on [start, valid_end) = [{split.start}, {split.valid_end}) for {epochs} "
+        "epoch(s) with the same settings; serves the test window (index, retrieval, end to "
+        "end, vidrec recommend)"
+    )
+    return info
 
 
-def cg_model(ctx: RunContext) -> TrainedCandidateGenerator:
+def best_epoch(history: list[dict[str, Any]], epochs: int) -> int:
+    """The epoch whose validation recall was best (the trained epochs when none was measured)."""
+    scored = [
+        (float(v), int(h["epoch"]))
+        for h in history
+        for k, v in h.items()
+        if k.startswith("valid_recall@")
+    ]
+    if not scored:
+        return max(int(history[-1]["epoch"]) if history else epochs, 1)
+    best = max(m for m, _ in scored)
+    return min(e for m, e in scored if m == best)
+
+
+def cg_model(ctx: RunContext, at_time: int | None = None) -> TrainedCandidateGenerator:
+    """The candidate generator that is out of sample at `at_time`: the refit serving model from
+    `valid_end` on (when the run refits one), otherwise the model trained before `train_end`."""
+    if at_time is not None and int(at_time) >= ctx.split().valid_end:
+        path = ctx.path / "candidate_gen" / "serving_model"
+        if "serving_cg_model" in ctx.cache:
+            return ctx.cache["serving_cg_model"]
+        if (path / "model.pt").is_file():
+            ctx.cache["serving_cg_model"] = TrainedCandidateGenerator.load(path)
+            return ctx.cache["serving_cg_model"]
     if "cg_model" not in ctx.cache:
         ctx.cache["cg_model"] = TrainedCandidateGenerator.load(ctx.path / "candidate_gen" / "model")
     return ctx.cache["cg_model"]
 
 
 def serving_item_vectors(ctx: RunContext, at_time: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the items servable at `at_time`, upload ages measured at that time."""
-    model, ds = cg_model(ctx), ctx.dataset()
+    """(ids, vectors) of the items servable at `at_time`, upload ages measured at that time, from
+    the candidate generator that serves that time."""
+    model, ds = cg_model(ctx, at_time), ctx.dataset()
     items = model.featurizer.item_features(ds, reference_time=at_time)
     ids, vecs = model.item_embeddings(items)
     keep = available_items(ds.items, at_time)
@@ -271,7 +349,7 @@ def _check_index(ctx: RunContext, where: Path, dim: int, ids: np.ndarray) -> Non
         where,
         dim,
         ids,
-        cg_model(ctx).config.embedding_dim,
+        cg_model(ctx, ctx.split().valid_end).config.embedding_dim,
         ctx.dataset().items["item_id"].to_numpy(),
         f"rebuild it: {ctx.rundir.redo_hint('index')}",
     )
@@ -296,7 +374,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     kmax = max(max(ks), int(r["n_candidates"]))
     users = heldout_users(ctx)
     t_serve = split.valid_end
-    retriever = Retriever(cg_model(ctx), annoy_index(ctx), ds)
+    retriever = Retriever(cg_model(ctx, t_serve), annoy_index(ctx), ds)
     vectors = retriever.user_vectors(users, t_serve)
     history = watched_lists(ds.watches, users, split.start - 10**12, t_serve)
     exclude = history if r["exclude_watched"] else None

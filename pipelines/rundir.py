@@ -98,6 +98,7 @@ __all__ = [
     "RunIntegrityError",
     "StageResult",
     "check_index_matches_model",
+    "serving_cg_dir",
     "package_versions",
     "runtime_settings",
     "sha256_file",
@@ -132,6 +133,17 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[p] = "not installed"
     return out
+
+
+def cpu_model() -> str:
+    """Return the CPU model name (from /proc/cpuinfo where available)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.cache
@@ -995,6 +1007,13 @@ class RunDir:
         self.record(name, dt, info, lineage)
         log.info("stage %-16s done in %.1f s (peak RSS %.0f MB)", name, dt, peak_rss_mb())
         return StageResult(name, False, dt)
+
+
+def serving_cg_dir(run: str | Path) -> Path:
+    """The candidate generator that serves the run's test window and `vidrec recommend`: the
+    model refit on everything before `valid_end` when the run made one, else the first model."""
+    refit = Path(run) / "candidate_gen" / "serving_model"
+    return refit if (refit / "model.pt").is_file() else Path(run) / "candidate_gen" / "model"
 
 
 def check_index_matches_model(

@@ -26,7 +26,7 @@ from features.ranker_features import RankerFeatureIndex, build_ranker_frame
 from features.split import TimeSplit
 from features.tables import Dataset
 from pipelines import scoring
-from pipelines.rundir import RunDir, check_index_matches_model, read_lock
+from pipelines.rundir import RunDir, check_index_matches_model, read_lock, serving_cg_dir
 from ranking.train import TrainedRanker
 
 _SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
@@ -122,7 +122,7 @@ class Recommender:
             rundir.verify_done(SERVING_STAGES)
         ds, _ = read_dataset(root / "data" / "tables")
         split = TimeSplit.from_dict(read_json_object(root / "data" / "split.json", "the split"))
-        cg = TrainedCandidateGenerator.load(root / "candidate_gen" / "model")
+        cg = TrainedCandidateGenerator.load(serving_cg_dir(root))
         index = AnnoyIndex.load(root / "index" / "annoy")
         if verify:
             check_index_matches_model(

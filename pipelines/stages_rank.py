@@ -86,7 +86,8 @@ def impression_frame(ctx: RunContext, lo: int, hi: int, max_rows: int = 0) -> Ra
             : int(max_rows / max(len(req) / (pages.max() + 1), 1))
         ]
         req = req[np.isin(pages, keep_pages)].reset_index(drop=True)
-    req = scoring.add_cg_features(cg_model(ctx), ds, req)
+    # the candidate generator that was out of sample at the window's start scores its rows
+    req = scoring.add_cg_features(cg_model(ctx, lo), ds, req)
     return build_ranker_frame(ds, req, history_len=int(ctx.config["ranking"]["history_len"]))
 
 
@@ -115,7 +116,7 @@ def candidate_impressions(ctx: RunContext, lo: int, hi: int, n: int = 50) -> pd.
     inwin = w[(t >= lo) & (t < hi)]
     users = np.unique(inwin["user_id"].to_numpy())
     ids, vecs = serving_item_vectors(ctx, lo)
-    cands = Retriever(cg_model(ctx), ExactIndex(vecs, ids), ds).retrieve(
+    cands = Retriever(cg_model(ctx, lo), ExactIndex(vecs, ids), ds).retrieve(
         users, n, at_time=lo, exclude_watched=True
     )
     watched = pd.MultiIndex.from_frame(inwin[["user_id", "item_id"]])
@@ -303,7 +304,7 @@ def candidate_frame(
     ds = ctx.dataset()
     req = cands[["user_id", "item_id"]].copy()
     req["timestamp"] = np.int64(t_serve)
-    req = scoring.add_cg_features(cg_model(ctx), ds, req)
+    req = scoring.add_cg_features(cg_model(ctx, t_serve), ds, req)
     req["source"] = "candidate_gen"
     frame = build_ranker_frame(
         ds,

@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+
 import pytest
 
 from evaluation.report import flatten
@@ -298,3 +300,35 @@ def test_report_has_the_tuned_retrieval_baselines(tiny_run):
     assert "Retrieval baselines (tuned on the ranker window)" in md
     chosen = report["baselines"]["ease"]["retrieval_tuning"]["chosen_label"]
     assert f"| EASE, {chosen} |" in md  # the retrieval table names the tuned value
+
+
+def test_test_window_is_served_by_a_model_refit_before_it(tiny_run):
+    """Production protocol: the candidate generator that serves the test window is refit on
+    everything before valid_end (for the epochs the first model chose), while the ranker's
+    training rows keep the out-of-sample scores of the model trained before train_end."""
+    from candidate_gen.train import TrainedCandidateGenerator
+    from pipelines.context import RunContext
+    from pipelines.rundir import RunDir, serving_cg_dir
+    from pipelines.run import best_epoch, cg_model
+
+    out, _, _ = tiny_run
+    m = json.loads((out / "manifest.json").read_text())
+    info = m["stages"]["candidate_gen"]
+    assert set(info["models"]) == {"model", "serving_model"}
+    first = TrainedCandidateGenerator.load(out / "candidate_gen" / "model")
+    assert info["refit_epochs"] == best_epoch(first.history, first.config.epochs)
+    assert serving_cg_dir(out) == out / "candidate_gen" / "serving_model"
+    serving = TrainedCandidateGenerator.load(serving_cg_dir(out))
+    # the refit saw the ranker window: its vocabularies were fitted up to valid_end
+    assert serving.featurizer.reference_time_ > first.featurizer.reference_time_
+    ctx = RunContext(RunDir.open(out), progress=False)
+    split = ctx.split()
+    assert cg_model(ctx, split.train_end).featurizer.reference_time_ == split.train_end
+    assert cg_model(ctx, split.valid_end).featurizer.reference_time_ == split.valid_end
+    # the served index holds the refit model's item vectors at valid_end
+    with np.load(out / "index" / "item_vectors.npz") as z:
+        ids, vecs = z["ids"], z["vectors"]
+    items = serving.featurizer.item_features(ctx.dataset(), reference_time=split.valid_end)
+    sids, svecs = serving.item_embeddings(items)
+    pos = {int(i): n for n, i in enumerate(sids)}
+    np.testing.assert_allclose(vecs, svecs[[pos[int(i)] for i in ids]], rtol=1e-5, atol=1e-6)
