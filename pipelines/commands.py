@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipelines.config import PRESETS, UsageError, resolve_config
+from pipelines.config import AUTO, PRESETS, UsageError, resolve_config
 
 INT64_MAX = 2**63 - 1
 
@@ -35,6 +35,16 @@ def id_value(text: str) -> int:
     return v
 
 
+def data_statistics(source: str, path: str) -> dict:
+    """Statistics of the log at `path` that `--preset auto` derives its settings from."""
+    from features.stats import log_statistics
+    from pipelines.config import load_preset
+    from pipelines.run import load_source
+
+    ds, _ = load_source(source, path)
+    return log_statistics(ds, float(load_preset("default")["split"]["train_end"]))
+
+
 def _stage_list(option: str, text: str | None, stages: tuple[str, ...]) -> tuple[str, ...]:
     if not text:
         return ()
@@ -54,7 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run (or resume) the whole pipeline into a run directory and write "
         "report.json, report.md and report.html there. A rerun skips finished stages.",
     )
-    s.add_argument("--preset", default="default", choices=PRESETS)
+    s.add_argument(
+        "--preset",
+        default=None,
+        choices=(*PRESETS, AUTO),
+        help="named settings; default: 'auto' with --data (settings derived from the log's own "
+        "statistics, listed in the report), 'default' for the built-in simulated world",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     s.add_argument(
@@ -145,7 +161,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--dataset {args.dataset} needs --data-dir DIR")
     if args.data:
         overrides.append(f"data.source={args.dataset or 'dir'}")
-    config = resolve_config(args.preset, overrides, args.config, seed=args.seed)
+    preset = args.preset or (AUTO if args.data else "default")
+    stats = None
+    if preset == AUTO:
+        if not args.data:
+            raise UsageError("--preset auto derives its settings from a log: give --data DIR")
+        stats = data_statistics(args.dataset or "dir", args.data)
+    config = resolve_config(preset, overrides, args.config, seed=args.seed, data_stats=stats)
     if args.print_config:
         print(json.dumps(config, indent=2))
         return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PRESETS: tuple[str, ...] = ("tiny", "default", "large", "movielens")
+AUTO = "auto"  # the default preset plus settings derived from the log (derive_settings)
 
 
 class UsageError(ValueError):
@@ -288,14 +289,105 @@ def check_values(config: dict[str, Any]) -> None:
         )
 
 
+def _pow2(x: float, lo: int, hi: int) -> int:
+    """The power of two nearest to x (in log scale), clipped to [lo, hi]."""
+    p = 2 ** int(round(math.log2(max(x, 1.0))))
+    return int(min(max(p, lo), hi))
+
+
+def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """Settings that follow from a log's own statistics (features.stats.log_statistics):
+    {config key: (value, the statistic it came from)}. Nothing here knows a data set's name."""
+    users, items = int(stats["n_users"]), max(int(stats["n_watched_items"]), 1)
+    train = max(int(stats["n_train_watches"]), 1)
+    out: dict[str, tuple[Any, str]] = {}
+    dim = 32 if items < 20_000 else 64
+    out["candidate_gen.embedding_dim"] = (dim, f"{items:,} watched items (< 20,000: 32, else 64)")
+    out["candidate_gen.user_layers"] = (
+        [4 * dim, dim],
+        f"embedding width {dim}: a hidden layer of 4x, then the embedding",
+    )
+    out["candidate_gen.num_negatives"] = (
+        _pow2(items / 4, 64, 2048),
+        f"{items:,} watched items: about a quarter of the catalog, 64..2048",
+    )
+    out["candidate_gen.ssl_batch_size"] = (
+        _pow2(items / 32, 32, 256),
+        f"{items:,} watched items: about 1/32 of the catalog, 32..256",
+    )
+    cap = 0 if train <= 2_000_000 else 20
+    out["candidate_gen.max_examples_per_user"] = (
+        cap,
+        f"{train:,} training watches: "
+        + ("every label is kept (<= 2M)" if cap == 0 else "the 20 latest per user (> 2M)"),
+    )
+    out["candidate_gen.batch_size"] = (
+        _pow2(train / 100, 128, 1024),
+        f"{train:,} training watches: about 100 steps an epoch, 128..1024",
+    )
+    epochs = int(min(max(math.ceil(3_000_000 / train), 3), 40))
+    out["candidate_gen.epochs"] = (
+        epochs,
+        f"{train:,} training watches: at most ~3M examples seen, 3..40 epochs (early stopping "
+        "on the ranker window picks the best)",
+    )
+    out["candidate_gen.patience"] = (
+        3 if epochs > 5 else 2,
+        f"{epochs} epochs at most: patience 3 above 5 epochs, else 2",
+    )
+    small = int(stats["n_items"]) <= 50_000
+    out["retrieval.n_trees"] = (
+        20 if small else 50,
+        f"{int(stats['n_items']):,} items (<= 50,000: 20 trees, else 50)",
+    )
+    out["retrieval.search_k"] = (
+        20_000 if small else -1,
+        f"{int(stats['n_items']):,} items: a deep annoy search is cheap below 50,000",
+    )
+    rows = int(stats["n_impressions"]) if stats.get("has_impressions") else train
+    few = rows < 1_000_000
+    out["ranking.hidden"] = (
+        [64, 32] if few else [256, 128],
+        f"{rows:,} ranker rows at most ({'impressions' if stats.get('has_impressions') else 'watches'}; "
+        "< 1M: [64, 32], else [256, 128])",
+    )
+    out["ranking.batch_size"] = (256 if few else 1024, f"{rows:,} ranker rows (< 1M: 256)")
+    out["lightgbm.n_estimators"] = (
+        100 if few else 300,
+        f"{rows:,} ranker rows (< 1M: 100 trees, early-stopped)",
+    )
+    out["evaluation.max_users"] = (
+        min(2000, users),
+        f"{users:,} users: every one up to 2,000 held-out users",
+    )
+    return out
+
+
 def resolve_config(
-    preset: str = "tiny",
+    preset: str | None = "tiny",
     overrides: list[str] | dict[str, Any] | None = None,
     config_file: str | Path | None = None,
     seed: int | None = None,
+    data_stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Preset, then a config file's values, then `--set` overrides, then the seed."""
-    cfg = load_preset(preset)
+    """Preset, then a config file's values, then `--set` overrides, then the seed.
+
+    Preset "auto" (what `vidrec run --data DIR` uses when no preset is named) is the default
+    preset with the settings `derive_settings(data_stats)` derives from the log itself; the
+    config records them and the statistic each came from under `derived`, and a config file or
+    `--set` still overrides any of them."""
+    if preset == AUTO:
+        if data_stats is None:
+            raise ConfigError("preset 'auto' derives its settings from a log: give --data DIR")
+        cfg = load_preset("default")
+        derived = derive_settings(data_stats)
+        cfg = apply_overrides(cfg, {k: v for k, (v, _) in derived.items()})
+        cfg["derived"] = {
+            "stats": data_stats,
+            "settings": {k: {"value": v, "from": why} for k, (v, why) in derived.items()},
+        }
+    else:
+        cfg = load_preset(preset or "default")
     if config_file is not None:
         cfg = apply_overrides(cfg, flatten(load_config_file(config_file)))
     if overrides:

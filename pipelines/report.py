@@ -21,6 +21,7 @@ import pandas as pd
 
 from evaluation import plots
 from evaluation.report import Figure, Report, Section, unflatten
+from pipelines.config import flatten
 from pipelines.context import RunContext
 
 SYSTEM_RANKER = "deep_weighted"
@@ -72,6 +73,49 @@ def stage_commits(manifest: dict[str, Any]) -> str | None:
     return "; ".join(f"{c[:7]} ({', '.join(names)})" for c, names in by_commit.items())
 
 
+def _derived_section(cfg: dict[str, Any]) -> Section | None:
+    """The settings `--preset auto` derived from the log, each with the statistic it came from
+    and the value the run used (a config file or --set may have overridden it)."""
+    derived = cfg.get("derived")
+    if not isinstance(derived, dict) or not derived.get("settings"):
+        return None
+    flat = flatten(cfg)
+    rows = [
+        {
+            "setting": key,
+            "derived": json.dumps(d["value"]),
+            "used": json.dumps(flat.get(key)),
+            "from the log's statistics": d["from"],
+        }
+        for key, d in derived["settings"].items()
+    ]
+    stats = derived.get("stats", {})
+    return Section(
+        "Settings derived from the data",
+        "No preset was named: the run took the default preset and derived these settings from "
+        "the log's own statistics (counts of the whole log; training watches are those before "
+        "train_end). 'used' differs from 'derived' where a config file or --set overrode it.",
+        metrics={"stats": stats},
+        key_prefix="derived",
+        table=pd.DataFrame(rows),
+        table_caption="Derived settings, the value used, and the statistic each came from.",
+    )
+
+
+def _served_by(cg_stage: dict[str, Any]) -> str:
+    """Which candidate generator served which window (from the candidate_gen stage's record)."""
+    models = cg_stage.get("models") or {}
+    if "serving_model" in models:
+        return (
+            f"Ranker window: the model {models['model']}. Test window: the serving model "
+            f"{models['serving_model']}; the retrieval baselines are likewise refitted on "
+            "everything before the test window."
+        )
+    if "model" in models:
+        return f"One candidate generator serves both windows: {models['model']}."
+    return ""
+
+
 def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report:
     """Build and write the run's report (json, md, html) into the run directory."""
     root = ctx.path
@@ -102,11 +146,16 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
             "candidate generator learns next-watch labels of the train window; the ranker learns the "
             "impressions of the ranker window, scored by the candidate generator trained before it "
             "(out of sample); every test number comes from the test window, with users served at "
-            "its start from their history strictly before it.",
+            "its start from their history strictly before it. "
+            + _served_by(cg_stage),
             metrics={"data": {"counts": data["counts"]}}
             | ({"world": _scalars(world)} if world else {}),
         )
     )
+
+    derived = _derived_section(cfg)
+    if derived is not None:
+        sections.append(derived)
 
     if retr:
         flat_m = _in_retrieval_order(retr["metrics"])

@@ -1,0 +1,47 @@
+"""Summary statistics of a log, the inputs of the settings vidrec derives from the data.
+
+`log_statistics(dataset, train_end_fraction)` reads only counts and times (vectorized); the
+training window's share of the time span is passed in so that statistics about the training
+examples describe what the candidate generator will actually see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from features.tables import Dataset
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def log_statistics(dataset: Dataset, train_end_fraction: float = 0.7) -> dict[str, Any]:
+    """Return counts and shapes of the log: users, items, events, per-user activity, the time
+    span, the catalog's growth and whether impressions are logged."""
+    w = dataset.watches
+    t = w["timestamp"].to_numpy(np.int64)
+    start, end = (int(t.min()), int(t.max())) if len(t) else (0, 0)
+    span = max(end - start, 1)
+    train_end = start + int(span * float(train_end_fraction))
+    per_user = w["user_id"].value_counts().to_numpy() if len(w) else np.zeros(1)
+    items = dataset.items
+    upload = items["upload_time"].to_numpy(np.int64) if "upload_time" in items else None
+    new_items = (
+        float(np.mean(upload >= train_end)) if upload is not None and len(upload) else 0.0
+    )
+    watched_items = int(w["item_id"].nunique()) if len(w) else 0
+    imp = dataset.impressions
+    return {
+        "n_users": int(len(dataset.users)),
+        "n_items": int(len(items)),
+        "n_watched_items": watched_items,
+        "n_watches": int(len(w)),
+        "n_train_watches": int(np.sum(t < train_end)),
+        "watches_per_user_median": float(np.median(per_user)),
+        "watches_per_user_mean": float(np.mean(per_user)),
+        "span_days": round(span / SECONDS_PER_DAY, 3),
+        "share_of_items_uploaded_after_train_end": round(new_items, 4),
+        "has_impressions": bool(imp is not None and len(imp) > 0),
+        "n_impressions": int(len(imp)) if imp is not None else 0,
+    }

@@ -1,0 +1,71 @@
+"""Settings derived from a log's own statistics (`--preset auto`, the default with --data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from features.stats import log_statistics
+from pipelines.config import AUTO, ConfigError, derive_settings, resolve_config
+
+
+def _stats(**kw):
+    base = {
+        "n_users": 600,
+        "n_items": 9000,
+        "n_watched_items": 9000,
+        "n_watches": 100_000,
+        "n_train_watches": 70_000,
+        "watches_per_user_median": 70.0,
+        "watches_per_user_mean": 150.0,
+        "span_days": 8000.0,
+        "share_of_items_uploaded_after_train_end": 0.1,
+        "has_impressions": False,
+        "n_impressions": 0,
+    }
+    return base | kw
+
+
+def test_small_and_large_logs_get_different_settings() -> None:
+    small = {k: v for k, (v, _) in derive_settings(_stats()).items()}
+    big = {
+        k: v
+        for k, (v, _) in derive_settings(
+            _stats(n_users=2_000_000, n_items=1_000_000, n_watched_items=900_000,
+                   n_watches=50_000_000, n_train_watches=35_000_000, has_impressions=True,
+                   n_impressions=200_000_000)
+        ).items()
+    }
+    assert small["candidate_gen.max_examples_per_user"] == 0  # few users: every label counts
+    assert big["candidate_gen.max_examples_per_user"] == 20
+    assert small["candidate_gen.embedding_dim"] < big["candidate_gen.embedding_dim"]
+    assert small["candidate_gen.epochs"] > big["candidate_gen.epochs"] >= 3
+    assert small["candidate_gen.num_negatives"] <= 9000 // 4 + 1
+    assert big["retrieval.search_k"] == -1 and small["retrieval.search_k"] > 0
+    assert small["evaluation.max_users"] == 600
+
+
+def test_every_derived_setting_names_its_statistic_and_is_a_valid_config() -> None:
+    cfg = resolve_config(AUTO, ["data.source=dir"], data_stats=_stats(), seed=3)
+    for key, d in cfg["derived"]["settings"].items():
+        section, name = key.split(".")
+        assert cfg[section][name] == d["value"]
+        assert d["from"]
+    assert cfg["seed"] == 3
+
+
+def test_set_overrides_a_derived_setting_and_auto_needs_data() -> None:
+    cfg = resolve_config(AUTO, ["candidate_gen.epochs=2"], data_stats=_stats())
+    assert cfg["candidate_gen"]["epochs"] == 2
+    assert cfg["derived"]["settings"]["candidate_gen.epochs"]["value"] == 40
+    with pytest.raises(ConfigError, match="give --data"):
+        resolve_config(AUTO)
+
+
+def test_log_statistics_of_a_small_log() -> None:
+    from test_cg_examples import random_dataset
+
+    ds = random_dataset(n_users=30, n_items=50, n_watches=600, n_searches=0, seed=1)
+    s = log_statistics(ds, 0.7)
+    assert s["n_users"] == 30 and s["n_items"] == 50 and s["n_watches"] == 600
+    assert 0 < s["n_train_watches"] < 600
+    assert s["span_days"] > 0
