@@ -73,6 +73,163 @@ def stage_commits(manifest: dict[str, Any]) -> str | None:
     return "; ".join(f"{c[:7]} ({', '.join(names)})" for c, names in by_commit.items())
 
 
+def _best(rows: dict[str, dict[str, Any]], key: str, lower: bool = False) -> tuple[str, float] | None:
+    """(name, value) of the best row by `key` (None when no row has a number there)."""
+    scored = [
+        (n, float(v[key]))
+        for n, v in rows.items()
+        if isinstance(v, dict) and isinstance(v.get(key), int | float) and np.isfinite(v[key])
+    ]
+    if not scored:
+        return None
+    return min(scored, key=lambda t: t[1]) if lower else max(scored, key=lambda t: t[1])
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def summary_section(
+    retr: dict[str, Any] | None, rank: dict[str, Any] | None, e2e: dict[str, Any] | None
+) -> Section | None:
+    """What wins, stage by stage: the system against the best baseline on the metrics that
+    matter, with the protocol in one line, and why the metrics disagree where they do."""
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    out: dict[str, Any] = {}
+    if retr:
+        m = retr["metrics"]
+        ours = m.get("annoy", {}).get("recall@50")
+        base = {n: v for n, v in m.items() if n not in ("annoy", "exact")}
+        best = _best(base, "recall@50")
+        if isinstance(ours, int | float) and best:
+            rows.append(
+                {
+                    "stage": "retrieval",
+                    "metric": "Recall@50 (test window, held-out users)",
+                    "system": ours,
+                    "best baseline": f"{best[0]}: {best[1]:.4g}",
+                    "system / best": _ratio(ours, best[1]),
+                }
+            )
+            out["retrieval"] = {"system": ours, "best_baseline": best[0], "best": best[1]}
+    if rank:
+        rm = rank["metrics"]
+        ours = rm.get(SYSTEM_RANKER, {})
+        others = {n: v for n, v in rm.items() if n != SYSTEM_RANKER}
+        best = _best(others, "weighted_per_user_loss", lower=True)
+        loss = ours.get("weighted_per_user_loss")
+        if isinstance(loss, int | float) and best:
+            rows.append(
+                {
+                    "stage": "ranking",
+                    "metric": "weighted per-user loss (test impressions; lower is better)",
+                    "system": loss,
+                    "best baseline": f"{RANKER_LABELS.get(best[0], best[0])}: {best[1]:.4g}",
+                    "system / best": _ratio(loss, best[1]),
+                }
+            )
+            out["ranking"] = {"system": loss, "best_baseline": best[0], "best": best[1]}
+        auc_best = _best(others, "auc")
+        if (
+            isinstance(ours.get("auc"), int | float)
+            and auc_best
+            and ours["auc"] < auc_best[1]
+            and isinstance(loss, int | float)
+            and best
+            and loss <= best[1]
+        ):
+            notes.append(
+                "The system ranker has a lower AUC than "
+                f"{RANKER_LABELS.get(auc_best[0], auc_best[0])} but the lowest weighted per-user "
+                "loss: AUC counts clicks alike, while the system ranks by expected watch time, so "
+                "it puts a long watch above a short click. Clicks are not watch time."
+            )
+        labels = rank.get("labels")
+        if isinstance(labels, str) and labels != "logged impressions":
+            notes.append("Ranker rows: " + labels)
+    if e2e:
+        sl = e2e["slates"]
+        k = e2e.get("k", 10)
+        key = f"recall@{k}"
+        ours = sl.get(SYSTEM_RANKER, {})
+        base = {
+            n: v for n, v in sl.items() if n not in (SYSTEM_RANKER, "oracle", "candidate_gen_only")
+        }
+        best = _best(base, key)
+        if isinstance(ours.get(key), int | float) and best:
+            rows.append(
+                {
+                    "stage": "end to end",
+                    "metric": f"top-{k} recall of the test window's watches",
+                    "system": ours[key],
+                    "best baseline": f"{SLATE_LABELS.get(best[0], best[0])}: {best[1]:.4g}",
+                    "system / best": _ratio(ours[key], best[1]),
+                }
+            )
+            out["end_to_end"] = {"system": ours[key], "best_baseline": best[0], "best": best[1]}
+        tw = (ours.get("true_expected_watch_time") or {}).get("mean")
+        tbase = {
+            n: {"m": (v.get("true_expected_watch_time") or {}).get("mean")}
+            for n, v in base.items()
+        }
+        tbest = _best(tbase, "m")
+        if isinstance(tw, int | float) and tbest:
+            rows.append(
+                {
+                    "stage": "end to end",
+                    "metric": f"true expected watch time of the top-{k} per user (s, simulator)",
+                    "system": tw,
+                    "best baseline": f"{SLATE_LABELS.get(tbest[0], tbest[0])}: {tbest[1]:.4g}",
+                    "system / best": _ratio(tw, tbest[1]),
+                }
+            )
+            out["end_to_end_true_watch_time"] = {
+                "system": tw, "best_baseline": tbest[0], "best": tbest[1]
+            }
+            cg = sl.get("candidate_gen_only", {})
+            cg_tw = (cg.get("true_expected_watch_time") or {}).get("mean")
+            if (
+                isinstance(cg.get(key), int | float)
+                and isinstance(ours.get(key), int | float)
+                and ours[key] < cg[key]
+                and isinstance(cg_tw, int | float)
+                and tw > cg_tw
+            ):
+                notes.append(
+                    f"The full system's top-{k} recall of logged watches ({ours[key]:.3g}) is below "
+                    f"the candidate generator alone ({cg[key]:.3g}), yet its true expected watch "
+                    f"time is {tw / cg_tw:.1f}x the candidate generator's: logged watches carry the "
+                    "logging policy's exposure (a user can only watch what was shown), and the "
+                    "ranker optimises watch time, not the next logged click. The ground truth is "
+                    "the unbiased view."
+                )
+    if not rows:
+        return None
+    return Section(
+        "Summary",
+        "Each stage of the system against the strongest baseline the report computed on the same "
+        "data, window and users (baselines tuned on the ranker window only; protocol: train "
+        "before train_end, tune on the ranker window, test on the test window with models "
+        "refitted on everything before it). "
+        + (" ".join(notes) if notes else ""),
+        metrics=out,
+        key_prefix="summary",
+        metric_notes={
+            f"{stage}.{k}": text
+            for stage in out
+            for k, text in (
+                ("system", "the system's value (see the table for the metric)"),
+                ("best_baseline", "the baseline with the best value of the same metric"),
+                ("best", "that baseline's value"),
+            )
+        },
+        table=pd.DataFrame(rows),
+        table_caption="The system against the best baseline per stage (ratio > 1 is better for "
+        "recall and watch time, < 1 for the loss).",
+    )
+
+
 def _derived_section(cfg: dict[str, Any]) -> Section | None:
     """The settings `--preset auto` derived from the log, each with the statistic it came from
     and the value the run used (a config file or --set may have overridden it)."""
@@ -479,6 +636,10 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
     det_metrics, det_section = determinism_section(ctx.rundir.manifest, cfg)
     metrics["determinism"] = det_metrics
     sections.append(det_section)
+    summary = summary_section(retr, rank, e2e)
+    if summary is not None:
+        metrics["summary"] = summary.metrics
+        sections.insert(1, summary)  # right after the data and protocol
 
     report = Report(
         metrics,

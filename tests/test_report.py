@@ -237,3 +237,37 @@ def test_stage_commits_names_each_commit_of_a_resumed_run():
     }
     assert stage_commits(mixed) == "aaaaaaa (data, retrieval); bbbbbbb (ranker)"
     assert stage_commits({"stages": {}}) is None
+
+
+def test_summary_names_the_best_baseline_and_explains_disagreeing_metrics():
+    from pipelines.report import summary_section
+
+    retr = {"metrics": {"annoy": {"recall@50": 0.2}, "exact": {"recall@50": 0.21},
+                        "recent_popular": {"recall@50": 0.3}, "item_knn": {"recall@50": 0.1}}}
+    rank = {
+        "metrics": {
+            "deep_weighted": {"weighted_per_user_loss": 0.15, "auc": 0.60},
+            "lgbm_weighted": {"weighted_per_user_loss": 0.19, "auc": 0.70},
+            "popularity": {"weighted_per_user_loss": 0.40, "auc": 0.55},
+        },
+        "labels": "logged impressions",
+    }
+    e2e = {
+        "k": 10,
+        "slates": {
+            "deep_weighted": {"recall@10": 0.025, "true_expected_watch_time": {"mean": 300.0}},
+            "candidate_gen_only": {"recall@10": 0.068, "true_expected_watch_time": {"mean": 100.0}},
+            "most_popular": {"recall@10": 0.03, "true_expected_watch_time": {"mean": 120.0}},
+            "oracle": {"recall@10": 0.01, "true_expected_watch_time": {"mean": 900.0}},
+        },
+    }
+    sec = summary_section(retr, rank, e2e)
+    assert sec is not None
+    assert sec.metrics["retrieval"] == {"system": 0.2, "best_baseline": "recent_popular", "best": 0.3}
+    assert sec.metrics["ranking"]["best_baseline"] == "lgbm_weighted"
+    assert sec.metrics["end_to_end"]["best_baseline"] == "most_popular"  # never the oracle
+    assert sec.metrics["end_to_end_true_watch_time"]["best"] == 120.0
+    assert "Clicks are not watch time" in sec.description
+    assert "logging policy's exposure" in sec.description
+    assert list(sec.table["system / best"])[0] == round(0.2 / 0.3, 3)
+    assert summary_section(None, None, None) is None
