@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.rundir import cpu_model
+
 MIN_REPEATS = 5
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -199,17 +201,6 @@ def load_average() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
-
-
-def cpu_model() -> str:
-    """Return the CPU model name (from /proc/cpuinfo where available)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> dict[str, Any]:

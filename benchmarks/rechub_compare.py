@@ -4,9 +4,10 @@ Same data: one synthetic world (benchmarks.learned_world), our featurizer's next
 training examples (rollback, <= 20 per user), exported as arrays (user attribute codes,
 watch-history and search-token bags padded with 0, continuous features with squares and
 roots, example age, label item codes) and fed to both. torch-rechub (`pip install
-torch-rechub`) is never our dependency: its side runs in a scratch environment
-(`--rechub-python`, default /tmp/rechub-venv/bin/python) as benchmarks/rechub_worker.py, a
-process this driver keeps alive and sends "epoch" commands to, so that our epochs and theirs
+torch-rechub`) is never our dependency: its side runs in a separate virtual environment
+(`--rechub-python`, default /tmp/rechub-venv/bin/python) as pipelines/rechub_worker.py
+(driven through `pipelines.rechub`), a process this driver keeps alive and sends "epoch"
+commands to, so that our epochs and theirs
 alternate (interleaved repeats, the same machine load) and neither process's memory is the
 other's.
 
@@ -33,15 +34,12 @@ validation examples after the last epoch (a check that both learn, not a quality
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,14 +53,16 @@ from candidate_gen.train import (
     recall_at_k,
     train_candidate_generator,
 )
-from features.atomic import atomic_path
 from features.examples import CandidateExamples, ItemFeatures
+from pipelines.rechub import (
+    RECHUB_TEMPERATURE,
+    RechubWorker,
+    export_examples,
+    rechub_python,
+    rechub_version,
+)
 
 NAME = "rechub_compare"
-DEFAULT_RECHUB_PYTHON = Path("/tmp/rechub-venv/bin/python")
-WORKER = Path(__file__).resolve().with_name("rechub_worker.py")
-ROOT = Path(__file__).resolve().parents[1]
-RECHUB_TEMPERATURE = 0.02  # torch-rechub's YoutubeDNN example (examples/matching)
 
 COLUMNS = (
     Column("system", "system", "{}"),
@@ -95,114 +95,6 @@ def sizes(quick: bool) -> dict[str, Any]:
         # its epochs over all ~29k examples with K = 2048 takes many minutes on 2 cores
         "train_examples": 10_240,
     }
-
-
-def rechub_python(path: str | Path | None) -> Path:
-    """Return the scratch environment's interpreter, refusing one without torch-rechub."""
-    p = Path(path) if path is not None else DEFAULT_RECHUB_PYTHON
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"no Python interpreter at {p}; create the scratch environment first: "
-            "python3 -m venv /tmp/rechub-venv && /tmp/rechub-venv/bin/pip install "
-            "-c constraints.txt torch-rechub (never add torch-rechub to pyproject.toml), "
-            "or pass --rechub-python PATH"
-        )
-    probe = subprocess.run(
-        [str(p), "-c", "import torch_rechub, torch; print(torch.__version__)"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        raise RuntimeError(
-            f"{p} cannot import torch_rechub ({probe.stderr.strip().splitlines()[-1:]}); "
-            f"install it there: {p.parent / 'pip'} install -c constraints.txt torch-rechub"
-        )
-    return p
-
-
-def export_examples(
-    path: Path,
-    examples: CandidateExamples,
-    valid: CandidateExamples,
-    *,
-    embedding_dim: int,
-    user_layers: tuple[int, ...],
-) -> None:
-    """Write the examples as plain arrays for torch-rechub's side (one .npz, no pickles)."""
-    schema = examples.featurizer.schema()
-
-    def arrays(ex: CandidateExamples, prefix: str) -> dict[str, np.ndarray]:
-        f = ex.features
-        return {
-            f"{prefix}label": ex.label_code.astype(np.int64),  # (N,) item id codes, 1.. (0 = OOV)
-            f"{prefix}history": f.history,  # (N, L) left-aligned, 0-padded
-            f"{prefix}search_tokens": f.search_tokens,  # (N, S)
-            f"{prefix}categorical": f.categorical,  # (N, C)
-            f"{prefix}dense": np.concatenate([f.continuous, f.example_age], axis=1),  # (N, 3K+3)
-        }
-
-    payload: dict[str, Any] = {
-        **arrays(examples, ""),
-        **arrays(valid, "valid_"),
-        "embedding_dim": np.int64(embedding_dim),
-        "n_item_codes": np.int64(schema["n_item_codes"]),
-        "n_token_codes": np.int64(schema["n_token_codes"]),
-        "categorical_cardinalities": np.asarray(
-            schema["user_categorical_cardinalities"], dtype=np.int64
-        ),
-        "user_layers": np.asarray(user_layers, dtype=np.int64),
-    }
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **payload)
-
-
-class RechubWorker:
-    """The torch-rechub side: a live worker process answering one JSON line per command."""
-
-    def __init__(self, python: Path, data: Path, args: dict[str, Any], log: IO[str]) -> None:
-        cmd = [str(python), str(WORKER), "--data", str(data)]
-        for key, value in args.items():
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
-        env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": ""}
-        self.log = log
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env
-        )
-        if self.proc.stdin is None or self.proc.stdout is None:
-            raise RuntimeError("could not open pipes to the torch-rechub worker")
-        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
-        self.ready = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        line = self.stdout.readline()
-        if not line:
-            self.proc.wait()
-            self.log.flush()
-            tail = Path(self.log.name).read_text()[-1500:] if hasattr(self.log, "name") else ""
-            raise RuntimeError(
-                f"the torch-rechub worker exited (code {self.proc.returncode}): {tail}"
-            )
-        reply = dict(json.loads(line))
-        if "error" in reply:
-            raise RuntimeError(f"torch-rechub worker: {reply['error']}")
-        return reply
-
-    def ask(self, command: str) -> dict[str, Any]:
-        """Return the worker's reply to `command` ("epoch" or "eval")."""
-        self.stdin.write(command + "\n")
-        self.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        """Stop the worker (it exits on "quit" or at the end of its input)."""
-        if self.proc.poll() is None:
-            try:
-                self.stdin.write("quit\n")
-                self.stdin.close()
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
 
 
 class OurRun:
@@ -441,22 +333,9 @@ def run(
             "world": spec.describe_world(),
             "rechub_python": str(python),
             "seed": seed,
-            "rechub_version": _rechub_version(python),
+            "rechub_version": rechub_version(python),
         },
     )
-
-
-def _rechub_version(python: Path) -> str | None:
-    out = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "import importlib.metadata as m; print(m.version('torch-rechub'))",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip() or None
 
 
 if __name__ == "__main__":  # a direct run: python -m benchmarks.rechub_compare

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import AUTO, PRESETS, UsageError, resolve_config
 
@@ -325,24 +326,59 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 def register_experiment(sub: argparse._SubParsersAction) -> None:
     from pipelines.experiments import EXPERIMENTS
+    from pipelines.experiments_loo import EXPERIMENTS_LOO, METHODS, RECHUB_NEGATIVES
     from pipelines.experiments_real import EXPERIMENTS_REAL
 
     s = sub.add_parser(
         "experiment",
-        help="the studies of issues 3, 4 and 6 (mean ± std over seeds)",
+        help="the studies of issues 3, 4 and 6 and the leave-last-out benchmark (mean ± std "
+        "over seeds)",
         description="movielens-table (issue 6) needs --data-dir, an official MovieLens directory; "
-        "its preset defaults to 'movielens' (pipelines/experiments_real.py has the protocol).",
+        "its preset defaults to 'movielens' (pipelines/experiments_real.py has the protocol). "
+        "loo, the leave-last-out benchmark of the literature (each user's last watch is the "
+        "test target, the one before it the validation target; pipelines/experiments_loo.py), "
+        "needs --data-dir and reads it as --dataset says; its preset defaults to 'movielens'.",
     )
-    s.add_argument("name", choices=EXPERIMENTS + EXPERIMENTS_REAL)
-    s.add_argument("--preset", default=None, choices=PRESETS, help="default: default (movielens)")
+    s.add_argument("name", choices=EXPERIMENTS + EXPERIMENTS_REAL + EXPERIMENTS_LOO)
+    s.add_argument(
+        "--preset",
+        default=None,
+        choices=PRESETS,
+        help="default: default (movielens-table, loo: movielens)",
+    )
     s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     s.add_argument("--out", required=True)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--fractions", default="0.1,0.25,0.5,1.0", help="label fractions for cg-ssl")
-    s.add_argument("--only", default=None, help="variant names to run, separated by semicolons")
-    s.add_argument("--data-dir", default=None, help="movielens-table: a MovieLens directory")
+    s.add_argument(
+        "--only",
+        default=None,
+        help="variant names to run, separated by semicolons (loo: methods among "
+        f"{', '.join(METHODS)})",
+    )
+    s.add_argument("--data-dir", default=None, help="movielens-table, loo: the data directory")
     s.add_argument(
         "--holdout", type=int, default=10, help="movielens-table: last watches held out per user"
+    )
+    s.add_argument(
+        "--dataset",
+        default="movielens",
+        choices=("movielens", "dir", "kuairand"),
+        help="loo: layout of --data-dir: an official MovieLens directory (the default), the "
+        "contract layout (dir), or KuaiRand-Pure",
+    )
+    s.add_argument(
+        "--rechub-python",
+        default=None,
+        metavar="PATH",
+        help="loo: also train torch-rechub's YoutubeDNN with this interpreter of a separate "
+        "virtual environment that has torch-rechub installed (never a vidrec dependency)",
+    )
+    s.add_argument(
+        "--rechub-negatives",
+        type=positive_int,
+        default=RECHUB_NEGATIVES,
+        help="loo: torch-rechub's sampled negatives per training example",
     )
     s.set_defaults(func=cmd_experiment)
 
@@ -355,21 +391,34 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         fractions = tuple(float(x) for x in args.fractions.split(","))
     except ValueError:
         raise UsageError("--seeds and --fractions take comma-separated numbers") from None
-    if args.name == "movielens-table":
+    only = [v.strip() for v in args.only.split(";")] if args.only else None
+    if args.name in ("loo", "movielens-table"):
         from pipelines.config import ConfigError
-        from pipelines.experiments_real import run_movielens_table
 
         if not args.data_dir:
-            raise ConfigError("movielens-table needs --data-dir DIR (an official MovieLens layout)")
-        res = run_movielens_table(
-            args.data_dir,
-            out=Path(args.out),
-            seeds=seeds,
-            preset=args.preset or "movielens",
-            overrides=args.overrides,
-            n_last=args.holdout,
-            methods=[v.strip() for v in args.only.split(";")] if args.only else None,
-        )
+            layout = "see --dataset" if args.name == "loo" else "an official MovieLens layout"
+            raise ConfigError(f"{args.name} needs --data-dir DIR ({layout})")
+        common: dict[str, Any] = {
+            "out": Path(args.out),
+            "seeds": seeds,
+            "preset": args.preset or "movielens",
+            "overrides": args.overrides,
+            "methods": only,
+        }
+        if args.name == "loo":
+            from pipelines.experiments_loo import run_loo
+
+            res = run_loo(
+                args.data_dir,
+                **common,
+                dataset=args.dataset,
+                rechub_python_path=args.rechub_python,
+                rechub_negatives=args.rechub_negatives,
+            )
+        else:
+            from pipelines.experiments_real import run_movielens_table
+
+            res = run_movielens_table(args.data_dir, **common, n_last=args.holdout)
         print(res["markdown"])
         return 0
     res = run_experiment(
@@ -379,7 +428,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         out=Path(args.out),
         overrides=args.overrides,
         fractions=fractions,
-        only=[v.strip() for v in args.only.split(";")] if args.only else None,
+        only=only,
     )
     print(res["markdown"])
     return 0

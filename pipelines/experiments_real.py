@@ -79,6 +79,7 @@ __all__ = [
     "evaluate_rankings",
     "cg_rankings",
     "train_cg_early_stopped",
+    "run_cg",
     "run_movielens_table",
 ]
 
@@ -161,12 +162,7 @@ def hold_out_last_watches(dataset: Dataset, n_last: int = DEFAULT_N_LAST) -> Hol
     held = np.empty(len(w), dtype=bool)
     held[order] = held_s
 
-    searches = dataset.searches
-    if searches is not None and len(searches):
-        s_user = searches["user_id"].to_numpy(np.int64)
-        pos = np.minimum(np.searchsorted(users, s_user), len(users) - 1)
-        s_cut = np.where(users[pos] == s_user, cut[pos], np.iinfo(np.int64).max)
-        searches = searches.loc[searches["timestamp"].to_numpy(np.int64) < s_cut]
+    searches = searches_before(dataset.searches, users, cut)
     train = dataclasses.replace(dataset, watches=w.loc[~held], searches=searches)
 
     # history and distinct new targets per user, as sorted (user, item) pairs
@@ -188,6 +184,19 @@ def hold_out_last_watches(dataset: Dataset, n_last: int = DEFAULT_N_LAST) -> Hol
         n_users_without_history=int((~has_history).sum()),
         n_users_without_targets=int((has_history & ~has_target).sum()),
     )
+
+
+def searches_before(
+    searches: pd.DataFrame | None, users: np.ndarray, cut: np.ndarray
+) -> pd.DataFrame | None:
+    """Return the searches without those of `users` (sorted) at or after their `cut` time;
+    other users' searches are kept."""
+    if searches is None or not len(searches) or not len(users):
+        return searches
+    s_user = searches["user_id"].to_numpy(np.int64)
+    pos = np.minimum(np.searchsorted(users, s_user), len(users) - 1)
+    s_cut = np.where(users[pos] == s_user, cut[pos], np.iinfo(np.int64).max)
+    return searches.loc[searches["timestamp"].to_numpy(np.int64) < s_cut]
 
 
 def _lists_by_user(pairs: pd.DataFrame, users: np.ndarray) -> list[np.ndarray]:
@@ -215,7 +224,7 @@ def evaluate_rankings(
 # ----------------------------------------------------------------------------- our CG
 
 
-def _log_split(train: Dataset) -> TimeSplit:
+def log_split(train: Dataset) -> TimeSplit:
     """Return a split whose train window is the whole training log (no global valid/test)."""
     t = train.watches["timestamp"].to_numpy(np.int64)
     end = int(t.max()) + 1
@@ -258,7 +267,7 @@ def fit_cg(
 ) -> tuple[Any, Any, Any, CandidateFeaturizer]:
     """Return (CG config, training examples, item features, featurizer) fitted on `train`."""
     cfg = cg_config(config)
-    featurizer = featurizer_from_config(config).fit(train, _log_split(train))
+    featurizer = featurizer_from_config(config).fit(train, log_split(train))
     examples = featurizer.examples(train, "train", max_examples_per_user=cfg.max_examples_per_user)
     return cfg, examples, featurizer.item_features(items), featurizer
 
@@ -396,13 +405,13 @@ def run_movielens_table(
                 "counts": dataset.counts(),
             }
             path = seed_dir / f"{method}.json"
-            row = _reuse(path, key)
+            row = load_saved_row(path, key)
             if row is None:
                 t1 = time.perf_counter()
                 if method in CG_SSL:
                     cfg = {**config, "candidate_gen": {**config["candidate_gen"]}}
                     cfg["candidate_gen"]["ssl"] = CG_SSL[method]
-                    row = _run_cg(cfg, valid, test, dataset.items, catalog, seed_dir / method)
+                    row = run_cg(cfg, valid, test, dataset.items, catalog, seed_dir / method)
                 else:
                     row = _run_baseline(method, int(seed), valid, test, catalog, kmax)
                 row.update(seed=int(seed), method=method, seconds=time.perf_counter() - t1)
@@ -419,7 +428,8 @@ def run_movielens_table(
     return _write(out, protocol, preset, list(seeds), chosen, rows)
 
 
-def _reuse(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+def load_saved_row(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the "row" saved at `path` under the same `key` (None: absent or another key)."""
     try:
         saved = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
@@ -427,7 +437,7 @@ def _reuse(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return saved["row"] if isinstance(saved, dict) and saved.get("key") == key else None
 
 
-def _run_cg(
+def run_cg(
     config: dict[str, Any],
     valid: Holdout,
     test: Holdout,
@@ -436,16 +446,21 @@ def _run_cg(
     workdir: Path,
 ) -> dict[str, Any]:
     """Early-stop on the validation holdout, refit on all training watches for the chosen
-    number of epochs, score the test holdout."""
+    number of epochs, score the test holdout. The row's "tune_seconds" (featurizing and
+    training on the validation holdout's training log, scoring each epoch) and
+    "final_fit_seconds" (featurizing and training the refit) are wall seconds."""
     workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir) as ckpt:
         best_model, records, best_epoch = train_cg_early_stopped(
             config, valid, items, catalog, Path(ckpt)
         )
+    t1 = time.perf_counter()
     cfg, examples, item_feats, _ = fit_cg(config, test.train, items)
     model = train_candidate_generator(
         cfg.replace(epochs=best_epoch), examples, item_feats, progress=False
     )
+    t2 = time.perf_counter()
     ids = cg_rankings(model, test, max(KS))
     atomic_write_json(workdir / "validation_curve.json", records)
     return {
@@ -453,6 +468,8 @@ def _run_cg(
         "valid_recall@50": records[best_epoch - 1]["valid_recall@50"],
         "training_examples": int(len(examples)),
         "validation_curve": records,
+        "tune_seconds": t1 - t0,
+        "final_fit_seconds": t2 - t1,
         "test": evaluate_rankings(ids, test, catalog),
     }
 

@@ -1,24 +1,28 @@
-"""torch-rechub's side of benchmarks/rechub_compare.py, run in torch-rechub's own environment.
+"""torch-rechub's YoutubeDNN, run in torch-rechub's own environment (pipelines/rechub.py).
 
-    /tmp/rechub-venv/bin/python benchmarks/rechub_worker.py --data EXAMPLES.npz --batch-size 1024
+    /tmp/rechub-venv/bin/python pipelines/rechub_worker.py --data EXAMPLES.npz --batch-size 1024
         --negatives 2048 --temperature 0.02 --lr 0.001 --seed 0 --threads 2
 
 torch-rechub is never a dependency of vidrec: this script imports only numpy, torch and
-torch_rechub (no vidrec package), and is started by rechub_compare.py with the interpreter of
-a scratch environment. It builds torch-rechub's YoutubeDNN over the examples that vidrec's
-example builder exported (user attribute codes, watch-history and search-token bags,
-continuous features with example age, label item codes), draws its per-example negatives with
-torch-rechub's `negative_sample` (word2vec popularity, count^0.75, as its
-`generate_seq_feature_match` does), and trains with its `MatchTrainer` (list-wise softmax,
-mode 2) through its `MatchDataGenerator` data loader.
+torch_rechub (no vidrec package), and is started by `pipelines.rechub.RechubWorker` with the
+interpreter of a separate virtual environment. It builds torch-rechub's YoutubeDNN over the
+examples that vidrec's example builder exported (user attribute codes, watch-history and
+search-token bags, continuous features with example age, label item codes), draws its
+per-example negatives with torch-rechub's `negative_sample` (word2vec popularity, count^0.75,
+as its `generate_seq_feature_match` does), and trains with its `MatchTrainer` (list-wise
+softmax, mode 2) through its `MatchDataGenerator` data loader.
 
 Protocol (one JSON object per line on stdout, commands on stdin), so that the driver can
-interleave our epochs with theirs under the same machine load:
+interleave its work with these epochs under the same machine load:
 - on start: {"ready": true, "prep_seconds": ..., "examples": ..., "parameters": ...};
 - "epoch": one training epoch -> {"seconds", "examples", "examples_per_second", "loss",
   "rss_mb", "peak_rss_mb", "epoch_peak_mb"};
 - "eval": Recall@50 on the validation examples (exact search over every item code) ->
   {"recall": ...};
+- {"rank": {"queries": Q.npz, "out": OUT.npz, "k": K}}: the exact top-K item codes of the
+  users in Q.npz (their feature arrays; per user the codes to exclude, CSR `exclude_ptr`,
+  `exclude_codes`), code 0 never returned, written to OUT.npz as `codes` (N, K) int64 with 0
+  where fewer than K codes remain -> {"ranked": N, "seconds": ...};
 - "quit": exit.
 """
 
@@ -34,8 +38,13 @@ import time
 from collections import Counter, OrderedDict
 from pathlib import Path
 
-import numpy as np
-import torch
+# run as a script, this file's folder would lead sys.path: vidrec's own module names (config,
+# run, report, ...) must not shadow anything torch-rechub or its dependencies import
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # torch-rechub's trainer draws progress bars
 
@@ -132,28 +141,71 @@ def build(args: argparse.Namespace) -> tuple[YoutubeDNN, MatchTrainer, object, d
     return model, trainer, loader, valid, info
 
 
+def _user_vectors(model: YoutubeDNN, arrays: dict) -> torch.Tensor:
+    """Return the user tower's (N, E) vectors of exported feature arrays."""
+    cats = arrays["categorical"]
+    x = {f"cat{j}": torch.from_numpy(cats[:, j].astype(np.int64)) for j in range(cats.shape[1])}
+    x["hist"] = torch.from_numpy(arrays["history"].astype(np.int64))
+    x["search"] = torch.from_numpy(arrays["search_tokens"].astype(np.int64))
+    x["dense"] = torch.from_numpy(arrays["dense"].astype(np.float32))
+    model.mode = "user"
+    try:
+        return model(x)
+    finally:
+        model.mode = None
+
+
+def _item_vectors(model: YoutubeDNN, n_items: int) -> torch.Tensor:
+    """Return the item tower's (I, E) vectors of every item code (row = code)."""
+    model.mode = "item"
+    try:
+        return model({"item_id": torch.arange(n_items)})
+    finally:
+        model.mode = None
+
+
 @torch.no_grad()
 def recall_at(model: YoutubeDNN, valid: dict, n_items: int, k: int = 50) -> float:
     """Return Recall@k of the validation labels: exact top-k over every item code but 0."""
     if not valid or len(valid["label"]) == 0:
         return float("nan")
     model.eval()
-    cats = valid["categorical"]
-    x = {f"cat{j}": torch.from_numpy(cats[:, j].astype(np.int64)) for j in range(cats.shape[1])}
-    x["hist"] = torch.from_numpy(valid["history"].astype(np.int64))
-    x["search"] = torch.from_numpy(valid["search_tokens"].astype(np.int64))
-    x["dense"] = torch.from_numpy(valid["dense"].astype(np.float32))
-    model.mode = "user"
-    users = model(x)  # (V, E)
-    model.mode = "item"
-    items = model({"item_id": torch.arange(n_items)})  # (I, E)
-    model.mode = None
-    scores = users @ items.T  # (V, I)
+    scores = _user_vectors(model, valid) @ _item_vectors(model, n_items).T  # (V, I)
     scores[:, 0] = -torch.inf  # code 0 is padding / out of vocabulary
     top = torch.topk(scores, k, dim=1).indices
     hit = (top == torch.from_numpy(valid["label"].astype(np.int64))[:, None]).any(dim=1)
     model.train()
     return float(hit.float().mean())
+
+
+@torch.no_grad()
+def rank(model: YoutubeDNN, queries: Path, out: Path, n_items: int, k: int) -> int:
+    """Write the exact top-k codes of the users in `queries` to `out` (protocol above)."""
+    with np.load(queries, allow_pickle=False) as z:
+        q = {name: z[name] for name in z.files}
+    model.eval()
+    items = _item_vectors(model, n_items)  # (I, E)
+    n = int(q["history"].shape[0])
+    kk = min(int(k), n_items)
+    codes = np.zeros((n, int(k)), dtype=np.int64)
+    ptr, excluded = q["exclude_ptr"], q["exclude_codes"]
+    step = max(1, (1 << 22) // max(n_items, 1))  # (rows, items) score blocks of bounded size
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        block = {name: v[a:b] for name, v in q.items() if not name.startswith("exclude_")}
+        scores = _user_vectors(model, block) @ items.T  # (B, I)
+        scores[:, 0] = -torch.inf
+        rows = np.repeat(np.arange(b - a), np.diff(ptr[a : b + 1]))
+        cols = excluded[ptr[a] : ptr[b]]
+        ok = (cols >= 0) & (cols < n_items)
+        scores[torch.from_numpy(rows[ok]), torch.from_numpy(cols[ok])] = -torch.inf
+        val, idx = torch.topk(scores, kk, dim=1)
+        top = np.where(np.isfinite(val.numpy()), idx.numpy(), 0)
+        codes[a:b, :kk] = top
+    model.train()
+    with open(out, "wb") as fh:
+        np.savez(fh, codes=codes)
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,10 +254,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif cmd == "eval":
             _say({"recall": recall_at(model, valid, n_items)})
+        elif cmd.startswith("{"):
+            request = json.loads(cmd)
+            if "rank" not in request:
+                _say({"error": f"unknown command {cmd!r}; use epoch, eval, rank or quit"})
+                continue
+            r = request["rank"]
+            t0 = time.perf_counter()
+            n = rank(model, Path(r["queries"]), Path(r["out"]), n_items, int(r["k"]))
+            _say({"ranked": n, "seconds": time.perf_counter() - t0})
         elif cmd == "quit":
             break
         elif cmd:
-            _say({"error": f"unknown command {cmd!r}; use epoch, eval or quit"})
+            _say({"error": f"unknown command {cmd!r}; use epoch, eval, rank or quit"})
     return 0
 
 

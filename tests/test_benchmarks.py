@@ -341,7 +341,7 @@ def test_serving_quick_times_the_real_path() -> None:
 
 
 def test_rechub_python_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="create the scratch environment"):
+    with pytest.raises(FileNotFoundError, match="create the separate virtual environment"):
         rechub_compare.rechub_python(tmp_path / "no-python")
     # our own interpreter has no torch-rechub (it must never be our dependency)
     with pytest.raises(RuntimeError, match="cannot import torch_rechub"):
