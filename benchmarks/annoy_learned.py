@@ -245,7 +245,7 @@ def run(
     for n in cfg["items"]:
         items, servable = grow_catalog(lw, n)
         t0 = time.perf_counter()
-        ids, vectors = embed_items(lw.model, items[servable], lw.at)
+        ids, vectors = embed_items(lw.model, items[servable], lw.at, lw.dataset.watches)
         embed_s = time.perf_counter() - t0
         order = np.argsort(ids)
         ids, vectors = ids[order], np.ascontiguousarray(vectors[order])

@@ -209,10 +209,14 @@ def grow_catalog(lw: LearnedWorld, n_items: int) -> tuple[pd.DataFrame, np.ndarr
 
 
 def embed_items(
-    model: TrainedCandidateGenerator, items: pd.DataFrame, at: int
+    model: TrainedCandidateGenerator,
+    items: pd.DataFrame,
+    at: int,
+    watches: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (ids (N,) int64, vectors (N, E) float32) of `items` with upload ages at `at`."""
-    features = model.featurizer.item_features(items, reference_time=at)
+    """Return (ids (N,) int64, vectors (N, E) float32) of `items` with upload ages (and, from
+    `watches`, the item time signals) at `at`."""
+    features = model.featurizer.item_features(items, reference_time=at, watches=watches)
     return model.item_embeddings(features)
 
 

@@ -254,7 +254,7 @@ def run(
         name=f"{ds.name}+grown{cfg['items']}",
         meta=dict(ds.meta),
     )
-    ids, vectors = embed_items(lw.model, items[servable], lw.at)
+    ids, vectors = embed_items(lw.model, items[servable], lw.at, lw.dataset.watches)
     t1 = time.perf_counter()
     annoy = AnnoyIndex(vectors, ids, n_trees=n_trees, search_k=search_k, seed=seed, n_jobs=-1)
     annoy_build_s = time.perf_counter() - t1

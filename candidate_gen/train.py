@@ -17,6 +17,10 @@ saved model can embed them later). Training uses
 - each item with its upload-age bucket at the row's own time t (`TimedCatalog`), which is
   what a request at t is served with (`CandidateFeaturizer.item_features(catalog, t)`, the
   index built at the serving time); example age is taken at t the same way [YT16 §3.3].
+  With item time signals (`features.time_signals`: recent watch counts, time since the first
+  watch, trend) each item's signal codes are taken at t as well, from the catalog's time
+  table (the codes of every item at each grid time, counted from watches strictly before
+  it), which is what `item_features(catalog, t)` serves with.
   SSL items and the MI matrix take the ages at the last training example's time.
 An item watched in training before its logged upload time counts as uploaded at its first
 such watch. Validation Recall@k ranks, for each validation label at time t, the items
@@ -144,6 +148,10 @@ class TimedCatalog:
     Without upload times (a hand-built `ItemFeatures`) every item is servable at every time
     and its codes are used as they are; `n_single` (the item tower's single-valued feature
     count) leaves the age alone when the tower does not read it ("id_only").
+
+    With item time signals (`ItemFeatures.time_columns`), each item's signal codes at t are
+    those of the grid time of t in the catalog's time table (`ItemFeatures.time_table`), the
+    codes `item_features(catalog, reference_time=t)` gives as well.
     """
 
     def __init__(
@@ -160,6 +168,21 @@ class TimedCatalog:
         read = col is not None and (n_single is None or col < n_single)
         self.age_col = col if self.upload is not None and read else None
         self.edges = torch.tensor(UPLOAD_AGE_EDGES_S, dtype=torch.int64, device=device)
+        cols = items.time_columns
+        self.time_cols: tuple[int, ...] = ()
+        self.table: torch.Tensor | None = None
+        if cols and (n_single is None or cols[-1] < n_single):
+            table = items.time_table
+            if table is None:
+                raise ValueError(
+                    "the catalog has item time-signal codes but no time table: build the "
+                    "training catalog with CandidateFeaturizer.item_features(dataset) (no "
+                    "reference_time), which holds the codes of every grid time"
+                )
+            self.time_cols = cols  # consecutive columns of `single`
+            self.table = torch.from_numpy(np.ascontiguousarray(table.codes)).to(device)
+            self.k_lo, self.step, self.anchor = table.k_lo, table.step, table.anchor
+            self.n_grid = table.n_grid
 
     def __len__(self) -> int:
         return self.n
@@ -179,14 +202,104 @@ class TimedCatalog:
         codes = torch.bucketize(age, self.edges, right=True) + 2
         return codes.masked_fill(age < 0, UPLOAD_AGE_FUTURE)
 
+    def grid(self, times: torch.Tensor | int) -> torch.Tensor:
+        """Position in the time table of the grid time of `times` (clamped to the table:
+        `train_candidate_generator` checks that its examples' times lie inside it)."""
+        t = torch.as_tensor(times, device=self.batch.single.device)
+        k = torch.div(t - self.anchor, self.step, rounding_mode="floor") - self.k_lo
+        return k.clamp(0, self.n_grid - 1)
+
+    def time_codes(self, rows: torch.Tensor, times: torch.Tensor | int) -> torch.Tensor:
+        """Item time-signal codes (..., 5) int64 of catalog `rows` at `times` (broadcast)."""
+        if self.table is None:
+            raise ValueError("this catalog carries no item time signals")
+        return self.table[rows, self.grid(times)].long()
+
     def at(self, rows: torch.Tensor, times: torch.Tensor | int) -> ItemBatch:
-        """Item-tower inputs of catalog `rows` (M,), row i with its upload age at times[i]
-        (or at one time for all)."""
+        """Item-tower inputs of catalog `rows` (M,), row i with its upload age (and item time
+        signals) at times[i] (or at one time for all)."""
         items = self.batch.index(rows)  # a copy: the age column can be written
         if self.age_col is not None:
             codes = self.age_codes(rows, times)
             items.single[:, self.age_col] = codes.to(items.single.dtype)
+        if self.time_cols:
+            cols = slice(self.time_cols[0], self.time_cols[-1] + 1)
+            items.single[:, cols] = self.time_codes(rows, times).to(items.single.dtype)
         return items
+
+    def _dynamic(
+        self, rows: torch.Tensor, times: torch.Tensor
+    ) -> tuple[list[int], list[torch.Tensor]]:
+        """The time-dependent columns (age, then the time signals) and their codes (B, S) at
+        the rows' `times` (B,) for catalog `rows` (S,)."""
+        cols: list[int] = []
+        codes: list[torch.Tensor] = []
+        if self.age_col is not None:
+            cols.append(self.age_col)
+            codes.append(self.age_codes(rows.unsqueeze(0), times.unsqueeze(1)))
+        if self.time_cols:
+            signal = self.time_codes(rows.unsqueeze(0), times.unsqueeze(1))  # (B, S, 5)
+            cols.extend(self.time_cols)
+            codes.extend(signal.unbind(-1))
+        return cols, codes
+
+    def prepare(self, model: TwoTowerModel, rows: torch.Tensor) -> _Decomposed | None:
+        """The time-independent part of catalog `rows`' vectors and the per-code terms of
+        their time-dependent columns (`_Decomposed`), or None when the item tower is not
+        linear in its feature embeddings (hidden layers)."""
+        cols = ([self.age_col] if self.age_col is not None else []) + list(self.time_cols)
+        terms = _linear_terms(model, cols)
+        if terms is None:
+            return None
+        items = self.batch.index(rows)
+        chunks = [
+            torch.arange(i, min(i + _EMBED_CHUNK, len(rows)), device=rows.device)
+            for i in range(0, len(rows), _EMBED_CHUNK)
+        ]
+        # (S, E) before any normalization, in chunks (a whole catalog when validating)
+        raw = torch.cat([model.item_tower(items.index(c)) for c in chunks])
+        for col, term in zip(cols, terms, strict=True):
+            raw = raw - term[items.single[:, col].long()]  # the stored codes' terms
+        return _Decomposed.build(raw, terms, model.config.normalize_embeddings)
+
+    def timed_scores(
+        self,
+        model: TwoTowerModel,
+        users: torch.Tensor,
+        times: torch.Tensor,
+        rows: torch.Tensor,
+        prepared: _Decomposed | None = None,
+    ) -> torch.Tensor:
+        """Scores (B, S) of `users` (B, E) at `times` (B,) against catalog `rows` (S,), each
+        item with its upload age and time signals at the row's time (a catalog with time
+        signals). `prepared` is `prepare(model, rows)` when the caller scores the same rows
+        many times (validation)."""
+        _, codes = self._dynamic(rows, times)
+        dec = prepared if prepared is not None else self.prepare(model, rows)
+        if dec is not None:
+            return dec.score(users, codes)
+        # not linear: embed each distinct (item, upload-age code, grid time) once
+        n_age = N_UPLOAD_AGE_CODES if self.age_col is not None else 1
+        age = codes[0] if self.age_col is not None else torch.zeros_like(codes[-1])
+        k = self.grid(times).unsqueeze(1)  # (B, 1)
+        slot = torch.arange(len(rows), device=rows.device).unsqueeze(0)
+        key = (slot * n_age + age) * self.n_grid + k  # (B, S)
+        distinct, inverse = torch.unique(key, return_inverse=True)
+        pair_row = rows[distinct // (n_age * self.n_grid)]
+        items = self.batch.index(pair_row)
+        if self.age_col is not None:
+            a = (distinct // self.n_grid) % n_age
+            items.single[:, self.age_col] = a.to(items.single.dtype)
+        cols = slice(self.time_cols[0], self.time_cols[-1] + 1)
+        assert self.table is not None
+        items.single[:, cols] = self.table[pair_row, distinct % self.n_grid].to(items.single.dtype)
+        vectors = model.item_vectors(items)  # (U, E)
+        return torch.cat(
+            [
+                (users[b : b + 64].unsqueeze(1) * vectors[inverse[b : b + 64]]).sum(-1)
+                for b in range(0, len(users), 64)  # bounds the (rows, S, E) product
+            ]
+        )
 
     def scores(
         self, model: TwoTowerModel, users: torch.Tensor, times: torch.Tensor, rows: torch.Tensor
@@ -201,8 +314,12 @@ class TimedCatalog:
         the cost of scoring a single catalog. Otherwise each distinct (item, age code) of the
         block is embedded once (an item uploaded well before the rows' times has one code for
         all of them, a fresh one a few) and scored by a (B, distinct pairs) product.
+        With item time signals the same decomposition runs over every time-dependent column
+        (`timed_scores`), the norm of cosine vectors included.
         """
         servable = self.servable(rows.unsqueeze(0), times.unsqueeze(1))
+        if self.time_cols:
+            return self.timed_scores(model, users, times, rows), servable
         if self.age_col is None:
             return users @ model.item_vectors(self.batch.index(rows)).T, servable
         codes = self.age_codes(rows.unsqueeze(0), times.unsqueeze(1))  # (B, S)
@@ -256,6 +373,73 @@ def _age_terms(model: TwoTowerModel, age_col: int) -> torch.Tensor | None:
     block = layers[0].weight[:, age_col * e : (age_col + 1) * e]  # (E, E): the age slot
     table = tower.other_embeddings[age_col - 1].weight  # (codes, E); single col j -> table j-1
     return table @ block.T
+
+
+def _linear_terms(model: TwoTowerModel, cols: list[int]) -> list[torch.Tensor] | None:
+    """Return the terms (codes, E) of columns `cols` in a linear item tower's output
+    (v = Σ_f W_f e_f + b, before any normalization), or None when the tower has hidden
+    layers."""
+    tower = model.item_tower
+    layers = list(tower.mlp)
+    if any(c >= tower.n_single for c in cols) or len(layers) != 1:
+        return None
+    if not isinstance(layers[0], nn.Linear):
+        return None
+    e = model.config.embedding_dim
+    weight = layers[0].weight
+    # single col j > 0 -> other_embeddings[j - 1]; its slot of the linear layer's input
+    return [
+        tower.other_embeddings[c - 1].weight @ weight[:, c * e : (c + 1) * e].T for c in cols
+    ]
+
+
+@dataclass
+class _Decomposed:
+    """Catalog rows' vectors split into a time-independent part and per-code terms, so that
+    scoring S items at B different times costs one (B, S) product plus a gather per column.
+
+    v(item, codes) = base(item) + Σ_f term_f[code_f]; with normalized vectors the score is
+    u · v / |v|, where |v|² = |base|² + 2 Σ_f base · term_f[c_f]
+    + Σ_f Σ_g term_f[c_f] · term_g[c_g], each a gather from a small precomputed table.
+    """
+
+    base: torch.Tensor  # (S, E)
+    terms: list[torch.Tensor]  # per column (codes_f, E)
+    normalized: bool
+    base_sq: torch.Tensor | None = None  # (S,)
+    base_terms: list[torch.Tensor] | None = None  # per column (codes_f, S) = term_f @ base.T
+    gram: dict[tuple[int, int], torch.Tensor] | None = None  # (f, g) -> term_f @ term_g.T
+
+    @classmethod
+    def build(cls, base: torch.Tensor, terms: list[torch.Tensor], normalized: bool) -> _Decomposed:
+        if not normalized:
+            return cls(base, terms, False)
+        n = len(terms)
+        return cls(
+            base,
+            terms,
+            True,
+            base_sq=(base * base).sum(dim=1),
+            base_terms=[t @ base.T for t in terms],
+            gram={(f, g): terms[f] @ terms[g].T for f in range(n) for g in range(f, n)},
+        )
+
+    def score(self, users: torch.Tensor, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Scores (B, S) of `users` (B, E) against the items with column codes (B, S) each."""
+        s = users @ self.base.T
+        for term, c in zip(self.terms, codes, strict=True):
+            s = s + (users @ term.T).gather(1, c)
+        if not self.normalized:
+            return s
+        assert self.base_sq is not None and self.base_terms is not None and self.gram is not None
+        sq = self.base_sq.unsqueeze(0).expand_as(s)
+        for f, c in enumerate(codes):
+            sq = sq + 2.0 * self.base_terms[f].gather(0, c)
+            for g in range(f, len(codes)):
+                gram = self.gram[(f, g)]
+                cross = gram.reshape(-1)[c * gram.shape[1] + codes[g]]
+                sq = sq + (cross if f == g else 2.0 * cross)
+        return s / sq.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's eps
 
 
 @dataclass
@@ -502,6 +686,11 @@ def train_candidate_generator(
     label_times = examples.timestamp[keep].astype(np.int64)
     timed_items = _uploaded_by_first_watch(item_features, rows_np[keep], label_times)
     catalog = TimedCatalog(timed_items, device, n_single=model.item_tower.n_single)
+    if catalog.time_cols and timed_items.time_table is not None:
+        # the time table must hold every time the examples are taken at (raises otherwise)
+        timed_items.time_table.position(np.array([label_times.min(), label_times.max()]))
+        if valid is not None and len(valid):
+            timed_items.time_table.position(valid.timestamp)
 
     counts = np.bincount(rows_np[keep], minlength=n_items).astype(np.float64)
     # the items the training examples may meet: those servable at the last example's time
@@ -647,6 +836,13 @@ def recall_at_k(
     batch = catalog.batch if isinstance(catalog, TimedCatalog) else catalog
     n_items = len(batch)
     dev = label_rows.device
+    if timed and isinstance(catalog, TimedCatalog) and catalog.time_cols:
+        assert times is not None
+        hits, n_users = _timed_hits(model, users, label_rows, catalog, k, times, rank, world)
+        model.train(was_training)
+        if world > 1:
+            hits, n_users = dist_utils.all_reduce_sum([hits, n_users])
+        return float(hits / max(n_users, 1))
     if timed:
         assert isinstance(catalog, TimedCatalog) and times is not None
         # every (item, age code) the validation times need, embedded once
@@ -681,6 +877,38 @@ def recall_at_k(
     model.train(was_training)
     total_hits, n_users = dist_utils.all_reduce_sum([hits, hi - lo]) if world > 1 else (hits, hi)
     return float(total_hits / max(n_users, 1))
+
+
+def _timed_hits(
+    model: TwoTowerModel,
+    users: UserBatch,
+    label_rows: torch.Tensor,
+    catalog: TimedCatalog,
+    k: int,
+    times: torch.Tensor,
+    rank: int,
+    world: int,
+) -> tuple[int, int]:
+    """(hits, users) of this rank's share of `users` against the whole catalog, each item with
+    its upload age and time signals at the user's label time (a catalog with time signals)."""
+    every = torch.arange(len(catalog), device=label_rows.device)
+    prepared = catalog.prepare(model, every)  # the catalog's time-independent part, once
+    n_cols = 1 + (catalog.age_col is not None) + len(catalog.time_cols)
+    chunk = max(1, min(4096, (1 << 24) // max(len(catalog) * n_cols, 1)))
+    lo, hi = row_range(len(users), rank, world)
+    k_eff = min(k, len(catalog))
+    hits = 0
+    for i in range(lo, hi, chunk):
+        rows = torch.arange(i, min(i + chunk, hi), device=label_rows.device)
+        u = model.user_vectors(users.index(rows))  # (c, E)
+        t = times[rows]
+        scores = catalog.timed_scores(model, u, t, every, prepared)  # (c, N)
+        ok = catalog.servable(every.unsqueeze(0), t.unsqueeze(1))
+        if ok is not None:
+            scores = scores.masked_fill(~ok, float("-inf"))
+        top = torch.topk(scores, k_eff, dim=1).indices
+        hits += int((top == label_rows[rows].unsqueeze(1)).any(dim=1).sum())
+    return hits, hi - lo
 
 
 def _item_vectors(model: TwoTowerModel, catalog: ItemBatch, lo: int, hi: int) -> torch.Tensor:

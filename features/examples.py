@@ -14,6 +14,11 @@ Time of the item side: an item's only time-dependent feature is its upload-age b
 takes it at the request time; a training example takes it at the example's own (label) time,
 as example age is taken [YT16 §3.3], and an item uploaded after that time is not servable to
 that example (`ItemFeatures.upload_time` / `at_time`; the trainer applies both per row).
+With `time_signals`, the item's recent popularity is time-dependent as well (watches in recent
+windows, time since its first watch, trend; `features.time_signals`): taken at the request
+time when serving and at each example's own time in training (`ItemFeatures.time_table`, the
+codes of every (item, grid time) of the training and validation windows), from watches
+strictly before that time; and the user side gets the time since the user's previous watch.
 
 User attributes: every numeric column of the users table other than the categorical ones
 becomes a continuous feature and is read as the same value at every example time. The table
@@ -43,6 +48,13 @@ from features.normalize import QuantileNormalizer
 from features.split import TimeSplit
 from features.tables import USER_CATEGORICAL, Dataset
 from features.text import tokens_flat
+from features.time_signals import (
+    ITEM_TIME_CODES,
+    NEVER_SECONDS,
+    ItemTimeSignals,
+    ItemTimeTable,
+    since_previous,
+)
 from features.vocab import IdVocabulary, NotFittedError
 
 SECONDS_PER_DAY = 86_400.0
@@ -61,6 +73,10 @@ ACTIVITY_FEATURES: tuple[str, ...] = (
     "n_searches_before",  # searches strictly before the example time
     "days_since_first_event",  # example time - the user's first watch or search (0 if none)
 )
+
+# with time_signals: the time since the user's previous watch strictly before the example time
+# (a user without one gets NEVER_SECONDS, i.e. the top quantile: "long ago")
+RECENCY_FEATURES: tuple[str, ...] = ("days_since_previous_watch",)
 
 ITEM_CATEGORICAL_FEATURES: tuple[str, ...] = ("channel_id", "language")
 
@@ -166,6 +182,12 @@ class ItemFeatures:
     # at each example's own time (`at_time`) and keep items not uploaded yet out of it; None
     # for hand-built catalogs and catalogs saved without it (then used as they are)
     upload_time: np.ndarray | None = None
+    # item time-signal codes of every item at each grid time of the training and validation
+    # windows (`features.time_signals`), so a trainer takes them at each example's own time;
+    # None without time signals or for a serving snapshot (then the codes in `single`, taken
+    # at `reference_time`, are used as they are). Never saved (`to_arrays`): it is rebuilt
+    # from the logs
+    time_table: ItemTimeTable | None = None
 
     def __len__(self) -> int:
         return int(len(self.item_id))
@@ -175,6 +197,13 @@ class ItemFeatures:
         """Column of "upload_age_bucket" in `single` (None when the catalog has none)."""
         names = self.single_names
         return names.index("upload_age_bucket") if "upload_age_bucket" in names else None
+
+    @property
+    def time_columns(self) -> tuple[int, ...]:
+        """Columns of the item time-signal codes in `single` (`ITEM_TIME_CODES` order; empty
+        without time signals)."""
+        names = self.single_names
+        return tuple(names.index(c) for c in ITEM_TIME_CODES if c in names)
 
     def servable_at(self, time: int) -> np.ndarray:
         """Return the (N,) bool mask of the items uploaded at or before `time` (all of them
@@ -191,6 +220,7 @@ class ItemFeatures:
             single=self.single[index],
             topics=self.topics[index],
             upload_time=None if self.upload_time is None else self.upload_time[index],
+            time_table=None if self.time_table is None else self.time_table.take(index),
         )
 
     def at_time(self, reference_time: int) -> ItemFeatures:
@@ -204,6 +234,15 @@ class ItemFeatures:
             )
         single = self.single.copy()
         single[:, col] = upload_age_codes(int(reference_time) - self.upload_time)
+        time_cols = self.time_columns
+        if time_cols:
+            if self.time_table is None:
+                raise ValueError(
+                    "these item features carry time-signal codes but no time table; build "
+                    "them with CandidateFeaturizer.item_features(dataset, reference_time) instead"
+                )
+            k = self.time_table.position(int(reference_time))
+            single[:, list(time_cols)] = self.time_table.codes[:, k, :]
         return dataclasses.replace(self, single=single, reference_time=int(reference_time))
 
     @property
@@ -280,6 +319,9 @@ class CandidateFeaturizer:
     min_category_count: rows a categorical value needs (user and item attributes).
     n_duration_buckets: item duration buckets (quantiles of the train-window catalog).
     n_quantiles: quantiles of the continuous-feature normalizer.
+    time_signals: item popularity as of each example / request time (watches in recent
+        windows, time since the first watch, trend: `features.time_signals`) as item-tower
+        codes, and the time since the user's previous watch as a user continuous feature.
     """
 
     def __init__(
@@ -293,6 +335,7 @@ class CandidateFeaturizer:
         min_category_count: int = 1,
         n_duration_buckets: int = 10,
         n_quantiles: int = 1000,
+        time_signals: bool = False,
     ) -> None:
         for name, value, low in (
             ("max_history", max_history, 1),
@@ -318,6 +361,11 @@ class CandidateFeaturizer:
         self.min_category_count = int(min_category_count)
         self.n_duration_buckets = int(n_duration_buckets)
         self.n_quantiles = int(n_quantiles)
+        if not isinstance(time_signals, bool | np.bool_):
+            raise ValueError(
+                f"CandidateFeaturizer: time_signals must be true or false, got {time_signals!r}"
+            )
+        self.time_signals = bool(time_signals)
 
     # ------------------------------------------------------------------ fit
     def fit(self, dataset: Dataset, split: TimeSplit) -> CandidateFeaturizer:
@@ -397,8 +445,17 @@ class CandidateFeaturizer:
                 levels = np.linspace(0.0, 1.0, self.n_duration_buckets + 1)[1:-1]
                 self.duration_edges_ = np.unique(np.quantile(d, levels))
 
+        # Item time signals: windows and grid from the train window's span (fitted here, kept)
+        self.item_signals_ = (
+            ItemTimeSignals.fit(split.start, hi, len(known), len(train_watches))
+            if self.time_signals
+            else None
+        )
+
         # Continuous features of the training labels -> the quantile normalizer.
         self.continuous_names_ = self.user_numeric_ + ACTIVITY_FEATURES
+        if self.time_signals:
+            self.continuous_names_ += RECENCY_FEATURES
         history = self._build_history(dataset)
         in_train = (history.watches.ts >= lo) & (history.watches.ts < hi)
         raw = self._raw_continuous(
@@ -448,6 +505,9 @@ class CandidateFeaturizer:
             card.append(len(self.duration_edges_) + 2)  # 0 = unknown, 1.. = buckets
         names.append("upload_age_bucket")
         card.append(N_UPLOAD_AGE_CODES)  # 0 unused, 1 = future, 2.. = ages
+        if self.item_signals_ is not None:
+            names.extend(ITEM_TIME_CODES)
+            card.extend(self.item_signals_.cardinalities)
         return tuple(names), tuple(card)
 
     # -------------------------------------------------------------- examples
@@ -653,7 +713,7 @@ class CandidateFeaturizer:
         if rows is None:
             rows = history.user_index.get_indexer(users)
         k = len(self.user_numeric_)
-        out = np.full((n, k + len(ACTIVITY_FEATURES)), np.nan)
+        out = np.full((n, len(self.continuous_names_)), np.nan)
         known = rows >= 0
         out[known, :k] = history.user_numeric[rows[known]]
         first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
@@ -672,11 +732,19 @@ class CandidateFeaturizer:
         out[:, k] = (w_hi - w_lo).astype(np.float64)
         out[:, k + 1] = n_s
         out[:, k + 2] = days
+        if self.time_signals:  # time since the previous watch strictly before t, in days
+            since = since_previous(history.watches.ts, w_hi, w_lo, times)
+            out[:, k + 3] = np.where(np.isnan(since), NEVER_SECONDS, since) / SECONDS_PER_DAY
         return out
 
     # ----------------------------------------------------------------- items
     def item_features(
-        self, catalog: Dataset | pd.DataFrame, reference_time: int | None = None
+        self,
+        catalog: Dataset | pd.DataFrame,
+        reference_time: int | None = None,
+        *,
+        watches: pd.DataFrame | None = None,
+        time_range: tuple[int, int] | None = None,
     ) -> ItemFeatures:
         """Return feature codes for every item of `catalog` (a Dataset or its items table).
 
@@ -687,6 +755,13 @@ class CandidateFeaturizer:
         bucket at each training example's own time (`ItemFeatures.at_time`), so a training row
         sees an item's age as a request at that time would: the default reference time only
         matters to callers that use these codes as they are.
+
+        With time signals the item time codes are taken from the watches strictly before the
+        grid time of `reference_time` (`features.time_signals`): the watches of the Dataset, or
+        `watches` with an items table. Without `reference_time` (a training catalog), or with
+        an explicit `time_range` (lo, hi), the result also holds the codes of every grid time
+        in [lo, hi] (`ItemFeatures.time_table`; default: the fitted split's training and
+        validation windows), which the trainer takes at each example's own time.
         """
         self._check_fitted()
         items = catalog.items if isinstance(catalog, Dataset) else catalog
@@ -723,6 +798,11 @@ class CandidateFeaturizer:
             j += 1
         upload = items["upload_time"].to_numpy(dtype=np.int64)
         single[:, j] = upload_age_codes(ref - upload)
+        table = None
+        if self.item_signals_ is not None:
+            table = self._item_time_codes(
+                catalog, watches, item_ids, reference_time, time_range, single, j + 1
+            )
 
         if self.has_topics_:
             if "topics" not in items.columns:
@@ -743,7 +823,48 @@ class CandidateFeaturizer:
             topic_cardinality=topic_card,
             reference_time=ref,
             upload_time=upload.copy(),
+            time_table=table,
         )
+
+    def _item_time_codes(
+        self,
+        catalog: Dataset | pd.DataFrame,
+        watches: pd.DataFrame | None,
+        item_ids: np.ndarray,
+        reference_time: int | None,
+        time_range: tuple[int, int] | None,
+        single: np.ndarray,
+        col: int,
+    ) -> ItemTimeTable | None:
+        """Write the item time codes at the reference time into single[:, col:col + 5]; return
+        the time table of a training catalog (see `item_features`), else None."""
+        signals = self.item_signals_
+        assert signals is not None
+        w = catalog.watches if isinstance(catalog, Dataset) else watches
+        if w is None:
+            raise ValueError(
+                "this featurizer has item time signals, computed from the watches: pass the "
+                "Dataset (or watches=) to item_features, not only its items table"
+            )
+        _require(w, "watches", ("item_id", "timestamp"))
+        ev_row = pd.Index(item_ids).get_indexer(w["item_id"].to_numpy(dtype=np.int64))
+        ev_t = w["timestamp"].to_numpy(dtype=np.int64)
+        ref = self.reference_time_ if reference_time is None else int(reference_time)
+        cols = slice(col, col + len(ITEM_TIME_CODES))
+        if reference_time is not None and time_range is None:
+            single[:, cols] = signals.codes_at(ev_row, ev_t, len(item_ids), ref)
+            return None
+        if time_range is None:
+            time_range = (self.split_.start, max(self.split_.valid_end, ref))
+        lo, hi = (int(t) for t in time_range)
+        if hi < lo:
+            raise ValueError(f"time_range must have lo <= hi, got ({lo}, {hi})")
+        table = signals.table(ev_row, ev_t, len(item_ids), lo, hi)
+        if lo <= ref <= hi:
+            single[:, cols] = table.codes[:, int(table.position(ref)), :]
+        else:
+            single[:, cols] = signals.codes_at(ev_row, ev_t, len(item_ids), ref)
+        return table
 
     # --------------------------------------------------------------- persist
     def to_dict(self) -> dict[str, Any]:
@@ -761,6 +882,7 @@ class CandidateFeaturizer:
                 "min_category_count": self.min_category_count,
                 "n_duration_buckets": self.n_duration_buckets,
                 "n_quantiles": self.n_quantiles,
+                "time_signals": self.time_signals,
             },
             "split": self.split_.to_dict(),
             "reference_time": self.reference_time_,
@@ -779,6 +901,7 @@ class CandidateFeaturizer:
             "duration_edges": self.duration_edges_.tolist(),
             "continuous_names": list(self.continuous_names_),
             "normalizer": self.normalizer_.to_dict(),
+            "item_signals": None if self.item_signals_ is None else self.item_signals_.to_dict(),
         }
 
     @classmethod
@@ -805,6 +928,8 @@ class CandidateFeaturizer:
         f.duration_edges_ = np.asarray(d["duration_edges"], dtype=np.float64)
         f.continuous_names_ = tuple(d["continuous_names"])
         f.normalizer_ = QuantileNormalizer.from_dict(d["normalizer"])
+        signals = d.get("item_signals")  # absent in records saved before time signals
+        f.item_signals_ = None if signals is None else ItemTimeSignals.from_dict(signals)
         return f
 
     def save(self, path: str | Path) -> Path:

@@ -18,6 +18,9 @@ Categorical (raw values here, codes after `RankerVocabularies.encode`):
 
 Continuous (`CONTINUOUS_COLUMNS`, raw; the ranker normalizes them with a QuantileNormalizer fitted
 on the training frame) and 0/1 indicators (`FLAG_COLUMNS`, fed as they are): see the tuples below.
+With `time_windows` (the candidate generator's item time signals, `features.time_signals`), the
+frame also holds the item's watches in [t - W, t) per window, the time since its first watch and
+its trend (`ITEM_TIME_VALUES`), as of the row's own time t, as the last continuous columns.
 
 Implementation: every "how many / when last, before t" feature is one sorted searchsorted over a
 composite (group, time) key, e.g. group = (user, channel); no Python loop per row.
@@ -37,6 +40,7 @@ import pandas as pd
 
 from features.atomic import atomic_write_json
 from features.tables import Dataset
+from features.time_signals import ITEM_TIME_VALUES, NO_EVENT, item_signal_values
 from features.vocab import IdVocabulary
 
 #: Seconds used for "time since ..." when the user never did it (68 years, above any real gap);
@@ -527,6 +531,7 @@ class RankerFeatureIndex:
         self.w_item = w["item_id"].to_numpy(dtype=np.int64)[order]
         self.w_ipos = self.item_index.get_indexer(self.w_item).astype(np.int64)
         self.popularity = _TimeSortedGroups(self.w_ipos, self.w_t, self.n_items)
+        self._first_watch: np.ndarray | None = None  # per item, built on first use
 
         imp = dataset.impressions
         if imp is not None and len(imp):
@@ -547,12 +552,33 @@ class RankerFeatureIndex:
         else:
             self.i_user = self.i_t = self.i_ipos = self.i_clicked = np.zeros(0, dtype=np.int64)
 
+    def first_watch(self) -> np.ndarray:
+        """(n_items,) int64 time of each item's first watch (NO_EVENT if never watched)."""
+        if self._first_watch is None:
+            first = np.full(self.n_items, NO_EVENT, dtype=np.int64)
+            known = self.w_ipos >= 0
+            np.minimum.at(first, self.w_ipos[known], self.w_t[known])
+            self._first_watch = first
+        return self._first_watch
+
+    def item_time_values(
+        self, ipos: np.ndarray, t: np.ndarray, windows: tuple[int, ...]
+    ) -> np.ndarray:
+        """(N, len(ITEM_TIME_VALUES)) raw item time signals of items `ipos` at times `t`, from
+        the watches strictly before t (`features.time_signals.item_signal_values`)."""
+        before = self.popularity.count_before(ipos, t)
+        counts = np.column_stack(
+            [before - self.popularity.count_before(ipos, t - int(w)) for w in windows]
+        )
+        return item_signal_values(counts, self.first_watch()[ipos], t, tuple(windows))
+
 
 def build_ranker_frame(
     dataset: Dataset | RankerFeatureIndex,
     requests: pd.DataFrame,
     *,
     history_len: int = 50,
+    time_windows: tuple[int, ...] | None = None,
 ) -> RankerFrame:
     """Return the `RankerFrame` of `requests` (user_id, item_id, timestamp[, source, cg_score, cg_rank]).
 
@@ -560,7 +586,9 @@ def build_ranker_frame(
     `RankerFeatureIndex` instead of the dataset to build repeatedly (serving) without re-sorting
     the logs. Requests of items absent from `dataset.items` are refused (their attributes are
     unknown); a user absent from `dataset.users` gets a missing (OOV) language. Labels
-    (`clicked`, `watch_time`) and `position` are carried through when present.
+    (`clicked`, `watch_time`) and `position` are carried through when present. With
+    `time_windows` (seconds, shortest first) the item time signals `ITEM_TIME_VALUES` are added
+    as the last continuous columns; without, the frame is as it was before them.
     """
     if history_len < 1:
         raise ValueError(f"build_ranker_frame: history_len must be >= 1, got {history_len}")
@@ -695,6 +723,10 @@ def build_ranker_frame(
     }
     # one 2-D block each (a frame built column by column costs ~1 ms more per serving request)
     continuous = _block_frame(cont, CONTINUOUS_COLUMNS, np.float64)
+    if time_windows:  # the item's recent popularity as of t
+        values = ix.item_time_values(ipos, r_t, tuple(int(w) for w in time_windows))
+        timed = pd.DataFrame(values, columns=list(ITEM_TIME_VALUES), copy=False)
+        continuous = pd.concat([continuous, timed], axis=1)
     flags = _block_frame(
         {
             "never_watched_channel": never_ch,

@@ -189,7 +189,7 @@ def _logs_before(ds: Dataset, t: int) -> Dataset:
 def _retrainer(ctx: RunContext, k: int):
     """Nightly refit of an arm's deep ranker on the last days of impressions in its own logs."""
     from pipelines import scoring
-    from pipelines.stages_rank import ranker_config
+    from pipelines.stages_rank import ranker_config, ranker_time_windows
 
     cg = TrainedCandidateGenerator.load(serving_cg_dir(ctx.path))
     r = ctx.config["retrieval"]
@@ -205,10 +205,16 @@ def _retrainer(ctx: RunContext, k: int):
         t_now = int(imp["timestamp"].max()) + 1
         req = imp[imp["timestamp"].to_numpy() >= t_now - window].reset_index(drop=True)
         req = scoring.add_cg_features(cg, logs, req)
-        frame = build_ranker_frame(logs, req, history_len=int(ctx.config["ranking"]["history_len"]))
+        windows = ranker_time_windows(ctx)
+        frame = build_ranker_frame(
+            logs,
+            req,
+            history_len=int(ctx.config["ranking"]["history_len"]),
+            time_windows=windows or None,
+        )
         ts = frame.rows["timestamp"].to_numpy()
         cut = np.quantile(ts, 0.8)
-        cfg = ranker_config(ctx.config, "watch_time" if name == "system" else "click")
+        cfg = ranker_config(ctx.config, "watch_time" if name == "system" else "click", windows)
         model = train_ranker(
             cfg,
             frame.take(np.flatnonzero(ts < cut)),

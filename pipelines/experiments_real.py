@@ -269,7 +269,7 @@ def fit_cg(
     cfg = cg_config(config)
     featurizer = featurizer_from_config(config).fit(train, log_split(train))
     examples = featurizer.examples(train, "train", max_examples_per_user=cfg.max_examples_per_user)
-    return cfg, examples, featurizer.item_features(items), featurizer
+    return cfg, examples, featurizer.item_features(items, watches=train.watches), featurizer
 
 
 def train_cg_early_stopped(

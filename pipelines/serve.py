@@ -200,6 +200,7 @@ class Recommender:
             self.features,
             req,
             history_len=self.ranker.config.history_len,
+            time_windows=self.ranker.config.time_windows or None,
         )
         ewt = self.ranker.predict_expected_watch_time(frame)
         order = np.argsort(-ewt, kind="stable")[:k]
@@ -227,6 +228,7 @@ class Recommender:
             self.features,
             req,
             history_len=self.ranker.config.history_len,
+            time_windows=self.ranker.config.time_windows or None,
         )
         scored = pd.DataFrame(
             {

@@ -58,7 +58,7 @@ def daily_index(cg: Any, n_trees: int, search_k: int, seed: int) -> Callable[[Da
 
     def make(logs: Dataset, day_start: int) -> Any:
         items = logs.items
-        feats = cg.featurizer.item_features(items, reference_time=day_start)
+        feats = cg.featurizer.item_features(logs, reference_time=day_start)
         ids, vecs = cg.item_embeddings(feats)
         keep = items["upload_time"].to_numpy() <= day_start
         return AnnoyIndex(vecs[keep], ids[keep], n_trees=n_trees, search_k=search_k, seed=seed)
@@ -109,6 +109,7 @@ def ranker_policy(
                     logs,
                     req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
                     history_len=history_len,
+                    time_windows=ranker.config.time_windows or None,
                 )
                 score = ranker.predict_expected_watch_time(frame)
             order = np.lexsort((-score, cands["pos"].to_numpy()))

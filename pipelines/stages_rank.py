@@ -53,13 +53,27 @@ _BASELINES = {
 }
 
 
-def ranker_config(config: dict[str, Any], weighting: str | None = None) -> RankerConfig:
-    """The deep ranker's config from the run config; `weighting` overrides ranking.weighting."""
+def ranker_config(
+    config: dict[str, Any], weighting: str | None = None, time_windows: tuple[int, ...] = ()
+) -> RankerConfig:
+    """The deep ranker's config from the run config; `weighting` overrides ranking.weighting;
+    `time_windows` are those of the item time signals its frames carry (`ranker_time_windows`)."""
     c = {k: v for k, v in config["ranking"].items() if k not in ("max_train_rows", "max_eval_rows")}
     c["hidden"] = tuple(c["hidden"])
     c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
     c.update(weighting=weighting or c["weighting"], seed=int(config["seed"]))
+    c["time_windows"] = tuple(time_windows)
     return RankerConfig.from_dict(c)
+
+
+def ranker_time_windows(ctx: RunContext) -> tuple[int, ...]:
+    """Windows (s) of the item time signals in the ranker's frames: those of the candidate
+    generator that scores the ranker's training rows (fitted on its training window); () when
+    features.time_signals is off."""
+    if not ctx.config["features"].get("time_signals", False):
+        return ()
+    signals = cg_model(ctx).featurizer.item_signals_
+    return () if signals is None else tuple(signals.windows)
 
 
 def lgbm_config(config: dict[str, Any]) -> LightGBMConfig:
@@ -88,7 +102,12 @@ def impression_frame(ctx: RunContext, lo: int, hi: int, max_rows: int = 0) -> Ra
         req = req[np.isin(pages, keep_pages)].reset_index(drop=True)
     # the candidate generator that was out of sample at the window's start scores its rows
     req = scoring.add_cg_features(cg_model(ctx, lo), ds, req)
-    return build_ranker_frame(ds, req, history_len=int(ctx.config["ranking"]["history_len"]))
+    return build_ranker_frame(
+        ds,
+        req,
+        history_len=int(ctx.config["ranking"]["history_len"]),
+        time_windows=ranker_time_windows(ctx),
+    )
 
 
 CANDIDATE_LABELS_NOTE = (
@@ -176,7 +195,7 @@ def stage_ranker(ctx: RunContext, out: Path) -> dict[str, Any]:
     for name, weighting in (("deep_weighted", None), ("deep_click", "click")):
         t1 = time.perf_counter()
         model = train_ranker(
-            ranker_config(ctx.config, weighting),
+            ranker_config(ctx.config, weighting, ranker_time_windows(ctx)),
             train,
             valid,
             checkpoint_dir=out / name / "checkpoints",
@@ -310,6 +329,7 @@ def candidate_frame(
         ds,
         req[["user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank"]],
         history_len=int(ctx.config["ranking"]["history_len"]),
+        time_windows=ranker_time_windows(ctx),
     )
     return req, frame
 

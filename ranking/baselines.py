@@ -35,6 +35,7 @@ from features.ranker_features import (
     RankerFrame,
     RankerVocabularies,
 )
+from features.time_signals import ITEM_TIME_VALUES
 from features.vocab import NotFittedError
 from ranking.config import LightGBMConfig
 
@@ -57,7 +58,8 @@ def flatten_frame(
     """Return the flat matrix (N, columns) LightGBM reads from a ranker frame.
 
     Categorical codes (int32): item, user_language, item_language, channel, topic (the item's
-    first topic), source. Numeric (float32): CONTINUOUS_COLUMNS as they are (NaN allowed),
+    first topic), source. Numeric (float32): the frame's continuous columns as they are (NaN
+    allowed: CONTINUOUS_COLUMNS, then the item time signals when the frame has them),
     FLAG_COLUMNS, bag_size = min(watches before t, history_len), bag_has_item = how many of
     those last watches were of the scored item.
     """
@@ -75,7 +77,7 @@ def flatten_frame(
             "source": codes.source.astype(np.int32),
         }
     )
-    for col in CONTINUOUS_COLUMNS:
+    for col in frame.continuous.columns:
         out[col] = frame.continuous[col].to_numpy(dtype=np.float32)
     for col in FLAG_COLUMNS:
         out[col] = frame.flags[col].to_numpy(dtype=np.float32)
@@ -323,8 +325,12 @@ def _check_booster(
     (`feature_infos=0:3:7 ...`, "none" for unused features, "[lo:hi]" for numeric ones): every
     code must exist in the saved vocabulary, else the vocabularies belong to another model.
     """
-    expected = [*CATEGORICAL_FEATURES, *CONTINUOUS_COLUMNS, *FLAG_COLUMNS, *BAG_FEATURES]
     names = list(booster.feature_name())
+    # the frame's continuous columns: CONTINUOUS_COLUMNS, then the item time signals if any
+    timed = [*CONTINUOUS_COLUMNS, *ITEM_TIME_VALUES]
+    continuous = timed if names[len(CATEGORICAL_FEATURES) :][: len(timed)] == timed else None
+    continuous = continuous or list(CONTINUOUS_COLUMNS)
+    expected = [*CATEGORICAL_FEATURES, *continuous, *FLAG_COLUMNS, *BAG_FEATURES]
     if names != expected:
         raise ArtifactError(
             f"{path} was trained on the features {names}, but this version builds {expected}; "

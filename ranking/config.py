@@ -57,6 +57,9 @@ class RankerConfig:
     epochs, batch_size, patience   training length; stop after `patience` epochs without a better
                        validation weighted log loss and keep the best epoch's weights
     seed               drives initialisation and the batch order
+    time_windows       windows (s) of the item time signals the ranker's frames carry
+                       (`features.ranker_features.build_ranker_frame(time_windows=...)`),
+                       () without; `TrainedRanker.score_items` builds its frames with them
     device             "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     """
 
@@ -79,9 +82,15 @@ class RankerConfig:
     patience: int = 2
     seed: int = 0
     device: str = "cpu"
+    time_windows: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "time_windows", tuple(int(w) for w in self.time_windows))
+        if any(w < 1 for w in self.time_windows):
+            raise ValueError(
+                f"RankerConfig.time_windows must be seconds >= 1, got {list(self.time_windows)}"
+            )
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"RankerConfig.hidden widths must be >= 1, got {list(self.hidden)}")
         _check_weighting(self.weighting, "RankerConfig")
@@ -122,6 +131,7 @@ class RankerConfig:
         """Return the settings as a JSON-serialisable dict."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["time_windows"] = list(self.time_windows)
         return d
 
     @classmethod

@@ -55,7 +55,6 @@ from features.integrity import (
 )
 from features.normalize import QuantileNormalizer
 from features.ranker_features import (
-    CONTINUOUS_COLUMNS,
     EncodedRankerFrame,
     RankerFeatureIndex,
     RankerFrame,
@@ -252,7 +251,12 @@ class TrainedRanker:
             req["source"] = source if isinstance(source, str) else list(source)
         if len(ids) == 0:
             return pd.DataFrame({"item_id": ids, "expected_watch_time": np.zeros(0)})
-        frame = build_ranker_frame(dataset, req, history_len=self.config.history_len)
+        frame = build_ranker_frame(
+            dataset,
+            req,
+            history_len=self.config.history_len,
+            time_windows=self.config.time_windows or None,
+        )
         return pd.DataFrame(
             {"item_id": ids, "expected_watch_time": self.predict_expected_watch_time(frame)}
         )
@@ -732,9 +736,9 @@ def _fit_transforms(
     vocabs = RankerVocabularies.fit(
         train_frame, top_n=config.vocab_top_n, history_len=config.history_len
     )
-    normalizer = QuantileNormalizer(config.n_quantiles).fit(
-        train_frame.continuous[list(CONTINUOUS_COLUMNS)]
-    )
+    # every continuous column of the frame (CONTINUOUS_COLUMNS, then the item time signals
+    # when the frame carries them)
+    normalizer = QuantileNormalizer(config.n_quantiles).fit(train_frame.continuous)
     if ckpt_dir is not None:
         _prepare_dir(ckpt_dir, config)
         vocabs.save(ckpt_dir / "vocabularies.json")

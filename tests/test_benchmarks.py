@@ -242,7 +242,7 @@ def test_grow_catalog_adds_unseen_items_of_the_same_world(tiny_world: LearnedWor
     assert set(np.concatenate(new["topics"].to_numpy())) <= set(
         np.concatenate(base["topics"].to_numpy())
     )
-    ids, vectors = embed_items(lw.model, items[servable], lw.at)
+    ids, vectors = embed_items(lw.model, items[servable], lw.at, lw.dataset.watches)
     assert vectors.shape == (n_base + 700, lw.model.config.embedding_dim)
     assert np.isfinite(vectors).all() and np.array_equal(ids, items["item_id"][servable])
     # fewer than the world has: the first n servable items, nothing drawn

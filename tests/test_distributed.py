@@ -65,7 +65,9 @@ def cg_world():
     """Train examples (2048 = 16 global batches of 128: no padded last batch), valid, items."""
     ds = random_dataset(n_users=60, n_items=120, n_watches=3000, n_searches=400)
     split = TimeSplit.from_fractions(ds, 0.7, 0.15)
-    f = CandidateFeaturizer(max_history=20, max_search_tokens=16, min_token_count=1).fit(ds, split)
+    f = CandidateFeaturizer(
+        max_history=20, max_search_tokens=16, min_token_count=1, time_signals=True
+    ).fit(ds, split)  # item time signals: each rank takes them at its own rows' times
     train = f.examples(ds, "train")
     return train.take(np.arange(2048)), f.examples(ds, "valid"), f.item_features(ds)
 
