@@ -5,9 +5,10 @@ them into tensors and are the only things the towers' `forward` takes; the objec
 `candidate_gen.losses` and the loop in `candidate_gen.train`.
 
 - `UserTower` [YT16 §3]: mean-pooled embeddings of the watched items and of the search tokens
-  (masked: code 0 is padding or out-of-vocabulary and is ignored), embedded demographics,
-  normalized continuous features and example age, concatenated into ReLU layers whose last
-  width is the embedding dimension (no layer: one linear map, "depth 0").
+  (masked: code 0 is padding or out-of-vocabulary and is ignored), embedded demographics (and
+  categorical extra columns), a mean-pooled bag of multi-valued user attributes when the data
+  has some, normalized continuous features and example age, concatenated into ReLU layers
+  whose last width is the embedding dimension (no layer: one linear map, "depth 0").
 - `ItemTower`: one embedding per item feature (id, channel, language, duration bucket,
   upload-age bucket, mean-pooled topics) stacked into (N, F, E), so SSL can replace masked
   features by learned defaults and drop topic values before the MLP. Its id table is the
@@ -40,6 +41,7 @@ class UserBatch:
     categorical: torch.Tensor  # (B, C) user attribute codes
     continuous: torch.Tensor  # (B, K) float normalized continuous features (+ squares, roots)
     example_age: torch.Tensor  # (B, 3) float [a, a^2, sqrt a]
+    tags: torch.Tensor  # (B, T) codes of multi-valued user attributes, 0 = pad (T may be 0)
 
     def __len__(self) -> int:
         return int(self.history.shape[0])
@@ -53,6 +55,7 @@ class UserBatch:
             categorical=torch.from_numpy(np.ascontiguousarray(features.categorical)).to(device),
             continuous=torch.from_numpy(np.ascontiguousarray(features.continuous)).to(device),
             example_age=torch.from_numpy(np.ascontiguousarray(features.example_age)).to(device),
+            tags=torch.from_numpy(np.ascontiguousarray(features.tags)).to(device),
         )
 
     def index(self, rows: torch.Tensor) -> UserBatch:
@@ -212,6 +215,7 @@ class UserTower(nn.Module):
         n_token_codes: int,
         categorical_cardinalities: tuple[int, ...],
         n_continuous: int,
+        n_tag_codes: int = 0,
     ) -> None:
         super().__init__()
         e = config.embedding_dim
@@ -228,9 +232,17 @@ class UserTower(nn.Module):
             if config.use_demographics
             else []
         )
+        # multi-valued user attributes (one bag of "column=value" codes): built only when the
+        # data has such a column, so other models keep their parameters and initialisation
+        self.tag_embedding = (
+            _embedding(n_tag_codes, config.categorical_dim)
+            if config.use_demographics and n_tag_codes > 1
+            else None
+        )
         in_dim = e
         in_dim += e if config.use_searches else 0
         in_dim += len(self.categorical_embeddings) * config.categorical_dim
+        in_dim += config.categorical_dim if self.tag_embedding is not None else 0
         in_dim += n_continuous if config.use_continuous else 0
         in_dim += 3 if config.use_example_age else 0
         self.input_dim = in_dim
@@ -246,6 +258,8 @@ class UserTower(nn.Module):
             parts.append(mean_bag(batch.search_tokens, self.token_embedding.weight))  # (B, E)
         for j, table in enumerate(self.categorical_embeddings):
             parts.append(table(batch.categorical[:, j]))  # (B, categorical_dim)
+        if self.tag_embedding is not None:
+            parts.append(mean_bag(batch.tags, self.tag_embedding.weight))  # (B, categorical_dim)
         if self.config.use_continuous:
             parts.append(batch.continuous)  # (B, K)
         if self.config.use_example_age:
@@ -271,6 +285,7 @@ class TwoTowerModel(nn.Module):
             int(schema["n_token_codes"]),
             tuple(schema["user_categorical_cardinalities"]),
             int(schema["n_continuous"]),
+            int(schema.get("user_tag_cardinality", 0)),
         )
         e = config.embedding_dim
         # SSL projection head: z = W2 relu(W1 v); L_self compares cosines of z (SSL21 / SimCLR)

@@ -20,8 +20,12 @@ time when serving and at each example's own time in training (`ItemFeatures.time
 codes of every (item, grid time) of the training and validation windows), from watches
 strictly before that time; and the user side gets the time since the user's previous watch.
 
-User attributes: every numeric column of the users table other than the categorical ones
-becomes a continuous feature and is read as the same value at every example time. The table
+User attributes: the contract's categorical columns and the users table's extra columns, as
+validation typed them (`features.tables.extra_columns`): categorical ones get a vocabulary each
+(frequency floor `min_category_count` over the users active in the train window, OOV code 0),
+continuous ones join the quantile-normalized continuous features, and multi-valued ones share
+one bag of `column=value` codes (`UserFeatures.tags`, mean-pooled by the user tower). Each is
+read as the same value at every example time. The table
 must therefore hold attributes known before the examples (demographics, a sign-up date), not
 snapshots taken at the end of the log: a follower count or activity level measured at the end
 of collection encodes the activity that comes after an early example (see
@@ -46,7 +50,7 @@ import pandas as pd
 from features.atomic import atomic_write_json
 from features.normalize import QuantileNormalizer
 from features.split import TimeSplit
-from features.tables import USER_CATEGORICAL, Dataset
+from features.tables import USER_CATEGORICAL, Dataset, extra_columns
 from features.text import tokens_flat
 from features.time_signals import (
     ITEM_TIME_CODES,
@@ -113,6 +117,9 @@ class UserFeatures:
     categorical: np.ndarray  # (N, C) int32 codes of the user's categorical attributes
     continuous: np.ndarray  # (N, 3K) float32 [x~, x~^2, sqrt x~] of K continuous features
     example_age: np.ndarray  # (N, 3) float32 [a, a^2, sqrt a], a = normalized example age
+    # (N, T) int32 codes of the user's multi-valued attributes ("column=value"), 0 = pad/OOV;
+    # T = 0 when the users table has no multi-valued column
+    tags: np.ndarray
 
     def __len__(self) -> int:
         return int(len(self.user_id))
@@ -404,38 +411,47 @@ class CandidateFeaturizer:
         # Static user attributes, counted over the users active in the train window.
         users = dataset.users
         active = users.loc[users["user_id"].isin(train_watches["user_id"].unique())]
-        self.user_categorical_ = tuple(c for c in USER_CATEGORICAL if c in users.columns)
+        user_extras = extra_columns(dataset, "users")
+        self.user_categorical_ = tuple(c for c in USER_CATEGORICAL if c in users.columns) + tuple(
+            c for c, kind in user_extras.items() if kind == "categorical"
+        )
         self.user_vocabs_ = {
             c: IdVocabulary(min_count=self.min_category_count, name=f"user.{c}").fit(
                 active[c].astype("string").to_numpy(dtype=object, na_value=None)
             )
             for c in self.user_categorical_
         }
-        self.user_numeric_ = tuple(
-            c
-            for c in users.columns
-            if c != "user_id"
-            and c not in USER_CATEGORICAL
-            and pd.api.types.is_numeric_dtype(users[c].dtype)
-            and not pd.api.types.is_bool_dtype(users[c].dtype)
-        )
+        self.user_numeric_ = tuple(c for c, kind in user_extras.items() if kind == "continuous")
+        self.user_multi_ = tuple(c for c, kind in user_extras.items() if kind == "multi")
+        self.user_tag_vocab_ = IdVocabulary(min_count=self.min_category_count, name="user.tags")
+        self.user_tag_vocab_.fit(_tag_values(active, self.user_multi_))
 
         # Item attributes, from the catalog known at the end of the train window.
         items = dataset.items
         known = items.loc[items["upload_time"].to_numpy() < hi]
-        self.item_categorical_ = tuple(c for c in ITEM_CATEGORICAL_FEATURES if c in items.columns)
+        item_extras = extra_columns(dataset, "items")
+        self.item_categorical_ = tuple(
+            c for c in ITEM_CATEGORICAL_FEATURES if c in items.columns
+        ) + tuple(c for c, kind in item_extras.items() if kind == "categorical")
         self.item_vocabs_ = {
             c: IdVocabulary(min_count=self.min_category_count, name=f"item.{c}").fit(
                 known[c].astype("string").to_numpy(dtype=object, na_value=None)
             )
             for c in self.item_categorical_
         }
-        self.has_topics_ = "topics" in items.columns
+        # the item's bag: its topics, then the values of multi-valued extra columns as
+        # "column=value" (one vocabulary, one mean-pooled embedding in the item tower)
+        self.item_topics_ = "topics" in items.columns
+        self.item_multi_ = tuple(c for c, kind in item_extras.items() if kind == "multi")
+        self.has_topics_ = self.item_topics_ or bool(self.item_multi_)
         if self.has_topics_:
-            flat = known["topics"].explode()
+            flat = known["topics"].explode() if self.item_topics_ else pd.Series([], dtype=object)
+            values = flat.dropna().astype(str).to_numpy(dtype=object)
+            if self.item_multi_:
+                values = np.concatenate([values, _tag_values(known, self.item_multi_)])
             self.topic_vocab_ = IdVocabulary(
                 min_count=self.min_category_count, name="item.topics"
-            ).fit(flat.dropna().astype(str).to_numpy(dtype=object))
+            ).fit(values)
         self.duration_edges_ = np.zeros(0, dtype=np.float64)
         self.has_duration_ = "duration" in items.columns
         if self.has_duration_:
@@ -444,6 +460,13 @@ class CandidateFeaturizer:
             if len(d):
                 levels = np.linspace(0.0, 1.0, self.n_duration_buckets + 1)[1:-1]
                 self.duration_edges_ = np.unique(np.quantile(d, levels))
+        # continuous extra columns of items: quantile buckets, as duration (the item tower
+        # embeds every item feature)
+        self.item_numeric_edges_ = {
+            c: _quantile_edges(known[c], self.n_duration_buckets)
+            for c, kind in item_extras.items()
+            if kind == "continuous"
+        }
 
         # Item time signals: windows and grid from the train window's span (fitted here, kept)
         self.item_signals_ = (
@@ -492,6 +515,7 @@ class CandidateFeaturizer:
             "item_single_cardinalities": list(single_card),
             "topic_cardinality": len(self.topic_vocab_) if self.has_topics_ else 0,
             "max_topics": self.max_topics,
+            "user_tag_cardinality": len(self.user_tag_vocab_) if self.user_multi_ else 0,
         }
 
     def _item_single_schema(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -503,6 +527,9 @@ class CandidateFeaturizer:
         if self.has_duration_:
             names.append("duration_bucket")
             card.append(len(self.duration_edges_) + 2)  # 0 = unknown, 1.. = buckets
+        for c, edges in self.item_numeric_edges_.items():
+            names.append(f"{c}_bucket")
+            card.append(len(edges) + 2)  # 0 = unknown, 1.. = buckets
         names.append("upload_age_bucket")
         card.append(N_UPLOAD_AGE_CODES)  # 0 unused, 1 = future, 2.. = ages
         if self.item_signals_ is not None:
@@ -623,6 +650,13 @@ class CandidateFeaturizer:
                     "with; serve with the same user attributes as in training"
                 )
             numeric[:, j] = users[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = [c for c in self.user_multi_ if c not in users.columns]
+        if missing:
+            raise KeyError(
+                f"users table lacks multi-valued column(s) {missing}, which the featurizer was "
+                "fitted with; serve with the same user attributes as in training"
+            )
+        tags = _tag_bags(users, self.user_multi_, self.user_tag_vocab_, self.max_topics)
         return UserHistory(
             watches=watches,
             watch_items=w_items,
@@ -633,6 +667,7 @@ class CandidateFeaturizer:
             user_index=user_index,
             user_categorical=categorical,
             user_numeric=numeric,
+            user_tags=tags,
         )
 
     def serving(
@@ -674,6 +709,8 @@ class CandidateFeaturizer:
         known = rows >= 0
         categorical = np.zeros((n, len(self.user_categorical_)), dtype=np.int32)
         categorical[known] = history.user_categorical[rows[known]]
+        tags = np.zeros((n, history.user_tags.shape[1]), dtype=np.int32)
+        tags[known] = history.user_tags[rows[known]]
 
         raw = self._raw_continuous(history, users, times, w_lo=w_lo, w_hi=w_hi, rows=rows)
         continuous = QuantileNormalizer.expand(self.normalizer_.transform(raw))
@@ -693,6 +730,7 @@ class CandidateFeaturizer:
             categorical=categorical,
             continuous=continuous.astype(np.float32),
             example_age=example_age,
+            tags=tags,
         )
 
     def _raw_continuous(
@@ -796,6 +834,14 @@ class CandidateFeaturizer:
             bucket = 1 + np.searchsorted(self.duration_edges_, d, side="right")
             single[:, j] = np.where(np.isfinite(d), bucket, 0)
             j += 1
+        for c, edges in self.item_numeric_edges_.items():
+            if c not in items.columns:
+                raise KeyError(
+                    f"items table lacks column {c!r}, which the featurizer was fitted with"
+                )
+            v = pd.to_numeric(items[c], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+            single[:, j] = np.where(np.isfinite(v), 1 + np.searchsorted(edges, v, "right"), 0)
+            j += 1
         upload = items["upload_time"].to_numpy(dtype=np.int64)
         single[:, j] = upload_age_codes(ref - upload)
         table = None
@@ -805,11 +851,19 @@ class CandidateFeaturizer:
             )
 
         if self.has_topics_:
-            if "topics" not in items.columns:
+            missing = [
+                c
+                for c in ("topics",) * self.item_topics_ + self.item_multi_
+                if c not in items.columns
+            ]
+            if missing:
                 raise KeyError(
-                    "items table lacks column 'topics', which the featurizer was fitted with"
+                    f"items table lacks column(s) {missing}, which the featurizer was fitted with"
                 )
-            topics = _topic_bags(items["topics"], self.topic_vocab_, self.max_topics)
+            parts = [_tag_bags(items, self.item_multi_, self.topic_vocab_, self.max_topics)]
+            if self.item_topics_:
+                parts.insert(0, _topic_bags(items["topics"], self.topic_vocab_, self.max_topics))
+            topics = np.concatenate(parts, axis=1)
             topic_card = len(self.topic_vocab_)
         else:
             topics = np.zeros((n, 0), dtype=np.int32)
@@ -897,6 +951,11 @@ class CandidateFeaturizer:
             "item_vocabs": {c: v.to_dict() for c, v in self.item_vocabs_.items()},
             "has_topics": self.has_topics_,
             "topic_vocab": self.topic_vocab_.to_dict() if self.has_topics_ else None,
+            "item_topics": self.item_topics_,
+            "item_multi": list(self.item_multi_),
+            "item_numeric_edges": {c: e.tolist() for c, e in self.item_numeric_edges_.items()},
+            "user_multi": list(self.user_multi_),
+            "user_tag_vocab": self.user_tag_vocab_.to_dict(),
             "has_duration": self.has_duration_,
             "duration_edges": self.duration_edges_.tolist(),
             "continuous_names": list(self.continuous_names_),
@@ -924,6 +983,18 @@ class CandidateFeaturizer:
         f.has_topics_ = bool(d["has_topics"])
         if f.has_topics_:
             f.topic_vocab_ = IdVocabulary.from_dict(d["topic_vocab"])
+        # typed extra columns (absent from featurizers saved before them: none)
+        f.item_topics_ = bool(d.get("item_topics", f.has_topics_))
+        f.item_multi_ = tuple(d.get("item_multi", ()))
+        f.item_numeric_edges_ = {
+            c: np.asarray(e, dtype=np.float64) for c, e in d.get("item_numeric_edges", {}).items()
+        }
+        f.user_multi_ = tuple(d.get("user_multi", ()))
+        f.user_tag_vocab_ = (
+            IdVocabulary.from_dict(d["user_tag_vocab"])
+            if "user_tag_vocab" in d
+            else IdVocabulary(name="user.tags").fit(np.zeros(0, dtype=object))
+        )
         f.has_duration_ = bool(d["has_duration"])
         f.duration_edges_ = np.asarray(d["duration_edges"], dtype=np.float64)
         f.continuous_names_ = tuple(d["continuous_names"])
@@ -1046,6 +1117,7 @@ class UserHistory:
     user_index: pd.Index  # users-table user ids -> row
     user_categorical: np.ndarray  # (U, C) int32 codes per users-table row
     user_numeric: np.ndarray  # (U, K0) float64 numeric attributes per users-table row
+    user_tags: np.ndarray  # (U, T) int32 codes of the multi-valued attributes per row
 
 
 def _sorted_watches(watches: pd.DataFrame) -> pd.DataFrame:
@@ -1086,8 +1158,11 @@ def _gather_last(
     return out, length
 
 
-def _topic_bags(topics: pd.Series, vocab: IdVocabulary, width: int) -> np.ndarray:
-    """(N, width) int32 topic codes per item (first `width` known topics), zero-padded."""
+def _topic_bags(
+    topics: pd.Series, vocab: IdVocabulary, width: int, prefix: str = ""
+) -> np.ndarray:
+    """(N, width) int32 topic codes per item (first `width` known topics), zero-padded; each
+    value is looked up as `prefix` + value."""
     n = len(topics)
     exploded = topics.reset_index(drop=True).explode()
     row = exploded.index.to_numpy(dtype=np.int64)
@@ -1095,7 +1170,10 @@ def _topic_bags(topics: pd.Series, vocab: IdVocabulary, width: int) -> np.ndarra
     present = pd.notna(values)
     codes = np.zeros(len(values), dtype=np.int64)
     if present.any():
-        codes[present] = vocab.transform(values[present].astype(str))
+        looked_up = values[present].astype(str)
+        if prefix:
+            looked_up = (prefix + pd.Series(looked_up, dtype=object)).to_numpy(dtype=object)
+        codes[present] = vocab.transform(looked_up)
     keep = codes > 0
     row, codes = row[keep], codes[keep]
     counts = np.bincount(row, minlength=n)
@@ -1105,6 +1183,36 @@ def _topic_bags(topics: pd.Series, vocab: IdVocabulary, width: int) -> np.ndarra
     # first `width` topics: take the window [ptr, hi) -> _gather_last with lo = ptr
     bags, _ = _gather_last(codes.astype(np.int32), ptr[:-1], hi, width)
     return bags
+
+
+def _tag_values(table: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """Return every "column=value" of the multi-valued `columns` of `table` (object, flat)."""
+    parts = [np.zeros(0, dtype=object)]
+    for c in columns:
+        flat = table[c].explode().dropna()
+        parts.append((c + "=" + flat.astype(str)).to_numpy(dtype=object))
+    return np.concatenate(parts)
+
+
+def _tag_bags(
+    table: pd.DataFrame, columns: tuple[str, ...], vocab: IdVocabulary, width: int
+) -> np.ndarray:
+    """(N, width * len(columns)) int32 codes of "column=value" of each multi-valued column: the
+    first `width` known values of each, zero-padded (N, 0) without such columns)."""
+    bags = [np.zeros((len(table), 0), dtype=np.int32)]
+    for c in columns:
+        bags.append(_topic_bags(table[c], vocab, width, prefix=f"{c}="))
+    return np.concatenate(bags, axis=1)
+
+
+def _quantile_edges(values: pd.Series, n_buckets: int) -> np.ndarray:
+    """The distinct inner quantiles of the finite `values` (n_buckets buckets), float64."""
+    v = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.zeros(0, dtype=np.float64)
+    levels = np.linspace(0.0, 1.0, n_buckets + 1)[1:-1]
+    return np.unique(np.quantile(v, levels))
 
 
 def _require(frame: pd.DataFrame | None, table: str, columns: tuple[str, ...]) -> None:

@@ -16,16 +16,24 @@ reading it again gives exactly the same tables.
 
 File conventions: CSV is UTF-8, comma-separated, with a header line; an empty field is a
 missing value; `topics` is one '|'-separated string (`music|jazz`). In parquet `topics` is a
-list of strings. Integer ids are plain integer text (digits, optionally a leading '-'; see
-`features.schema.integer_text_ids`). Times are UTC seconds or ISO-8601 strings. Every read error (bad encoding,
-ragged lines, another separator, an unreadable parquet file) becomes a `DataContractError`
-naming the file and line.
+list of strings. Ids are integers or strings, decided per id space (`features.schema`):
+integer ids are plain integer text (digits, optionally a leading '-'; see
+`features.schema.integer_text_ids`), string ids are kept exactly as written. Times are UTC
+seconds or ISO-8601 strings. Extra columns of users and items are typed as features
+(`features.schema.EXTRA_COLUMN_RULES`, or declared with `columns=`). Every read error (bad
+encoding, ragged lines, another separator, an unreadable parquet file) becomes a
+`DataContractError` naming the file and line.
+
+A directory written by `write_dataset` from a dataset with string ids or typed extra columns
+also holds `id_maps.parquet` (its ids are then codes of that map) and `column_types.json` (the
+extra columns' types, so that reading it back types them the same way).
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import json
 import os
 import re
 from pathlib import Path
@@ -37,14 +45,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.atomic import atomic_path
+from features.atomic import atomic_path, atomic_write_json
+from features.ids import ID_MAPS_FILE, ID_SPACES, IdMaps
 from features.schema import (
     TABLE_SPECS,
     DataContractError,
     Problem,
     ValidationReport,
-    check_tables,
+    check_dataset,
+    declared_columns,
     file_may_pad_integers,
+    text_id_spaces,
     validate_dataset,
 )
 from features.tables import TABLES, Dataset
@@ -60,6 +71,8 @@ __all__ = [
 ]
 
 FORMATS: tuple[str, ...] = ("csv", "parquet")
+#: the extra columns' types of a directory written by `write_dataset` (read back as declarations)
+COLUMN_TYPES_FILE = "column_types.json"
 # In numeric CSV columns these mean "missing"; in string columns only the empty field does,
 # so that a title such as "NA" survives.
 _NA_TOKENS = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "<NA>"]
@@ -83,17 +96,21 @@ def _problem(table: str, file: Path | str, message: str, fix: str) -> DataContra
 # --------------------------------------------------------------------------------------------
 
 
-def read_table(path: str | os.PathLike[str], table: str) -> pd.DataFrame:
+def read_table(
+    path: str | os.PathLike[str], table: str, *, text: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Return the raw (not yet validated) table stored in a .csv or .parquet file.
 
-    Raises `DataContractError` naming the file (and line, for CSV) when it cannot be read.
+    `text` names CSV columns read as text whatever they hold (string ids, columns declared
+    categorical such as zip codes: '02139' stays '02139'). Raises `DataContractError` naming
+    the file (and line, for CSV) when it cannot be read.
     """
     path = Path(path)
     if table not in TABLE_SPECS:
         raise ValueError(f"unknown table {table!r}; the contract has {', '.join(TABLES)}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _read_csv(path, table)
+        return _read_csv(path, table, text)
     if suffix == ".parquet":
         return _read_parquet(path, table)
     raise ValueError(f"cannot read {path}: expected a .csv or .parquet file")
@@ -112,10 +129,12 @@ def _read_parquet(path: Path, table: str) -> pd.DataFrame:
         ) from None
 
 
-def _read_csv(path: Path, table: str) -> pd.DataFrame:
+def _read_csv(path: Path, table: str, text: tuple[str, ...] = ()) -> pd.DataFrame:
     header = _csv_header(path, table)
-    strings = _string_columns(table)
+    strings = _string_columns(table) | {c for c in text if c not in _id_columns(table)}
     ids = [c for c in header if c in _id_columns(table)]
+    if any(c in text for c in ids):  # string ids: every id column as text
+        return _parse_csv(path, table, header, strings, ids)
     # ids must be plain integer text (schema.integer_text_ids): the parser would read ' 5' and
     # '+6' as integers, so ids are read as text when the file holds such bytes at all
     df = _parse_csv(path, table, header, strings, ids if file_may_pad_integers(path) else [])
@@ -269,6 +288,8 @@ def _locate(root: Path) -> tuple[dict[str, Path], list[str], list[Problem]]:
         if entry.is_file() and entry.name in expected:
             stem, fmt = entry.name.rsplit(".", 1)
             found.setdefault(stem, {})[fmt] = entry
+        elif entry.is_file() and entry.name in (ID_MAPS_FILE, COLUMN_TYPES_FILE):
+            continue  # written with the tables (write_dataset); read by read_dataset
         else:
             ignored.append(entry.name + ("/" if entry.is_dir() else ""))
     files: dict[str, Path] = {}
@@ -304,11 +325,16 @@ def _locate(root: Path) -> tuple[dict[str, Path], list[str], list[Problem]]:
     return files, ignored, problems
 
 
-def read_dataset(path: str | os.PathLike[str]) -> tuple[Dataset, ValidationReport]:
+def read_dataset(
+    path: str | os.PathLike[str], *, columns: dict[str, str] | None = None
+) -> tuple[Dataset, ValidationReport]:
     """Return the validated `Dataset` of a data directory and the `ValidationReport`.
 
     Reads every table file, validates all tables and their references, and raises one
-    `DataContractError` listing every problem found (unreadable files included).
+    `DataContractError` listing every problem found (unreadable files included). `columns`
+    declares the types of extra columns of users and items (`data.columns` of a run config:
+    {"zip": "categorical", "items.budget": "ignore"}), over those of the directory's
+    column_types.json.
     """
     root = Path(path)
     if not root.exists():
@@ -329,11 +355,13 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[Dataset, ValidationRepor
     report = ValidationReport(
         source=str(root), files={t: p.name for t, p in files.items()}, ignored_files=ignored
     )
+    id_maps, declared = _written_with(root, problems)
+    declared.update(declared_columns(columns))
     tables: dict[str, pd.DataFrame | None] = {}
     unreadable: list[str] = []
     for table, file in files.items():
         try:
-            tables[table] = df = read_table(file, table)
+            tables[table] = df = read_table(file, table, text=_text_columns(table, declared))
         except DataContractError as exc:
             problems.extend(exc.problems)
             unreadable.append(table)
@@ -344,17 +372,21 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[Dataset, ValidationRepor
                 f"(an interrupted copy or download), its last row (row {len(df) - 1}) is "
                 "incomplete: check it"
             )
+    _reread_text_ids(tables, files, id_maps, declared)
     # tables present twice (csv and parquet) are reported already: not "missing"
     unreadable += [p.table for p in problems if p.table in TABLES]
-    checked, more = check_tables(
+    result = check_dataset(
         tables,
         files={t: str(p) for t, p in files.items()},
         report=report,
         unreadable=tuple(unreadable),
+        columns=declared,
+        id_maps=id_maps,
     )
-    problems.extend(more)
+    problems.extend(result.problems)
     if problems:
         raise DataContractError(problems)
+    checked = result.tables
     ds = Dataset(
         # no problems: every required table was present and coerced
         users=cast(pd.DataFrame, checked["users"]),
@@ -364,8 +396,87 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[Dataset, ValidationRepor
         impressions=checked["impressions"],
         name=root.resolve().name,
         meta={"source": str(root), "files": dict(report.files)},
+        ids=result.ids,
+        columns=result.columns,
     )
     return ds, report
+
+
+def _written_with(root: Path, problems: list[Problem]) -> tuple[IdMaps | None, dict[str, str]]:
+    """Return (the id maps, the extra columns' types) that `write_dataset` stored beside the
+    tables of `root` (None and {} when it stored none); a damaged file is a problem."""
+    id_maps: IdMaps | None = None
+    declared: dict[str, str] = {}
+    maps_file, types_file = root / ID_MAPS_FILE, root / COLUMN_TYPES_FILE
+    if maps_file.is_file():
+        try:
+            id_maps = IdMaps.load(maps_file)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            problems.append(
+                Problem(
+                    "dataset",
+                    None,
+                    f"cannot read the id maps: {exc}",
+                    file=str(maps_file),
+                    fix="it was written with the tables, whose ids are its codes: restore the "
+                    "directory as it was written",
+                )
+            )
+    if types_file.is_file():
+        try:
+            raw = json.loads(types_file.read_text("utf-8"))
+            if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+                raise ValueError("expected {table: {column: type}}")
+            declared = {f"{t}.{c}": str(k) for t, cols in raw.items() for c, k in cols.items()}
+        except (OSError, ValueError) as exc:
+            problems.append(
+                Problem(
+                    "dataset",
+                    None,
+                    f"cannot read the column types: {exc}",
+                    file=str(types_file),
+                    fix="restore the file written with the tables, or remove it (the extra "
+                    "columns are then typed by their values)",
+                )
+            )
+    return id_maps, declared
+
+
+def _text_columns(table: str, declared: dict[str, str]) -> tuple[str, ...]:
+    """Return the columns of `table` declared categorical or multi-valued (read as text)."""
+    if table not in ("users", "items"):
+        return ()
+    out = []
+    for key, kind in declared.items():
+        t, _, col = key.rpartition(".")
+        if kind in ("categorical", "multi") and t in ("", table):
+            out.append(col)
+    return tuple(out)
+
+
+def _reread_text_ids(
+    tables: dict[str, pd.DataFrame | None],
+    files: dict[str, Path],
+    id_maps: IdMaps | None,
+    declared: dict[str, str],
+) -> None:
+    """Read the id columns of a string id space again as text where the CSV parser made
+    numbers of them (users.csv with ids '007', '8' beside watches.csv with 'u1': '007' is the
+    id, not 7)."""
+    spaces = text_id_spaces(tables) - set(id_maps.ids if id_maps is not None else ())
+    for table, file in files.items():
+        df = tables.get(table)
+        if df is None or file.suffix.lower() != ".csv":
+            continue
+        numeric = [
+            c
+            for space in spaces
+            for t, c in ID_SPACES[space]
+            if t == table and c in df.columns and not pd.api.types.is_string_dtype(df[c].dtype)
+        ]
+        if numeric:
+            text = (*_text_columns(table, declared), *numeric)
+            tables[table] = read_table(file, table, text=text)
 
 
 def validate_directory(path: str | os.PathLike[str]) -> ValidationReport:
@@ -384,9 +495,18 @@ def format_report(report: ValidationReport) -> str:
             )
         else:
             lines.append(f"  {table:<12} {'absent':>12} (optional)")
-    if report.ignored_columns:
-        lines.append("ignored columns:")
-        lines += [f"  {t}: {', '.join(cols)}" for t, cols in report.ignored_columns.items()]
+    if report.id_types:
+        lines.append(
+            "ids: "
+            + ", ".join(f"{space} ids {kind}" for space, kind in report.id_types.items())
+        )
+    if report.column_types:
+        lines.append("columns beyond the contract (what each was taken as, and why):")
+        width = max(len(f"{t}.{c}") for t, cols in report.column_types.items() for c in cols)
+        for t, cols in report.column_types.items():
+            for c, kind in cols.items():
+                why = report.column_reasons.get(t, {}).get(c, "")
+                lines.append(f"  {f'{t}.{c}':<{width}}  {kind:<11}  {why}")
     if report.ignored_files:
         lines.append("ignored files: " + ", ".join(report.ignored_files))
     if report.conversions:
@@ -419,7 +539,9 @@ def write_dataset(
     Each file is written atomically. With `validate` (the default) the dataset is validated
     first, so that nothing that breaks the contract is written and `read_dataset` gives back
     exactly the same tables. Contract files of the other format (or of a table that `ds` does
-    not have) are removed from the directory, so it holds exactly this dataset.
+    not have) are removed from the directory, so it holds exactly this dataset. The id maps of
+    string ids (`ds.ids`) go to id_maps.parquet and the extra columns' types (`ds.columns`) to
+    column_types.json, so that reading the directory back gives the same ids and features.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
@@ -438,7 +560,30 @@ def write_dataset(
             stale = root / f"{table}.{other}"
             if (df is None or other != fmt) and stale.exists():
                 stale.unlink()
+    if ds.ids:
+        ds.ids.save(root)
+    elif (root / ID_MAPS_FILE).exists():
+        (root / ID_MAPS_FILE).unlink()
+    types = {t: dict(cols) for t, cols in ds.columns.items() if cols}
+    if _types_file_needed(ds):
+        atomic_write_json(root / COLUMN_TYPES_FILE, types)
+    elif (root / COLUMN_TYPES_FILE).exists():
+        (root / COLUMN_TYPES_FILE).unlink()
     return root
+
+
+def _types_file_needed(ds: Dataset) -> bool:
+    """Return whether reading the written tables back could type an extra column otherwise:
+    categorical and multi-valued ones (numbers as text, a single value, all-distinct values)
+    and constant continuous ones. Numeric columns read back as themselves (no file)."""
+    for table, cols in ds.columns.items():
+        frame = ds.table(table)
+        for c, kind in cols.items():
+            if kind != "continuous":
+                return True
+            if frame is not None and c in frame.columns and frame[c].nunique(dropna=False) <= 1:
+                return True
+    return False
 
 
 def _topics_array(s: pd.Series) -> pa.Array:

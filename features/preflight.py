@@ -227,6 +227,8 @@ class _Checks:
             for c in show:
                 v = df[c].iloc[i]
                 ex[c] = v.item() if isinstance(v, np.generic) else v
+                if c in ("user_id", "item_id") and self.ds.ids is not None:
+                    ex[c] = self.ds.ids.label(c[: -len("_id")], int(v))  # the data's own id
             out.append(ex)
         return out
 
@@ -275,7 +277,7 @@ def preflight(
     _check_windows(checks, dataset, split, needs, report)
     _check_before_upload(checks, dataset)
     if data_warnings:
-        checks.warnings += table_warnings({t: dataset.table(t) for t in TABLES})
+        checks.warnings += table_warnings({t: dataset.table(t) for t in TABLES}, ids=dataset.ids)
     if checks.problems:
         raise PreflightError(checks.problems)
     report.warnings = checks.warnings
@@ -612,6 +614,11 @@ def _check_ranker_impressions(
         )
 
 
+def _label(ds: Dataset, space: str, code: int) -> int | str:
+    """The data's own id of an internal id (string ids as given)."""
+    return code if ds.ids is None else ds.ids.label(space, code)
+
+
 def _check_before_upload(checks: _Checks, ds: Dataset) -> None:
     w, items = ds.watches, ds.items
     pos = pd.Index(items["item_id"].to_numpy()).get_indexer(w["item_id"].to_numpy())
@@ -647,7 +654,8 @@ def _check_before_upload(checks: _Checks, ds: Dataset) -> None:
         else ""
     )
     checks.warnings.append(
-        f"{what} (first at row {int(early[0])}: item {int(w['item_id'].iloc[early[0]])}"
+        f"{what} (first at row {int(early[0])}: item "
+        f"{_label(ds, 'item', int(w['item_id'].iloc[early[0]]))}"
         f"{stretch}); kept: the models see these items as not yet uploaded; above "
         f"{MAX_BEFORE_UPLOAD_SHARE:.0%} this is an error"
     )

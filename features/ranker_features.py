@@ -15,6 +15,14 @@ Categorical (raw values here, codes after `RankerVocabularies.encode`):
     channel_id         from `items.channel_id`
     topics             the item's topics, padded
     source             the candidate source (`requests.source`)
+    attributes         the item's categorical and multi-valued extra columns as one bag of
+                       "column=value" (only when the items table has such columns; id space
+                       "attribute", frequency floor `ATTRIBUTE_MIN_COUNT` training rows)
+
+Extra columns of the items table (`features.tables.extra_columns`) come in as the bag above and,
+the continuous ones, as continuous columns "item.<column>" after `CONTINUOUS_COLUMNS`. Extra
+columns of the users table reach the ranker through the candidate generator: its user tower
+takes them, and the CG score is a ranker feature.
 
 Continuous (`CONTINUOUS_COLUMNS`, raw; the ranker normalizes them with a QuantileNormalizer fitted
 on the training frame) and 0/1 indicators (`FLAG_COLUMNS`, fed as they are): see the tuples below.
@@ -39,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from features.atomic import atomic_write_json
-from features.tables import Dataset
+from features.tables import Dataset, extra_columns
 from features.time_signals import ITEM_TIME_VALUES, NO_EVENT, item_signal_values
 from features.vocab import IdVocabulary
 
@@ -77,6 +85,11 @@ CG_SCORE_ABSENT: float = 0.0
 #: Names of the id spaces; the scored item and the watched bag share "item", user and item
 #: language share "language".
 ID_SPACES: tuple[str, ...] = ("item", "language", "channel", "topic", "source")
+#: The id space of the items' extra categorical and multi-valued columns, present only when the
+#: items table has such columns (so models of other data keep their inputs exactly).
+ATTRIBUTE_SPACE = "attribute"
+#: Training rows an extra-column value needs to get its own code (else OOV, code 0).
+ATTRIBUTE_MIN_COUNT = 2
 
 
 def embedding_width(
@@ -110,8 +123,10 @@ class RankerFrame:
     history_count   (N,) int64: how many of them (end - start); the bag is the last
                     min(count, history_len) of them
     topics          (I, T) object: padded topic lists (None = padding) of the frame's distinct items
-    topic_row       (N,) int64: row -> index into `topics`
+    topic_row       (N,) int64: row -> index into `topics` (and into `attributes`)
     history_len     the default bag size N of `history_matrix`
+    attributes      None, or (I, A) object: the distinct items' "column=value" of their extra
+                    categorical and multi-valued columns (None = padding)
     """
 
     rows: pd.DataFrame
@@ -123,6 +138,7 @@ class RankerFrame:
     topics: np.ndarray
     topic_row: np.ndarray
     history_len: int
+    attributes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -191,6 +207,7 @@ class RankerFrame:
             topics=self.topics,
             topic_row=self.topic_row[idx],
             history_len=self.history_len,
+            attributes=self.attributes,
         )
 
 
@@ -369,6 +386,29 @@ def _topic_codes_of(topics: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return out, np.asarray(names, dtype=object)
 
 
+def _attribute_codes_of(items: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (codes (I, A) int64 with -1 padding, names (K,) object) of each item's
+    "column=value" over the categorical (one value) and multi-valued (lists) `columns`."""
+    n = len(items)
+    pos_parts, name_parts = [np.zeros(0, np.int64)], [np.zeros(0, dtype=object)]
+    for c in columns:
+        ex = items[c].reset_index(drop=True).explode()  # a str column stays one value per row
+        ex = ex[ex.notna()]
+        pos_parts.append(np.asarray(ex.index, dtype=np.int64))
+        name_parts.append((c + "=" + ex.astype(str)).to_numpy(dtype=object))
+    pos, names = np.concatenate(pos_parts), np.concatenate(name_parts)
+    if len(pos) == 0:
+        return np.full((n, 1), -1, dtype=np.int64), np.array([], dtype=object)
+    order = np.argsort(pos, kind="stable")  # by item, columns in order
+    pos, names = pos[order], names[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(pos)) + 1]
+    within = np.arange(len(pos)) - np.repeat(starts, np.diff(np.r_[starts, len(pos)]))
+    codes, uniq = pd.factorize(names)
+    out = np.full((n, int(within.max()) + 1), -1, dtype=np.int64)
+    out[pos, within] = codes
+    return out, np.asarray(uniq, dtype=object)
+
+
 def _codes_in(sorted_uniq: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Return the position of each value in `sorted_uniq`, -1 when absent."""
     if len(sorted_uniq) == 0:
@@ -502,6 +542,18 @@ class RankerFeatureIndex:
         else:
             self.topic_codes = np.full((self.n_items, 1), -1, dtype=np.int64)
             self.topic_names = np.array([], dtype=object)
+        # extra columns of items: continuous values, and one bag of "column=value" codes
+        extras = extra_columns(dataset, "items")
+        self.extra_continuous = {
+            f"item.{c}": pd.to_numeric(items[c], errors="coerce").to_numpy(np.float64)
+            for c, kind in extras.items()
+            if kind == "continuous"
+        }
+        bagged = [c for c, kind in extras.items() if kind in ("categorical", "multi")]
+        self.attribute_codes: np.ndarray | None = None
+        self.attribute_names = np.array([], dtype=object)
+        if bagged:
+            self.attribute_codes, self.attribute_names = _attribute_codes_of(items, bagged)
         self.upload = items["upload_time"].to_numpy(dtype=np.int64)
         self.duration = (
             pd.to_numeric(items["duration"], errors="coerce").to_numpy(dtype=np.float64)
@@ -707,6 +759,12 @@ def build_ranker_frame(
         cg_rank = np.zeros(n)
         cg_score = np.full(n, CG_SCORE_ABSENT)
 
+    attributes = None
+    if ix.attribute_codes is not None:
+        at_rows = ix.attribute_codes[uniq_ipos]  # (I, A)
+        attributes = np.full(at_rows.shape, None, dtype=object)
+        attributes[at_rows >= 0] = ix.attribute_names[at_rows[at_rows >= 0]]
+
     cont = {
         "user_channel_watches": user_channel_watches,
         "since_channel_watch": since_channel,
@@ -721,8 +779,9 @@ def build_ranker_frame(
         "item_popularity": item_popularity,
         "user_activity": user_activity,
     }
+    cont.update({name: values[ipos] for name, values in ix.extra_continuous.items()})
     # one 2-D block each (a frame built column by column costs ~1 ms more per serving request)
-    continuous = _block_frame(cont, CONTINUOUS_COLUMNS, np.float64)
+    continuous = _block_frame(cont, CONTINUOUS_COLUMNS + tuple(ix.extra_continuous), np.float64)
     if time_windows:  # the item's recent popularity as of t
         values = ix.item_time_values(ipos, r_t, tuple(int(w) for w in time_windows))
         timed = pd.DataFrame(values, columns=list(ITEM_TIME_VALUES), copy=False)
@@ -768,6 +827,7 @@ def build_ranker_frame(
         topics=topics,
         topic_row=topic_row.astype(np.int64),
         history_len=int(history_len),
+        attributes=attributes,
     )
 
 
@@ -781,6 +841,8 @@ class EncodedRankerFrame:
     item, user_language, item_language, channel, source: (N,) int64
     history_codes (W,) int64 codes of frame.history_items; topic_codes (I, T) int64
     history_end, history_count, topic_row: as in RankerFrame
+    attribute_codes None, or (I, A) int64 codes of frame.attributes (vocabularies with an
+                    "attribute" space only)
     """
 
     item: np.ndarray
@@ -793,6 +855,7 @@ class EncodedRankerFrame:
     history_count: np.ndarray
     topic_codes: np.ndarray
     topic_row: np.ndarray
+    attribute_codes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item)
@@ -812,6 +875,12 @@ class EncodedRankerFrame:
         """Return the topic codes (B, T) int64 of `rows`, 0 = padding."""
         return self.topic_codes[self.topic_row[rows]]
 
+    def attributes(self, rows: np.ndarray) -> np.ndarray | None:
+        """Return the extra-column codes (B, A) int64 of `rows` (0 = padding), or None."""
+        if self.attribute_codes is None:
+            return None
+        return self.attribute_codes[self.topic_row[rows]]
+
 
 def _covered(end: np.ndarray, count: np.ndarray, history_len: int, size: int) -> np.ndarray:
     """Return a (size,) bool mask of history positions that fall in at least one row's bag."""
@@ -825,13 +894,20 @@ def _covered(end: np.ndarray, count: np.ndarray, history_len: int, size: int) ->
 
 @dataclass
 class RankerVocabularies:
-    """One `IdVocabulary` per id space (see `ID_SPACES`), fitted on a training frame."""
+    """One `IdVocabulary` per id space (see `ID_SPACES`), fitted on a training frame; plus
+    `attribute` when the frame has extra item columns (`ATTRIBUTE_SPACE`)."""
 
     item: IdVocabulary
     language: IdVocabulary
     channel: IdVocabulary
     topic: IdVocabulary
     source: IdVocabulary
+    attribute: IdVocabulary | None = None
+
+    @property
+    def spaces(self) -> tuple[str, ...]:
+        """The id spaces these vocabularies have (`ID_SPACES`, then "attribute" if fitted)."""
+        return ID_SPACES + ((ATTRIBUTE_SPACE,) if self.attribute is not None else ())
 
     @classmethod
     def fit(
@@ -848,15 +924,16 @@ class RankerVocabularies:
         `top_n` is one cap for every space or a mapping space -> cap (None = keep all);
         everything cut maps to code 0, whose embedding is the zero vector.
         """
+        spaces = (*ID_SPACES, ATTRIBUTE_SPACE)
         if isinstance(top_n, Mapping):
-            unknown = set(top_n) - set(ID_SPACES)
+            unknown = set(top_n) - set(spaces)
             if unknown:
                 raise ValueError(
-                    f"top_n names unknown id space(s) {sorted(unknown)}; known: {ID_SPACES}"
+                    f"top_n names unknown id space(s) {sorted(unknown)}; known: {spaces}"
                 )
-            caps = {s: top_n.get(s) for s in ID_SPACES}
+            caps = {s: top_n.get(s) for s in spaces}
         else:
-            caps = dict.fromkeys(ID_SPACES, top_n)
+            caps = dict.fromkeys(spaces, top_n)
         for space, cap in caps.items():
             if cap is not None and int(cap) < 1:
                 raise ValueError(f"top_n for id space {space!r} must be >= 1 or None, got {cap}")
@@ -873,17 +950,25 @@ class RankerVocabularies:
         def vocab(space: str) -> IdVocabulary:
             return IdVocabulary(max_size=caps[space], name=space)
 
+        attribute = None
+        if frame.attributes is not None:  # per row: the item's "column=value" bag
+            values = frame.attributes[frame.topic_row].reshape(-1)
+            values = pd.Series(values[pd.notna(values)], dtype=object).astype(str)
+            attribute = IdVocabulary(
+                min_count=ATTRIBUTE_MIN_COUNT, max_size=caps[ATTRIBUTE_SPACE], name=ATTRIBUTE_SPACE
+            ).fit(values)
         return cls(
             item=vocab("item").fit(item_values),
             language=vocab("language").fit(lang.dropna().astype(str)),
             channel=vocab("channel").fit(rows["channel_id"].dropna().astype(str)),
             topic=vocab("topic").fit(pd.Series(topic_values, dtype=object).astype(str)),
             source=vocab("source").fit(rows["source"].dropna().astype(str)),
+            attribute=attribute,
         )
 
     def sizes(self) -> dict[str, int]:
         """Return the number of codes (incl. 0) per id space."""
-        return {s: len(getattr(self, s)) for s in ID_SPACES}
+        return {s: len(getattr(self, s)) for s in self.spaces}
 
     def embedding_widths(
         self, *, scale: float = 6.0, min_width: int = 4, max_width: int = 128
@@ -934,12 +1019,24 @@ class RankerVocabularies:
             history_count=frame.history_count,
             topic_codes=self._object_codes(self.topic, frame.topics),
             topic_row=frame.topic_row,
+            attribute_codes=self._attribute_codes(frame),
         )
+
+    def _attribute_codes(self, frame: RankerFrame) -> np.ndarray | None:
+        """The codes (I, A) of the frame's extra-column bags; None without an attribute space."""
+        if self.attribute is None:
+            return None
+        if frame.attributes is None:  # a frame of items without those columns: all OOV
+            return np.zeros((len(frame.topics), 1), dtype=np.int64)
+        return self._object_codes(self.attribute, frame.attributes)
 
     # ------------------------------------------------------------------ persist
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable record of all id spaces."""
-        return {"kind": "RankerVocabularies", **{s: getattr(self, s).to_dict() for s in ID_SPACES}}
+        return {
+            "kind": "RankerVocabularies",
+            **{s: getattr(self, s).to_dict() for s in self.spaces},
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RankerVocabularies:
@@ -949,7 +1046,8 @@ class RankerVocabularies:
         missing = [s for s in ID_SPACES if s not in d]
         if missing:
             raise ValueError(f"RankerVocabularies record lacks id space(s) {missing}")
-        return cls(**{s: IdVocabulary.from_dict(d[s]) for s in ID_SPACES})
+        spaces = (*ID_SPACES, ATTRIBUTE_SPACE) if ATTRIBUTE_SPACE in d else ID_SPACES
+        return cls(**{s: IdVocabulary.from_dict(d[s]) for s in spaces})
 
     def save(self, path: str | Path) -> Path:
         """Write the vocabularies as JSON (atomically); return the path."""

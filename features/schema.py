@@ -12,19 +12,28 @@ fix. All checks are vectorized (numpy/pandas/pyarrow), so they scale to tables o
 millions of rows.
 
 Coercions (each one is reported in the `ValidationReport`, never silently):
-- ids: int64. An id given as text (a CSV field, a string column) must be plain integer text:
-  ASCII digits with an optional leading '-' (`integer_text_ids`); '1e2', '73.0', '+6' and ' 5'
-  are errors, never read as 100, 73, 6 or 5. Floating-point id columns (parquet float64) whose
-  values are all whole numbers, and decimal ones, are converted and reported; a fraction is an
-  error. Integer columns of other widths (int32, uint64 below 2^63) are taken as they are.
+- ids: decided per id space (user ids: users, watches, searches, impressions; item ids: items,
+  watches, impressions; `features.ids.ID_SPACES`). A space holds string ids when some value of
+  one of its columns, as text, is not a number at all (`u1`, `dQw4w9WgXcQ`, a UUID): every id
+  of the space is then taken as the exact text given (an empty field is missing), and mapped to
+  a dense int64 code (`features.ids.IdMaps`, codes in sorted order). Otherwise the space holds
+  integer ids, int64 as they are: an id given as text must be plain integer text, i.e. ASCII
+  digits with an optional leading '-' (`integer_text_ids`); '1e2', '73.0', '+6' and ' 5' look
+  like numbers, so they keep the space an integer one and are errors there, never read as 100,
+  73, 6 or 5 (a corrupted integer column is refused, not silently turned into string ids).
+  Floating-point id columns (parquet float64) whose values are all whole numbers, and decimal
+  ones, are converted and reported; a fraction is an error. Integer columns of other widths
+  (int32, uint64 below 2^63) are taken as they are.
 - times: int64 UTC seconds; ISO-8601 strings and datetime columns are converted (timezone-aware
   values to UTC, naive values are taken as UTC); fractional seconds are floored. Upload times
   before 1970 are valid (negative seconds); event timestamps must be >= 0.
 - `topics`: a list of str per row; a '|'-separated string is split; missing means no topics;
   topics are stripped of surrounding whitespace and empty ones dropped.
 - strings: an empty string is a missing value.
-- extra columns: on `users`, numeric ones are kept as continuous user features (float64);
-  everything else is ignored and listed in the report.
+- extra columns of `users` and `items` are features, typed by `EXTRA_COLUMN_RULES` (or as
+  declared, `columns=`): categorical (str), continuous (float64) or multi-valued (list[str]);
+  the report says what each was taken as and why one was ignored. Extra columns of the event
+  tables are ignored and listed.
 
 Warnings (the data is accepted, and the report counts what looks wrong; see
 `ValidationReport.warnings`): event rows repeating an earlier row exactly (double logging), and
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import difflib
 import gc
 import os
@@ -48,23 +58,30 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.tables import OPTIONAL_TABLES, TABLES, Dataset
+from features.ids import ID_MAPS_FILE, ID_SPACES, IdMaps, sorted_ids
+from features.tables import COLUMN_TYPES, OPTIONAL_TABLES, TABLES, Dataset
 
 __all__ = [
+    "CheckedTables",
     "ColumnSpec",
     "DataContractError",
+    "EXTRA_COLUMN_RULES",
     "Problem",
     "TABLE_SPECS",
     "TableSpec",
     "ValidationReport",
     "WATCH_TIME_OVER_DURATION",
+    "check_dataset",
     "check_tables",
     "csv_line_numbers",
+    "declare_columns",
+    "declared_columns",
     "file_may_pad_integers",
     "integer_text_ids",
     "page_sizes",
     "repeated_rows",
     "table_warnings",
+    "text_id_spaces",
     "validate_dataset",
     "validate_table",
 ]
@@ -90,6 +107,21 @@ _MAX_EXAMPLE_CHARS = 60
 # up to a few plays, while a factor of 10 or more points at milliseconds read as seconds or at a
 # watch attributed to the wrong (shorter) item.
 WATCH_TIME_OVER_DURATION = 10.0
+
+#: How an extra column of users or items is typed when no declaration (`data.columns`) names
+#: it, in this order; `vidrec validate` prints the outcome for every column.
+EXTRA_COLUMN_RULES: tuple[str, ...] = (
+    "numbers (an int, float or bool column; in CSV, a column whose every field is a number) "
+    "-> continuous, float64 (bools 0/1); missing values stay NaN",
+    "lists of text (parquet), or text where some value contains '|' -> multi-valued, "
+    "list[str] ('a|b' is split, values stripped, empty ones dropped)",
+    "any other text -> categorical, str (an empty field is missing)",
+    "ignored: a column with no values, one with the same value in every row (constant; a "
+    "missing value counts as a value), and a categorical one whose every value is distinct (an "
+    "identifier, such as a name or an email)",
+    "a declaration overrides the rules: categorical (numbers are taken as their text, e.g. zip "
+    "codes), continuous (every value must be a number), multi, or ignore",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +154,7 @@ class TableSpec:
     primary_key: str | None = None
     # (column, referenced table): values must exist in the referenced table's primary key
     references: tuple[tuple[str, str], ...] = ()
-    keep_numeric_extras: bool = False
+    typed_extras: bool = False  # extra columns are features (users, items), else ignored
 
     @property
     def required(self) -> bool:
@@ -176,7 +208,7 @@ TABLE_SPECS: dict[str, TableSpec] = {
             ColumnSpec("device", "str", meaning="categorical device"),
         ),
         primary_key="user_id",
-        keep_numeric_extras=True,
+        typed_extras=True,
     ),
     "items": TableSpec(
         "items",
@@ -196,6 +228,7 @@ TABLE_SPECS: dict[str, TableSpec] = {
             ColumnSpec("title", "str", meaning="title text"),
         ),
         primary_key="item_id",
+        typed_extras=True,
     ),
     "watches": TableSpec(
         "watches",
@@ -299,6 +332,12 @@ class ValidationReport:
     notes: list[str] = field(default_factory=list)
     # accepted, but counted because it looks wrong (duplicated events, implausible watch times)
     warnings: list[str] = field(default_factory=list)
+    # per id space ("user", "item"): "integer" or "string"
+    id_types: dict[str, str] = field(default_factory=dict)
+    # {table: {column: "categorical" | "continuous" | "multi" | "ignored"}} of every column
+    # beyond the contract, and {table: {column: why}}: what it was taken as, or why ignored
+    column_types: dict[str, dict[str, str]] = field(default_factory=dict)
+    column_reasons: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain JSON-serialisable dicts and lists."""
@@ -337,9 +376,21 @@ class _TableChecker:
     """Checks and coerces one table, collecting problems, conversions and notes."""
 
     def __init__(
-        self, spec: TableSpec, df: pd.DataFrame, file: str | None, report: ValidationReport
+        self,
+        spec: TableSpec,
+        df: pd.DataFrame,
+        file: str | None,
+        report: ValidationReport,
+        *,
+        string_ids: Mapping[str, pd.Index] | None = None,
+        coded: Mapping[str, int] | None = None,
+        declared: Mapping[str, str] | None = None,
     ) -> None:
         self.spec = spec
+        self.string_ids = dict(string_ids or {})  # string id space -> its sorted ids
+        self.coded = dict(coded or {})  # id space -> number of codes of a loaded id map
+        self.declared = dict(declared or {})  # extra column -> declared type
+        self.extra_types: dict[str, str] = {}  # kept extra column -> type
         self.df = df.reset_index(drop=True)  # row numbers are positions
         self.file = file
         self.report = report
@@ -465,26 +516,23 @@ class _TableChecker:
         extras = [c for c in df.columns if c not in self.spec.column_names]
         ignored: list[str] = []
         for name in extras:
-            kept = (
-                self.extra(name, self.decode_bytes(str(name), df[name]))
-                if self.spec.keep_numeric_extras
-                else None
-            )
+            if self.spec.typed_extras:
+                kept, kind, why = self.extra(str(name), self.decode_bytes(str(name), df[name]))
+            else:
+                kept, kind = None, "ignored"
+                why = (
+                    f"not part of the contract for {self.spec.name} (only users and items "
+                    "take extra columns)"
+                )
+            self.report.column_types.setdefault(self.spec.name, {})[str(name)] = kind
+            self.report.column_reasons.setdefault(self.spec.name, {})[str(name)] = why
             if kept is None:
                 ignored.append(str(name))
             else:
-                out[name] = kept
-        kept_extras = [str(c) for c in extras if c in out]
-        if kept_extras:
-            self.note(f"kept numeric columns {kept_extras} as continuous user features")
+                out[str(name)] = kept
+                self.extra_types[str(name)] = kind
         if ignored:
             self.report.ignored_columns.setdefault(self.spec.name, []).extend(ignored)
-            why = (
-                "they are not numeric (extra user columns must be numeric continuous features)"
-                if self.spec.keep_numeric_extras
-                else f"they are not part of the contract for {self.spec.name}"
-            )
-            self.note(f"ignored columns {ignored}: {why}")
 
         self.table_checks(out)
         self.coerced = out
@@ -545,7 +593,9 @@ class _TableChecker:
         n_before = len(self.problems)
         s = self.decode_bytes(col.name, s)
         result: pd.Series | None
-        if col.kind == "id":
+        if col.kind == "id" and _space_of(col.name) in self.string_ids:
+            result = self.string_id_codes(col, s)
+        elif col.kind == "id":
             result = self.ids(col, s)
         elif col.kind == "time":
             result = self.times(col, s)
@@ -617,7 +667,38 @@ class _TableChecker:
             f"{col.name} must be >= 0 (-1 marks 'no item' in retrieval results); remap the ids, "
             "e.g. codes, uniques = pandas.factorize(ids), using the same mapping in every table",
         )
+        space = _space_of(col.name)
+        if space in self.coded:  # the tables of a directory with an id_maps.parquet hold codes
+            self.flag(
+                col.name,
+                ~missing & ~bad & (values >= self.coded[space]),
+                f"codes beyond the {self.coded[space]} {space} ids of {ID_MAPS_FILE}",
+                f"the ids of this directory are codes of {ID_MAPS_FILE} (written with the "
+                "tables); restore the directory as it was written, or read the original data",
+            )
         return pd.Series(values, name=col.name)
+
+    def string_id_codes(self, col: ColumnSpec, s: pd.Series) -> pd.Series:
+        """Return the int64 codes of a column of string ids (the exact text given).
+
+        Integer-typed values (a parquet int column beside text ids) are taken as their decimal
+        text; floating-point, boolean or other values are refused: they are not how text ids
+        are stored.
+        """
+        space = _space_of(col.name)
+        text, bad = _id_text(s)
+        missing = text.isna().to_numpy() & ~bad
+        self.flag(
+            col.name,
+            bad,
+            f"values that are not text in a column of string {space} ids",
+            f"the {space} ids of this data are strings (e.g. "
+            f"{self.string_ids[space][0]!r}): store {col.name} as text in every table",
+        )
+        if col.required:
+            self.missing(col, missing)
+        codes = self.string_ids[space].get_indexer(text.to_numpy(dtype=object, na_value=None))
+        return pd.Series(np.where(codes >= 0, codes, 0).astype(np.int64), name=col.name)
 
     def _exact_ints(
         self, col: ColumnSpec, s: pd.Series, fix: str, what: str
@@ -949,31 +1030,158 @@ class _TableChecker:
                 self.flag(name, listy, "lists holding values that are not strings", fix)
             return pd.Series([[]] * len(s), name=name, dtype=object)
         lists, n_split, n_dropped = lists
+        what = "topic" if name == "topics" else "value"
         if n_split:
-            self.convert(name, f"split {n_split} '|'-separated strings into topic lists")
+            self.convert(name, f"split {n_split} '|'-separated strings into {what} lists")
         if n_dropped:
-            self.convert(name, f"dropped {n_dropped} empty topic strings")
+            self.convert(name, f"dropped {n_dropped} empty {what} strings")
         with _gc_paused():  # the million small lists are acyclic: skip the collector's passes
             return pd.Series(lists.to_pylist(), name=name, dtype=object)
 
-    def extra(self, name: Any, s: pd.Series) -> pd.Series | None:
-        """Return a numeric extra user column as float64, or None when it is not numeric."""
-        dtype = s.dtype
-        if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
-            f = s.to_numpy(np.float64, na_value=np.nan)
-        elif pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+    def extra(self, name: str, s: pd.Series) -> tuple[pd.Series | None, str, str]:
+        """Return (the typed column, or None when ignored; its type; why) of an extra column of
+        users or items, by `EXTRA_COLUMN_RULES` or as declared."""
+        declared = self.declared.get(name)
+        if declared == "ignore":
+            return None, "ignored", "declared 'ignore' (data.columns)"
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            s = s.astype(object).where(s.notna(), None)
+        shape = _value_shape(s)
+        if shape == "other":
+            self.flag(
+                name,
+                s.notna().to_numpy(),
+                f"values of type {s.dtype} in an extra column",
+                f"store {name} as numbers, text, or lists of text (parquet), or declare it "
+                f"'ignore' in data.columns",
+            )
+            return None, "ignored", "values of an unsupported type"
+        if shape == "mixed-lists":
+            self.flag(
+                name,
+                s.map(lambda v: isinstance(v, str)).to_numpy(bool),  # error path only
+                "'|'-separated strings mixed with lists",
+                f"store {name} as lists of text (parquet) or as '|'-separated text (CSV)",
+            )
+            return None, "ignored", "strings mixed with lists"
+        how = "declared in data.columns" if declared else "inferred"
+        if shape == "empty":
+            if not declared:
+                return None, "ignored", "no values: every row is missing"
+            kind = declared
+        elif declared:
+            kind = declared
+        elif shape == "number":
+            kind = "continuous"
+        elif shape == "list":
+            kind = "multi"
+        else:  # text: numbers written as text, '|'-separated values, or categories
+            t, missing = _stripped(s)
+            _, is_num = _parse_floats(t)
+            na = _regex_mask(t, _NA_RE)
+            bar = _regex_mask(_as_str(s), r"\|")
+            if is_num.any() and (is_num | missing | na).all():
+                kind = "continuous"
+            elif bar.any():
+                kind = "multi"
+            else:
+                kind = "categorical"
+        n_before = len(self.problems)
+        if kind == "continuous":
+            out, what = self._continuous_extra(name, s, shape)
+        elif kind == "categorical":
+            out, what = self._categorical_extra(name, s, shape)
+        else:
+            out, what = self._multi_extra(name, s, shape)
+        if len(self.problems) > n_before or out is None:
+            return None, "ignored", "refused: see the problems"
+        if kind == "multi":
+            lists = pa.array(out, type=pa.large_list(pa.string()))
+            n_distinct = len(pc.unique(lists.flatten()))
+            # constant: every row holds the same list
+            one_set = len(pc.unique(pc.binary_join(lists, "\x1f"))) <= 1
+        else:
+            n_distinct = int(out.nunique(dropna=True))
+            one_set = int(out.nunique(dropna=False)) <= 1  # a missing value is a value here
+        n_present = int(out.notna().sum())
+        if not declared and shape != "empty" and one_set and len(out) >= 2:
+            return None, "ignored", "one value in every row (constant): it carries no information"
+        if (
+            not declared
+            and kind == "categorical"
+            and n_present >= 2
+            and n_distinct == n_present
+        ):
+            return (
+                None,
+                "ignored",
+                f"every value is distinct ({n_distinct:,} values): an identifier, not a feature "
+                f"(declare {name} = \"categorical\" in data.columns to use it anyway)",
+            )
+        if kind != "continuous":
+            what += f", {n_distinct:,} distinct values"
+        return out.rename(name), kind, f"{what} ({how})"
+
+    def _continuous_extra(
+        self, name: str, s: pd.Series, shape: str
+    ) -> tuple[pd.Series | None, str]:
+        if shape == "list":
+            self.flag(
+                name,
+                s.notna().to_numpy(),
+                "lists in a column declared continuous",
+                f"declare {name} as 'multi' in data.columns, or store one number per row",
+            )
+            return None, ""
+        if shape in ("number", "empty"):
+            num = pd.to_numeric(s, errors="coerce") if s.dtype == object else s
+            f = num.to_numpy(np.float64, na_value=np.nan)
+            what = "booleans as 0/1" if pd.api.types.is_bool_dtype(num.dtype) else "numbers"
+        else:
             t, missing = _stripped(s)
             f, is_num = _parse_floats(t)
-            if not (is_num | missing).all() or not is_num.any():
-                return None
-            self.convert(str(name), "converted numeric strings to a float64 user feature")
-        else:
-            return None
-        self.flag(str(name), np.isinf(f), "infinite values", f"{name} must be finite")
+            missing = missing | _regex_mask(t, _NA_RE)
+            self.flag(
+                name,
+                ~is_num & ~missing,
+                "values that are not numbers in a continuous column",
+                f"{name} is taken as continuous: every value must be a number; declare it "
+                "'categorical' in data.columns if it holds categories",
+            )
+            f = np.where(is_num, f, np.nan)
+            what = "numbers written as text"
+            if is_num.any():
+                self.convert(name, f"converted {int(is_num.sum())} numeric strings to float64")
+        self.flag(name, np.isinf(f), "infinite values", f"{name} must be finite")
         n_missing = int(np.isnan(f).sum())
         if n_missing:
             self.note(f"{name}: {n_missing} missing values kept as NaN")
-        return pd.Series(f, name=str(name))
+        return pd.Series(f, name=name), what
+
+    def _categorical_extra(
+        self, name: str, s: pd.Series, shape: str
+    ) -> tuple[pd.Series | None, str]:
+        if shape == "list":
+            self.flag(
+                name,
+                s.notna().to_numpy(),
+                "lists in a column declared categorical",
+                f"declare {name} as 'multi' in data.columns, or store one value per row",
+            )
+            return None, ""
+        col = ColumnSpec(name, "str", meaning="extra categorical column")
+        what = "numbers taken as categories" if shape == "number" else "text"
+        return self.strings(col, s), what
+
+    def _multi_extra(
+        self, name: str, s: pd.Series, shape: str
+    ) -> tuple[pd.Series | None, str]:
+        if shape == "number":
+            s = self.strings(ColumnSpec(name, "str"), s)
+        col = ColumnSpec(name, "topics", meaning="extra multi-valued column")
+        out = self.topics(col, s)
+        what = "lists of text" if shape == "list" else "'|'-separated text"
+        return out, what
 
 
 # Plain integer text: what an integer id given as text must look like (RE2 '$' is the end of
@@ -1216,7 +1424,8 @@ def validate_table(
 
     Raises `DataContractError` listing every problem of this table. Cross-table references
     are checked by `validate_dataset`. `report`, when given, receives the conversions done and
-    the ignored columns.
+    the ignored columns. String ids become codes of this table's own sorted ids: a dataset
+    with string ids is validated whole by `validate_dataset`, which keeps the map.
     """
     tables, problems = check_tables(
         {name: df}, files={name: file} if file else None, report=report, only=(name,)
@@ -1234,11 +1443,42 @@ def check_tables(
     only: tuple[str, ...] | None = None,
     unreadable: tuple[str, ...] = (),
 ) -> tuple[dict[str, pd.DataFrame | None], list[Problem]]:
-    """Return (coerced tables, every problem found) without raising.
+    """Return (coerced tables, every problem found) without raising (see `check_dataset`)."""
+    checked = check_dataset(
+        tables, files=files, report=report, only=only, unreadable=unreadable
+    )
+    return checked.tables, checked.problems
+
+
+@dataclass
+class CheckedTables:
+    """What `check_dataset` found: coerced tables, problems, id maps and extra-column types."""
+
+    tables: dict[str, pd.DataFrame | None]
+    problems: list[Problem]
+    ids: IdMaps | None  # None: every id space holds integer ids
+    columns: dict[str, dict[str, str]]  # {users/items: {kept extra column: type}}
+
+
+def check_dataset(
+    tables: Mapping[str, pd.DataFrame | None],
+    *,
+    files: Mapping[str, str] | None = None,
+    report: ValidationReport | None = None,
+    only: tuple[str, ...] | None = None,
+    unreadable: tuple[str, ...] = (),
+    columns: Mapping[str, str] | None = None,
+    id_maps: IdMaps | None = None,
+) -> CheckedTables:
+    """Return the coerced tables, every problem found (without raising), the id maps and the
+    types of the extra columns.
 
     `only` restricts the check to those tables (no missing-table or reference checks then);
     `unreadable` names tables whose file could not be read (already reported by the reader):
-    they are not reported as missing and references into them are not checked.
+    they are not reported as missing and references into them are not checked. `columns`
+    declares extra columns of users and items ({"zip": "categorical", "items.budget":
+    "ignore"}, see `declared_columns`). `id_maps` are the maps of tables whose ids are codes
+    already (a directory written with an id_maps.parquet): their spaces must hold codes.
     """
     files = dict(files or {})
     report = report if report is not None else ValidationReport()
@@ -1246,6 +1486,10 @@ def check_tables(
     problems: list[Problem] = []
     out: dict[str, pd.DataFrame | None] = {}
     checkers: dict[str, _TableChecker] = {}
+    declared, found = _declarations(columns, tables, names, files)
+    problems.extend(found)
+    coded = {sp: id_maps.size(sp) for sp in (id_maps.ids if id_maps is not None else {})}
+    string_ids = _string_id_spaces(tables, names, coded, report)
     for name in names:
         spec = _spec(name)
         df = tables.get(name)
@@ -1273,7 +1517,15 @@ def check_tables(
                 )
             )
             continue
-        checker = _TableChecker(spec, df, files.get(name), report)
+        checker = _TableChecker(
+            spec,
+            df,
+            files.get(name),
+            report,
+            string_ids=string_ids,
+            coded=coded,
+            declared=declared.get(name),
+        )
         out[name] = checker.run()
         checkers[name] = checker
         problems.extend(checker.problems)
@@ -1288,11 +1540,255 @@ def check_tables(
                     fix=f"the {name} table must contain at least one row",
                 )
             )
+    maps = dict(id_maps.ids) if id_maps is not None else {}
+    maps.update({sp: idx.to_numpy(dtype=object) for sp, idx in string_ids.items()})
+    ids = IdMaps(maps) if maps else None
     if only is None:
         problems.extend(_reference_problems(checkers, files))
         if not problems:
-            _count_suspicious(out, checkers, report)
+            _count_suspicious(out, checkers, report, ids)
+    kept = {t: dict(c.extra_types) for t, c in checkers.items() if c.spec.typed_extras}
+    return CheckedTables(out, problems, ids, kept)
+
+
+def declared_columns(config_columns: Mapping[str, Any] | None) -> dict[str, str]:
+    """Return the declarations of a config's `data.columns` table as {"col" or "table.col": type}.
+
+    `[data.columns] zip = "categorical"` names a column of users or items; `[data.columns.items]
+    budget = "ignore"` (or the key "items.budget") names one table's column.
+    """
+    out: dict[str, str] = {}
+    for key, value in (config_columns or {}).items():
+        if isinstance(value, Mapping):
+            for col, kind in value.items():
+                out[f"{key}.{col}"] = kind
+        else:
+            out[str(key)] = value
+    return out
+
+
+def _declarations(
+    columns: Mapping[str, str] | None,
+    tables: Mapping[str, pd.DataFrame | None],
+    names: tuple[str, ...],
+    files: Mapping[str, str],
+) -> tuple[dict[str, dict[str, str]], list[Problem]]:
+    """Return ({users/items: {column: declared type}}, problems) of declarations `columns`."""
+    out: dict[str, dict[str, str]] = {"users": {}, "items": {}}
+    problems: list[Problem] = []
+    typed = ("users", "items")
+
+    def extras_of(table: str) -> list[str] | None:
+        df = tables.get(table)
+        if table not in names or not isinstance(df, pd.DataFrame):
+            return None  # not checked here: nothing to say about it
+        return [str(c) for c in df.columns if c not in TABLE_SPECS[table].column_names]
+
+    def problem(table: str, column: str, message: str, fix: str) -> None:
+        problems.append(Problem(table, column, message, file=files.get(table), fix=fix))
+
+    for key, kind in declared_columns(columns).items():
+        table, _, col = key.rpartition(".")
+        where = [table] if table else list(typed)
+        if kind not in COLUMN_TYPES:
+            problem(
+                where[0],
+                col,
+                f"declared as {kind!r} in data.columns",
+                f"declare one of {', '.join(COLUMN_TYPES)}",
+            )
+            continue
+        if table and table not in typed:
+            problem(
+                table if table in TABLES else "dataset",
+                col,
+                f"data.columns declares {key!r}, but only users and items take extra columns",
+                "declare columns of users or items only (the other tables' extra columns are "
+                "ignored)",
+            )
+            continue
+        hits = []
+        for t in where:
+            extras = extras_of(t)
+            if extras is None:
+                continue
+            if col in TABLE_SPECS[t].column_names:
+                problem(
+                    t,
+                    col,
+                    f"data.columns declares {col!r}, a contract column of {t} whose type is fixed",
+                    f"remove the declaration; the contract's {t} columns are "
+                    f"{list(TABLE_SPECS[t].column_names)}",
+                )
+                hits.append(t)
+            elif col in extras:
+                out[t][col] = kind
+                hits.append(t)
+        checked = [t for t in where if extras_of(t) is not None]
+        if not hits and len(checked) == len(where):
+            have = {t: extras_of(t) for t in checked}
+            problem(
+                where[0],
+                col,
+                f"data.columns declares {key!r}, but {' and '.join(where)} have no such column",
+                f"declare a column that exists (extra columns: {have}) or remove the "
+                "declaration",
+            )
     return out, problems
+
+
+def _first_column(df: pd.DataFrame, name: str) -> pd.Series:
+    """Return column `name` (its first copy when the header repeats it)."""
+    col = df[name]
+    return col.iloc[:, 0] if isinstance(col, pd.DataFrame) else col
+
+
+def _string_id_spaces(
+    tables: Mapping[str, pd.DataFrame | None],
+    names: tuple[str, ...],
+    coded: Mapping[str, int],
+    report: ValidationReport,
+) -> dict[str, pd.Index]:
+    """Return {space: its sorted distinct ids} of the id spaces holding string ids.
+
+    A space holds string ids when a value of one of its columns, as text, is not a number
+    ('u1'; not '1e2' or '73.0', which keep the space an integer one and are refused there).
+    Spaces of `coded` hold codes already and are not string spaces here.
+    """
+    out: dict[str, pd.Index] = {}
+    for space, where in ID_SPACES.items():
+        cols = [
+            _first_column(df, c)
+            for t, c in where
+            if t in names and isinstance(df := tables.get(t), pd.DataFrame) and c in df.columns
+        ]
+        if not cols:
+            continue
+        if space in coded:
+            report.id_types[space] = "string"
+            continue
+        if not any(_has_non_numeric_text(s) for s in cols):
+            report.id_types[space] = "integer"
+            continue
+        texts = [_id_text(s)[0] for s in cols]
+        ids = sorted_ids(pd.concat(texts, ignore_index=True))
+        out[space] = pd.Index(ids, dtype=object)
+        report.id_types[space] = "string"
+        shown = ", ".join(repr(v) for v in ids[:3].tolist())
+        report.notes.append(
+            f"{space} ids are strings ({len(ids):,} distinct, e.g. {shown}): every output shows "
+            f"them as given; inside a run each is an int64 code, 0..{len(ids) - 1} in sorted "
+            "order, fitted on the whole log (an id is a name, not a feature of time)"
+        )
+    return out
+
+
+def text_id_spaces(tables: Mapping[str, pd.DataFrame | None]) -> set[str]:
+    """Return the id spaces in which some value of `tables` is text that is not a number."""
+    out: set[str] = set()
+    for space, where in ID_SPACES.items():
+        for t, c in where:
+            df = tables.get(t)
+            if isinstance(df, pd.DataFrame) and c in df.columns:
+                if _has_non_numeric_text(_first_column(df, c)):
+                    out.add(space)
+    return out
+
+
+def _space_of(column: str) -> str:
+    return "user" if column == "user_id" else "item"
+
+
+def _has_non_numeric_text(s: pd.Series) -> bool:
+    """Return whether some value of an id column, as text, is not a number (a string id)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype(object)
+    if not (pd.api.types.is_string_dtype(s.dtype) or pd.api.types.is_object_dtype(s.dtype)):
+        return False
+    text, bad = _id_text(s)
+    t, missing = _stripped(text)
+    other = ~missing & ~_regex_mask(t, _NUMBER_RE) & ~_regex_mask(t, _NA_RE)
+    return bool(other.any())
+
+
+def _id_text(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Return (the ids of a column as exact text, NaN where missing; mask of values that are
+    not text ids: floats, bools, dates...). Integers are taken as their decimal text."""
+    n = len(s)
+    dtype = s.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        s = s.astype(object)
+        dtype = s.dtype
+    if pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        return s.astype("str"), np.zeros(n, bool)
+    if pd.api.types.is_object_dtype(dtype):
+        try:
+            arr = pa.array(s, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            arr = None
+        if arr is not None and (
+            pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)
+        ):
+            try:
+                arr = arr.cast(pa.large_string())
+            except pa.ArrowInvalid:
+                arr = None
+        if arr is not None and (pa.types.is_integer(arr.type) or pa.types.is_null(arr.type)):
+            s = pd.Series(arr.cast(pa.large_string()).to_pandas(), index=s.index).astype("str")
+        elif arr is not None and _is_text_type(arr.type):
+            s = pd.Series(arr.to_pandas(), index=s.index).astype("str")
+        else:  # mixed values (error path): text and Python ints kept, anything else refused
+            ok = s.map(lambda v: isinstance(v, str | int | np.integer) and not isinstance(v, bool))
+            bad = ~ok.to_numpy(bool) & s.notna().to_numpy()
+            text = s.where(ok.to_numpy(bool)).map(lambda v: v if v is None else str(v))
+            return _blank_missing(text.astype("str")), bad
+        dtype = s.dtype
+    if pd.api.types.is_string_dtype(dtype):
+        return _blank_missing(_as_str(s)), np.zeros(n, bool)
+    missing = s.isna().to_numpy()
+    return pd.Series(np.nan, index=s.index, dtype="str"), ~missing
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def _blank_missing(t: pd.Series) -> pd.Series:
+    """Return the str series `t` with empty strings as missing values."""
+    empty = (t == "").to_numpy(dtype=bool, na_value=False)
+    return t.where(~empty) if empty.any() else t
+
+
+def _value_shape(s: pd.Series) -> str:
+    """Return what an extra column holds: "empty", "number", "list", "text", "mixed-lists" or
+    "other" (dates and the like)."""
+    dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+        return "empty" if not s.notna().any() else "number"
+    if not (pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)):
+        return "empty" if not s.notna().any() else "other"
+    present = s.notna().to_numpy()
+    if not present.any():
+        return "empty"
+    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        return "text" if (s[present] != "").any() else "empty"
+    try:
+        arr = pa.array(s, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        listy = s.map(lambda v: isinstance(v, list | tuple | np.ndarray)).to_numpy(bool)
+        return "mixed-lists" if listy.any() else "text"
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return "list"
+    if _is_text_type(t):
+        return "text" if (s[present] != "").any() else "empty"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_boolean(t):
+        return "number"
+    if pa.types.is_null(t):
+        return "empty"
+    return "other"
 
 
 def _where(checker: _TableChecker) -> Callable[[str, np.ndarray], str]:
@@ -1337,6 +1833,7 @@ def repeated_rows(df: pd.DataFrame) -> np.ndarray:
 def table_warnings(
     tables: Mapping[str, pd.DataFrame | None],
     where: Mapping[str, Callable[[str, np.ndarray], str]] | None = None,
+    ids: IdMaps | None = None,
 ) -> list[str]:
     """Return the counted warnings about valid tables: what is accepted but looks wrong.
 
@@ -1347,8 +1844,10 @@ def table_warnings(
       a wrong item id.
 
     `tables` are coerced contract tables whose references hold; `where` maps a table to a
-    function naming its first offending rows (default: row numbers).
+    function naming its first offending rows (default: row numbers); `ids` names string ids
+    as the data gives them.
     """
+    label = ids.label if ids is not None else (lambda _space, code: int(code))
     out: list[str] = []
     items = tables.get("items")
     for name in ("watches", "searches", "impressions"):
@@ -1382,7 +1881,8 @@ def table_warnings(
                 out.append(
                     f"{name}: {len(rows):,} of {len(df):,} rows have a watch_time above "
                     f"{WATCH_TIME_OVER_DURATION:g} times the item's duration (largest: "
-                    f"{wt[top]:g} s on item {int(df['item_id'].iloc[top])} of {dur[top]:g} s; "
+                    f"{wt[top]:g} s on item {label('item', int(df['item_id'].iloc[top]))!r} of "
+                    f"{dur[top]:g} s; "
                     f"first at {rows_of(name, rows)}): kept as given; check that watch_time "
                     "and items.duration are both in seconds and that these item ids are right"
                 )
@@ -1393,10 +1893,11 @@ def _count_suspicious(
     tables: Mapping[str, pd.DataFrame | None],
     checkers: Mapping[str, _TableChecker],
     report: ValidationReport,
+    ids: IdMaps | None = None,
 ) -> None:
     """Count what is valid but looks wrong into `report.warnings`; describe impression pages."""
     report.warnings.extend(
-        table_warnings(tables, {name: _where(c) for name, c in checkers.items()})
+        table_warnings(tables, {name: _where(c) for name, c in checkers.items()}, ids)
     )
     imps = tables.get("impressions")
     if imps is not None and len(imps):
@@ -1466,17 +1967,26 @@ def validate_dataset(
     *,
     files: dict[str, str] | None = None,
     report: ValidationReport | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> Dataset:
     """Return a copy of `ds` with every table coerced to the canonical dtypes.
 
     Checks all five tables and the references between them (watches/searches/impressions of
     unknown users or items) and raises one `DataContractError` listing every problem found.
-    `files` maps table names to the files they came from (named in the messages).
+    `files` maps table names to the files they came from (named in the messages). Extra
+    columns keep the types of `ds.columns` (a validated dataset's), then `columns` declares
+    more (see `check_dataset`). String ids become codes, with their map in `.ids`; a dataset
+    whose `ids` are set already holds codes in those spaces.
     """
     tables = {name: ds.table(name) for name in TABLES}
-    out, problems = check_tables(tables, files=files, report=report)
-    if problems:
-        raise DataContractError(problems)
+    declared = {f"{t}.{c}": kind for t, cols in ds.columns.items() for c, kind in cols.items()}
+    declared.update(declared_columns(columns))
+    checked = check_dataset(
+        tables, files=files, report=report, columns=declared, id_maps=ds.ids
+    )
+    if checked.problems:
+        raise DataContractError(checked.problems)
+    out = checked.tables
     # no problems: every required table was present and coerced
     return Dataset(
         users=cast(pd.DataFrame, out["users"]),
@@ -1486,4 +1996,36 @@ def validate_dataset(
         impressions=out["impressions"],
         name=ds.name,
         meta=dict(ds.meta),
+        ids=checked.ids,
+        columns=checked.columns,
+    )
+
+
+def declare_columns(
+    ds: Dataset, columns: Mapping[str, str] | None, report: ValidationReport | None = None
+) -> Dataset:
+    """Return `ds` with its users' and items' extra columns typed again under the declarations
+    `columns` (over the types `ds.columns` has); the other tables are kept as they are.
+
+    For sources converted in memory (MovieLens, KuaiRand, the synthetic world), whose extra
+    columns a run config declares; a data directory takes them in `features.io.read_dataset`.
+    """
+    if not columns:
+        return ds
+    declared = {f"{t}.{c}": kind for t, cols in ds.columns.items() for c, kind in cols.items()}
+    declared.update(declared_columns(columns))
+    checked = check_dataset(
+        {"users": ds.users, "items": ds.items},
+        report=report,
+        only=("users", "items"),
+        columns=declared,
+        id_maps=ds.ids,
+    )
+    if checked.problems:
+        raise DataContractError(checked.problems)
+    return dataclasses.replace(
+        ds,
+        users=cast(pd.DataFrame, checked.tables["users"]),
+        items=cast(pd.DataFrame, checked.tables["items"]),
+        columns=checked.columns,
     )

@@ -159,6 +159,8 @@ def history_before(dataset: Dataset, until: int) -> Dataset:
         impressions=tables["impressions"],
         name=dataset.name,
         meta=dict(dataset.meta),
+        ids=dataset.ids,
+        columns=dataset.columns,
     )
 
 

@@ -53,11 +53,19 @@ def cmd_simulate_data(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from features.io import format_report, read_dataset
-    from features.schema import ValidationReport
+    from features.schema import ValidationReport, declare_columns, declared_columns
+    from pipelines.config import resolve_config
 
     layout = args.dataset or "dir"
+    preset = args.preset or "default"
+    # resolved as `vidrec run --preset P --config F --set ... --data DIR` resolves it
+    config = resolve_config(preset, [*args.overrides, f"data.source={layout}"], args.config)
+    columns = declared_columns(config["data"].get("columns"))
+    # declarations alone (--set data.columns.X=...) only type the columns
+    other_keys = [o for o in args.overrides if not o.strip().startswith("data.columns.")]
+    for_run = bool(args.for_run or args.preset or args.config or other_keys)
     if layout == "dir":
-        ds, report = read_dataset(args.data_dir)
+        ds, report = read_dataset(args.data_dir, columns=columns)
     else:  # an official MovieLens / KuaiRand-Pure directory, converted as `vidrec run` does
         if layout == "movielens":
             from features.sources.movielens import load_movielens as load
@@ -65,8 +73,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             from features.sources.kuairand import load_kuairand as load
         ds, info = load(args.data_dir)
         report = ValidationReport(**info["validation"])
+        ds = declare_columns(ds, columns, report)
     print(format_report(report))
-    if not (args.for_run or args.preset or args.config or args.overrides):
+    if not for_run:
         print(f"OK: {args.data_dir} satisfies the vidrec data contract")
         print(
             "(to check it against a run's time windows before training: vidrec validate "
@@ -74,14 +83,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         )
         return 0
     from features.preflight import preflight
-    from pipelines.config import resolve_config
 
-    preset = args.preset or "default"
-    # resolved as `vidrec run --preset P --config F --set ... --data DIR` resolves it
-    config = resolve_config(preset, [*args.overrides, f"data.source={layout}"], args.config)
     checked = preflight(ds, config, log_warnings=False, data_warnings=False)
     print(checked.format())
-    settings = " and these settings" if args.config or args.overrides else ""
+    settings = " and these settings" if args.config or other_keys else ""
     print(
         f"OK: {args.data_dir} satisfies the vidrec data contract and the pre-flight checks of "
         f"a run with preset {preset}{settings}"
@@ -120,10 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "validate",
         help="check a data directory against the data contract (--for-run: and a run's windows)",
-        description="Check a data directory against the data contract. With --for-run (or "
-        "--preset/--config/--set) also cut the time split of that run config and check, in "
-        "seconds and before any training, that every stage finds data in its window (the same "
-        "pre-flight checks `vidrec run` makes first).",
+        description="Check a data directory against the data contract and print what was taken "
+        "as what. Ids: per id space (user ids, item ids), integers when every value is integer "
+        "text, else strings kept exactly as given ('u1', 'dQw4w9WgXcQ'); a column of numbers "
+        "with a few '1e2' or '73.0' is a broken integer column, refused. Extra columns of users "
+        "and items become features: numbers -> continuous (quantile-normalized), lists or "
+        "'|'-separated text -> multi-valued, other text -> categorical (frequency floor, OOV); "
+        "ignored: empty, constant, and all-distinct text columns (identifiers). Declare a type "
+        "with --set data.columns.COLUMN=categorical|continuous|multi|ignore (or "
+        "data.columns.items.COLUMN=..., or a [data.columns] table in --config). With --for-run "
+        "(or --preset, --config, --set of other keys) also cut the time split of that run "
+        "config and check, in seconds and before any training, that every stage finds data in "
+        "its window (the same pre-flight checks `vidrec run` makes first).",
     )
     s.add_argument(
         "data_dir", help="directory with users.*, items.*, watches.* [searches.*, impressions.*]"
@@ -141,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set split.train_end=0.6 (repeatable)",
+        help="override a config value, e.g. --set split.train_end=0.6 or "
+        "--set data.columns.zip=categorical (repeatable)",
     )
     s.add_argument(
         "--dataset",
@@ -174,6 +188,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("features.atomic", "ArtifactWriteError"),
         ("features.vocab", "NotFittedError"),
         ("features.integrity", "ArtifactError"),
+        ("features.ids", "UnknownIdError"),
     ):
         try:
             errs.append(getattr(__import__(mod, fromlist=[name]), name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,36 @@ def positive_int(text: str) -> int:
     return v
 
 
-def id_value(text: str) -> int:
-    """argparse type: an id as the data has it (integer text that fits in int64)."""
-    t = text.strip()
-    if not t.lstrip("-").isdigit() or t != text:
-        raise argparse.ArgumentTypeError(f"ids are integer text, got {text!r}")
-    v = int(t)
-    if not 0 <= v <= INT64_MAX:
+# text that reads as a number without being plain integer text ('1e2', '73.0', '+6'): as in
+# the data (features.schema), it is neither an integer id nor a string id
+_NUMBER_LIKE = re.compile(r"(?i)[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|inf|infinity|nan)")
+
+
+def id_value(text: str) -> int | str:
+    """argparse type: a user or item id as the data has it.
+
+    Plain integer text within int64 gives an int ('42'); other text is a string id, kept as
+    given ('u1', 'dQw4w9WgXcQ', '007': the serving run's ids decide what it names, e.g. '007'
+    is user 7 of integer ids). Refused: empty text, surrounding spaces, all-digit ids beyond
+    int64, and numbers written otherwise ('1e2', '73.0', '+6').
+    """
+    if not text or text.strip() != text:
         raise argparse.ArgumentTypeError(
-            f"id {text} is outside 0..{INT64_MAX} (64-bit ids), so no user or item has it"
+            f"ids are integer text or string ids without surrounding spaces, got {text!r}"
         )
-    return v
+    if text.lstrip("-").isdigit() and text.isascii():
+        v = int(text)
+        if not 0 <= v <= INT64_MAX:
+            raise argparse.ArgumentTypeError(
+                f"id {text} is outside 0..{INT64_MAX} (64-bit ids), so no user or item has it"
+            )
+        return v if str(v) == text else text
+    if _NUMBER_LIKE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"ids are integer text, got {text!r}: a number written with a sign, a decimal point "
+            "or an exponent is no id (string ids such as 'u1' are taken as they are)"
+        )
+    return text
 
 
 def data_statistics(source: str, path: str) -> dict:
@@ -118,7 +138,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("recommend", help="print a user's top-k slate from a finished run")
     s.add_argument("--run", required=True, help="run directory of a finished `vidrec run`")
-    s.add_argument("--user", required=True, type=id_value)
+    s.add_argument(
+        "--user", required=True, type=id_value, help="the user's id as the data has it (42, u1)"
+    )
     s.add_argument("-k", type=positive_int, default=10)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_recommend)
@@ -127,8 +149,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict", help="expected watch time of items for a user, from a finished run"
     )
     s.add_argument("--run", required=True)
-    s.add_argument("--user", required=True, type=id_value)
-    s.add_argument("--items", required=True, help="comma-separated item ids")
+    s.add_argument(
+        "--user", required=True, type=id_value, help="the user's id as the data has it (42, u1)"
+    )
+    s.add_argument(
+        "--items", required=True, help="comma-separated item ids as the data has them (1,2; m1,m2)"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
     register_ab(sub)

@@ -2,7 +2,10 @@
 
 The preset file is the schema: every key a user may set exists in the preset with a default of
 the right type, so an unknown key or a wrongly typed value is refused with a message naming the
-key, what was given and what is expected (and the nearest known keys for a typo).
+key, what was given and what is expected (and the nearest known keys for a typo). The one
+open table is `[data.columns]`, the declared types of a data directory's extra columns of users
+and items (`zip = "categorical"`, or per table `[data.columns.items] budget = "ignore"`); a run
+without declarations has no `data.columns` at all.
 The resolved config is a plain nested dict, stored as JSON inside every artifact and the
 run manifest, and hashed so a run directory can tell whether its artifacts match the config.
 """
@@ -127,6 +130,9 @@ def apply_overrides(
     out = copy.deepcopy(config)
     known = flatten(config)
     for key, value in overrides.items():
+        if key.startswith(COLUMNS_PREFIX):
+            _set_column_type(out, key, value)
+            continue
         if key not in known:
             close = difflib.get_close_matches(key, known.keys(), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -142,6 +148,40 @@ def apply_overrides(
         node[leaf] = value
     check_values(out)
     return out
+
+
+#: `data.columns.<column>` or `data.columns.<users|items>.<column>`: an extra column's type
+COLUMNS_PREFIX = "data.columns."
+# the types a column may be declared as (features.tables.COLUMN_TYPES; kept here so that the
+# CLI resolves configs without importing the data layer)
+_COLUMN_TYPES = ("categorical", "continuous", "multi", "ignore")
+
+
+def _set_column_type(config: dict[str, Any], key: str, value: Any) -> None:
+    """Set the declared type of an extra column (`data.columns.zip = "categorical"`)."""
+    parts = key[len(COLUMNS_PREFIX) :].split(".")
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ConfigError(
+            f"config key {key!r}: declare a column as data.columns.<column> or "
+            "data.columns.<users|items>.<column>"
+        )
+    if len(parts) == 2 and parts[0] not in ("users", "items"):
+        raise ConfigError(
+            f"config key {key!r}: only extra columns of users and items can be declared, "
+            f"not of {parts[0]!r}"
+        )
+    if not isinstance(value, str) or value not in _COLUMN_TYPES:
+        raise ConfigError(
+            f"config key {key!r} expects one of {', '.join(_COLUMN_TYPES)}, got {value!r}"
+        )
+    node = config.setdefault("data", {}).setdefault("columns", {})
+    if len(parts) == 2:
+        if not isinstance(node.setdefault(parts[0], {}), dict):
+            raise ConfigError(f"config key {key!r}: data.columns.{parts[0]} is a column already")
+        node = node[parts[0]]
+    elif isinstance(node.get(parts[0]), dict):
+        raise ConfigError(f"config key {key!r}: data.columns.{parts[0]} names a table")
+    node[parts[-1]] = value
 
 
 def _positive_list(v: Any, minimum: float, strict: bool) -> bool:
@@ -277,6 +317,8 @@ def check_values(config: dict[str, Any]) -> None:
     for key, value in flat.items():
         if _non_finite(value):
             raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+        if key.startswith(COLUMNS_PREFIX):
+            _set_column_type(copy.deepcopy(config), key, value)  # refuses what it would
     for key, (test, expects) in {**_RANGE_RULES, **_VALUE_RULES}.items():
         if key in flat and not test(flat[key]):
             raise ConfigError(f"config key {key!r} expects {expects}, got {flat[key]!r}")

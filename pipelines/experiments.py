@@ -30,6 +30,7 @@ import pandas as pd
 from evaluation.ranking import ranking_metrics
 from evaluation.watch_time import calibration_summary
 from features.atomic import atomic_path, atomic_write_json, atomic_write_text
+from features.ids import to_codes
 from pipelines.config import apply_overrides, resolve_config
 from pipelines.context import RunContext
 from pipelines.run import heldout_users, run_pipeline
@@ -292,7 +293,9 @@ def _ranker_table(
     clicked, watch = test.labels()
     groups = test.page_ids()
     # candidates of held-out users at serving time, for the true top-10 watch time
-    cands = pd.read_parquet(out / "base" / "retrieval" / "candidates.parquet")
+    cands = to_codes(
+        ctx.dataset().ids, pd.read_parquet(out / "base" / "retrieval" / "candidates.parquet")
+    )
     users = heldout_users(ctx)
     req, cand_frame = stages_rank.candidate_frame(ctx, cands, split.valid_end)
     world = shared.get("world")

@@ -43,6 +43,7 @@ from evaluation.retrieval import (
 )
 from features.atomic import atomic_path, atomic_write_json
 from features.examples import CandidateFeaturizer
+from features.ids import to_data_ids
 from features.split import TimeSplit
 from pipelines.context import RunContext, none_if_zero, seed_everything
 from pipelines.config import ConfigError
@@ -124,23 +125,30 @@ def available_items(ds_items: pd.DataFrame, at_time: int) -> np.ndarray:
 DATA_SOURCES: tuple[str, ...] = ("synthetic", "dir", "movielens", "kuairand")
 
 
-def load_source(source: str, path: str | Path) -> tuple[Any, dict[str, Any]]:
+def load_source(
+    source: str, path: str | Path, *, columns: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """(Dataset, info) of a data directory: the contract layout ("dir") or an official
-    MovieLens / KuaiRand-Pure layout converted on the fly."""
+    MovieLens / KuaiRand-Pure layout converted on the fly. `columns` is a config's
+    `data.columns`: the declared types of extra columns of users and items."""
+    from features.schema import declare_columns, declared_columns
+
+    declared = declared_columns(columns)
     if source == "dir":
         from features.io import read_dataset
 
-        ds, report = read_dataset(path)
+        ds, report = read_dataset(path, columns=declared)
         return ds, {"validation": report.to_dict()}
     if source == "movielens":
-        from features.sources.movielens import load_movielens
-
-        return load_movielens(path)
-    if source == "kuairand":
-        from features.sources.kuairand import load_kuairand
-
-        return load_kuairand(path)
-    raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}")
+        from features.sources.movielens import load_movielens as load
+    elif source == "kuairand":
+        from features.sources.kuairand import load_kuairand as load
+    else:
+        raise ValueError(
+            f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}"
+        )
+    ds, info = load(path)
+    return declare_columns(ds, declared), info
 
 
 def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
@@ -149,13 +157,17 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
     if ctx.is_synthetic:
         world = ctx.world()
         ds = world.dataset
+        if cfg["data"].get("columns"):
+            from features.schema import declare_columns, declared_columns
+
+            ds = declare_columns(ds, declared_columns(cfg["data"]["columns"]))
         atomic_write_json(out / "world.json", world.card())
         info["source"] = f"synthetic world, preset {cfg['data']['world_preset']}, seed {ctx.seed}"
     else:
         source = cfg["data"]["source"]
         if ctx.data_dir is None:
             raise ValueError(f"data.source is {source!r} but no --data DIR was given")
-        ds, info_source = load_source(source, ctx.data_dir)
+        ds, info_source = load_source(source, ctx.data_dir, columns=cfg["data"].get("columns"))
         atomic_write_json(out / "source.json", info_source)
         info["source"] = f"{source} data from {ctx.data_dir}"
         if ds.name == "unnamed":
@@ -483,8 +495,9 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
             "rank": np.tile(np.arange(1, n_c + 1), len(users)),
         }
     )
-    cands = cands[cands["item_id"] >= 0]
-    save_frame(cands, out / "candidates.parquet")
+    cands = cands[cands["item_id"] >= 0].reset_index(drop=True)
+    # the data's own ids (string ids as given; the end-to-end stage reads them back)
+    save_frame(to_data_ids(ds.ids, cands), out / "candidates.parquet")
     result = {
         "metrics": metrics,
         "ann": ann,

@@ -5,6 +5,10 @@ example age 0) -> annoy top-N candidates (already-watched items excluded) -> ran
 -> expected watch time = exp(logit) -> sort. A user the data has never seen (cold start) is
 served from the candidate generator with an empty history, i.e. from popularity and whatever
 demographics are known, and the answer says so.
+
+Ids are the data's own: integers, or strings when the data's ids are strings (`features.ids`).
+Users and items are given and returned as the data has them; the internal codes never leave.
+A string given for integer ids (or an id beyond int64) is refused with `UnknownIdError`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pandas as pd
 from candidate_gen.index import AnnoyIndex
 from candidate_gen.retrieve import Retriever
 from candidate_gen.train import TrainedCandidateGenerator
+from features.ids import IdMaps, UnknownIdError
 from features.integrity import read_json_object
 from features.io import read_dataset
 from features.ranker_features import RankerFeatureIndex, build_ranker_frame
@@ -137,13 +142,46 @@ class Recommender:
         ranker = TrainedRanker.load(root / "ranker" / "deep_weighted" / "model")
         return cls(ds, split, cg, index, ranker, rundir.config)
 
-    def _note(self, user: int) -> str:
-        if user in self._users:
+    def _note(self, user: int | str, code: int) -> str:
+        if code in self._users:
             return ""
         return (
             f"user {user} is not in the data (cold start): served from the candidate generator with "
             "an empty history, i.e. from popularity and default demographics"
         )
+
+    def _user_code(self, user: int | str) -> int:
+        """Return the internal id of the data's user id `user`: itself for integer ids, its
+        code for string ids, and a code no user has for a string id the data lacks (served
+        as a cold start). Raises `UnknownIdError` for text that cannot be an integer id."""
+        ids = self.dataset.ids
+        if ids is None or not ids.is_string("user"):
+            if isinstance(user, int | np.integer) and not isinstance(user, bool):
+                return int(user)
+            code = IdMaps().codes("user", [user])[0]
+            if code < 0:
+                raise UnknownIdError(
+                    f"user {user!r} is not in the data: this run's user ids are integers"
+                )
+            return int(code)
+        code = int(ids.codes("user", [user])[0])
+        return code if code >= 0 else ids.size("user")  # one past the last code: nobody
+
+    def _item_codes(self, items: list[int | str]) -> np.ndarray:
+        """Return the internal ids of the data's item ids `items` (-1 where the data has none)."""
+        ids = self.dataset.ids
+        raw = np.asarray(items, dtype=object)
+        codes = (ids or IdMaps()).codes("item", raw)
+        known = codes >= 0
+        known[known] = self._items.get_indexer(codes[known]) >= 0
+        return np.where(known, codes, -1)
+
+    def _item_labels(self, codes: np.ndarray) -> list[int | str]:
+        """Return the data's item ids of internal ids `codes` (ints, or strings)."""
+        ids = self.dataset.ids
+        if ids is None or not ids.is_string("item"):
+            return [int(c) for c in np.asarray(codes, dtype=np.int64).tolist()]
+        return ids.labels("item", codes).tolist()
 
     def _requests(
         self, user: int, item_ids: np.ndarray, cg: tuple[np.ndarray, np.ndarray] | None = None
@@ -183,10 +221,15 @@ class Recommender:
         ids, scores, ranks = self.retriever.retrieve_ranked(user, n, at_time=self.at)
         return ids, (scores, ranks)
 
-    def recommend(self, user: int, k: int = 10, n_candidates: int | None = None) -> dict[str, Any]:
-        """Top-k slate with expected watch time, retrieval rank and the stage that proposed it."""
+    def recommend(
+        self, user: int | str, k: int = 10, n_candidates: int | None = None
+    ) -> dict[str, Any]:
+        """Top-k slate with expected watch time, retrieval rank and the stage that proposed it.
+
+        `user` and the slate's item ids are the data's ids (ints, or strings for string ids)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        given, user = user, self._user_code(user)
         n = int(n_candidates or self.config["retrieval"]["n_candidates"])
         if self.cg_features == "retrieval":
             item_ids, cg = self._retrieve(user, n)
@@ -204,12 +247,12 @@ class Recommender:
         )
         ewt = self.ranker.predict_expected_watch_time(frame)
         order = np.argsort(-ewt, kind="stable")[:k]
-        item = item_ids[order].tolist()
+        item = self._item_labels(item_ids[order])
         score = req["cg_score"].to_numpy(dtype=np.float64)[order].tolist()
         slate = [
             {
                 "rank": i + 1,
-                "item_id": int(item[i]),
+                "item_id": item[i],
                 "expected_watch_time": float(ewt[j]),
                 "retrieval_rank": int(j) + 1,  # the row's place in the retrieved list
                 "cg_score": float(score[i]),
@@ -217,13 +260,15 @@ class Recommender:
             }
             for i, j in enumerate(order.tolist())
         ]
-        return {"user": user, "at": _iso(self.at), "slate": slate, "note": self._note(user)}
+        return {"user": given, "at": _iso(self.at), "slate": slate, "note": self._note(given, user)}
 
-    def predict(self, user: int, items: list[int]) -> dict[str, Any]:
-        """Expected watch time (s) of each known item for `user` at the serving time."""
-        arr = np.asarray(items, dtype=np.int64)
-        known = self._items.get_indexer(arr) >= 0
-        req = self._requests(user, arr[known])
+    def predict(self, user: int | str, items: list[int] | list[str]) -> dict[str, Any]:
+        """Expected watch time (s) of each known item for `user` at the serving time (the
+        data's ids); items the catalog lacks are listed under "unknown_items" as given."""
+        given, user = user, self._user_code(user)
+        codes = self._item_codes(list(items))
+        known = codes >= 0
+        req = self._requests(user, codes[known])
         frame = build_ranker_frame(
             self.features,
             req,
@@ -236,15 +281,16 @@ class Recommender:
                 "expected_watch_time": self.ranker.predict_expected_watch_time(frame),
             }
         )
+        labels = self._item_labels(scored["item_id"].to_numpy())
         return {
-            "user": user,
+            "user": given,
             "at": _iso(self.at),
             "items": [
-                {"item_id": int(i), "expected_watch_time": float(e)}
-                for i, e in zip(scored["item_id"], scored["expected_watch_time"], strict=True)
+                {"item_id": i, "expected_watch_time": float(e)}
+                for i, e in zip(labels, scored["expected_watch_time"], strict=True)
             ],
-            "unknown_items": arr[~known].tolist(),
-            "note": self._note(user),
+            "unknown_items": [v for v, ok in zip(items, known.tolist(), strict=True) if not ok],
+            "note": self._note(given, user),
         }
 
 

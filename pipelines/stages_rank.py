@@ -27,6 +27,7 @@ from evaluation.watch_time import (
     watch_time_errors,
 )
 from features.atomic import atomic_write_json
+from features.ids import to_codes, to_data_ids
 from features.ranker_features import RankerFrame, build_ranker_frame
 from pipelines import scoring
 from pipelines.context import RunContext
@@ -338,7 +339,11 @@ def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
     ds, split = ctx.dataset(), ctx.split()
     k = int(ctx.config["evaluation"]["slate_k"])
     t_serve = split.valid_end
-    cands = pd.read_parquet(ctx.path / "retrieval" / "candidates.parquet")
+    cands = to_codes(
+        ds.ids,
+        pd.read_parquet(ctx.path / "retrieval" / "candidates.parquet"),
+        "retrieval/candidates.parquet",
+    )
     users = heldout_users(ctx)
     req, frame = candidate_frame(ctx, cands, t_serve)
     models = rankers(ctx)
@@ -388,16 +393,16 @@ def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
                 oracle, 1e-12
             )
     atomic_write_json(out / "end_to_end.json", result)
-    save_frame(
-        pd.DataFrame(
-            {
-                "user_id": np.repeat(users, k),
-                "rank": np.tile(np.arange(1, k + 1), len(users)),
-                "item_id": slates["deep_weighted"].ravel(),
-            }
-        ),
-        out / "slates.parquet",
+    slate_rows = pd.DataFrame(
+        {
+            "user_id": np.repeat(users, k),
+            "rank": np.tile(np.arange(1, k + 1), len(users)),
+            "item_id": slates["deep_weighted"].ravel(),
+        }
     )
+    if ds.ids is not None and ds.ids.is_string("item"):  # a short slate's padding: no item
+        slate_rows = slate_rows[slate_rows["item_id"].to_numpy() >= 0].reset_index(drop=True)
+    save_frame(to_data_ids(ds.ids, slate_rows), out / "slates.parquet")
     return {"n_users": int(len(users))}
 
 

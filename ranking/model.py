@@ -26,6 +26,9 @@ from ranking.config import WEIGHTINGS
 #: Embedding tables of the ranker; the scored item and the watched bag share "item", the user
 #: and item language share "language".
 EMBEDDING_SPACES: tuple[str, ...] = ("item", "language", "channel", "topic", "source")
+#: The optional table of the items' extra categorical and multi-valued columns (a mean-pooled
+#: bag), built only when `vocab_sizes` has it.
+ATTRIBUTE_SPACE = "attribute"
 
 
 @dataclass
@@ -42,6 +45,7 @@ class RankerBatch:
     dense           (B, D) float32 normalized continuous features (+ 0/1 flags); D may be 0
     history_row     None, or (B,) int64: then `history` holds U distinct bags (U, L) and row b
                     takes bag history_row[b] (scoring one user's candidates: one bag, not 500)
+    attributes      None, or (B, A) int64 codes of the item's extra columns, 0-padded
     """
 
     item: torch.Tensor
@@ -53,6 +57,7 @@ class RankerBatch:
     source: torch.Tensor
     dense: torch.Tensor
     history_row: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> RankerBatch:
         """Return the batch with every tensor moved to `device`."""
@@ -82,7 +87,8 @@ def mean_bag(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class DeepRanker(nn.Module):
     """Returns one logit per impression; exp(logit) is the expected watch time.
 
-    vocab_sizes / embedding_widths: per space in EMBEDDING_SPACES (rows incl. code 0).
+    vocab_sizes / embedding_widths: per space in EMBEDDING_SPACES (rows incl. code 0), and
+    ATTRIBUTE_SPACE when the items have extra columns (one more mean-pooled input).
     n_dense: width of `RankerBatch.dense` (ignored, and not read, when use_continuous=False).
     hidden: ReLU layer widths; () gives a linear model over the concatenated inputs.
     dropout: probability of zeroing each hidden unit during training (after every ReLU; 0 = off).
@@ -108,8 +114,13 @@ class DeepRanker(nn.Module):
             )
         if n_dense < 0:
             raise ValueError(f"DeepRanker: n_dense must be >= 0, got {n_dense}")
-        self.vocab_sizes = {s: int(vocab_sizes[s]) for s in EMBEDDING_SPACES}
-        self.embedding_widths = {s: int(embedding_widths[s]) for s in EMBEDDING_SPACES}
+        self.spaces = EMBEDDING_SPACES + (
+            (ATTRIBUTE_SPACE,)
+            if ATTRIBUTE_SPACE in vocab_sizes and ATTRIBUTE_SPACE in embedding_widths
+            else ()
+        )
+        self.vocab_sizes = {s: int(vocab_sizes[s]) for s in self.spaces}
+        self.embedding_widths = {s: int(embedding_widths[s]) for s in self.spaces}
         self.n_dense = int(n_dense)
         self.hidden = tuple(int(h) for h in hidden)
         self.use_continuous = bool(use_continuous)
@@ -117,10 +128,10 @@ class DeepRanker(nn.Module):
         self.embeddings = nn.ModuleDict(
             {
                 s: nn.Embedding(self.vocab_sizes[s], self.embedding_widths[s], padding_idx=0)
-                for s in EMBEDDING_SPACES
+                for s in self.spaces
             }
         )
-        for s in EMBEDDING_SPACES:
+        for s in self.spaces:
             # small init keeps the first logits near 0; row 0 (padding/OOV) stays the zero vector
             weight = self.table(s).weight
             nn.init.normal_(weight, std=1.0 / self.embedding_widths[s] ** 0.5)
@@ -129,6 +140,7 @@ class DeepRanker(nn.Module):
         w = self.embedding_widths
         # scored item, watched bag, user language, item language, channel, topics, source
         n_in = 2 * w["item"] + 2 * w["language"] + w["channel"] + w["topic"] + w["source"]
+        n_in += w.get(ATTRIBUTE_SPACE, 0)  # the items' extra columns
         n_in += self.n_dense if self.use_continuous else 0
         layers: list[nn.Module] = []
         for width in self.hidden:
@@ -161,6 +173,11 @@ class DeepRanker(nn.Module):
             mean_bag(batch.topics, e("topic").weight),  # (B, Et)
             e("source")(batch.source),  # (B, Es)
         ]
+        if ATTRIBUTE_SPACE in self.vocab_sizes:
+            attributes = batch.attributes
+            if attributes is None:  # no extra-column codes given: all OOV
+                attributes = torch.zeros_like(batch.item).unsqueeze(1)
+            parts.append(mean_bag(attributes, e(ATTRIBUTE_SPACE).weight))  # (B, Ea)
         if self.use_continuous:
             if batch.dense.shape[1] != self.n_dense:
                 raise ValueError(

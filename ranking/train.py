@@ -130,6 +130,7 @@ class _Inputs:
             history_row = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
         else:
             history = c.history(rows, self.history_len)  # (B, L)
+        attributes = c.attributes(rows)
         return RankerBatch(
             item=torch.from_numpy(c.item[rows]),
             history=torch.from_numpy(history),
@@ -140,6 +141,7 @@ class _Inputs:
             source=torch.from_numpy(c.source[rows]),
             dense=torch.from_numpy(self.dense[rows]),  # (B, D)
             history_row=history_row,
+            attributes=None if attributes is None else torch.from_numpy(attributes),  # (B, A)
         ).to(device)
 
 
@@ -736,8 +738,7 @@ def _fit_transforms(
     vocabs = RankerVocabularies.fit(
         train_frame, top_n=config.vocab_top_n, history_len=config.history_len
     )
-    # every continuous column of the frame (CONTINUOUS_COLUMNS, then the item time signals
-    # when the frame carries them)
+    # CONTINUOUS_COLUMNS, then the items' continuous extra columns ("item.<column>")
     normalizer = QuantileNormalizer(config.n_quantiles).fit(train_frame.continuous)
     if ckpt_dir is not None:
         _prepare_dir(ckpt_dir, config)

@@ -418,11 +418,14 @@ def wrong_dtype(draw: st.DrawFn, mixed: bool) -> Case:
         options.append("list")
     how = draw(st.sampled_from(options))
     what = ""
+    text_ids = False  # text that is no number in an id column: the space holds string ids
     if how == "word":
-        df = _set(df, column, rows, [draw(WORDS) for _ in rows])
+        words = [draw(WORDS) for _ in rows]
+        df = _set(df, column, rows, words)
         if fmt == "parquet":
             df = _as_strings(df, column)
         what = {"id": "not integer ids", "time": "cannot be parsed"}.get(kind, "not numbers")
+        text_ids = any(w.strip().lower() not in ("inf", "infinity") for w in words)
     elif how == "fraction":
         df = _set(df, column, rows, [draw(st.integers(0, 50)) + 0.5 for _ in rows])
         df[column] = df[column].astype(float)
@@ -436,10 +439,17 @@ def wrong_dtype(draw: st.DrawFn, mixed: bool) -> Case:
                 df = _as_strings(df, column)
         else:
             df = df.assign(**{column: [draw(st.booleans()) for _ in rows]})
+        text_ids = mixed or fmt == "csv"  # in CSV every value is the text 'True' or 'False'
     else:  # one list per row: a parquet list column
         lists = [[] if pd.isna(v) else [v] for v in df[column].tolist()]
         df = df.assign(**{column: pd.Series(lists, dtype=object)})
     tables[table] = df
+    if kind == "id" and text_ids:
+        # string ids, taken as given: in an event table they are unknown users or items; in
+        # users or items, the events' ids are unknown ones (every user and item has events)
+        if table in ("users", "items"):
+            table, rows = "watches", None
+        what = "unknown"
     return Case(
         "mixed_dtype" if mixed else "wrong_dtype",
         fmt,
@@ -481,7 +491,8 @@ SCALARS = {
 
 @st.composite
 def extra_column(draw: st.DrawFn) -> Case:
-    """An extra column with an odd name and values of any type: ignored, or a user feature."""
+    """An extra column with an odd name and values of any type: ignored, or a feature of users
+    or items typed by its values."""
     fmt = draw(FMTS)
     table = draw(st.sampled_from(TABLES))
     tables = base_tables()
@@ -502,17 +513,26 @@ def extra_column(draw: st.DrawFn) -> Case:
         got = ds.table(table)
         assert got is not None
         pd.testing.assert_frame_equal(got[list(EXPECTED[table].columns)], EXPECTED[table])
-        if name in got.columns:  # kept as a continuous user feature
-            assert table == "users" and got[name].dtype == np.float64
+        if name in got.columns:  # kept as a feature, typed by its values
+            assert table in ("users", "items")
+            kind = ds.columns[table][name]
+            assert report.column_types[table][name] == kind
+            if kind == "continuous":
+                assert got[name].dtype == np.float64
+            elif kind == "categorical":
+                assert pd.api.types.is_string_dtype(got[name].dtype)
+            else:
+                assert kind == "multi" and all(isinstance(v, list) for v in got[name])
         else:
             assert name in report.ignored_columns.get(table, []), report
+            assert report.column_types[table][name] == "ignored"
 
-    # only users keep numeric extras; an infinite user feature (e.g. 'inf' text) is an error
+    # users and items keep typed extras; an infinite continuous one (e.g. 'inf' text) is an error
     return Case(
         "extra_column",
         fmt,
         tables,
-        expect="either" if table == "users" else "accept",
+        expect="either" if table in ("users", "items") else "accept",
         table=table,
         column=name,
         what="infinite",

@@ -180,12 +180,29 @@ def test_read_csv_directory_with_iso_times_and_report(tmp_path: Path) -> None:
 
 
 def test_ignored_columns_are_reported(tmp_path: Path) -> None:
-    items = "item_id,upload_time,views\n10,0,5\n11,0,6\n"
-    _, report = read_dataset(
-        _minimal(tmp_path, items__csv=items, users__csv="user_id,nick\n1,a\n2,b\n")
+    items = "item_id,upload_time,views,shelf\n10,0,5,a\n11,0,6,a\n"
+    watches = "user_id,item_id,timestamp,device\n1,10,1700000000,tv\n2,11,1700000100,tv\n"
+    ds, report = read_dataset(
+        _minimal(
+            tmp_path,
+            items__csv=items,
+            users__csv="user_id,nick\n1,a\n2,b\n",
+            watches__csv=watches,
+        )
     )
-    assert report.ignored_columns == {"users": ["nick"], "items": ["views"]}
-    assert "ignored columns:\n  users: nick\n  items: views" in format_report(report)
+    assert report.ignored_columns == {
+        "users": ["nick"],
+        "items": ["shelf"],
+        "watches": ["device"],
+    }
+    assert ds.columns == {"users": {}, "items": {"views": "continuous"}}
+    text = format_report(report)
+    assert "columns beyond the contract (what each was taken as, and why):" in text
+    assert "users.nick      ignored      every value is distinct (2 values): an identifier" in text
+    assert "items.views     continuous   numbers (inferred)" in text
+    assert "items.shelf     ignored      one value in every row (constant)" in text
+    assert "watches.device  ignored      not part of the contract for watches" in text
+    assert "ids: user ids integer, item ids integer" in text
 
 
 def test_csv_validation_errors_name_file_and_line(tmp_path: Path) -> None:

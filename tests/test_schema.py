@@ -158,13 +158,21 @@ def test_duplicate_column_names() -> None:
 # -- ids -------------------------------------------------------------------------------------
 
 
-def test_non_numeric_ids_report_offending_values() -> None:
-    df = _watches(user_id=["1", "u2", "3"])
+def test_text_ids_make_the_space_a_string_one() -> None:
+    # one value that is no number at all ('u2') makes every user id a string id, kept as given
+    report = ValidationReport()
+    out = validate_table("watches", _watches(user_id=["1", "u2", "3"]), report=report)
+    assert out["user_id"].dtype == np.int64 and out["user_id"].tolist() == [0, 2, 1]  # sorted
+    assert report.id_types == {"user": "string", "item": "integer"}
+    assert any("user ids are strings (3 distinct" in n for n in report.notes)
+
+
+def test_values_that_are_no_ids_at_all() -> None:
+    df = _watches(user_id=pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"]))
     with pytest.raises(DataContractError, match="values that are not integer ids") as exc:
         validate_table("watches", df)
     p = _one(exc)
-    assert p.examples[0]["user_id"] == "u2" and p.examples[0]["row"] == 1
-    assert "factorize" in p.fix
+    assert p.examples[0]["row"] == 0 and "factorize" in p.fix
 
 
 def test_digit_string_ids_are_converted_and_reported() -> None:
@@ -396,17 +404,88 @@ def test_bad_topics() -> None:
 # -- extra columns ---------------------------------------------------------------------------
 
 
-def test_extra_columns_kept_for_users_and_ignored_elsewhere() -> None:
+def test_extra_columns_of_users_and_items_are_typed_and_ignored_elsewhere() -> None:
     report = ValidationReport()
-    users = _users(age_days=[1, 2, 3], score=["0.5", None, "2"], nickname=["a", "b", "c"])
+    users = _users(
+        age_days=[1, 2, 3],
+        score=["0.5", None, "2"],
+        occupation=["doctor", "artist", "doctor"],
+        hobbies=["chess|go", None, "go"],
+        nickname=["a", "b", "c"],
+        plan=["free", "free", "free"],
+        empty=[None, None, None],
+    )
     out = validate_table("users", users, report=report)
-    assert list(out.columns) == ["user_id", "age_days", "score"]
+    assert list(out.columns) == ["user_id", "age_days", "score", "occupation", "hobbies"]
     assert out["age_days"].dtype == np.float64
     np.testing.assert_array_equal(out["score"], [0.5, np.nan, 2.0])
+    assert out["occupation"].tolist() == ["doctor", "artist", "doctor"]
+    assert out["hobbies"].tolist() == [["chess", "go"], [], ["go"]]
+    assert report.column_types["users"] == {
+        "age_days": "continuous",
+        "score": "continuous",
+        "occupation": "categorical",
+        "hobbies": "multi",
+        "nickname": "ignored",
+        "plan": "ignored",
+        "empty": "ignored",
+    }
+    why = report.column_reasons["users"]
+    assert "identifier" in why["nickname"] and "constant" in why["plan"]
+    assert "no values" in why["empty"] and "inferred" in why["occupation"]
+    items = _items(budget=[1.5, 20.0], genres=[["Drama"], ["Drama", "Comedy"]])
+    out = validate_table("items", items, report=report)
+    assert out["budget"].dtype == np.float64 and out["genres"].tolist()[1] == ["Drama", "Comedy"]
+    assert report.column_types["items"] == {"budget": "continuous", "genres": "multi"}
     validate_table("watches", _watches(device=["tv", "tv", "phone"]), report=report)
-    assert report.ignored_columns == {"users": ["nickname"], "watches": ["device"]}
-    assert any("nickname" in n and "not numeric" in n for n in report.notes)
-    assert any("device" in n and "not part of the contract" in n for n in report.notes)
+    assert report.ignored_columns == {
+        "users": ["nickname", "plan", "empty"],
+        "watches": ["device"],
+    }
+    assert "not part of the contract" in report.column_reasons["watches"]["device"]
+
+
+def test_a_missing_value_keeps_a_one_value_column() -> None:
+    # known (10) against unknown: it tells users apart, so it is not constant
+    out = validate_table("users", _users(age_days=[10, None, 10]))
+    assert "age_days" in out.columns
+
+
+def test_declared_column_types_override_the_rules() -> None:
+    report = ValidationReport()
+    users = _users(zip=[2139, 2139, 10001], nickname=["a", "b", "c"], score=[1, 2, 3])
+    out = validate_dataset(
+        _ds(users=users),
+        report=report,
+        columns={"zip": "categorical", "users.nickname": "categorical", "score": "ignore"},
+    ).users
+    assert out["zip"].tolist() == ["2139", "2139", "10001"]
+    assert out["nickname"].tolist() == ["a", "b", "c"]  # an identifier, but declared
+    assert "score" not in out.columns
+    assert report.column_types["users"] == {
+        "zip": "categorical",
+        "nickname": "categorical",
+        "score": "ignored",
+    }
+    assert "declared" in report.column_reasons["users"]["zip"]
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"zop": "categorical"}, "users and items have no such column"),
+        ({"country": "ignore"}, "a contract column of users"),
+        ({"watches.device": "ignore"}, "only users and items take extra columns"),
+        ({"zip": "numeric"}, "declared as 'numeric'"),
+        ({"name": "continuous"}, "values that are not numbers in a continuous column"),
+        ({"tags": "categorical"}, "lists in a column declared categorical"),
+    ],
+)
+def test_bad_declarations_are_refused(columns: dict[str, str], message: str) -> None:
+    users = _users(zip=[1, 2, 3], name=["a", "b", "c"], country=["KR", "KR", "CN"])
+    items = _items(tags=[["x"], ["y"]])
+    with pytest.raises(DataContractError, match=message):
+        validate_dataset(_ds(users=users, items=items), columns=columns)
 
 
 # -- cross-table references ------------------------------------------------------------------
@@ -498,4 +577,7 @@ def test_report_to_dict() -> None:
         "conversions",
         "notes",
         "warnings",
+        "id_types",
+        "column_types",
+        "column_reasons",
     }
