@@ -118,6 +118,7 @@ _CHECKPOINT_FORMAT = 1
 _MODEL_FORMAT = 1
 _COMPANIONS = ("config.json", "featurizer.json", "items.npz")
 _EMBED_CHUNK = 16_384  # rows per forward pass when exporting vectors
+_GROUP_CODES = 2048  # joint codes per group of item time-signal columns (`_code_groups`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,7 +171,8 @@ class TimedCatalog:
         self.edges = torch.tensor(UPLOAD_AGE_EDGES_S, dtype=torch.int64, device=device)
         cols = items.time_columns
         self.time_cols: tuple[int, ...] = ()
-        self.table: torch.Tensor | None = None
+        self.groups: list[list[tuple[int, int]]] = []  # (signal position, cardinality) lists
+        self.group_tables: list[torch.Tensor] = []  # per group (N * K,) joint codes
         if cols and (n_single is None or cols[-1] < n_single):
             table = items.time_table
             if table is None:
@@ -180,9 +182,16 @@ class TimedCatalog:
                     "reference_time), which holds the codes of every grid time"
                 )
             self.time_cols = cols  # consecutive columns of `single`
-            self.table = torch.from_numpy(np.ascontiguousarray(table.codes)).to(device)
             self.k_lo, self.step, self.anchor = table.k_lo, table.step, table.anchor
             self.n_grid = table.n_grid
+            # the signal columns in groups of few joint codes (mixed radix): a block's codes
+            # are one flat gather per group, and a group's score one gather (`_Decomposed`)
+            cards = [int(items.single_cardinalities[c]) for c in cols]
+            self.groups = _code_groups(cards, _GROUP_CODES)
+            self.group_tables = [
+                torch.from_numpy(_joint_codes(table.codes, group, cards)).to(device)
+                for group in self.groups
+            ]
 
     def __len__(self) -> int:
         return self.n
@@ -209,11 +218,23 @@ class TimedCatalog:
         k = torch.div(t - self.anchor, self.step, rounding_mode="floor") - self.k_lo
         return k.clamp(0, self.n_grid - 1)
 
-    def time_codes(self, rows: torch.Tensor, times: torch.Tensor | int) -> torch.Tensor:
-        """Item time-signal codes (..., 5) int64 of catalog `rows` at `times` (broadcast)."""
-        if self.table is None:
+    def group_codes(self, rows: torch.Tensor, times: torch.Tensor | int) -> list[torch.Tensor]:
+        """Joint time-signal codes of catalog `rows` at `times` (broadcast together): one int64
+        tensor per group of signal columns."""
+        if not self.group_tables:
             raise ValueError("this catalog carries no item time signals")
-        return self.table[rows, self.grid(times)].long()
+        flat = rows * self.n_grid + self.grid(times)
+        return [table[flat].long() for table in self.group_tables]
+
+    def time_codes(self, rows: torch.Tensor, times: torch.Tensor | int) -> list[torch.Tensor]:
+        """Item time-signal codes of catalog `rows` at `times` (broadcast together): one int64
+        tensor per signal column (`time_cols` order)."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(self.time_cols)
+        for group, joint in zip(self.groups, self.group_codes(rows, times), strict=True):
+            for j, card in reversed(group):  # the last digit varies fastest
+                out[j] = joint % card
+                joint = torch.div(joint, card, rounding_mode="floor")
+        return out
 
     def at(self, rows: torch.Tensor, times: torch.Tensor | int) -> ItemBatch:
         """Item-tower inputs of catalog `rows` (M,), row i with its upload age (and item time
@@ -223,34 +244,30 @@ class TimedCatalog:
             codes = self.age_codes(rows, times)
             items.single[:, self.age_col] = codes.to(items.single.dtype)
         if self.time_cols:
-            cols = slice(self.time_cols[0], self.time_cols[-1] + 1)
-            items.single[:, cols] = self.time_codes(rows, times).to(items.single.dtype)
+            for col, codes in zip(self.time_cols, self.time_codes(rows, times), strict=True):
+                items.single[:, col] = codes.to(items.single.dtype)
         return items
 
-    def _dynamic(
-        self, rows: torch.Tensor, times: torch.Tensor
-    ) -> tuple[list[int], list[torch.Tensor]]:
-        """The time-dependent columns (age, then the time signals) and their codes (B, S) at
-        the rows' `times` (B,) for catalog `rows` (S,)."""
-        cols: list[int] = []
+    def _dynamic(self, rows: torch.Tensor, times: torch.Tensor) -> list[torch.Tensor]:
+        """Codes (B, S) of the time-dependent column groups (the upload age, then each group
+        of time signals) of catalog `rows` (S,) at the rows' `times` (B,)."""
         codes: list[torch.Tensor] = []
         if self.age_col is not None:
-            cols.append(self.age_col)
             codes.append(self.age_codes(rows.unsqueeze(0), times.unsqueeze(1)))
-        if self.time_cols:
-            signal = self.time_codes(rows.unsqueeze(0), times.unsqueeze(1))  # (B, S, 5)
-            cols.extend(self.time_cols)
-            codes.extend(signal.unbind(-1))
-        return cols, codes
+        codes.extend(self.group_codes(rows.unsqueeze(0), times.unsqueeze(1)))
+        return codes
 
     def prepare(self, model: TwoTowerModel, rows: torch.Tensor) -> _Decomposed | None:
         """The time-independent part of catalog `rows`' vectors and the per-code terms of
-        their time-dependent columns (`_Decomposed`), or None when the item tower is not
-        linear in its feature embeddings (hidden layers)."""
+        their time-dependent column groups (`_Decomposed`), or None when the item tower is
+        not linear in its feature embeddings (hidden layers)."""
         cols = ([self.age_col] if self.age_col is not None else []) + list(self.time_cols)
         terms = _linear_terms(model, cols)
         if terms is None:
             return None
+        n_age = len(cols) - len(self.time_cols)
+        signal = terms[n_age:]
+        groups = [[t] for t in terms[:n_age]] + [[signal[j] for j, _ in g] for g in self.groups]
         items = self.batch.index(rows)
         chunks = [
             torch.arange(i, min(i + _EMBED_CHUNK, len(rows)), device=rows.device)
@@ -260,7 +277,7 @@ class TimedCatalog:
         raw = torch.cat([model.item_tower(items.index(c)) for c in chunks])
         for col, term in zip(cols, terms, strict=True):
             raw = raw - term[items.single[:, col].long()]  # the stored codes' terms
-        return _Decomposed.build(raw, terms, model.config.normalize_embeddings)
+        return _Decomposed.build(raw, groups, model.config.normalize_embeddings)
 
     def timed_scores(
         self,
@@ -274,14 +291,16 @@ class TimedCatalog:
         item with its upload age and time signals at the row's time (a catalog with time
         signals). `prepared` is `prepare(model, rows)` when the caller scores the same rows
         many times (validation)."""
-        _, codes = self._dynamic(rows, times)
         dec = prepared if prepared is not None else self.prepare(model, rows)
         if dec is not None:
-            return dec.score(users, codes)
+            return dec.score(users, self._dynamic(rows, times))
         # not linear: embed each distinct (item, upload-age code, grid time) once
         n_age = N_UPLOAD_AGE_CODES if self.age_col is not None else 1
-        age = codes[0] if self.age_col is not None else torch.zeros_like(codes[-1])
         k = self.grid(times).unsqueeze(1)  # (B, 1)
+        if self.age_col is not None:
+            age = self.age_codes(rows.unsqueeze(0), times.unsqueeze(1))
+        else:
+            age = torch.zeros_like(k)
         slot = torch.arange(len(rows), device=rows.device).unsqueeze(0)
         key = (slot * n_age + age) * self.n_grid + k  # (B, S)
         distinct, inverse = torch.unique(key, return_inverse=True)
@@ -290,9 +309,9 @@ class TimedCatalog:
         if self.age_col is not None:
             a = (distinct // self.n_grid) % n_age
             items.single[:, self.age_col] = a.to(items.single.dtype)
-        cols = slice(self.time_cols[0], self.time_cols[-1] + 1)
-        assert self.table is not None
-        items.single[:, cols] = self.table[pair_row, distinct % self.n_grid].to(items.single.dtype)
+        pair_time = self.anchor + (self.k_lo + distinct % self.n_grid) * self.step
+        for col, codes in zip(self.time_cols, self.time_codes(pair_row, pair_time), strict=True):
+            items.single[:, col] = codes.to(items.single.dtype)
         vectors = model.item_vectors(items)  # (U, E)
         return torch.cat(
             [
@@ -393,52 +412,95 @@ def _linear_terms(model: TwoTowerModel, cols: list[int]) -> list[torch.Tensor] |
     ]
 
 
+def _code_groups(cards: list[int], limit: int) -> list[list[tuple[int, int]]]:
+    """Consecutive columns (position, cardinality) grouped so that each group's joint codes
+    (the product of its cardinalities) stay within `limit` (a column above it stays alone)."""
+    groups: list[list[tuple[int, int]]] = []
+    size = limit + 1
+    for j, card in enumerate(cards):
+        if groups and size * card <= limit:
+            groups[-1].append((j, card))
+            size *= card
+        else:
+            groups.append([(j, card)])
+            size = card
+    return groups
+
+
+def _joint_codes(codes: np.ndarray, group: list[tuple[int, int]], cards: list[int]) -> np.ndarray:
+    """(N * K,) joint codes of a group of columns of the (N, K, F) code table (mixed radix, the
+    group's last column varying fastest), in the smallest integer type that holds them."""
+    joint = np.zeros(codes.shape[:2], dtype=np.int64)
+    for j, card in group:
+        joint = joint * card + codes[:, :, j]
+    size = int(np.prod([card for _, card in group]))
+    dtype = np.uint8 if size <= 256 else np.int16 if size <= 32768 else np.int32
+    return np.ascontiguousarray(joint.reshape(-1).astype(dtype))
+
+
+def _joint(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Sums over every combination of the parts' entries along `dim`, in joint-code order:
+    parts (.., n_j, ..) -> (.., prod n_j, ..), entry (c_1, .., c_m) = sum_j parts[j][c_j]."""
+    out = parts[0]
+    for part in parts[1:]:
+        a, b = out.unsqueeze(dim + 1), part.unsqueeze(dim)
+        out = (a + b).flatten(dim, dim + 1)
+    return out
+
+
 @dataclass
 class _Decomposed:
-    """Catalog rows' vectors split into a time-independent part and per-code terms, so that
-    scoring S items at B different times costs one (B, S) product plus a gather per column.
+    """Catalog rows' vectors split into a time-independent part and per-code terms of the
+    time-dependent column groups, so that scoring S items at B different times costs one
+    (B, S) product plus a few gathers per group.
 
-    v(item, codes) = base(item) + Σ_f term_f[code_f]; with normalized vectors the score is
-    u · v / |v|, where |v|² = |base|² + 2 Σ_f base · term_f[c_f]
-    + Σ_f Σ_g term_f[c_f] · term_g[c_g], each a gather from a small precomputed table.
+    v(item, codes) = base(item) + Σ_g term_g[code_g], term_g[joint code] the sum of its
+    columns' terms; with normalized vectors the score is u · v / |v|, where
+    |v|² = |base|² + 2 Σ_g base · term_g[c_g] + Σ_g |term_g[c_g]|²
+    + 2 Σ_{g<h} term_g[c_g] · term_h[c_h], each a gather from a small precomputed table.
     """
 
     base: torch.Tensor  # (S, E)
-    terms: list[torch.Tensor]  # per column (codes_f, E)
+    groups: list[list[torch.Tensor]]  # per group, its columns' terms (codes_j, E)
     normalized: bool
     base_sq: torch.Tensor | None = None  # (S,)
-    base_terms: list[torch.Tensor] | None = None  # per column (codes_f, S) = term_f @ base.T
-    gram: dict[tuple[int, int], torch.Tensor] | None = None  # (f, g) -> term_f @ term_g.T
+    base_terms: list[torch.Tensor] | None = None  # per group (codes_g, S) = term_g @ base.T
+    sq_terms: list[torch.Tensor] | None = None  # per group (codes_g,) = |term_g|²
+    cross: dict[tuple[int, int], torch.Tensor] | None = None  # (g, h) -> term_g @ term_h.T
 
     @classmethod
-    def build(cls, base: torch.Tensor, terms: list[torch.Tensor], normalized: bool) -> _Decomposed:
+    def build(
+        cls, base: torch.Tensor, groups: list[list[torch.Tensor]], normalized: bool
+    ) -> _Decomposed:
         if not normalized:
-            return cls(base, terms, False)
-        n = len(terms)
+            return cls(base, groups, False)
+        terms = [_joint(g, 0) for g in groups]  # (codes_g, E): a few thousand rows at most
+        n = len(groups)
         return cls(
             base,
-            terms,
+            groups,
             True,
             base_sq=(base * base).sum(dim=1),
-            base_terms=[t @ base.T for t in terms],
-            gram={(f, g): terms[f] @ terms[g].T for f in range(n) for g in range(f, n)},
+            base_terms=[_joint([t @ base.T for t in g], 0) for g in groups],
+            sq_terms=[(t * t).sum(dim=1) for t in terms],
+            cross={(f, g): terms[f] @ terms[g].T for f in range(n) for g in range(f + 1, n)},
         )
 
     def score(self, users: torch.Tensor, codes: list[torch.Tensor]) -> torch.Tensor:
-        """Scores (B, S) of `users` (B, E) against the items with column codes (B, S) each."""
+        """Scores (B, S) of `users` (B, E) against the items with group codes (B, S) each."""
         s = users @ self.base.T
-        for term, c in zip(self.terms, codes, strict=True):
-            s = s + (users @ term.T).gather(1, c)
+        for group, c in zip(self.groups, codes, strict=True):
+            s = s + _joint([users @ t.T for t in group], 1).gather(1, c)
         if not self.normalized:
             return s
-        assert self.base_sq is not None and self.base_terms is not None and self.gram is not None
+        assert self.base_sq is not None and self.base_terms is not None
+        assert self.sq_terms is not None and self.cross is not None
         sq = self.base_sq.unsqueeze(0).expand_as(s)
         for f, c in enumerate(codes):
-            sq = sq + 2.0 * self.base_terms[f].gather(0, c)
-            for g in range(f, len(codes)):
-                gram = self.gram[(f, g)]
-                cross = gram.reshape(-1)[c * gram.shape[1] + codes[g]]
-                sq = sq + (cross if f == g else 2.0 * cross)
+            sq = sq + 2.0 * self.base_terms[f].gather(0, c) + self.sq_terms[f][c]
+            for g in range(f + 1, len(codes)):
+                cross = self.cross[(f, g)]
+                sq = sq + 2.0 * cross.reshape(-1)[c * cross.shape[1] + codes[g]]
         return s / sq.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's eps
 
 
@@ -893,7 +955,7 @@ def _timed_hits(
     its upload age and time signals at the user's label time (a catalog with time signals)."""
     every = torch.arange(len(catalog), device=label_rows.device)
     prepared = catalog.prepare(model, every)  # the catalog's time-independent part, once
-    n_cols = 1 + (catalog.age_col is not None) + len(catalog.time_cols)
+    n_cols = 1 + (catalog.age_col is not None) + len(catalog.groups)
     chunk = max(1, min(4096, (1 << 24) // max(len(catalog) * n_cols, 1)))
     lo, hi = row_range(len(users), rank, world)
     k_eff = min(k, len(catalog))

@@ -326,10 +326,14 @@ def _check_booster(
     code must exist in the saved vocabulary, else the vocabularies belong to another model.
     """
     names = list(booster.feature_name())
-    # the frame's continuous columns: CONTINUOUS_COLUMNS, then the item time signals if any
-    timed = [*CONTINUOUS_COLUMNS, *ITEM_TIME_VALUES]
-    continuous = timed if names[len(CATEGORICAL_FEATURES) :][: len(timed)] == timed else None
-    continuous = continuous or list(CONTINUOUS_COLUMNS)
+    # the frame's continuous columns: CONTINUOUS_COLUMNS, the items' continuous extra columns
+    # ("item.<column>") and the item time signals, when the data and config have them
+    tail = len(FLAG_COLUMNS) + len(BAG_FEATURES)
+    added = names[len(CATEGORICAL_FEATURES) + len(CONTINUOUS_COLUMNS) : len(names) - tail]
+    n_time = len(ITEM_TIME_VALUES)
+    timed = len(added) >= n_time and added[len(added) - n_time :] == list(ITEM_TIME_VALUES)
+    extras = [c for c in added[: len(added) - n_time * timed] if c.startswith("item.")]
+    continuous = [*CONTINUOUS_COLUMNS, *extras, *(ITEM_TIME_VALUES if timed else ())]
     expected = [*CATEGORICAL_FEATURES, *continuous, *FLAG_COLUMNS, *BAG_FEATURES]
     if names != expected:
         raise ArtifactError(

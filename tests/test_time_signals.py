@@ -143,6 +143,20 @@ def test_fit_derives_windows_and_grid_from_the_span_and_round_trips() -> None:
     assert big.step > s.step and all(w % big.step == 0 for w in big.windows)
 
 
+def test_signal_columns_are_scored_in_groups_of_joint_codes() -> None:
+    assert cg_train._code_groups([19, 19, 19, 9, 9], 2048) == [
+        [(0, 19), (1, 19)],
+        [(2, 19), (3, 9), (4, 9)],
+    ]
+    assert cg_train._code_groups([3000, 5, 5], 2048) == [[(0, 3000)], [(1, 5), (2, 5)]]
+    codes = np.random.default_rng(0).integers(0, 5, (4, 3, 2)).astype(np.uint8)
+    joint = cg_train._joint_codes(codes, [(0, 5), (1, 7)], [5, 7])
+    np.testing.assert_array_equal(joint, (codes[..., 0] * 7 + codes[..., 1]).reshape(-1))
+    parts = [torch.arange(3.0).unsqueeze(1), 10 * torch.arange(4.0).unsqueeze(1)]
+    summed = cg_train._joint(parts, 0)[:, 0]  # entry c0 * 4 + c1 = c0 + 10 * c1
+    assert summed.tolist() == [a + 10 * b for a in range(3) for b in range(4)]
+
+
 # ----------------------------------------------------------------------------- featurizer
 
 
@@ -374,6 +388,27 @@ def test_ranker_item_signals_use_only_watches_before_each_row(world) -> None:
     served = f.item_features(ds, reference_time=t)
     cols_cg = list(served.time_columns)
     np.testing.assert_array_equal(codes, served.single[served.rows(req["item_id"])][:, cols_cg])
+
+
+def test_lightgbm_with_item_extra_columns_and_time_signals_reloads(tmp_path) -> None:
+    from test_ranker_model import world as ranker_world
+
+    from ranking.baselines import LightGBMWeightedRanker
+    from ranking.config import LightGBMConfig
+
+    ds = ranker_world(0, 3000)
+    ds.items["quality"] = np.linspace(0.0, 1.0, len(ds.items))
+    ds.columns = {"items": {"quality": "continuous"}}
+    imps = ds.impressions.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    windows = (3600, 4 * 3600, 16 * 3600)
+    tr = build_ranker_frame(ds, imps.iloc[:2400], history_len=5, time_windows=windows)
+    va = build_ranker_frame(ds, imps.iloc[2400:], history_len=5, time_windows=windows)
+    assert list(tr.continuous.columns) == [*CONTINUOUS_COLUMNS, "item.quality", *ITEM_TIME_VALUES]
+    cfg = LightGBMConfig(n_estimators=5, num_leaves=4, min_data_in_leaf=5, num_threads=1)
+    model = LightGBMWeightedRanker(cfg, history_len=5).fit(tr, va)
+    model.save(tmp_path / "lgbm")
+    loaded = LightGBMWeightedRanker.load(tmp_path / "lgbm")
+    np.testing.assert_allclose(loaded.predict_score(va), model.predict_score(va))
 
 
 # ----------------------------------------------------------------------------- switch off
