@@ -1,5 +1,5 @@
 """ANN on a finished run's own item embeddings: annoy (ours) against exact search, and hnswlib
-in a scratch environment, all against the same held-out user queries (issue 7).
+in a separate virtual environment, all against the same held-out user queries.
 
     python benchmarks/ann_on_run.py RUN_DIR [--users 300] [--annoy-trees 50,150]
         [--hnsw-python /tmp/hnsw-venv/bin/python] [--hnsw-m 32] [--out FILE.json]

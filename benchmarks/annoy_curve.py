@@ -1,4 +1,4 @@
-"""Annoy against exact search: recall@100 / latency curve over n_trees x search_k (issues 3, 7).
+"""Annoy against exact search: recall@100 / latency curve over n_trees x search_k.
 
 Figure: `AnnoyIndex.search` of one user vector (single-query latency p50/p99, recall@k of its
 top-k against the exact top-k), for every (n_trees, search_k) of a grid, with the index's build
@@ -38,7 +38,7 @@ from candidate_gen.index import AnnoyIndex, ExactIndex
 
 NAME = "annoy_curve"
 RECALL_TARGET = 0.95
-SPEEDUP_TARGET = 5.0  # issue 7: >= 5x lower single-query latency than exact at 1M items
+SPEEDUP_TARGET = 5.0  # target: >= 5x lower single-query latency than exact at 1M items
 
 COLUMNS = (
     Column("case", "vectors", "{}"),

@@ -1,4 +1,4 @@
-"""Annoy on LEARNED item embeddings at 100k and 1M items against exact search (issues 3, 7).
+"""Annoy on LEARNED item embeddings at 100k and 1M items against exact search.
 
 Setting (benchmarks.learned_world): a candidate generator trained briefly on a small synthetic
 world (the `default` preset's catalog of 2,000 channels and 48 topics, fewer users), its
@@ -24,7 +24,7 @@ What-if case (`normalised`): the same vectors L2-normalised, with their own exac
 geometry a model trained with `normalize_embeddings=true` serves (its retrieved sets differ
 from the dot model's, so it is not a drop-in answer, only what annoy does on unit vectors).
 
-Reference for the batch path (issue 7 item 3), reused from benchmarks/exact_topk.py: exact
+Reference for the batch path, reused from benchmarks/exact_topk.py: exact
 top-100 of 1,024 learned user vectors over the largest catalog against the blocked GEMM floor.
 """
 
@@ -53,8 +53,8 @@ from candidate_gen.index import AnnoyIndex, ExactIndex
 
 NAME = "annoy_learned"
 RECALL_TARGET = 0.95
-SPEEDUP_TARGET = 5.0  # issue 7: >= 5x lower single-query latency than exact at 1M items
-EXACT_GEMM_TARGET = 2.0  # issue 7: exact batch top-100 within 2x of the GEMM floor
+SPEEDUP_TARGET = 5.0  # target: >= 5x lower single-query latency than exact at 1M items
+EXACT_GEMM_TARGET = 2.0  # target: exact batch top-100 within 2x of the GEMM floor
 
 COLUMNS = (
     Column("case", "vectors", "{}"),

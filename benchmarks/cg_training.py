@@ -1,4 +1,4 @@
-"""Candidate generator: training examples/s, embedding export, retrieval latency (issue 3).
+"""Candidate generator: training examples/s, embedding export, retrieval latency.
 
 Setting: a synthetic contract Dataset (benchmarks/synthetic.py), the `default` preset's
 featurizer and candidate-generator settings (sampled softmax, 2048 logQ-corrected negatives,

@@ -1,4 +1,4 @@
-"""Data-parallel training: N processes (DDP over gloo) vs 1 process, same global batch (issue 7).
+"""Data-parallel training: N processes (DDP over gloo) vs 1 process, same global batch.
 
 Setting: a synthetic contract Dataset (benchmarks/synthetic.py) on CPU; the candidate generator
 with the `default` preset's settings (sampled softmax over 2048 logQ-corrected negatives, CFM

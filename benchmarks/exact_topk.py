@@ -1,15 +1,15 @@
-"""Exact top-k retrieval against the GEMM floor (issue 7 item 3).
+"""Exact top-k retrieval against the GEMM floor.
 
 Figure: `ExactIndex.search` of a batch of Q user vectors over N item vectors, top-k.
 References, timed in the same run with the calls interleaved:
 - the GEMM floor: the same matrix products, blocked exactly as the index blocks them
   (`ExactIndex.item_block`), written into one reused output buffer and discarded: no index can
   be faster than the products it must compute. Its GFLOP/s is compared with the machine's
-  measured float32 ceiling (~150 GFLOP/s on 2 AVX2 cores, issue 7).
+  measured float32 ceiling (~150 GFLOP/s on 2 AVX2 cores).
 - a baseline: the textbook blocked search (per item block torch.topk of the whole score block,
   merged into a running top-k; 256-query blocks, 64 MiB score blocks), which is what the index
   did before its threshold filter.
-Target (issue 7): ours within 2x of the GEMM floor at Q=1024, N=1M, E=64, k=100.
+Target: ours within 2x of the GEMM floor at Q=1024, N=1M, E=64, k=100.
 Ours is checked against the baseline on every run (same top-k scores).
 """
 
@@ -35,7 +35,7 @@ from benchmarks.synthetic import VectorProblem, clustered_vectors
 from candidate_gen.index import ExactIndex
 
 NAME = "exact_topk"
-REFERENCE_GFLOPS = 150.0  # float32 GEMM on this machine's 2 AVX2 cores (issue 7)
+REFERENCE_GFLOPS = 150.0  # float32 GEMM on this machine's 2 AVX2 cores
 TARGET_RATIO = 2.0
 
 COLUMNS = (

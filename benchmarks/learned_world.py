@@ -1,6 +1,6 @@
 """A briefly trained candidate generator on a small synthetic world, and a grown catalog for it.
 
-Where it sits: the benchmarks of issue 7 that need *learned* embeddings at 100k and 1M items
+Where it sits: the benchmarks that need *learned* embeddings at 100k and 1M items
 (benchmarks/annoy_learned.py, benchmarks/serving.py) share this setup:
 
 1. `train_world`: draw a synthetic world (features.sources.synthetic, a preset with overrides),

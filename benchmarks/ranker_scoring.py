@@ -1,4 +1,4 @@
-"""Deep ranker scoring: rows per second in batch vs per-user latency to rank 500 (issue 4).
+"""Deep ranker scoring: rows per second in batch vs per-user latency to rank 500.
 
 Setting: a synthetic contract Dataset (benchmarks/synthetic.py), a `RankerFeatureIndex` built
 once (as serving does), and a `TrainedRanker` with the `default` preset's ranking settings
@@ -11,7 +11,7 @@ Figures, measured in one run:
   as serving calls it: latency p50/p99 over many users, and its pieces (build, score);
 - batched users: the same users' 500 candidates in one frame (build + score + per-user sort).
 References: per-user throughput (500 / p50) against the batch throughput, and the per-user p99
-against the 20 ms serving budget of issue 7 (which also covers retrieval).
+against the 20 ms serving budget (which also covers retrieval).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ranking.config import RankerConfig
 from ranking.train import train_ranker
 
 NAME = "ranker_scoring"
-SERVING_BUDGET_MS = 20.0  # issue 7: p99 per user for retrieve-500 + rank
+SERVING_BUDGET_MS = 20.0  # target: p99 per user for retrieve-500 + rank
 
 COLUMNS = (
     Column("what", "measure", "{}"),

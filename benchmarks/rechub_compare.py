@@ -1,4 +1,4 @@
-"""Candidate-generator training throughput: ours against torch-rechub's YoutubeDNN (issue 7).
+"""Candidate-generator training throughput: ours against torch-rechub's YoutubeDNN.
 
 Same data: one synthetic world (benchmarks.learned_world), our featurizer's next-watch
 training examples (rollback, <= 20 per user), exported as arrays (user attribute codes,

@@ -22,7 +22,7 @@ Benchmarks (`--only` takes names, comma-separated or repeated):
                   features + deep ranker + sort, p50/p99 per component and throughput
   rechub_compare  (optional, not run by default) training examples/s of our candidate
                   generator vs torch-rechub's YoutubeDNN on the same examples; needs
-                  torch-rechub in a scratch environment (--rechub-python)
+                  torch-rechub in a separate virtual environment (--rechub-python)
 
 `--quick` shrinks every size for a smoke run (tests/test_benchmarks.py); its figures are not
 meaningful. `--vectors FILE.npz` (ids, vectors) makes annoy_curve use learned item embeddings,
@@ -71,7 +71,7 @@ BENCHMARKS: tuple[str, ...] = (
 )
 # run only when named with --only: they need something outside vidrec's environment
 OPTIONAL: dict[str, str] = {
-    "rechub_compare": "torch-rechub installed in a scratch environment (--rechub-python)",
+    "rechub_compare": "torch-rechub installed in a separate virtual environment (--rechub-python)",
 }
 DEFAULT_BENCHMARKS: tuple[str, ...] = tuple(n for n in BENCHMARKS if n not in OPTIONAL)
 DEFAULT_OUT = Path("bench_out") / "results.json"
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
         metavar="PATH",
-        help="rechub_compare: Python of a scratch environment with torch-rechub "
+        help="rechub_compare: Python of a separate virtual environment with torch-rechub "
         "(default /tmp/rechub-venv/bin/python)",
     )
     p.add_argument(

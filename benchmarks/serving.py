@@ -1,4 +1,4 @@
-"""Serving latency at 1M items: retrieve 500 + ranker features + deep ranker + sort (issue 7).
+"""Serving latency at 1M items: retrieve 500 + ranker features + deep ranker + sort.
 
 Setting (benchmarks.learned_world): a candidate generator trained briefly on a small synthetic
 world, a deep ranker trained for one epoch on that world's ranker-window impressions with the
@@ -22,7 +22,7 @@ by wrapping the functions it calls, so the path is the real one:
 - ranker frame: `build_ranker_frame` over the preloaded `RankerFeatureIndex`;
 - score: `TrainedRanker.predict_expected_watch_time`;
 - sort + slate: the rest of `recommend` (argsort, the slate's dicts).
-Reference: the 20 ms p99 budget of issue 7 on 2 cores. Diagnosis rows time the pieces of
+Reference: the 20 ms p99 budget on 2 cores. Diagnosis rows time the pieces of
 `add_cg_features` at this catalog size (item features of the catalog, item-tower pass, one
 user's scores and sort), so the cost of recomputing them per request is visible.
 """
@@ -66,7 +66,7 @@ from pipelines.serve import Recommender
 from ranking.train import TrainedRanker, train_ranker
 
 NAME = "serving"
-BUDGET_MS = 20.0  # issue 7: p99 per user for retrieve-500 + rank at 1M items on 2 cores
+BUDGET_MS = 20.0  # target: p99 per user for retrieve-500 + rank at 1M items on 2 cores
 COMPONENTS: tuple[str, ...] = ("retrieve", "cg_features", "ranker_frame", "score", "sort")
 
 COLUMNS = (

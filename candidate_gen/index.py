@@ -373,7 +373,7 @@ class ExactIndex:
     VECTORS_FILE: ClassVar[str] = "vectors.npy"
     DEFAULT_QUERY_BLOCK: ClassVar[int] = 1024
     # 32 MiB of float32 scores per block: at 1M x 64 x 1,024 queries 1.80x the GEMM floor on the
-    # session-5 AVX-512 machine, against 1.93x with 8 MiB and 2.17x with 2 MiB blocks
+    # AVX-512 machine, against 1.93x with 8 MiB and 2.17x with 2 MiB blocks
     DEFAULT_BLOCK_ELEMENTS: ClassVar[int] = 1 << 23
     GROUP: ClassVar[int] = 32  # items per group whose max is tested against the threshold
     _MERGE_FACTOR: ClassVar[int] = 2  # merge when candidates outnumber this x (queries x k)

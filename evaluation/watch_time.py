@@ -10,7 +10,7 @@ simulated data, with the true expectation the world knows.
 Calibration bins are *equal-count* bins of the predicted value (deciles by default): rows are
 ranked by prediction (ties kept in row order) and cut into n_bins consecutive slices of equal
 size (±1 row), so every bin has data even when many predictions are tied. A bin is calibrated
-when its mean prediction is within ±tolerance (15% by default, issue 4) of its mean observed
+when its mean prediction is within ±tolerance (15% by default) of its mean observed
 watch time: |mean_predicted / mean_observed − 1| <= tolerance.
 """
 

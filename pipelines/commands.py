@@ -357,9 +357,9 @@ def register_experiment(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser(
         "experiment",
-        help="the studies of issues 3, 4 and 6 and the leave-last-out benchmark (mean ± std "
+        help="the YT16 / SSL21 studies, the MovieLens table and the leave-last-out benchmark (mean ± std "
         "over seeds)",
-        description="movielens-table (issue 6) needs --data-dir, an official MovieLens directory; "
+        description="movielens-table needs --data-dir, an official MovieLens directory; "
         "its preset defaults to 'movielens' (pipelines/experiments_real.py has the protocol). "
         "loo, the leave-last-out benchmark of the literature (each user's last watch is the "
         "test target, the one before it the validation target; pipelines/experiments_loo.py), "

@@ -1,4 +1,4 @@
-"""`vidrec experiment NAME`: the studies of issues 3 and 4, mean ± std over seeds.
+"""`vidrec experiment NAME`: the studies of YT16 and SSL21, mean ± std over seeds.
 
 * `cg-features`  YT16 Fig. 6 analogue: feature sets (watches -> +searches -> +example age ->
                  +demographics/geography) at the preset's depth, and tower depth 0-4 with all

@@ -1,6 +1,6 @@
 """`vidrec experiment movielens-table`: retrieval on real MovieLens logs, mean ± std over seeds.
 
-Where it sits: issue 6's results table. It reads an official MovieLens directory
+Where it sits: the MovieLens results table. It reads an official MovieLens directory
 (`features.sources.movielens`), holds out each user's last watches, and compares our candidate
 generator (with and without the SSL21 regulariser) with the retrieval baselines of
 `candidate_gen.baselines` (most popular, item-kNN, PureSVD) under one protocol. It does not use

@@ -1,8 +1,7 @@
 """Monotone post-hoc calibration of the ranker's expected watch time.
 
 The weighted logistic loss makes exp(logit) an estimate of E[watch time] only at the optimum; an
-early-stopped network is under-fitted in places (SPEC §5, issue 4: mid-range predictions 20-25%
-low, the lowest decile 30% high on the default world). `WatchTimeCalibrator` corrects the
+early-stopped network is under-fitted in places. `WatchTimeCalibrator` corrects the
 *level* of the prediction without touching its *order*:
 
     calibrated log E[T] = g(logit),   g strictly increasing.

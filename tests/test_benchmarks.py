@@ -373,7 +373,7 @@ def _rechub_available() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _rechub_available(), reason="no torch-rechub scratch environment")
+@pytest.mark.skipif(not _rechub_available(), reason="no virtual environment with torch-rechub")
 def test_rechub_compare_quick() -> None:
     res = rechub_compare.run(quick=True, repeats=1)
     systems = [r["system"] for r in res["rows"]]

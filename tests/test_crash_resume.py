@@ -1,4 +1,4 @@
-"""Crash safety (issue 8, item 2): real trainings killed with SIGKILL resume to the same result,
+"""Crash safety: real trainings killed with SIGKILL resume to the same result,
 and a kill at any moment of an atomic write leaves the old or the new complete artifact.
 
 Training (candidate generator and deep ranker): a worker process (this file run as a script)

@@ -1,4 +1,4 @@
-"""Run-level artifact integrity (issue 8, item 3): a run directory's artifacts must belong
+"""Run-level artifact integrity: a run directory's artifacts must belong
 together before they are served or resumed from.
 
 Two miniature runs are built in process through `RunDir.run_stage` with real artifacts (the

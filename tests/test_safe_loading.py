@@ -1,4 +1,4 @@
-"""Safe loading (issue 8, items 3-4): saved artifacts load without running code, and pieces
+"""Safe loading: saved artifacts load without running code, and pieces
 that do not belong together are refused with a clear message.
 
 - a crafted pickle (its __reduce__ creates a marker file) put in place of a model's weights
