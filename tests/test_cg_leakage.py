@@ -23,26 +23,12 @@ from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
 from features.examples import CandidateFeaturizer
 from features.split import TimeSplit
 
-BASE = dict(
-    embedding_dim=16,
-    user_layers=(32, 16),
-    categorical_dim=4,
-    num_negatives=64,
-    batch_size=128,
-    learning_rate=5e-3,
-    valid_k=10,
-    device="cpu",
-    ssl_batch_size=64,
-)
+# the candidate-generator test settings, one torch thread (autouse), from the trainer's tests
+from test_cg_train import BASE as _TRAIN_BASE  # noqa: E402
+from test_cg_train import _one_thread  # noqa: E402, F401
+
+BASE = {**_TRAIN_BASE, "ssl_batch_size": 64}
 N_LATE = 40  # items uploaded after the training window
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _late_world():
