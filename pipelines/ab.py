@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,18 @@ def _arm(
     return name, ranker_policy(cg, index, ranker, k, n_cand, hl), ctx
 
 
+@contextlib.contextmanager
+def _ab_locks(run: Path, arm_specs: list[str]) -> Iterator[None]:
+    """The run is written (ab/ab.json, the report): hold its writer's lock; the runs of other
+    arms (`policy@RUN`) are only read: hold their readers' locks."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(RunDir.open(run, write=True))
+        others = {Path(r) for _, _, r in (spec.partition("@") for spec in arm_specs) if r}
+        for other in sorted(others - {run}):
+            stack.enter_context(read_lock(other))
+        yield
+
+
 def run_ab_command(
     run: Path,
     arm_specs: list[str],
@@ -96,77 +109,57 @@ def run_ab_command(
         raise ConfigError("an A/B test needs at least two arms, e.g. --arms system,most_popular")
     if days < 1:
         raise ConfigError(f"--days must be >= 1, got {days}")
-    # the run is written (ab/ab.json, the report): its writer's lock; other arms' runs are read
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(RunDir.open(run, write=True))
-        others = {Path(r) for _, _, r in (spec.partition("@") for spec in arm_specs) if r}
-        for other in sorted(others - {run}):
-            stack.enter_context(read_lock(other))
-        return _run_ab(
-            run, arm_specs, days=days, k=k, max_visits=max_visits, retrain=retrain, seed=seed
+    with _ab_locks(run, arm_specs):
+        cache: dict[Path, RunContext] = {}
+        base_ctx = cache.setdefault(run, _context(run))
+        seed = base_ctx.seed if seed is None else int(seed)
+        arms: dict[str, Policy] = {}
+        for spec in arm_specs:
+            name, policy, _ = _arm(spec, run, k, seed, cache)
+            if name in arms:
+                raise ConfigError(f"arm {name!r} given twice")
+            arms[name] = policy
+        world = base_ctx.world()
+        split: TimeSplit = base_ctx.split()
+        # every arm starts from the logs as they were at the start of the test window
+        ds = base_ctx.dataset()
+        base_logs = _logs_before(ds, split.valid_end)
+        retrain_fn = _retrainer(base_ctx, k) if retrain else None
+        results = run_ab(
+            world,
+            base_logs,
+            arms,
+            start=split.valid_end,
+            days=days,
+            k=k,
+            seed=seed,
+            max_visits_per_day=max_visits,
+            retrain=retrain_fn,
         )
+        summary = summarize_ab(
+            results, ds.items, n_boot=int(base_ctx.config["evaluation"]["bootstrap"]), seed=seed + 41
+        )
+        summary["description"] = (
+            f"Closed loop over {days} simulated day(s) from the start of the test window: the world's visitors "
+            f"(at most {max_visits or 'all'} visits a day, the same visitors and random draws for every arm) get a "
+            f"top-{k} slate from each arm; clicks and watch times come from the world's ground truth and feed back "
+            f"into that arm's own logs{' and its ranker is refitted nightly' if retrain else ''}. First arm "
+            f"({arm_specs[0]}) is the control; intervals are bootstrap 95% over users (paired for the differences)."
+        )
+        summary["config"] = {
+            "arms": arm_specs,
+            "days": days,
+            "k": k,
+            "max_visits_per_day": max_visits,
+            "retrain": retrain,
+            "seed": seed,
+        }
+        out = make_dirs(run / "ab")
+        atomic_write_json(out / "ab.json", summary)
+        from pipelines.report import build_report
 
-
-def _run_ab(
-    run: Path,
-    arm_specs: list[str],
-    *,
-    days: int,
-    k: int,
-    max_visits: int,
-    retrain: bool,
-    seed: int | None,
-) -> dict[str, Any]:
-    cache: dict[Path, RunContext] = {}
-    base_ctx = cache.setdefault(run, _context(run))
-    seed = base_ctx.seed if seed is None else int(seed)
-    arms: dict[str, Policy] = {}
-    for spec in arm_specs:
-        name, policy, _ = _arm(spec, run, k, seed, cache)
-        if name in arms:
-            raise ConfigError(f"arm {name!r} given twice")
-        arms[name] = policy
-    world = base_ctx.world()
-    split: TimeSplit = base_ctx.split()
-    # every arm starts from the logs as they were at the start of the test window
-    ds = base_ctx.dataset()
-    base_logs = _logs_before(ds, split.valid_end)
-    retrain_fn = _retrainer(base_ctx, k) if retrain else None
-    results = run_ab(
-        world,
-        base_logs,
-        arms,
-        start=split.valid_end,
-        days=days,
-        k=k,
-        seed=seed,
-        max_visits_per_day=max_visits,
-        retrain=retrain_fn,
-    )
-    summary = summarize_ab(
-        results, ds.items, n_boot=int(base_ctx.config["evaluation"]["bootstrap"]), seed=seed + 41
-    )
-    summary["description"] = (
-        f"Closed loop over {days} simulated day(s) from the start of the test window: the world's visitors "
-        f"(at most {max_visits or 'all'} visits a day, the same visitors and random draws for every arm) get a "
-        f"top-{k} slate from each arm; clicks and watch times come from the world's ground truth and feed back "
-        f"into that arm's own logs{' and its ranker is refitted nightly' if retrain else ''}. First arm "
-        f"({arm_specs[0]}) is the control; intervals are bootstrap 95% over users (paired for the differences)."
-    )
-    summary["config"] = {
-        "arms": arm_specs,
-        "days": days,
-        "k": k,
-        "max_visits_per_day": max_visits,
-        "retrain": retrain,
-        "seed": seed,
-    }
-    out = make_dirs(run / "ab")
-    atomic_write_json(out / "ab.json", summary)
-    from pipelines.report import build_report
-
-    build_report(base_ctx)
-    return summary
+        build_report(base_ctx)
+        return summary
 
 
 def _logs_before(ds: Dataset, t: int) -> Dataset:
