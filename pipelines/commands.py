@@ -56,14 +56,15 @@ def id_value(text: str) -> int | str:
     return text
 
 
-def data_statistics(source: str, path: str) -> dict:
-    """Statistics of the log at `path` that `--preset auto` derives its settings from."""
+def data_statistics(source: str, path: str) -> tuple[dict, tuple]:
+    """Statistics of the log at `path` that `--preset auto` derives its settings from, and the
+    loaded (dataset, info), which the run's data stage takes instead of reading the log again."""
     from features.stats import log_statistics
     from pipelines.config import load_preset
     from pipelines.run import load_source
 
-    ds, _ = load_source(source, path)
-    return log_statistics(ds, float(load_preset("default")["split"]["train_end"]))
+    loaded = load_source(source, path)
+    return log_statistics(loaded[0], float(load_preset("default")["split"]["train_end"])), loaded
 
 
 def _stage_list(option: str, text: str | None, stages: tuple[str, ...]) -> tuple[str, ...]:
@@ -189,12 +190,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data.source={args.dataset or 'dir'}")
     preset = args.preset or (AUTO if args.data else "default")
-    stats = None
+    stats, shared = None, {}
     if preset == AUTO:
         if not args.data:
             raise UsageError("--preset auto derives its settings from a log: give --data DIR")
-        stats = data_statistics(args.dataset or "dir", args.data)
+        stats, loaded = data_statistics(args.dataset or "dir", args.data)
+        shared["loaded_source"] = loaded
     config = resolve_config(preset, overrides, args.config, seed=args.seed, data_stats=stats)
+    if config["data"].get("columns"):
+        shared.clear()  # declared column types: the data stage reads the log with them
     if args.print_config:
         print(json.dumps(config, indent=2))
         return 0
@@ -207,6 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         stages=stages,
         redo=redo,
+        shared=shared,
     )
     _print_headline(report, Path(args.out))
     return 0

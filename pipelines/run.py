@@ -167,7 +167,11 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
         source = cfg["data"]["source"]
         if ctx.data_dir is None:
             raise ValueError(f"data.source is {source!r} but no --data DIR was given")
-        ds, info_source = load_source(source, ctx.data_dir, columns=cfg["data"].get("columns"))
+        # `vidrec run --data DIR` without a preset has read the log already (its statistics)
+        loaded = ctx.cache.pop("loaded_source", None)
+        ds, info_source = loaded or load_source(
+            source, ctx.data_dir, columns=cfg["data"].get("columns")
+        )
         atomic_write_json(out / "source.json", info_source)
         info["source"] = f"{source} data from {ctx.data_dir}"
         if ds.name == "unnamed":
