@@ -1,8 +1,8 @@
 """Summary statistics of a log, the inputs of the settings vidrec derives from the data.
 
-`log_statistics(dataset, train_end_fraction)` reads only counts and times (vectorized); the
-training window's share of the time span is passed in so that statistics about the training
-examples describe what the candidate generator will actually see.
+`log_statistics(dataset, train_end_fraction, valid_end_fraction)` reads only counts and times
+(vectorized); the windows' shares of the time span are passed in so that statistics about the
+training examples and the ranker's rows describe what the two stages will actually see.
 """
 
 from __future__ import annotations
@@ -16,9 +16,17 @@ from features.tables import Dataset
 SECONDS_PER_DAY = 86_400.0
 
 
-def log_statistics(dataset: Dataset, train_end_fraction: float = 0.7) -> dict[str, Any]:
+#: candidates per user and window that become the ranker's rows on a log without impressions
+CANDIDATES_PER_USER = 50
+
+
+def log_statistics(
+    dataset: Dataset, train_end_fraction: float = 0.7, valid_end_fraction: float = 0.85
+) -> dict[str, Any]:
     """Return counts and shapes of the log: users, items, events, per-user activity, the time
-    span, the catalog's growth and whether impressions are logged."""
+    span, the catalog's growth, whether impressions and real watch times are logged, and how
+    many rows the ranker will learn from (impressions of the ranker window, or
+    CANDIDATES_PER_USER candidates per user active in it when none are logged)."""
     w = dataset.watches
     t = w["timestamp"].to_numpy(np.int64)
     start, end = (int(t.min()), int(t.max())) if len(t) else (0, 0)
@@ -31,7 +39,20 @@ def log_statistics(dataset: Dataset, train_end_fraction: float = 0.7) -> dict[st
         float(np.mean(upload >= train_end)) if upload is not None and len(upload) else 0.0
     )
     watched_items = int(w["item_id"].nunique()) if len(w) else 0
+    valid_end = start + int(span * float(valid_end_fraction))
     imp = dataset.impressions
+    has_imp = bool(imp is not None and len(imp) > 0)
+    if has_imp:
+        ti = imp["timestamp"].to_numpy(np.int64)
+        ranker_rows = int(np.sum((ti >= train_end) & (ti < valid_end)))
+        clicked = imp["clicked"].to_numpy() > 0
+        wt = imp["watch_time"].to_numpy(np.float64)[clicked]
+        # watch time is real when clicked rows carry more than one value (not unit labels)
+        has_watch_time = bool(len(wt) and np.unique(wt).size > 1)
+    else:
+        inwin = (t >= train_end) & (t < valid_end)
+        ranker_rows = CANDIDATES_PER_USER * int(np.unique(w["user_id"].to_numpy()[inwin]).size)
+        has_watch_time = False
     return {
         "n_users": int(len(dataset.users)),
         "n_items": int(len(items)),
@@ -42,6 +63,8 @@ def log_statistics(dataset: Dataset, train_end_fraction: float = 0.7) -> dict[st
         "watches_per_user_mean": float(np.mean(per_user)),
         "span_days": round(span / SECONDS_PER_DAY, 3),
         "share_of_items_uploaded_after_train_end": round(new_items, 4),
-        "has_impressions": bool(imp is not None and len(imp) > 0),
+        "has_impressions": has_imp,
         "n_impressions": int(len(imp)) if imp is not None else 0,
+        "has_watch_time": has_watch_time,
+        "n_ranker_rows": ranker_rows,
     }

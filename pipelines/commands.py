@@ -64,7 +64,9 @@ def data_statistics(source: str, path: str) -> tuple[dict, tuple]:
     from pipelines.run import load_source
 
     loaded = load_source(source, path)
-    return log_statistics(loaded[0], float(load_preset("default")["split"]["train_end"])), loaded
+    split = load_preset("default")["split"]
+    stats = log_statistics(loaded[0], float(split["train_end"]), float(split["valid_end"]))
+    return stats, loaded
 
 
 def _stage_list(option: str, text: str | None, stages: tuple[str, ...]) -> tuple[str, ...]:

@@ -386,14 +386,37 @@ def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
         20_000 if small else -1,
         f"{int(stats['n_items']):,} items: a deep annoy search is cheap below 50,000",
     )
-    rows = int(stats["n_impressions"]) if stats.get("has_impressions") else train
+    has_imp = bool(stats.get("has_impressions"))
+    # the rows the ranker learns from: impressions of the ranker window, or the candidates of
+    # the users active in it (older statistics without the count: the training watches)
+    rows = max(int(stats.get("n_ranker_rows", train)), 1)
+    what = "impressions of the ranker window" if has_imp else "candidates of its active users"
     few = rows < 1_000_000
     out["ranking.hidden"] = (
         [64, 32] if few else [256, 128],
-        f"{rows:,} ranker rows at most ({'impressions' if stats.get('has_impressions') else 'watches'}; "
-        "< 1M: [64, 32], else [256, 128])",
+        f"{rows:,} ranker rows ({what}; < 1M: [64, 32], else [256, 128])",
     )
-    out["ranking.batch_size"] = (256 if few else 1024, f"{rows:,} ranker rows (< 1M: 256)")
+    # enough optimizer steps whatever the row count: ~50 batches an epoch, and epochs up to
+    # ~1M rows seen (early stopping on the held-out rows picks the best epoch)
+    out["ranking.batch_size"] = (
+        _pow2(rows / 50, 32, 1024),
+        f"{rows:,} ranker rows: about 50 steps an epoch, 32..1024",
+    )
+    r_epochs = int(min(max(math.ceil(1_000_000 / rows), 4), 30))
+    out["ranking.epochs"] = (
+        r_epochs,
+        f"{rows:,} ranker rows: at most ~1M rows seen, 4..30 epochs (early stopping picks the best)",
+    )
+    out["ranking.patience"] = (
+        3 if r_epochs > 5 else 2,
+        f"{r_epochs} ranker epochs at most: patience 3 above 5 epochs, else 2",
+    )
+    if not stats.get("has_watch_time", has_imp):
+        out["ranking.weighting"] = (
+            "watch_time",
+            "no watch time in the log (clicks only): every clicked row weighs 1, so the "
+            "watch-time-weighted loss is the click log-loss and exp(logit) the click odds",
+        )
     out["lightgbm.n_estimators"] = (
         100 if few else 300,
         f"{rows:,} ranker rows (< 1M: 100 trees, early-stopped)",

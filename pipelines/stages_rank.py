@@ -29,6 +29,7 @@ from evaluation.watch_time import (
 from features.atomic import atomic_write_json
 from features.ids import to_codes, to_data_ids
 from features.ranker_features import RankerFrame, build_ranker_frame
+from features.stats import CANDIDATES_PER_USER
 from pipelines import scoring
 from pipelines.context import RunContext
 from pipelines.run import cg_model, heldout_users, load_json, save_frame
@@ -124,7 +125,9 @@ def has_logged_impressions(ctx: RunContext) -> bool:
     return imp is not None and len(imp) > 0
 
 
-def candidate_impressions(ctx: RunContext, lo: int, hi: int, n: int = 50) -> pd.DataFrame:
+def candidate_impressions(
+    ctx: RunContext, lo: int, hi: int, n: int = CANDIDATES_PER_USER
+) -> pd.DataFrame:
     """Pseudo-impressions for data without logged ones (see CANDIDATE_LABELS_NOTE)."""
     from candidate_gen.index import ExactIndex
     from candidate_gen.retrieve import Retriever

@@ -69,3 +69,38 @@ def test_log_statistics_of_a_small_log() -> None:
     assert s["n_users"] == 30 and s["n_items"] == 50 and s["n_watches"] == 600
     assert 0 < s["n_train_watches"] < 600
     assert s["span_days"] > 0
+
+
+def test_ranker_settings_follow_its_row_count_and_the_watch_times() -> None:
+    few = {k: v for k, (v, _) in derive_settings(_stats(n_ranker_rows=4_000)).items()}
+    many = {
+        k: v
+        for k, (v, _) in derive_settings(
+            _stats(has_impressions=True, n_impressions=9_000_000, n_ranker_rows=2_000_000,
+                   has_watch_time=True)
+        ).items()
+    }
+    # a few thousand rows still get ~50 optimizer steps an epoch and room to early-stop
+    assert few["ranking.batch_size"] * 40 <= 4_000 <= few["ranking.batch_size"] * 100
+    assert few["ranking.epochs"] > many["ranking.epochs"] >= 4
+    assert many["ranking.batch_size"] == 1024
+    # clicks without watch time: the plain weighted loss (unit weights), never the variant
+    # that also counts every click as a negative
+    assert few["ranking.weighting"] == "watch_time"
+    assert "ranking.weighting" not in many  # real watch times: the preset's weighting stays
+
+
+def test_log_statistics_count_the_ranker_rows() -> None:
+    import numpy as np
+
+    from features.stats import CANDIDATES_PER_USER
+    from test_cg_examples import random_dataset
+
+    ds = random_dataset(n_users=30, n_items=50, n_watches=600, n_searches=0, seed=1)
+    s = log_statistics(ds, 0.7, 0.85)
+    t = ds.watches["timestamp"].to_numpy()
+    lo = t.min() + int((t.max() - t.min()) * 0.7)
+    hi = t.min() + int((t.max() - t.min()) * 0.85)
+    active = np.unique(ds.watches["user_id"].to_numpy()[(t >= lo) & (t < hi)]).size
+    assert s["n_ranker_rows"] == CANDIDATES_PER_USER * active > 0
+    assert s["has_watch_time"] is False and s["has_impressions"] is False
