@@ -675,6 +675,7 @@ def train_candidate_generator(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainedCandidateGenerator:
     """Return a candidate generator trained on `examples` over the catalog `item_features`.
 
@@ -686,7 +687,9 @@ def train_candidate_generator(
     With `checkpoint_dir`, a checkpoint (weights, optimizer, RNG state, history, config) is
     written atomically after every epoch; `resume=True` continues from it (or starts afresh
     when there is none) and reaches the same result as an uninterrupted run. Only `epochs` and
-    `device` may differ from the config that wrote the checkpoint.
+    `device` may differ from the config that wrote the checkpoint. `on_epoch` is called with
+    each epoch's history record (losses, validation recall) after its checkpoint is written;
+    an exception it raises (a hyperparameter search pruning the trial) ends training there.
 
     Under a process group of several ranks every rank calls this with the same arguments and
     trains its shard with DistributedDataParallel (see the module docstring); `batch_size`
@@ -860,6 +863,8 @@ def train_candidate_generator(
                 dist_utils.on_rank0(
                     _save_checkpoint, ckpt_path, config, fingerprint, model, optimizer, gen, state
                 )
+            if on_epoch is not None:
+                on_epoch(record)
     finally:
         dist_utils.destroy_group(group)
     if state.best_model:

@@ -81,13 +81,8 @@ def _stage_list(option: str, text: str | None, stages: tuple[str, ...]) -> tuple
     return names
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser(
-        "run",
-        help="the main job: data -> candidate generator -> annoy -> ranker -> slates -> report",
-        description="Run (or resume) the whole pipeline into a run directory and write "
-        "report.json, report.md and report.html there. A rerun skips finished stages.",
-    )
+def add_config_arguments(s: argparse.ArgumentParser) -> None:
+    """The data and config options of `vidrec run` (also taken by `vidrec tune`)."""
     s.add_argument(
         "--preset",
         default=None,
@@ -96,7 +91,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "statistics, listed in the report), 'default' for the built-in simulated world",
     )
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     s.add_argument(
         "--data",
         default=None,
@@ -119,6 +113,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set ranking.hidden=[1024,512,256] (repeatable)",
     )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "run",
+        help="the main job: data -> candidate generator -> annoy -> ranker -> slates -> report",
+        description="Run (or resume) the whole pipeline into a run directory and write "
+        "report.json, report.md and report.html there. A rerun skips finished stages.",
+    )
+    s.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    add_config_arguments(s)
     s.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
     s.add_argument(
         "--redo", default=None, help="comma-separated stages to run again even if finished"
@@ -162,6 +167,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_predict)
     register_ab(sub)
     register_experiment(sub)
+    register_tune(sub)
+
+
+def run_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The resolved config of `vidrec run`'s data and config options (also `vidrec tune`'s), and
+    what the run's context may take as already computed (the log read for its statistics).
+    Sets args.data from --data-dir."""
+    overrides = list(args.overrides)
+    if args.data_dir_alias:
+        if args.data and args.data != args.data_dir_alias:
+            raise UsageError("give the data directory once (--data or --data-dir)")
+        args.data = args.data_dir_alias
+    if args.dataset and not args.data:
+        raise UsageError(f"--dataset {args.dataset} needs --data-dir DIR")
+    if args.data:
+        overrides.append(f"data.source={args.dataset or 'dir'}")
+    preset = args.preset or (AUTO if args.data else "default")
+    stats, shared = None, {}
+    if preset == AUTO:
+        if not args.data:
+            raise UsageError("--preset auto derives its settings from a log: give --data DIR")
+        stats, loaded = data_statistics(args.dataset or "dir", args.data)
+        shared["loaded_source"] = loaded
+    config = resolve_config(preset, overrides, args.config, seed=args.seed, data_stats=stats)
+    if config["data"].get("columns"):
+        shared.clear()  # declared column types: the data stage reads the log with them
+    return config, shared
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -182,25 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             master_port=args.master_port,
         )
 
-    overrides = list(args.overrides)
-    if args.data_dir_alias:
-        if args.data and args.data != args.data_dir_alias:
-            raise UsageError("give the data directory once (--data or --data-dir)")
-        args.data = args.data_dir_alias
-    if args.dataset and not args.data:
-        raise UsageError(f"--dataset {args.dataset} needs --data-dir DIR")
-    if args.data:
-        overrides.append(f"data.source={args.dataset or 'dir'}")
-    preset = args.preset or (AUTO if args.data else "default")
-    stats, shared = None, {}
-    if preset == AUTO:
-        if not args.data:
-            raise UsageError("--preset auto derives its settings from a log: give --data DIR")
-        stats, loaded = data_statistics(args.dataset or "dir", args.data)
-        shared["loaded_source"] = loaded
-    config = resolve_config(preset, overrides, args.config, seed=args.seed, data_stats=stats)
-    if config["data"].get("columns"):
-        shared.clear()  # declared column types: the data stage reads the log with them
+    config, shared = run_config(args)
     if args.print_config:
         print(json.dumps(config, indent=2))
         return 0
@@ -464,4 +478,52 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         only=only,
     )
     print(res["markdown"])
+    return 0
+
+
+def register_tune(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "tune",
+        help="search the candidate generator's settings on the validation window (Optuna)",
+        description="Search the candidate generator's settings with Optuna (TPE, median "
+        "pruning by epoch), each trial scored by its validation Recall@K on the ranker window; "
+        "the test window is never used to choose. The study lives in OUT/search/study.db, so "
+        "an interrupted search resumes. Writes OUT/search/best.toml (for `vidrec run "
+        "--config`), the trial plot, and OUT/tune.md: the tuned and derived settings side by "
+        "side, both evaluated on the test window by full runs in OUT/runs/.",
+    )
+    s.add_argument("--out", required=True, help="tuning directory (created; reused to resume)")
+    add_config_arguments(s)
+    s.add_argument("--trials", type=positive_int, default=None, help="finished trials wanted")
+    s.add_argument("--minutes", type=float, default=None, help="time budget of the search")
+    s.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="only search: no runs of the tuned and derived settings on the test window",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pipelines.tune import tune
+
+    trials = args.trials if args.trials is not None or args.minutes is not None else 30
+    config, shared = run_config(args)
+    result = tune(
+        config,
+        args.out,
+        data_dir=args.data,
+        trials=trials,
+        minutes=args.minutes,
+        compare=not args.no_compare,
+        progress=not args.no_progress,
+        shared=shared,
+    )
+    t = result["tuned"]
+    print(
+        f"best trial {t['trial']} of {result['n_trials']}: validation {t['validation_metric']} "
+        f"{t['validation_value']:.4f}; config: {Path(args.out) / 'search' / 'best.toml'}; "
+        f"report: {Path(args.out) / 'tune.md'}"
+    )
     return 0

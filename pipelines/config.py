@@ -405,7 +405,8 @@ def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
     r_epochs = int(min(max(math.ceil(1_000_000 / rows), 4), 30))
     out["ranking.epochs"] = (
         r_epochs,
-        f"{rows:,} ranker rows: at most ~1M rows seen, 4..30 epochs (early stopping picks the best)",
+        f"{rows:,} ranker rows: at most ~1M rows seen, 4..30 epochs (early stopping picks "
+        "the best)",
     )
     out["ranking.patience"] = (
         3 if r_epochs > 5 else 2,
@@ -454,7 +455,11 @@ def resolve_config(
     else:
         cfg = load_preset(preset or "default")
     if config_file is not None:
-        cfg = apply_overrides(cfg, flatten(load_config_file(config_file)))
+        values = load_config_file(config_file)
+        tuned = values.pop("tuned", None)  # where `vidrec tune` found these settings
+        cfg = apply_overrides(cfg, flatten(values))
+        if isinstance(tuned, dict):
+            cfg["tuned"] = tuned
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     if seed is not None:
