@@ -412,6 +412,13 @@ def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
         3 if r_epochs > 5 else 2,
         f"{r_epochs} ranker epochs at most: patience 3 above 5 epochs, else 2",
     )
+    # an L2 penalty whose weight falls with the rows, as a prior's does: it keeps the embeddings
+    # of rarely seen ids small on a few thousand rows and vanishes on millions
+    decay = float(f"{min(0.5 / rows, 1e-3):.0e}")
+    out["ranking.weight_decay"] = (
+        decay,
+        f"{rows:,} ranker rows: L2 weight 0.5 / rows (at most 1e-3)",
+    )
     if not stats.get("has_watch_time", has_imp):
         out["ranking.weighting"] = (
             "watch_time",

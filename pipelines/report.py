@@ -259,6 +259,44 @@ def _derived_section(cfg: dict[str, Any]) -> Section | None:
     )
 
 
+def _tuned_section(cfg: dict[str, Any]) -> Section | None:
+    """The settings `vidrec tune` chose (from a config file's [tuned] table): each beside the
+    value the search started from, and the study's trial plot when it is still there."""
+    tuned = cfg.get("tuned")
+    if not isinstance(tuned, dict):
+        return None
+    flat = flatten(cfg)
+    before = tuned.get("before") if isinstance(tuned.get("before"), dict) else {}
+    rows = [
+        {"setting": k, "before the search": json.dumps(v), "used": json.dumps(flat.get(k))}
+        for k, v in before.items()
+    ]
+    figures = []
+    plot = Path(str(tuned.get("study", ""))).parent / "trials.png"
+    if tuned.get("study") and plot.is_file():
+        figures.append(
+            Figure(
+                "Hyperparameter search",
+                plot.read_bytes(),
+                "Validation recall of the candidate generator per trial (ranker window; x: "
+                "pruned after an epoch below the median) and the best so far.",
+            )
+        )
+    return Section(
+        "Tuned settings",
+        f"These settings come from `vidrec tune` (study {tuned.get('study')}, best of "
+        f"{tuned.get('trials')} trials: trial {tuned.get('trial')}, validation "
+        f"{tuned.get('validation_metric')} {float(tuned.get('validation_value', 0.0)):.4f} on the "
+        "ranker window). The search never read the test window; the numbers below are this "
+        "run's test-window numbers with them.",
+        metrics={k: v for k, v in tuned.items() if k != "before"},
+        key_prefix="tuned",
+        table=pd.DataFrame(rows) if rows else None,
+        figures=figures,
+        table_caption="Each tuned setting: the value the search started from and the value used.",
+    )
+
+
 def _served_by(cg_stage: dict[str, Any]) -> str:
     """Which candidate generator served which window (from the candidate_gen stage's record)."""
     models = cg_stage.get("models") or {}
@@ -310,9 +348,9 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         )
     )
 
-    derived = _derived_section(cfg)
-    if derived is not None:
-        sections.append(derived)
+    for extra_section in (_derived_section(cfg), _tuned_section(cfg)):
+        if extra_section is not None:
+            sections.append(extra_section)
 
     if retr:
         flat_m = _in_retrieval_order(retr["metrics"])

@@ -182,6 +182,23 @@ def _study(path: Path, seed: int, base_hash: str) -> Any:
     return study
 
 
+def _log_trial(study: Any, trial: Any) -> None:
+    curve = trial.user_attrs.get("curve", [])
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = max((t.value for t in complete), default=float("nan"))
+    log.info(
+        "tune: trial %d %s after %d epoch(s), %.0f s: validation %.4f (best %.4f)",
+        trial.number,
+        trial.state.name.lower(),
+        len(curve),
+        float(trial.user_attrs.get("seconds", 0.0)),
+        max(curve) if curve else float("nan"),
+        best,
+    )
+
+
 def _finished(study: Any) -> int:
     import optuna
 
@@ -286,6 +303,7 @@ def search(
             timeout=None if minutes is None else float(minutes) * 60.0,
             show_progress_bar=progress,
             catch=(),
+            callbacks=[_log_trial],
         )
     table = trials_table(study)
     complete = [t for t in table if t["state"] == "complete"]
@@ -296,12 +314,14 @@ def search(
     metric = f"Recall@{cg_config(base).valid_k}"
     atomic_write_json(sdir / "trials.json", {"metric": metric, "trials": table})
     plot_trials(table, metric, sdir / "trials.png")
+    base_flat = flatten(base)
     tuned = {
         "study": str((sdir / "study.db").resolve()),
         "trial": int(best.number),
         "validation_metric": metric,
         "validation_value": float(best.value),
         "trials": len(table),
+        "before": {k: base_flat[k] for k in settings},  # the settings the search started from
     }
     atomic_write_text(sdir / "best.toml", best_toml(settings, tuned))
     return {"settings": settings, "tuned": tuned, "trials": table, "metric": metric}

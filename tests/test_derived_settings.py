@@ -84,6 +84,9 @@ def test_ranker_settings_follow_its_row_count_and_the_watch_times() -> None:
     assert few["ranking.batch_size"] * 40 <= 4_000 <= few["ranking.batch_size"] * 100
     assert few["ranking.epochs"] > many["ranking.epochs"] >= 4
     assert many["ranking.batch_size"] == 1024
+    # the L2 penalty falls with the rows
+    assert few["ranking.weight_decay"] == pytest.approx(1e-4)
+    assert 0 < many["ranking.weight_decay"] < 1e-6
     # clicks without watch time: the plain weighted loss (unit weights), never the variant
     # that also counts every click as a negative
     assert few["ranking.weighting"] == "watch_time"

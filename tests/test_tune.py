@@ -117,3 +117,19 @@ def test_cli_tune_compares_the_tuned_and_derived_settings_on_the_test_window(tmp
     assert tuned_cfg["tuned"]["trial"] == result["tuned"]["trial"]
     md = (out / "tune.md").read_text()
     assert "| retrieval | Recall@50 |" in md
+    run_md = (out / "runs" / "tuned" / "report.md").read_text()
+    assert "Tuned settings" in run_md and "Hyperparameter search" in run_md
+
+
+def test_a_tuned_run_reports_its_settings_beside_the_values_searched_from(tuned) -> None:
+    from pipelines.report import _tuned_section
+
+    out, result = tuned
+    cfg = resolve_config("tiny", config_file=out / "search" / "best.toml")
+    section = _tuned_section(cfg)
+    assert section is not None and section.figures  # the study's trial plot
+    table = section.table.set_index("setting")
+    for row in result["settings"]:
+        assert json.loads(table.loc[row["setting"], "used"]) == row["tuned"]
+        assert json.loads(table.loc[row["setting"], "before the search"]) == row["derived"]
+    assert _tuned_section(resolve_config("tiny")) is None
