@@ -384,14 +384,15 @@ def register_experiment(sub: argparse._SubParsersAction) -> None:
         "its preset defaults to 'movielens' (pipelines/experiments_real.py has the protocol). "
         "loo, the leave-last-out benchmark of the literature (each user's last watch is the "
         "test target, the one before it the validation target; pipelines/experiments_loo.py), "
-        "needs --data-dir and reads it as --dataset says; its preset defaults to 'movielens'.",
+        "needs --data-dir and reads it as --dataset says; its settings are derived from the log "
+        "(preset 'auto') unless --preset names one.",
     )
     s.add_argument("name", choices=EXPERIMENTS + EXPERIMENTS_REAL + EXPERIMENTS_LOO)
     s.add_argument(
         "--preset",
         default=None,
-        choices=PRESETS,
-        help="default: default (movielens-table, loo: movielens)",
+        choices=(*PRESETS, AUTO),
+        help="default: default (movielens-table: movielens; loo: auto, derived from the log)",
     )
     s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     s.add_argument("--out", required=True)
@@ -448,7 +449,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         common: dict[str, Any] = {
             "out": Path(args.out),
             "seeds": seeds,
-            "preset": args.preset or "movielens",
+            "preset": args.preset or ("auto" if args.name == "loo" else "movielens"),
             "overrides": args.overrides,
             "methods": only,
         }

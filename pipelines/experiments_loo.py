@@ -81,8 +81,9 @@ import torch
 from candidate_gen.baselines import MemoryBudgetExceeded, MostPopular, RetrievalBaseline
 from features.atomic import atomic_write_json, atomic_write_text
 from features.examples import CandidateFeaturizer
+from features.stats import log_statistics
 from features.tables import Dataset
-from pipelines.config import UsageError, config_hash, resolve_config
+from pipelines.config import AUTO, UsageError, config_hash, load_preset, resolve_config
 from pipelines.experiments_real import (
     KS,
     Holdout,
@@ -482,7 +483,7 @@ def run_loo(
     out: str | Path,
     dataset: str = "movielens",
     seeds: Sequence[int] = (0, 1, 2),
-    preset: str = "movielens",
+    preset: str = AUTO,
     overrides: list[str] | None = None,
     methods: Sequence[str] | None = None,
     rechub_python_path: str | Path | None = None,
@@ -493,7 +494,8 @@ def run_loo(
     `rechub_python_path`) selects the models."""
     if not seeds:
         raise UsageError("give at least one seed")
-    base_config = resolve_config(preset, overrides or [], seed=0)
+    # which methods the config enables does not depend on the log ("auto" derives model sizes)
+    base_config = resolve_config("default" if preset == AUTO else preset, overrides or [], seed=0)
     if methods is None:
         enabled = base_config["retrieval_baselines"]
         chosen = ["cg", "most_popular", *(n for n in NAMES if enabled[n])]
@@ -522,6 +524,11 @@ def run_loo(
     out = Path(out)
     t0 = time.perf_counter()
     data, info = load_source(dataset, data_dir)
+    stats = None
+    if preset == AUTO:  # settings derived from the log itself, as `vidrec run --data` does
+        split_cfg = load_preset("default")["split"]
+        stats = log_statistics(data, float(split_cfg["train_end"]), float(split_cfg["valid_end"]))
+        base_config = resolve_config(AUTO, overrides or [], seed=0, data_stats=stats)
     catalog = np.unique(data.items["item_id"].to_numpy(np.int64))
     split = leave_last_out(data)
     labels = {
@@ -562,7 +569,9 @@ def run_loo(
     for method in chosen:
         runs = list(seeds) if method in STOCHASTIC else [None]
         for seed in runs:
-            config = resolve_config(preset, overrides or [], seed=0 if seed is None else seed)
+            config = resolve_config(
+                preset, overrides or [], seed=0 if seed is None else seed, data_stats=stats
+            )
             # a baseline depends on its own section only: other settings do not recompute it
             hashed = config if method in STOCHASTIC else config["retrieval_baselines"]
             key = key_base | {"method": method, "seed": seed, "config": config_hash(hashed)}
