@@ -57,6 +57,7 @@ SEARCH_SPACE: dict[str, str] = {
     "candidate_gen.embedding_dim": "16, 32 or 64 (the user tower's last layer follows)",
     "candidate_gen.user_layers": "one hidden layer of 2x or 4x the embedding width, or none",
     "candidate_gen.num_negatives": "powers of two from 64 to a quarter of the catalog (<= 2048)",
+    "candidate_gen.normalize_embeddings": "true (cosine scores) or false (inner products)",
     "candidate_gen.temperature": "log-uniform 0.05 .. 1",
     "candidate_gen.unigram_power": "uniform 0 .. 1 (0: uniform negatives)",
     "candidate_gen.ssl_alpha": "uniform 0 .. 0.5 (weight of the self-supervised loss)",
@@ -80,6 +81,9 @@ def suggest(trial: Any, n_items: int) -> dict[str, Any]:
         "candidate_gen.embedding_dim": dim,
         "candidate_gen.user_layers": ([width * dim] if width else []) + [dim],
         "candidate_gen.num_negatives": trial.suggest_categorical("num_negatives", negatives),
+        "candidate_gen.normalize_embeddings": trial.suggest_categorical(
+            "normalize_embeddings", [True, False]
+        ),
         "candidate_gen.temperature": trial.suggest_float("temperature", 0.05, 1.0, log=True),
         "candidate_gen.unigram_power": trial.suggest_float("unigram_power", 0.0, 1.0),
         "candidate_gen.ssl_alpha": trial.suggest_float("ssl_alpha", 0.0, 0.5),
