@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, cast
 
@@ -45,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.atomic import atomic_path, atomic_write_json
+from features.atomic import ArtifactWriteError, atomic_path, atomic_write_json
 from features.ids import ID_MAPS_FILE, ID_SPACES, IdMaps
 from features.schema import (
     TABLE_SPECS,
@@ -533,21 +535,36 @@ def write_dataset(
     fmt: Literal["parquet", "csv"] = "parquet",
     *,
     validate: bool = True,
+    also: Sequence[str] = (),
 ) -> Path:
     """Return the directory after writing one file per table of `ds` into it.
 
     Each file is written atomically. With `validate` (the default) the dataset is validated
     first, so that nothing that breaks the contract is written and `read_dataset` gives back
-    exactly the same tables. Contract files of the other format (or of a table that `ds` does
-    not have) are removed from the directory, so it holds exactly this dataset. The id maps of
-    string ids (`ds.ids`) go to id_maps.parquet and the extra columns' types (`ds.columns`) to
-    column_types.json, so that reading the directory back gives the same ids and features.
+    exactly the same tables. The id maps of string ids (`ds.ids`) go to id_maps.parquet and the
+    extra columns' types (`ds.columns`) to column_types.json, so that reading the directory
+    back gives the same ids and features.
+
+    The directory must be new, empty, or one an earlier `write_dataset` wrote: its files are
+    listed in `.vidrec-data`. Files listed there that this dataset does not write (the other
+    format, a table `ds` does not have) are removed, so the directory holds exactly this
+    dataset; a file vidrec did not write is never removed or overwritten (ArtifactWriteError,
+    nothing written). `also` names further files the caller writes there (e.g. world.json),
+    recorded as vidrec's too.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
     if validate:
         ds = validate_dataset(ds)
     root = Path(path)
+    ours = _claim_data_dir(root)
+    writes = [f"{t}.{fmt}" for t in TABLES if ds.table(t) is not None]
+    writes += [ID_MAPS_FILE] if ds.ids else []
+    writes += [COLUMN_TYPES_FILE] if _types_file_needed(ds) else []
+    writes += list(also)
+    # the listing first: a write interrupted after it leaves only files the listing names
+    listing = {"written_by": "vidrec", "files": sorted(set(ours) | set(writes))}
+    atomic_write_json(root / DATA_MARKER, listing)
     for table in TABLES:
         df = ds.table(table)
         if df is not None:
@@ -556,20 +573,56 @@ def write_dataset(
                 _write_parquet(df, target)
             else:
                 _write_csv(df, target, table)
-        for other in FORMATS:
-            stale = root / f"{table}.{other}"
-            if (df is None or other != fmt) and stale.exists():
-                stale.unlink()
     if ds.ids:
         ds.ids.save(root)
-    elif (root / ID_MAPS_FILE).exists():
-        (root / ID_MAPS_FILE).unlink()
     types = {t: dict(cols) for t, cols in ds.columns.items() if cols}
     if _types_file_needed(ds):
         atomic_write_json(root / COLUMN_TYPES_FILE, types)
-    elif (root / COLUMN_TYPES_FILE).exists():
-        (root / COLUMN_TYPES_FILE).unlink()
+    for name in sorted(set(ours) - set(writes)):  # our own files of an earlier dataset
+        stale = root / name
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+    atomic_write_json(root / DATA_MARKER, {"written_by": "vidrec", "files": sorted(writes)})
     return root
+
+
+#: the files an earlier write_dataset wrote into a data directory (and may replace or remove)
+DATA_MARKER = ".vidrec-data"
+
+
+def _claim_data_dir(root: Path) -> list[str]:
+    """Return the files vidrec wrote into `root` before (none for a new or empty directory);
+    refuse a directory holding files it did not write."""
+    if root.exists() and not root.is_dir():
+        raise ArtifactWriteError(
+            errno.ENOTDIR,
+            f"{root} exists and is not a directory; choose another output directory",
+        )
+    if not root.is_dir():
+        return []
+    ours: list[str] = []
+    marker = root / DATA_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            listed = json.loads(marker.read_text("utf-8")).get("files", [])
+            ours = [str(n) for n in listed if isinstance(n, str) and "/" not in n]
+        except (OSError, ValueError, AttributeError):
+            ours = []
+    foreign = sorted(
+        e.name
+        for e in root.iterdir()
+        if e.name != DATA_MARKER and e.name not in ours and not e.name.startswith(".vidrec")
+    )
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        shown = ", ".join(foreign[:5]) + more
+        raise ArtifactWriteError(
+            errno.EEXIST,
+            f"{root} holds files vidrec did not write ({shown}); vidrec writes a data set only "
+            "into a new or empty directory, or one it wrote before, and never replaces your "
+            "files: choose another output directory",
+        )
+    return ours
 
 
 def _types_file_needed(ds: Dataset) -> bool:

@@ -41,7 +41,7 @@ def cmd_simulate_data(args: argparse.Namespace) -> int:
     cfg = WorldConfig.preset(args.preset, **overrides)
     world = generate_world(cfg, seed=args.seed)
     out = Path(args.out)
-    write_dataset(world.dataset, out, fmt=args.format)
+    write_dataset(world.dataset, out, fmt=args.format, also=("world.json",))
     card = world.card()
     atomic_write_json(out / "world.json", card)
     print(json.dumps(card, indent=2, default=str))

@@ -102,7 +102,8 @@ def _minimal(root: Path, **files: str | bytes) -> Path:
 def test_round_trip_is_exact(tmp_path: Path, fmt: str) -> None:
     ds = validate_dataset(_dataset())
     root = write_dataset(ds, tmp_path / "data", fmt)  # type: ignore[arg-type]
-    assert sorted(p.name for p in root.iterdir()) == sorted(f"{t}.{fmt}" for t in TABLES)
+    names = sorted(p.name for p in root.iterdir())
+    assert names == sorted([".vidrec-data", *(f"{t}.{fmt}" for t in TABLES)])
     back, report = read_dataset(root)
     for table in TABLES:
         pd.testing.assert_frame_equal(back.table(table), ds.table(table), check_exact=True)
@@ -116,8 +117,8 @@ def test_round_trip_without_optional_tables_and_stale_files(tmp_path: Path) -> N
     full = _dataset()
     write_dataset(full, tmp_path, "csv")
     small = Dataset(full.users, full.items, full.watches)
-    write_dataset(small, tmp_path, "parquet")  # removes every csv and the optional tables
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    write_dataset(small, tmp_path, "parquet")  # removes its own csv and optional tables
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "items.parquet",
         "users.parquet",
         "watches.parquet",
@@ -339,3 +340,27 @@ def test_read_table_rejects_unknown_table_and_suffix(tmp_path: Path) -> None:
         read_table(tmp_path / "likes.csv", "likes")
     with pytest.raises(ValueError, match=r"expected a .csv or .parquet file"):
         read_table(tmp_path / "users.json", "users")
+
+
+def test_write_never_touches_files_it_did_not_write(tmp_path: Path) -> None:
+    """A data set is written only into a new or empty directory or one vidrec wrote: a user's
+    own tables (e.g. users.csv beside which `vidrec simulate-data` was pointed) are neither
+    removed nor overwritten, and nothing is written."""
+    from features.atomic import ArtifactWriteError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "users.csv").write_text("user_id\n1\n")
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ArtifactWriteError, match=r"did not write \(notes.txt, users.csv\)"):
+        write_dataset(_dataset(), mine, "parquet")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "users.csv"]
+    assert (mine / "users.csv").read_text() == "user_id\n1\n"
+    # a directory vidrec wrote: rewritten; a file the user adds later blocks the next write
+    ours = tmp_path / "ours"
+    write_dataset(_dataset(), ours, "csv")
+    write_dataset(_dataset(), ours, "parquet")
+    (ours / "mine.txt").write_text("x")
+    with pytest.raises(ArtifactWriteError, match="mine.txt"):
+        write_dataset(_dataset(), ours, "csv")
+    assert (ours / "users.parquet").exists() and (ours / "mine.txt").read_text() == "x"
