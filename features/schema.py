@@ -1908,6 +1908,15 @@ def _count_suspicious(
             f"{len(imps) / len(sizes):.1f} impressions per page on average, "
             f"{int((sizes == 1).sum()):,} pages of a single impression"
         )
+        single = int((sizes == 1).sum())
+        if single > len(sizes) / 2:
+            report.warnings.append(
+                f"impressions: {single:,} of {len(sizes):,} pages ({single / len(sizes):.0%}) "
+                "hold a single impression: a page is the rows sharing (user_id, timestamp), "
+                "and GAUC, NDCG and the weighted per-user loss compare clicked with unclicked "
+                "rows of one page, so on single-row pages they are n/a. Give the impressions "
+                "of one slate the same timestamp (the request time), not each its own"
+            )
 
 
 def page_sizes(user_id: np.ndarray, timestamp: np.ndarray) -> np.ndarray:

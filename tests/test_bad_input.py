@@ -1330,3 +1330,7 @@ def test_validate_describes_impression_pages(tmp_path: Path) -> None:
         "rows sharing (user_id, timestamp): 3 pages, 1.3 impressions per page on average, 2 "
         "pages of a single impression"
     ) in out
+    # two of the three pages hold one impression: their ranking metrics are n/a, said with a count
+    assert "impressions: 2 of 3 pages (67%) hold a single impression" in out
+    _, report = read_dataset(root)
+    assert any(w.startswith("impressions: 2 of 3 pages") for w in report.warnings)
