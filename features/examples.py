@@ -591,6 +591,41 @@ class CandidateFeaturizer:
             n_dropped_by_cap=n_in_window - int(len(label_pos)),
         )
 
+    def window_examples(
+        self, dataset: Dataset, window: str | tuple[int, int] = "valid"
+    ) -> CandidateExamples:
+        """Return examples of serving every user active in `window` = [lo, hi) once, at lo:
+        the user's features at lo (history strictly before it, example age 0, as `serving`
+        gives) paired with each distinct item the user watches in the window and had not
+        watched before lo; every example's time is lo, so only items uploaded by then count.
+
+        Recall@k over them is the share of (user, new item) pairs that one request at the
+        window's start retrieves: the protocol of the test-window evaluation (which averages
+        per user instead), where `examples` measures the next watch from each watch's own
+        history. Sorted by (user, item)."""
+        self._check_fitted()
+        lo, hi = self.split_.bounds(window) if isinstance(window, str) else map(int, window)
+        w = dataset.watches
+        t = w["timestamp"].to_numpy(np.int64)
+        pairs = w[["user_id", "item_id"]].astype(np.int64)
+        inwin = pairs[(t >= lo) & (t < hi)].drop_duplicates()
+        seen = pd.MultiIndex.from_frame(pairs[t < lo].drop_duplicates())
+        new = inwin[~pd.MultiIndex.from_frame(inwin).isin(seen)]
+        new = new.sort_values(["user_id", "item_id"], kind="stable")
+        users = new["user_id"].to_numpy(np.int64)
+        items = new["item_id"].to_numpy(np.int64)
+        feats = self.serving(self.index_history(dataset), users, lo)
+        return CandidateExamples(
+            features=feats,
+            label_item=items,
+            label_code=self.item_vocab_.transform(items).astype(np.int64),
+            timestamp=np.full(len(items), lo, dtype=np.int64),
+            featurizer=self,
+            window=(lo, hi),
+            n_labels_in_window=int(len(items)),
+            n_dropped_by_cap=0,
+        )
+
     def index_history(self, dataset: Dataset) -> UserHistory:
         """Return the dataset's events indexed for this featurizer (sorted, encoded once).
 

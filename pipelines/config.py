@@ -189,7 +189,14 @@ def _positive_list(v: Any, minimum: float, strict: bool) -> bool:
 
 
 # value rules beyond the types: key -> (test, what the key expects)
+#: the ranker-window validation protocols of the candidate generator (pipelines.run)
+VALID_PROTOCOLS = ("next_watch", "window")
+
 _VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "candidate_gen.valid_protocol": (
+        lambda v: v in VALID_PROTOCOLS,
+        f"one of {', '.join(VALID_PROTOCOLS)}",
+    ),
     "retrieval_baselines.recent_popular_halvings": (
         lambda v: 0 <= v <= 30,
         "an integer in 0..30 (windows span / 2^j for j = 0..n)",
@@ -376,6 +383,12 @@ def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
     out["candidate_gen.patience"] = (
         3 if epochs > 5 else 2,
         f"{epochs} epochs at most: patience 3 above 5 epochs, else 2",
+    )
+    out["candidate_gen.valid_protocol"] = (
+        "window",
+        "the test serves each user once at the test window's start; early stopping measures "
+        "the same on the ranker window (its users served at its start, their new items there "
+        "as targets)",
     )
     small = int(stats["n_items"]) <= 50_000
     out["retrieval.n_trees"] = (

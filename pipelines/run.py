@@ -42,9 +42,10 @@ from evaluation.retrieval import (
     retrieval_metrics,
 )
 from features.atomic import atomic_path, atomic_write_json
-from features.examples import CandidateFeaturizer
+from features.examples import CandidateExamples, CandidateFeaturizer
 from features.ids import to_data_ids
 from features.split import TimeSplit
+from features.tables import Dataset
 from pipelines.context import RunContext, none_if_zero, seed_everything
 from pipelines.config import ConfigError
 from pipelines.rundir import RunDir, check_data_outside_run, check_index_matches_model
@@ -75,7 +76,8 @@ def load_json(path: Path) -> Any:
 
 def cg_config(config: dict[str, Any]) -> CandidateGenConfig:
     c = dict(config["candidate_gen"])
-    c.pop("refit_for_test", None)  # a pipeline setting (stage_candidate_gen), not the model's
+    c.pop("refit_for_test", None)  # pipeline settings (stage_candidate_gen), not the model's
+    c.pop("valid_protocol", None)
     c["max_examples_per_user"] = none_if_zero(c["max_examples_per_user"])
     c["user_layers"] = tuple(c["user_layers"])
     c["item_layers"] = tuple(c["item_layers"])
@@ -192,6 +194,19 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
     return {"counts": counts, "split": split.to_dict()}
 
 
+def validation_examples(
+    config: dict[str, Any], featurizer: CandidateFeaturizer, ds: Dataset
+) -> CandidateExamples:
+    """The ranker window's examples the candidate generator's early stopping (and `vidrec
+    tune`) measures Recall@K on, as `candidate_gen.valid_protocol` says: "next_watch" (each
+    watch from the history before it) or "window" (every active user served once at the
+    window's start, the new items watched there as targets: the test's protocol)."""
+    if config["candidate_gen"].get("valid_protocol", "next_watch") == "window":
+        return featurizer.window_examples(ds, "valid")
+    cap = none_if_zero(config["candidate_gen"]["max_examples_per_user"])
+    return featurizer.examples(ds, "valid", max_examples_per_user=cap)
+
+
 def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
     """Train the candidate generator on [start, train_end), early-stopped on the ranker window's
     next watches: its scores are out of sample for the ranker's training rows. With
@@ -203,7 +218,7 @@ def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
     cfg = cg_config(ctx.config)
     featurizer = featurizer_from_config(ctx.config).fit(ds, split)
     train = featurizer.examples(ds, "train", max_examples_per_user=cfg.max_examples_per_user)
-    valid = featurizer.examples(ds, "valid", max_examples_per_user=cfg.max_examples_per_user)
+    valid = validation_examples(ctx.config, featurizer, ds)
     items = featurizer.item_features(ds)
     log.info(
         "candidate generator: %d training examples (%d dropped by the per-user cap), %d validation",

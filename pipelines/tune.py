@@ -46,7 +46,12 @@ from pipelines.config import (
 )
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, check_data_outside_run, git_commit
-from pipelines.run import cg_config, featurizer_from_config, run_pipeline
+from pipelines.run import (
+    cg_config,
+    featurizer_from_config,
+    run_pipeline,
+    validation_examples,
+)
 
 log = logging.getLogger("vidrec")
 
@@ -104,14 +109,15 @@ class _Examples:
 
     def get(self, config: dict[str, Any]) -> tuple[Any, Any, Any]:
         cap = config["candidate_gen"]["max_examples_per_user"]
-        key = json.dumps([config["features"], cap], sort_keys=True)
+        protocol = config["candidate_gen"].get("valid_protocol")
+        key = json.dumps([config["features"], cap, protocol], sort_keys=True)
         if key not in self.cache:
             ds, split = self.ctx.dataset(), self.ctx.split()
             f = featurizer_from_config(config).fit(ds, split)
             per_user = cap if cap > 0 else None
             self.cache[key] = (
                 f.examples(ds, "train", max_examples_per_user=per_user),
-                f.examples(ds, "valid", max_examples_per_user=per_user),
+                validation_examples(config, f, ds),
                 f.item_features(ds),
             )
         return self.cache[key]

@@ -421,3 +421,28 @@ def test_watched_before_is_csr_of_strictly_earlier_watches() -> None:
         # user 7 before 200: [1]; user 8 before 300: [1]; unknown 99: []; 7 before 301: [1, 2, 3, 4]
         assert offsets.tolist() == [0, 1, 2, 2, 6]
         assert items.tolist() == [1, 1, 1, 2, 3, 4]
+
+
+def test_window_examples_serve_each_user_once_at_the_window_start() -> None:
+    """The "window" validation protocol: one request per active user at the window's start
+    (history strictly before it), every new item of the window a target, none already seen."""
+    ds, f = _fit_hand()
+    w = ds.watches
+    extra = pd.DataFrame(
+        {
+            "user_id": np.array([7, 7, 7, 8, 8], dtype=np.int64),
+            # user 7 saw 1 before the window (no target) and watches 5 twice (one target, though
+            # uploaded at 450: served at 400 it cannot be retrieved, a miss as in the test)
+            "item_id": np.array([1, 5, 5, 4, 3], dtype=np.int64),
+            "timestamp": np.array([410, 460, 470, 430, 520], dtype=np.int64),  # 520: after
+        }
+    )
+    ds.watches = pd.concat([w, extra], ignore_index=True)
+    ex = f.window_examples(ds, "valid")  # [400, 500)
+    assert ex.window == (400, 500)
+    assert list(zip(ex.user_id.tolist(), ex.label_item.tolist())) == [(7, 5), (8, 4)]
+    assert ex.timestamp.tolist() == [400, 400]
+    served = f.serving(ds, np.array([7, 8]), 400)
+    np.testing.assert_array_equal(ex.features.history, served.history)
+    np.testing.assert_array_equal(ex.features.history_len, served.history_len)
+    assert ex.label_code.tolist() == f.item_vocab_.transform(np.array([5, 4])).tolist()

@@ -107,3 +107,11 @@ def test_log_statistics_count_the_ranker_rows() -> None:
     active = np.unique(ds.watches["user_id"].to_numpy()[(t >= lo) & (t < hi)]).size
     assert s["n_ranker_rows"] == CANDIDATES_PER_USER * active > 0
     assert s["has_watch_time"] is False and s["has_impressions"] is False
+
+
+def test_derived_early_stopping_measures_what_the_test_measures() -> None:
+    cfg = resolve_config(AUTO, data_stats=_stats())
+    assert cfg["candidate_gen"]["valid_protocol"] == "window"
+    assert resolve_config("default")["candidate_gen"]["valid_protocol"] == "next_watch"
+    with pytest.raises(ConfigError, match="valid_protocol.*next_watch, window"):
+        resolve_config("default", ["candidate_gen.valid_protocol=leave_one_out"])

@@ -21,7 +21,8 @@ torch.set_num_threads(1)
 
 
 def _config(seed: int = 0) -> dict:
-    return resolve_config("tiny", TINY_CG, seed=seed)
+    # trials scored as the test is: every user served once at the ranker window's start
+    return resolve_config("tiny", [*TINY_CG, "candidate_gen.valid_protocol=window"], seed=seed)
 
 
 @pytest.fixture(scope="module")
