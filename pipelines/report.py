@@ -113,10 +113,13 @@ def summary_section(
                 }
             )
             out["retrieval"] = {"system": ours, "best_baseline": best[0], "best": best[1]}
+    # without logged watch times every clicked row weighs 1: the click-only deep ranker is then
+    # the system's own model trained twice, not a baseline to hold it against
+    same = () if not rank or rank.get("labels") in (None, "logged impressions") else ("deep_click",)
     if rank:
         rm = rank["metrics"]
         ours = rm.get(SYSTEM_RANKER, {})
-        others = {n: v for n, v in rm.items() if n != SYSTEM_RANKER}
+        others = {n: v for n, v in rm.items() if n != SYSTEM_RANKER and n not in same}
         best = _best(others, "weighted_per_user_loss", lower=True)
         loss = ours.get("weighted_per_user_loss")
         if isinstance(loss, int | float) and best:
@@ -154,7 +157,9 @@ def summary_section(
         key = f"recall@{k}"
         ours = sl.get(SYSTEM_RANKER, {})
         base = {
-            n: v for n, v in sl.items() if n not in (SYSTEM_RANKER, "oracle", "candidate_gen_only")
+            n: v
+            for n, v in sl.items()
+            if n not in (SYSTEM_RANKER, "oracle", "candidate_gen_only", *same)
         }
         best = _best(base, key)
         if isinstance(ours.get(key), int | float) and best:

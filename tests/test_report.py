@@ -271,3 +271,30 @@ def test_summary_names_the_best_baseline_and_explains_disagreeing_metrics():
     assert "logging policy's exposure" in sec.description
     assert list(sec.table["system / best"])[0] == round(0.2 / 0.3, 3)
     assert summary_section(None, None, None) is None
+
+
+def test_summary_does_not_hold_the_system_against_itself_on_click_only_logs():
+    """Without watch times the click-only deep ranker is the system's model trained twice:
+    the summary compares with the real baselines instead."""
+    from pipelines.report import summary_section
+
+    same = {"weighted_per_user_loss": 0.35, "auc": 0.66}
+    rank = {
+        "metrics": {
+            "deep_weighted": same,
+            "deep_click": dict(same),
+            "lgbm_weighted": {"weighted_per_user_loss": 0.36, "auc": 0.65},
+        },
+        "labels": "This data set has no impressions and no watch time: ...",
+    }
+    e2e = {
+        "k": 10,
+        "slates": {
+            "deep_weighted": {"recall@10": 0.06},
+            "deep_click": {"recall@10": 0.06},
+            "recent_popular": {"recall@10": 0.065},
+        },
+    }
+    sec = summary_section(None, rank, e2e)
+    assert sec.metrics["ranking"] == {"system": 0.35, "best_baseline": "lgbm_weighted", "best": 0.36}
+    assert sec.metrics["end_to_end"]["best_baseline"] == "recent_popular"
