@@ -26,7 +26,8 @@ def log_statistics(
     """Return counts and shapes of the log: users, items, events, per-user activity, the time
     span, the catalog's growth, whether impressions and real watch times are logged, and how
     many rows the ranker will learn from (impressions of the ranker window, or
-    CANDIDATES_PER_USER candidates per user active in it when none are logged)."""
+    CANDIDATES_PER_USER candidates per user active in it when none are logged) and of how
+    many users."""
     w = dataset.watches
     t = w["timestamp"].to_numpy(np.int64)
     start, end = (int(t.min()), int(t.max())) if len(t) else (0, 0)
@@ -44,14 +45,17 @@ def log_statistics(
     has_imp = bool(imp is not None and len(imp) > 0)
     if has_imp:
         ti = imp["timestamp"].to_numpy(np.int64)
-        ranker_rows = int(np.sum((ti >= train_end) & (ti < valid_end)))
+        in_window = (ti >= train_end) & (ti < valid_end)
+        ranker_rows = int(np.sum(in_window))
+        ranker_users = int(np.unique(imp["user_id"].to_numpy()[in_window]).size)
         clicked = imp["clicked"].to_numpy() > 0
         wt = imp["watch_time"].to_numpy(np.float64)[clicked]
         # watch time is real when clicked rows carry more than one value (not unit labels)
         has_watch_time = bool(len(wt) and np.unique(wt).size > 1)
     else:
         inwin = (t >= train_end) & (t < valid_end)
-        ranker_rows = CANDIDATES_PER_USER * int(np.unique(w["user_id"].to_numpy()[inwin]).size)
+        ranker_users = int(np.unique(w["user_id"].to_numpy()[inwin]).size)
+        ranker_rows = CANDIDATES_PER_USER * ranker_users
         has_watch_time = False
     return {
         "n_users": int(len(dataset.users)),
@@ -67,4 +71,5 @@ def log_statistics(
         "n_impressions": int(len(imp)) if imp is not None else 0,
         "has_watch_time": has_watch_time,
         "n_ranker_rows": ranker_rows,
+        "n_ranker_users": ranker_users,
     }

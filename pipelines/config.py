@@ -292,6 +292,7 @@ _RANGE_RULES: dict[str, tuple[Any, str]] = {
     "ranking.batch_size": _AT_LEAST_1,
     "ranking.patience": _AT_LEAST_1,
     "ranking.max_train_rows": _NONNEG,
+    "ranking.epoch_folds": (lambda v: v == 0 or v >= 2, "0 (off) or at least 2 folds"),
     "ranking.max_eval_rows": _NONNEG,
     "lightgbm.num_leaves": _rule(2),
     "lightgbm.learning_rate": _POS,
@@ -431,6 +432,21 @@ def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
     out["ranking.weight_decay"] = (
         decay,
         f"{rows:,} ranker rows: L2 weight 0.5 / rows (at most 1e-3)",
+    )
+    # the ranker's epoch is picked on a held-out slice of its users; a slice of fewer than ~100
+    # users is too noisy to pick from, so every user is held out once instead (k folds)
+    r_users = int(stats.get("n_ranker_users", users))
+    folds = 5 if r_users < 500 else 0
+    out["ranking.epoch_folds"] = (
+        folds,
+        f"{r_users:,} users in the ranker window ("
+        + (
+            "< 500: a validation slice of < 100 users is too noisy to pick an epoch from; the "
+            "epoch count is chosen over 5 folds of the training users"
+            if folds
+            else ">= 500: early stopping on the validation slice"
+        )
+        + ")",
     )
     if not stats.get("has_watch_time", has_imp):
         out["ranking.weighting"] = (

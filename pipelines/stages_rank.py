@@ -11,6 +11,7 @@ See `pipelines.run` for the time protocol. Rankers compared side by side on the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from pipelines.context import RunContext
 from pipelines.run import cg_model, heldout_users, load_json, save_frame
 from ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker, PopularityRanker
 from ranking.config import LightGBMConfig, RankerConfig
-from ranking.train import TrainedRanker, train_ranker
+from ranking.train import TrainedRanker, fold_epochs, train_ranker
 
 log = logging.getLogger("vidrec")
 
@@ -60,7 +61,11 @@ def ranker_config(
 ) -> RankerConfig:
     """The deep ranker's config from the run config; `weighting` overrides ranking.weighting;
     `time_windows` are those of the item time signals its frames carry (`ranker_time_windows`)."""
-    c = {k: v for k, v in config["ranking"].items() if k not in ("max_train_rows", "max_eval_rows")}
+    c = {
+        k: v
+        for k, v in config["ranking"].items()
+        if k not in ("max_train_rows", "max_eval_rows", "epoch_folds")
+    }
     c["hidden"] = tuple(c["hidden"])
     c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
     c.update(weighting=weighting or c["weighting"], seed=int(config["seed"]))
@@ -196,14 +201,30 @@ def stage_ranker(ctx: RunContext, out: Path) -> dict[str, Any]:
         "valid_rows": len(valid),
         "feature_seconds": round(build_s, 2),
     }
+    folds = int(ctx.config["ranking"].get("epoch_folds", 0))
     for name, weighting in (("deep_weighted", None), ("deep_click", "click")):
         t1 = time.perf_counter()
+        cfg = ranker_config(ctx.config, weighting, ranker_time_windows(ctx))
+        if folds:
+            epochs, curve = fold_epochs(cfg, train, folds)
+            log.info(
+                "ranker %s: %d epochs, the least validation loss averaged over %d folds of "
+                "the training users (%.4f)",
+                name,
+                epochs,
+                folds,
+                curve[epochs - 1],
+            )
+            info[f"{name}_fold_epochs"] = epochs
+            info[f"{name}_fold_valid_loss"] = [round(x, 6) for x in curve]
+            cfg = dataclasses.replace(cfg, epochs=epochs)
         model = train_ranker(
-            ranker_config(ctx.config, weighting, ranker_time_windows(ctx)),
+            cfg,
             train,
             valid,
             checkpoint_dir=out / name / "checkpoints",
             progress=ctx.progress,
+            select_on_valid=not folds,
         )
         model.save(out / name / "model")
         info[f"{name}_seconds"] = round(time.perf_counter() - t1, 2)

@@ -25,6 +25,7 @@ only rank 0 reads and writes checkpoints (the others receive its checkpoint by b
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
 import json
 import logging
@@ -464,11 +465,15 @@ def train_ranker(
     *,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    select_on_valid: bool = True,
 ) -> TrainedRanker:
     """Return a `TrainedRanker` trained on `train_frame`, early-stopped on `valid_frame`.
 
     Vocabularies and the quantile normalizer are fitted on `train_frame` only. With
-    `valid_frame=None` all `config.epochs` epochs run and the last weights are kept. With a
+    `valid_frame=None` all `config.epochs` epochs run and the last weights are kept; so do they
+    with `select_on_valid=False`, where the validation frame is only scored each epoch (the
+    history) and fits the calibrator (the epoch count was chosen elsewhere, e.g. by
+    `fold_epochs`). With a
     `checkpoint_dir` holding an interrupted run of the same config (epochs and patience may
     grow), training resumes after its last finished epoch.
 
@@ -507,7 +512,11 @@ def train_ranker(
     dist_utils.announce(
         train_ranker,
         (config, train_frame, valid_frame),
-        {"checkpoint_dir": checkpoint_dir, "progress": progress},
+        {
+            "checkpoint_dir": checkpoint_dir,
+            "progress": progress,
+            "select_on_valid": select_on_valid,
+        },
     )
     dist_utils.check_same_on_all_ranks(
         (
@@ -576,7 +585,7 @@ def train_ranker(
                 ckpt_dir,
                 start_epoch - 1,
             )
-        if bad_epochs >= config.patience and valid_in is not None:
+        if bad_epochs >= config.patience and valid_in is not None and select_on_valid:
             start_epoch = config.epochs + 1  # the run had already stopped early
 
     runner: torch.nn.Module = DistributedDataParallel(model) if world > 1 else model
@@ -627,7 +636,9 @@ def train_ranker(
             )
             v_loss = dist_utils.broadcast_object(v_loss)  # rank 0 decides for every rank
             record["valid_loss"] = v_loss
-            if v_loss < best_loss:
+            if not select_on_valid:
+                best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+            elif v_loss < best_loss:
                 best_loss, best_epoch, bad_epochs = v_loss, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:
@@ -653,7 +664,7 @@ def train_ranker(
             }
             # rank 0 writes (atomically); the others wait for it (a barrier)
             dist_utils.on_rank0(_write_checkpoint, ckpt_dir, checkpoint)
-        if valid_in is not None and bad_epochs >= config.patience:
+        if valid_in is not None and select_on_valid and bad_epochs >= config.patience:
             break
 
     model.load_state_dict(best_state)
@@ -670,6 +681,44 @@ def train_ranker(
         device=device,
         calibrator=calibrator,
     )
+
+
+def fold_epochs(
+    config: RankerConfig, frame: RankerFrame, folds: int, *, progress: bool = False
+) -> tuple[int, list[float]]:
+    """Return (epochs, mean validation loss per epoch): the epoch count that minimises the
+    weighted log loss averaged over `folds` folds of `frame`'s users (each fold's users held
+    out once, a model trained on the others for all `config.epochs` epochs).
+
+    On a small frame one held-out slice of users is too few to pick an epoch from: a few dozen
+    users' loss curve can turn up after one epoch by chance and stop a ranker that the other
+    users would have let learn. Every user is scored once here, so the choice rests on the
+    whole frame. Users are assigned to folds by a permutation seeded with `config.seed`."""
+    if folds < 2:
+        raise ValueError(f"fold_epochs needs at least 2 folds, got {folds}")
+    users = frame.rows["user_id"].to_numpy()
+    uniq = np.unique(users)
+    if len(uniq) < folds:
+        raise ValueError(f"fold_epochs: {len(uniq)} users cannot fill {folds} folds")
+    fold_of = np.empty(len(uniq), dtype=np.int64)
+    fold_of[np.random.default_rng(config.seed).permutation(len(uniq))] = (
+        np.arange(len(uniq)) % folds
+    )
+    row_fold = fold_of[np.searchsorted(uniq, users)]
+    # every epoch runs (patience past the last one) and calibration is left to the final model
+    cfg = dataclasses.replace(config, patience=config.epochs, calibrate=False)
+    curves = []
+    for f in range(folds):
+        held = row_fold == f
+        model = train_ranker(
+            cfg,
+            frame.take(np.flatnonzero(~held)),
+            frame.take(np.flatnonzero(held)),
+            progress=progress,
+        )
+        curves.append([h["valid_loss"] for h in model.history])
+    mean = np.asarray(curves, dtype=np.float64).mean(axis=0)
+    return int(np.argmin(mean)) + 1, [float(x) for x in mean]
 
 
 def _fit_calibrator(

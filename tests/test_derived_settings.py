@@ -93,6 +93,22 @@ def test_ranker_settings_follow_its_row_count_and_the_watch_times() -> None:
     assert "ranking.weighting" not in many  # real watch times: the preset's weighting stays
 
 
+def test_few_ranker_users_pick_the_epoch_over_folds() -> None:
+    def folds(**kw):
+        key = "ranking.epoch_folds"
+        value, why = derive_settings(_stats(**kw))[key]
+        return value, why
+
+    small, why = folds(n_ranker_rows=8_500, n_ranker_users=170)
+    assert small == 5 and "170 users" in why
+    assert folds(n_ranker_rows=2_000_000, n_ranker_users=40_000, has_impressions=True)[0] == 0
+    # the derived value is a valid config, and --set still overrides it
+    cfg = resolve_config(AUTO, ["ranking.epoch_folds=0"], data_stats=_stats(n_ranker_users=170))
+    assert cfg["ranking"]["epoch_folds"] == 0
+    with pytest.raises(ConfigError, match="epoch_folds"):
+        resolve_config("tiny", ["ranking.epoch_folds=1"])
+
+
 def test_log_statistics_count_the_ranker_rows() -> None:
     import numpy as np
 
@@ -106,6 +122,7 @@ def test_log_statistics_count_the_ranker_rows() -> None:
     hi = t.min() + int((t.max() - t.min()) * 0.85)
     active = np.unique(ds.watches["user_id"].to_numpy()[(t >= lo) & (t < hi)]).size
     assert s["n_ranker_rows"] == CANDIDATES_PER_USER * active > 0
+    assert s["n_ranker_users"] == active
     assert s["has_watch_time"] is False and s["has_impressions"] is False
 
 

@@ -23,7 +23,13 @@ from ranking.model import (
     loss_weights,
     weighted_logistic_loss,
 )
-from ranking.train import TrainedRanker, predict_expected_watch_time, train_ranker
+import ranking.train as ranking_train
+from ranking.train import (
+    TrainedRanker,
+    fold_epochs,
+    predict_expected_watch_time,
+    train_ranker,
+)
 
 torch.set_num_threads(1)
 
@@ -357,6 +363,49 @@ def test_early_stopping_keeps_best_epoch():
     losses = [h["valid_loss"] for h in r.history]
     assert r.best_epoch == 1 + int(np.argmin(losses))
     assert len(r.history) == r.best_epoch + 1 or len(r.history) == 8
+
+
+def test_without_selection_on_valid_every_epoch_runs_and_the_last_weights_are_kept():
+    _, tr, va = frames(n_imps=1500)
+    cfg = RankerConfig(**{**SMALL, "epochs": 5, "lr": 0.5, "patience": 1})
+    picked = train_ranker(cfg, tr, va, progress=False)
+    last = train_ranker(cfg, tr, va, progress=False, select_on_valid=False)
+    losses = [h["valid_loss"] for h in last.history]
+    assert len(losses) == 5 and last.best_epoch == 5  # patience 1 did not stop it
+    assert np.argmin(losses) != 4  # the huge step makes the last epoch worse than the best
+    plain = train_ranker(cfg, tr, None, progress=False)  # the same weights as without valid
+    for a, b in zip(last.model.state_dict().values(), plain.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert picked.best_epoch < 5
+
+
+def test_fold_epochs_holds_every_user_out_once_and_picks_the_least_mean_loss(monkeypatch):
+    _, tr, _ = frames(n_imps=1500)
+    calls = []
+    real = ranking_train.train_ranker
+
+    def spy(config, train_frame, valid_frame, **kw):
+        calls.append((config, train_frame.rows["user_id"], valid_frame.rows["user_id"]))
+        return real(config, train_frame, valid_frame, **kw)
+
+    monkeypatch.setattr(ranking_train, "train_ranker", spy)
+    cfg = RankerConfig(**{**SMALL, "epochs": 4, "lr": 0.5, "patience": 1, "calibrate": True})
+    epochs, curve = fold_epochs(cfg, tr, 3)
+    assert len(calls) == 3 and len(curve) == 4
+    assert epochs == 1 + int(np.argmin(curve))
+    held = [set(v) for _, _, v in calls]
+    assert set().union(*held) == set(tr.rows["user_id"])  # every user held out ...
+    assert sum(len(h) for h in held) == len(set(tr.rows["user_id"]))  # ... exactly once
+    for config, t, v in calls:
+        assert not set(t) & set(v)  # a held-out user's rows never train its fold's model
+        assert len(t) + len(v) == len(tr)
+        assert config.patience == 4 and not config.calibrate  # all epochs; no calibration
+    again, curve2 = fold_epochs(cfg, tr, 3)  # seeded: the same folds and curve
+    assert (again, curve2) == (epochs, curve)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        fold_epochs(cfg, tr, 1)
+    with pytest.raises(ValueError, match="cannot fill"):
+        fold_epochs(cfg, tr, 10_000)
 
 
 def test_checkpoints_resume_to_the_same_weights(tmp_path):

@@ -287,8 +287,15 @@ def test_ranker_frame_takes_the_items_extra_columns(data_dir):
 def test_run_recommend_and_predict_speak_the_data_ids(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--no-progress"]
-    assert main(args) == 0
+    # the ranker's epoch count chosen over folds of its training users (small logs)
+    assert main([*args, "--set", "ranking.epoch_folds=3"]) == 0
     capsys.readouterr()
+    stage = json.loads((out / "manifest.json").read_text())["stages"]["ranker"]
+    for name in ("deep_weighted", "deep_click"):
+        epochs, curve = stage[f"{name}_fold_epochs"], stage[f"{name}_fold_valid_loss"]
+        assert epochs == 1 + int(np.argmin(curve)) and len(curve) >= epochs
+        history = json.loads((out / "ranker" / name / "history.json").read_text())
+        assert len(history) == epochs  # trained for exactly that many epochs, the last kept
     assert main(["recommend", "--run", str(out), "--user", "u1", "-k", "5"]) == 0
     text = capsys.readouterr().out
     items = [ln.split()[2] for ln in text.splitlines() if ln.strip()[:1].isdigit()]
