@@ -620,7 +620,16 @@ def _run_stages(
         # every earlier stage is an input: a stage reruns when one of them changed since
         inputs = STAGES[: STAGES.index(name)]
         rundir.run_stage(name, lambda d, f=funcs[name]: f(ctx, d), inputs=inputs)
-    log.info(
-        "run finished in %.1f s; report: %s", time.perf_counter() - t0, rundir.path / "report.html"
-    )
+    if "report" in stages:
+        log.info(
+            "run finished in %.1f s; report: %s",
+            time.perf_counter() - t0,
+            rundir.path / "report.html",
+        )
+    else:  # a partial run writes no report; --stages ...,report (or a full run) builds it
+        log.info(
+            "stages %s finished in %.1f s (no report: the report stage was not asked for)",
+            ",".join(stages),
+            time.perf_counter() - t0,
+        )
     return load_json(rundir.path / "report.json") if (rundir.path / "report.json").exists() else {}

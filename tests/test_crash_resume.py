@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -404,6 +405,18 @@ def _run_cli(out: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> tuple
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return rc, [line for line in err.splitlines() if "error:" in line]
+
+
+def test_a_partial_run_does_not_point_at_a_report(
+    contract_dir: Path, tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="vidrec"):
+        rc, errors = _run_cli(out, contract_dir, capsys)
+    assert rc == 0 and not errors
+    text = caplog.text
+    assert "stages data finished" in text and "the report stage was not asked for" in text
+    assert "report.html" not in text and not (out / "report.html").exists()
 
 
 def test_disk_full_during_an_artifact_write(
