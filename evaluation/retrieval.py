@@ -217,8 +217,10 @@ def retrieval_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     catalog_size: int,
     item_bucket: Mapping[str, Mapping[int, str]] | None = None,
+    query_group: Mapping[str, Sequence[str]] | None = None,
 ) -> Metrics:
-    """Return recall/hitrate/ndcg/map/coverage at each k, overall and per item bucket.
+    """Return recall/hitrate/ndcg/map/coverage at each k, overall, per item bucket and per
+    group of queries.
 
     `retrieved` (Q, K) int64 holds each query's ranked item ids (-1 = padding, no duplicate
     ids per row); `targets[q]` holds the relevant ids of query q (duplicates are counted once).
@@ -227,6 +229,10 @@ def retrieval_metrics(
     also "popularity.tail.recall@50", "popularity.tail.hitrate@50" and
     "popularity.tail.n_queries", where each query's targets are restricted to the bucket's items
     (queries with no target in the bucket are left out of that bucket's means).
+    With `query_group` = {"history": [label of query 0, label of query 1, ...], ...} also
+    "history.new.recall@50", "history.new.hitrate@50", "history.new.ndcg@50" and
+    "history.new.n_queries": the means over the queries of each label (e.g. users served with
+    and without a watch history), with their targets whole.
     A k larger than K cannot be evaluated: its metrics are None and the "note" key says why.
     A mean over zero queries is None.
     """
@@ -245,10 +251,12 @@ def retrieval_metrics(
     n_rel = np.bincount(h.t_rows, minlength=n_q)  # (Q,) distinct targets per query
     has = n_rel > 0
     n_eval = int(has.sum())
+    groups = _query_group_labels(query_group, n_q, item_bucket)
 
     ks_ok = [k for k in ks_all if k <= width]
     ks_bad = [k for k in ks_all if k > width]
     out: Metrics = {"n_queries": n_eval, "n_queries_without_targets": int(n_q - n_eval)}
+    per_q: dict[str, np.ndarray] = {}  # (Qe,) per evaluated query, for the query groups
 
     def mean(x: np.ndarray) -> float | None:
         return float(x.mean()) if x.size else None
@@ -270,9 +278,12 @@ def retrieval_metrics(
             in_k = h.cols < k
             nh = per_query(in_k)[has]
             n_ideal = np.minimum(rel, k)
-            out[f"recall@{k}"] = mean(nh / rel)
-            out[f"hitrate@{k}"] = mean((nh > 0).astype(np.float64))
-            out[f"ndcg@{k}"] = mean(per_query(in_k, hit_disc)[has] / disc_cum[n_ideal - 1])
+            per_q[f"recall@{k}"] = nh / rel
+            per_q[f"hitrate@{k}"] = (nh > 0).astype(np.float64)
+            per_q[f"ndcg@{k}"] = per_query(in_k, hit_disc)[has] / disc_cum[n_ideal - 1]
+            out[f"recall@{k}"] = mean(per_q[f"recall@{k}"])
+            out[f"hitrate@{k}"] = mean(per_q[f"hitrate@{k}"])
+            out[f"ndcg@{k}"] = mean(per_q[f"ndcg@{k}"])
             out[f"map@{k}"] = mean(per_query(in_k, hit_prec)[has] / n_ideal)
             out[f"coverage@{k}"] = coverage[j] / catalog_size
     for k in ks_bad:
@@ -301,6 +312,51 @@ def retrieval_metrics(
             for k in ks_bad:
                 out[f"{dim}.{name}.recall@{k}"] = None
                 out[f"{dim}.{name}.hitrate@{k}"] = None
+    for dim, labels in groups.items():
+        lab = labels[has]
+        for name in sorted(set(labels.tolist())):
+            sel = lab == name
+            out[f"{dim}.{name}.n_queries"] = int(sel.sum())
+            for key, values in per_q.items():
+                out[f"{dim}.{name}.{key}"] = mean(values[sel])
+            for k in ks_bad:
+                for m in ("recall", "hitrate", "ndcg"):
+                    out[f"{dim}.{name}.{m}@{k}"] = None
+    return out
+
+
+def history_groups(histories: Sequence[np.ndarray]) -> np.ndarray:
+    """Label each served user "new" (no watch before the serving time: a model that serves
+    from the history serves them from nothing) or "returning" (`retrieval_metrics`'
+    `query_group`)."""
+    n = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    return np.where(n > 0, "returning", "new").astype(object)
+
+
+def _query_group_labels(
+    query_group: Mapping[str, Sequence[str]] | None,
+    n_queries: int,
+    item_bucket: Mapping[str, Mapping[int, str]] | None,
+) -> dict[str, np.ndarray]:
+    """Check the query groups: one string label per query, names without '.', none shared
+    with an item bucket dimension."""
+    out: dict[str, np.ndarray] = {}
+    for dim, labels in (query_group or {}).items():
+        if "." in str(dim) or str(dim) in (item_bucket or {}):
+            raise ValueError(
+                f"query group names must not contain '.' nor repeat an item bucket name, got {dim!r}"
+            )
+        arr = np.asarray(labels, dtype=object)
+        if arr.shape != (n_queries,):
+            raise ValueError(
+                f"query group {dim!r} needs one label per query ({n_queries}), got shape {arr.shape}"
+            )
+        bad = [x for x in arr.tolist() if not isinstance(x, str) or not x or "." in x]
+        if bad:
+            raise ValueError(
+                f"query group {dim!r}: labels must be non-empty strings without '.', got {bad[0]!r}"
+            )
+        out[str(dim)] = arr
     return out
 
 

@@ -113,6 +113,31 @@ def summary_section(
                 }
             )
             out["retrieval"] = {"system": ours, "best_baseline": best[0], "best": best[1]}
+        n_new, n_all = retr.get("n_users_new"), retr.get("n_users_with_targets")
+        key = "history.returning.recall@50"
+        ret_ours = m.get("annoy", {}).get(key)
+        ret_best = _best(base, key)
+        if isinstance(n_new, int) and n_all and isinstance(ret_ours, int | float) and ret_best:
+            rows.append(
+                {
+                    "stage": "retrieval",
+                    "metric": "Recall@50, returning users (a watch before the test window)",
+                    "system": ret_ours,
+                    "best baseline": f"{ret_best[0]}: {ret_best[1]:.4g}",
+                    "system / best": _ratio(ret_ours, ret_best[1]),
+                }
+            )
+            out["retrieval_returning"] = {
+                "system": ret_ours, "best_baseline": ret_best[0], "best": ret_best[1]
+            }
+            if n_new >= 0.5 * n_all:
+                notes.append(
+                    f"{n_new} of the {n_all} held-out users ({n_new / n_all:.0%}) had no watch "
+                    "before the test window: a model that serves from the watch history serves "
+                    "every one of them the same list (without user features), and a popularity "
+                    "list over a recent window is close to the best single list there is. The "
+                    "returning users are where a watch history can win."
+                )
     # without logged watch times every clicked row weighs 1: the click-only deep ranker is then
     # the system's own model trained twice, not a baseline to hold it against
     same = () if not rank or rank.get("labels") in (None, "logged impressions") else ("deep_click",)
@@ -420,6 +445,8 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                     "torso recall@50": v.get("popularity.torso.recall@50"),
                     "tail recall@50": v.get("popularity.tail.recall@50"),
                     "fresh recall@50": v.get("freshness.fresh.recall@50"),
+                    "new users recall@50": v.get("history.new.recall@50"),
+                    "returning users recall@50": v.get("history.returning.recall@50"),
                 }
                 for name, v in flat_m.items()
             ]
@@ -440,7 +467,13 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
             Section(
                 "Retrieval (candidate generation)",
                 f"Held-out users: {retr['n_users']} users who watched something in the test window, "
-                f"served at {_iso(retr['served_at'])}. Targets: the distinct items each watched in the "
+                f"served at {_iso(retr['served_at'])}"
+                + (
+                    f"; {retr['n_users_new']} of them had no watch before then (new users)"
+                    if "n_users_new" in retr
+                    else ""
+                )
+                + ". Targets: the distinct items each watched in the "
                 f"test window{' (items already watched before are excluded from both the candidates and the targets)' if retr['exclude_watched'] else ''}. "
                 "The system retrieves from an annoy index (inner product) over item-tower embeddings of "
                 "every item uploaded by then; 'exact' is brute-force search over the same vectors. "

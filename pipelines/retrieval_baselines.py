@@ -219,6 +219,7 @@ def evaluate_baselines(
     catalog_size: int,
     item_bucket: dict[str, dict[int, str]] | None,
     slate_k: int,
+    query_group: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
     """Tune, refit and evaluate every enabled baseline (module docstring).
 
@@ -266,7 +267,12 @@ def evaluate_baselines(
             continue
         ids, _ = final.recommend(users, k_eval, at_time=t_serve, exclude=exclude)
         metrics[name] = retrieval_metrics(
-            ids, targets, ks=ks, catalog_size=catalog_size, item_bucket=item_bucket
+            ids,
+            targets,
+            ks=ks,
+            catalog_size=catalog_size,
+            item_bucket=item_bucket,
+            query_group=query_group,
         )
         slates[name] = ids[:, :slate_k]
         record.update(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from candidate_gen.train import TrainedCandidateGenerator, train_candidate_gener
 from evaluation.retrieval import (
     ann_recall,
     freshness_buckets,
+    history_groups,
     popularity_buckets,
     retrieval_metrics,
 )
@@ -424,14 +426,13 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     fresh = freshness_buckets(all_items, ds.items["upload_time"].to_numpy(), t_serve)
     buckets = {"popularity": pop, "freshness": fresh}
     n_catalog = int(available_items(ds.items, t_serve).sum())
-    metrics = {
-        "annoy": retrieval_metrics(
-            annoy_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
-        ),
-        "exact": retrieval_metrics(
-            exact_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
-        ),
-    }
+    # users served without any watch before the serving time (new users: every model that
+    # serves from a history serves them from none) and the others, each averaged apart
+    groups = {"history": history_groups(history)}
+    evaluate = partial(
+        retrieval_metrics, ks=ks, catalog_size=n_catalog, item_bucket=buckets, query_group=groups
+    )
+    metrics = {"annoy": evaluate(annoy_ids, targets), "exact": evaluate(exact_ids, targets)}
     # baselines: most popular in the window before serving (train + valid), random
     before = w[w["timestamp"].to_numpy() < t_serve]
     top = before["item_id"].value_counts()
@@ -441,12 +442,8 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     rng = np.random.default_rng(ctx.seed + 7)
     servable_arr = np.fromiter(servable, dtype=np.int64)
     rand_ids = _top_excluding(rng.permutation(servable_arr), exclude, len(users), kmax, rng=rng)
-    metrics["most_popular"] = retrieval_metrics(
-        pop_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
-    )
-    metrics["random"] = retrieval_metrics(
-        rand_ids, targets, ks=ks, catalog_size=n_catalog, item_bucket=buckets
-    )
+    metrics["most_popular"] = evaluate(pop_ids, targets)
+    metrics["random"] = evaluate(rand_ids, targets)
     # tuned baselines (recent popular, item-kNN, EASE, PureSVD): hyperparameters chosen on the
     # ranker window, then scored on these users, exclusions and targets
     from pipelines.retrieval_baselines import evaluate_baselines
@@ -462,6 +459,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
         catalog_size=n_catalog,
         item_bucket=buckets,
         slate_k=int(ev["slate_k"]),
+        query_group=groups,
     )
     metrics.update(tuned_metrics)
     with atomic_path(out / "baseline_slates.npz") as tmp, open(tmp, "wb") as fh:
@@ -523,6 +521,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
         "upload_age": ages,
         "n_users": int(len(users)),
         "n_users_with_targets": int(sum(len(t) > 0 for t in targets)),
+        "n_users_new": int(np.sum(groups["history"] == "new")),
         "served_at": int(t_serve),
         "exclude_watched": bool(r["exclude_watched"]),
         "tuned_baselines": tuned,

@@ -273,6 +273,36 @@ def test_summary_names_the_best_baseline_and_explains_disagreeing_metrics():
     assert summary_section(None, None, None) is None
 
 
+def test_summary_splits_new_and_returning_users_when_most_are_new():
+    """When most held-out users have no history, the summary says so and puts the system
+    beside the best baseline on the returning users too."""
+    from pipelines.report import summary_section
+
+    def m(r, new, ret):
+        return {"recall@50": r, "history.new.recall@50": new, "history.returning.recall@50": ret}
+
+    retr = {
+        "metrics": {
+            "annoy": m(0.17, 0.18, 0.12),
+            "exact": m(0.17, 0.18, 0.12),
+            "recent_popular": m(0.18, 0.20, 0.05),
+            "item_knn": m(0.14, 0.15, 0.09),
+        },
+        "n_users_new": 104,
+        "n_users_with_targets": 123,
+    }
+    sec = summary_section(retr, None, None)
+    assert sec.metrics["retrieval_returning"] == {
+        "system": 0.12, "best_baseline": "item_knn", "best": 0.09
+    }
+    assert "104 of the 123 held-out users (85%) had no watch" in sec.description
+    few_new = summary_section(retr | {"n_users_new": 10}, None, None)
+    assert "had no watch" not in few_new.description  # the row stays, the note does not
+    assert "retrieval_returning" in few_new.metrics
+    old = {"metrics": {k: {"recall@50": v["recall@50"]} for k, v in retr["metrics"].items()}}
+    assert "retrieval_returning" not in summary_section(old, None, None).metrics
+
+
 def test_summary_does_not_hold_the_system_against_itself_on_click_only_logs():
     """Without watch times the click-only deep ranker is the system's model trained twice:
     the summary compares with the real baselines instead."""

@@ -59,6 +59,33 @@ def test_overall_metrics_hand_computed() -> None:
     assert "note" not in retrieval_metrics(RETRIEVED, TARGETS, ks=(1, 4), catalog_size=20)
 
 
+def test_query_group_metrics_hand_computed() -> None:
+    # q0 and q2 are "new" users, q1 and q3 "returning"; q2 has no target (left out)
+    group = {"history": ["new", "returning", "new", "returning"]}
+    m = retrieval_metrics(RETRIEVED, TARGETS, ks=(2, 4, 5), catalog_size=20, query_group=group)
+    assert m["history.new.n_queries"] == 1 and m["history.returning.n_queries"] == 2
+    assert m["history.new.recall@2"] == pytest.approx(1 / 3)  # q0 alone
+    assert m["history.new.recall@4"] == pytest.approx(2 / 3)
+    assert m["history.returning.recall@4"] == pytest.approx(0.5)  # q1 1, q3 0
+    assert m["history.returning.hitrate@2"] == pytest.approx(0.5)
+    assert m["history.new.ndcg@2"] == pytest.approx(D2 / (1 + D2))
+    assert m["history.new.recall@5"] is None  # k beyond the retrieved width
+    # the groups' means, weighted by their queries, give the overall mean
+    n_new, n_ret = m["history.new.n_queries"], m["history.returning.n_queries"]
+    both = n_new * m["history.new.recall@4"] + n_ret * m["history.returning.recall@4"]
+    assert both / (n_new + n_ret) == pytest.approx(m["recall@4"])
+    with pytest.raises(ValueError, match="one label per query"):
+        retrieval_metrics(RETRIEVED, TARGETS, ks=(2,), catalog_size=20, query_group={"h": ["a"]})
+    with pytest.raises(ValueError, match="must not contain"):
+        retrieval_metrics(
+            RETRIEVED, TARGETS, ks=(2,), catalog_size=20, query_group={"a.b": ["x"] * 4}
+        )
+    with pytest.raises(ValueError, match="non-empty strings"):
+        retrieval_metrics(
+            RETRIEVED, TARGETS, ks=(2,), catalog_size=20, query_group={"h": ["x", "", "x", "x"]}
+        )
+
+
 def test_bucket_metrics_hand_computed() -> None:
     buckets = {
         "popularity": {2: "head", 5: "head", 4: "tail", 11: "tail", 99: "torso", 3: "head"},
