@@ -30,7 +30,10 @@ __all__ = [
     "popularity_buckets",
     "freshness_buckets",
     "ann_recall",
+    "history_groups",
+    "single_list_in_hindsight",
     "DEFAULT_KS",
+    "HINDSIGHT",
 ]
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100, 500)
@@ -331,6 +334,27 @@ def history_groups(histories: Sequence[np.ndarray]) -> np.ndarray:
     `query_group`)."""
     n = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
     return np.where(n > 0, "returning", "new").astype(object)
+
+
+# the name of `single_list_in_hindsight`'s row beside the baselines (an upper bound, not one)
+HINDSIGHT = "hindsight_single_list"
+
+
+def single_list_in_hindsight(targets: Sequence[np.ndarray]) -> np.ndarray:
+    """Item ids ranked by Σ over queries of 1 / |targets of the query| (each query's distinct
+    targets): the one list served to every query that maximises mean recall at every k (mean
+    recall is a sum over the list's items of that weight), before per-query exclusions. It is
+    chosen on the targets themselves: an upper bound for any list that does not depend on the
+    user (popularity of any window, a new user's list), never a baseline. Ties: lower id first."""
+    parts = [np.unique(np.asarray(t, dtype=np.int64)) for t in targets]
+    parts = [t for t in parts if len(t)]
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    ids = np.concatenate(parts)
+    weight = np.concatenate([np.full(len(t), 1.0 / len(t)) for t in parts])
+    uniq, inv = np.unique(ids, return_inverse=True)
+    total = np.bincount(inv, weights=weight)
+    return uniq[np.lexsort((uniq, -total))]
 
 
 def _query_group_labels(

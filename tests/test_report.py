@@ -287,6 +287,7 @@ def test_summary_splits_new_and_returning_users_when_most_are_new():
             "exact": m(0.17, 0.18, 0.12),
             "recent_popular": m(0.18, 0.20, 0.05),
             "item_knn": m(0.14, 0.15, 0.09),
+            "hindsight_single_list": m(0.20, 0.23, 0.19),  # an upper bound, never the best
         },
         "n_users_new": 104,
         "n_users_with_targets": 123,
@@ -296,6 +297,10 @@ def test_summary_splits_new_and_returning_users_when_most_are_new():
         "system": 0.12, "best_baseline": "item_knn", "best": 0.09
     }
     assert "104 of the 123 held-out users (85%) had no watch" in sec.description
+    assert "in hindsight, chosen on the test targets themselves, has Recall@50 0.2" in (
+        sec.description
+    )
+    assert sec.metrics["retrieval"]["best_baseline"] == "recent_popular"
     few_new = summary_section(retr | {"n_users_new": 10}, None, None)
     assert "had no watch" not in few_new.description  # the row stays, the note does not
     assert "retrieval_returning" in few_new.metrics

@@ -86,6 +86,27 @@ def test_query_group_metrics_hand_computed() -> None:
         )
 
 
+def test_single_list_in_hindsight_maximises_mean_recall() -> None:
+    from itertools import permutations
+
+    from evaluation.retrieval import history_groups, single_list_in_hindsight
+
+    # weights: 1 -> 1/2 + 1/3, 2 -> 1/2, 3 -> 1/3 + 1, 4 -> 1/3 (q with {3} weighs it 1)
+    targets = [np.array([1, 2]), np.array([1, 3, 4, 4]), np.array([3]), np.array([], int)]
+    order = single_list_in_hindsight(targets)
+    assert order.tolist() == [3, 1, 2, 4]
+    # no other single list of two items has a higher mean recall@2
+    def recall2(lst):
+        ids = np.tile(np.array(lst), (4, 1))
+        return retrieval_metrics(ids, targets, ks=(2,), catalog_size=10)["recall@2"]
+
+    best = max(recall2(list(p)) for p in permutations([1, 2, 3, 4], 2))
+    assert recall2(order[:2].tolist()) == pytest.approx(best)
+    assert single_list_in_hindsight([np.array([], int)]).size == 0
+    labels = history_groups([np.array([5]), np.array([], int)])
+    assert labels.tolist() == ["returning", "new"]
+
+
 def test_bucket_metrics_hand_computed() -> None:
     buckets = {
         "popularity": {2: "head", 5: "head", 4: "tail", 11: "tail", 99: "torso", 3: "head"},
