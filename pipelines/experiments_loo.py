@@ -4,7 +4,8 @@ Where it sits: beside `vidrec experiment movielens-table` (pipelines/experiments
 hold-out of each user's last N watches) and `vidrec run` (a global time split). This is the
 protocol most retrieval papers report (one held-out item per user, the whole catalog ranked),
 so our candidate generator's numbers can be set beside theirs. It reuses the candidate
-generator's training and scoring of movielens-table (`experiments_real.run_cg`) and the
+generator's training and scoring of movielens-table (`experiments_real.validate_cg`,
+`refit_and_test_cg`) and the
 retrieval baselines and grids of `vidrec run` (`candidate_gen.baselines`,
 `pipelines.retrieval_baselines.grids`).
 
@@ -18,7 +19,10 @@ Protocol:
 * Validation: every model is fitted on all watches but the two held out per user, and every
   hyperparameter is chosen on the validation targets only: the candidate generator's epochs
   (early stopping on validation HR@`candidate_gen.valid_k`, patience `candidate_gen.patience`,
-  at most `candidate_gen.epochs`), recent popular's window, item-kNN's neighbours, EASE's L2
+  at most `candidate_gen.epochs`) and the recent watches its user tower averages
+  (`features.max_history` in CG_HISTORY_GRID, unless --set fixes it; torch-rechub's
+  YoutubeDNN, fed by our featurizer, gets the length our CG chose on the same seed), recent
+  popular's window, item-kNN's neighbours, EASE's L2
   penalty, PureSVD's rank (the grids of the config's [retrieval_baselines]; each chosen by
   validation HR@50, ties to the first in grid order), torch-rechub's epochs as ours. Test: the
   chosen settings are refitted on every watch but the test targets (the validation targets
@@ -63,6 +67,7 @@ config and settings, so an interrupted benchmark resumes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -92,8 +97,9 @@ from pipelines.experiments_real import (
     load_saved_row,
     log_split,
     query_features,
-    run_cg,
+    refit_and_test_cg,
     searches_before,
+    validate_cg,
 )
 from pipelines.rechub import (
     RECHUB_TEMPERATURE,
@@ -121,9 +127,12 @@ __all__ = [
 
 EXPERIMENTS_LOO: tuple[str, ...] = ("loo",)
 PROTOCOL = "leave-last-out"
-PROTOCOL_VERSION = 1  # part of every saved row's key: a changed protocol recomputes
+PROTOCOL_VERSION = 2  # part of every saved row's key: a changed protocol recomputes
 MIN_WATCHES = 3
 RECHUB_NEGATIVES = 100
+# the recent watches our CG's user tower averages, chosen on the validation targets like the
+# baselines' settings: a short history for the next watch, the preset's long one for tastes
+CG_HISTORY_GRID: tuple[int, ...] = (3, 10, 50)
 
 # method key -> label, in table order
 METHODS: dict[str, str] = {
@@ -457,21 +466,55 @@ def _cg_row(
     items: pd.DataFrame,
     catalog: np.ndarray,
     workdir: Path,
+    history_grid: Sequence[int] = CG_HISTORY_GRID,
 ) -> dict[str, Any]:
-    """Return the row of our candidate generator (`experiments_real.run_cg`), its validation
-    numbers named as hit rates (one target per user: recall@k = HR@k)."""
-    row = run_cg(config, split.valid, split.test, items, catalog, workdir)
+    """Return the row of our candidate generator: for each history length of `history_grid`
+    (the recent watches the user tower averages) a model early-stopped on the validation
+    targets (`experiments_real.validate_cg`); the length and epoch count with the best
+    validation HR@50 (ties: the first in grid order) are refitted on every watch but the test
+    targets and scored once (`experiments_real.refit_and_test_cg`). Validation numbers are
+    named as hit rates (one target per user: recall@k = HR@k)."""
+    t0 = time.perf_counter()
+    tried: list[tuple[float, int, int, list[dict[str, float]]]] = []
+    for length in history_grid:
+        cfg = _with_history(config, length)
+        records, best_epoch = validate_cg(
+            cfg, split.valid, items, catalog, workdir / f"history{length}"
+        )
+        score = float(records[best_epoch - 1]["valid_recall@50"])
+        log.info("  our CG, %d recent watches: validation HR@50 %.4f at epoch %d",
+                 length, score, best_epoch)
+        tried.append((score, length, best_epoch, records))
+    score, length, best_epoch, records = max(tried, key=lambda t: t[0])  # first wins a tie
+    t1 = time.perf_counter()
+    row = refit_and_test_cg(_with_history(config, length), best_epoch, split.test, items, catalog)
     curve = [
         {
             "epoch": r["epoch"],
             "train_main_loss": r["train_main_loss"],
             "valid_hitrate@50": r["valid_recall@50"],
         }
-        for r in row.pop("validation_curve")
+        for r in records
     ]
-    row["validation"] = {"metric": f"hitrate@{cg_config(config).valid_k}", "curve": curve}
-    row["valid_hitrate@50"] = row.pop("valid_recall@50")
-    return row
+    return {
+        "setting": f"max_history={length}, epochs={best_epoch}",
+        "max_history": int(length),
+        "validation": {
+            "metric": f"hitrate@{cg_config(config).valid_k}",
+            "curve": curve,
+            "history_grid": {str(h): {"hitrate@50": s, "epochs": e} for s, h, e, _ in tried},
+        },
+        "valid_hitrate@50": score,
+        "tune_seconds": t1 - t0,
+        **row,
+    }
+
+
+def _with_history(config: dict[str, Any], length: int) -> dict[str, Any]:
+    """`config` with features.max_history = length (a copy)."""
+    out = copy.deepcopy(config)
+    out["features"]["max_history"] = int(length)
+    return out
 
 
 # ----------------------------------------------------------------------------- experiment
@@ -566,6 +609,11 @@ def run_loo(
     }
     rows: list[dict[str, Any]] = []
     specs = baseline_models(base_config, chosen, split.valid.train)
+    # a history length the user set is kept; else it is chosen on validation (CG_HISTORY_GRID)
+    fixed = any(o.split("=", 1)[0].strip() == "features.max_history" for o in overrides or [])
+    grid = (int(base_config["features"]["max_history"]),) if fixed else CG_HISTORY_GRID
+    key_base["cg_history_grid"] = list(grid)
+    history: dict[int | None, int] | None = None if fixed else {}
     for method in chosen:
         runs = list(seeds) if method in STOCHASTIC else [None]
         for seed in runs:
@@ -582,9 +630,11 @@ def run_loo(
             row = load_saved_row(path, key)
             if row is None:
                 if method == "cg":
-                    row = _cg_row(config, split, data.items, catalog, out / "work" / tag)
+                    row = _cg_row(config, split, data.items, catalog, out / "work" / tag, grid)
                 elif method == "rechub":
                     assert python is not None
+                    if history is not None:  # our CG's history length on this seed
+                        config = _with_history(config, history.get(seed, 50))
                     row = run_rechub(
                         config,
                         split,
@@ -612,6 +662,8 @@ def run_loo(
                     row["setting"],
                     row["fit_seconds"],
                 )
+            if method == "cg" and history is not None and "max_history" in row:
+                history[seed] = int(row["max_history"])
             rows.append(row)
     result: dict[str, Any] = {
         "experiment": "loo",

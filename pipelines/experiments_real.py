@@ -451,25 +451,45 @@ def run_cg(
     "final_fit_seconds" (featurizing and training the refit) are wall seconds."""
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=workdir) as ckpt:
-        best_model, records, best_epoch = train_cg_early_stopped(
-            config, valid, items, catalog, Path(ckpt)
-        )
+    records, best_epoch = validate_cg(config, valid, items, catalog, workdir)
     t1 = time.perf_counter()
-    cfg, examples, item_feats, _ = fit_cg(config, test.train, items)
-    model = train_candidate_generator(
-        cfg.replace(epochs=best_epoch), examples, item_feats, progress=False
-    )
-    t2 = time.perf_counter()
-    ids = cg_rankings(model, test, max(KS))
+    row = refit_and_test_cg(config, best_epoch, test, items, catalog)
     atomic_write_json(workdir / "validation_curve.json", records)
     return {
         "setting": f"epochs={best_epoch}",
         "valid_recall@50": records[best_epoch - 1]["valid_recall@50"],
-        "training_examples": int(len(examples)),
         "validation_curve": records,
         "tune_seconds": t1 - t0,
-        "final_fit_seconds": t2 - t1,
+        **row,
+    }
+
+
+def validate_cg(
+    config: dict[str, Any], valid: Holdout, items: pd.DataFrame, catalog: np.ndarray, workdir: Path
+) -> tuple[list[dict[str, float]], int]:
+    """Return (per-epoch validation records, best epoch) of `train_cg_early_stopped`, its
+    checkpoints in a temporary directory under `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir) as ckpt:
+        _, records, best_epoch = train_cg_early_stopped(config, valid, items, catalog, Path(ckpt))
+    return records, best_epoch
+
+
+def refit_and_test_cg(
+    config: dict[str, Any], epochs: int, test: Holdout, items: pd.DataFrame, catalog: np.ndarray
+) -> dict[str, Any]:
+    """Train on the test holdout's training log for `epochs` epochs and score its targets:
+    {"training_examples", "final_fit_seconds", "test": metrics}."""
+    t0 = time.perf_counter()
+    cfg, examples, item_feats, _ = fit_cg(config, test.train, items)
+    model = train_candidate_generator(
+        cfg.replace(epochs=epochs), examples, item_feats, progress=False
+    )
+    fit_s = time.perf_counter() - t0
+    ids = cg_rankings(model, test, max(KS))
+    return {
+        "training_examples": int(len(examples)),
+        "final_fit_seconds": fit_s,
         "test": evaluate_rankings(ids, test, catalog),
     }
 

@@ -42,6 +42,9 @@ def test_small_and_large_logs_get_different_settings() -> None:
     assert small["candidate_gen.num_negatives"] <= 9000 // 4 + 1
     assert big["retrieval.search_k"] == -1 and small["retrieval.search_k"] > 0
     assert small["evaluation.max_users"] == 600
+    # a few hundred optimizer steps an epoch on a small log, the widest batch on a big one
+    assert 150 <= 70_000 / small["candidate_gen.batch_size"] <= 600
+    assert big["candidate_gen.batch_size"] == 1024
 
 
 def test_every_derived_setting_names_its_statistic_and_is_a_valid_config() -> None:

@@ -269,6 +269,38 @@ def test_changing_the_test_targets_changes_no_choice(ml):
     assert a["test"] != b["test"]
 
 
+def test_cg_history_length_is_chosen_on_validation_and_refitted(ml, monkeypatch, tmp_path):
+    """Every grid length is validated; the best one (and its epochs) is the one refitted;
+    a length the user sets is kept and no grid is run."""
+    ds, split, catalog = _ml_split(ml)
+    validated, refitted = [], []
+    scores = {3: 0.10, 10: 0.30, 50: 0.20, 7: 0.05}
+
+    def fake_validate(config, valid, items, catalog, workdir):
+        h = config["features"]["max_history"]
+        validated.append(h)
+        recs = [{"epoch": e, "train_main_loss": 1.0, "valid_recall@50": scores[h] * e / 2}
+                for e in (1, 2)]
+        return recs, 2
+
+    def fake_refit(config, epochs, test, items, catalog):
+        refitted.append((config["features"]["max_history"], epochs))
+        test_m = dict.fromkeys(experiments_loo.COLUMNS, 0.5)
+        return {"training_examples": 1, "final_fit_seconds": 0.0, "test": test_m}
+
+    monkeypatch.setattr(experiments_loo, "validate_cg", fake_validate)
+    monkeypatch.setattr(experiments_loo, "refit_and_test_cg", fake_refit)
+    config = resolve_config("movielens", TINY_CG)
+    row = experiments_loo._cg_row(config, split, ds.items, catalog, tmp_path)
+    assert validated == [3, 10, 50] and refitted == [(10, 2)]
+    assert row["max_history"] == 10 and row["valid_hitrate@50"] == pytest.approx(0.30)
+    assert config["features"]["max_history"] == 50  # the caller's config is left as it was
+    validated.clear(), refitted.clear()
+    run_loo(ml, out=tmp_path / "o", seeds=[0], methods=["cg"],
+            overrides=[*TINY_CG, "features.max_history=7"])
+    assert validated == [7] and refitted == [(7, 2)]
+
+
 # ----------------------------------------------------------------------------- CLI, outputs
 
 
@@ -292,6 +324,13 @@ def test_loo_end_to_end_outputs_and_resume(ml, tmp_path, monkeypatch):
             assert set(experiments_loo.COLUMNS) <= set(row["test"])
     by = {e["method"]: e for e in saved["table"]}
     assert by["cg"]["runs"] == 2 and by["cg"]["seeds"] == [0, 1]
+    for row in saved["rows"]:
+        if row["method"] == "cg":  # the history length chosen on validation, from the grid
+            grid = row["validation"]["history_grid"]
+            assert set(grid) == {str(h) for h in experiments_loo.CG_HISTORY_GRID}
+            best = max(grid.values(), key=lambda g: g["hitrate@50"])
+            assert row["valid_hitrate@50"] == best["hitrate@50"]
+            assert row["setting"].startswith(f"max_history={row['max_history']},")
     assert by["cg"]["hitrate@50"]["std"] is not None
     for name in BASELINES:  # deterministic: one run, no std
         assert by[name]["runs"] == 1 and by[name]["seeds"] == [None]
@@ -302,7 +341,8 @@ def test_loo_end_to_end_outputs_and_resume(ml, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished result was recomputed")
 
-    monkeypatch.setattr(experiments_loo, "run_cg", fail)
+    monkeypatch.setattr(experiments_loo, "validate_cg", fail)
+    monkeypatch.setattr(experiments_loo, "refit_and_test_cg", fail)
     monkeypatch.setattr(experiments_loo, "run_baseline", fail)
     again = run_loo(ml, out=out, seeds=[0, 1], overrides=TINY_CG)
     assert again["table"] == res["table"]
