@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from features.tables import Dataset
 
@@ -18,6 +19,16 @@ SECONDS_PER_DAY = 86_400.0
 
 #: candidates per user and window that become the ranker's rows on a log without impressions
 CANDIDATES_PER_USER = 50
+
+
+def logs_watch_time(impressions: pd.DataFrame | None) -> bool:
+    """Whether a log's impressions carry real watch times: clicked rows with more than one
+    value (not unit labels). Without them the ranker's exp(logit) is the odds of a watch."""
+    if impressions is None or not len(impressions):
+        return False
+    clicked = impressions["clicked"].to_numpy() > 0
+    wt = impressions["watch_time"].to_numpy(np.float64)[clicked]
+    return bool(len(wt) and np.unique(wt).size > 1)
 
 
 def log_statistics(
@@ -48,10 +59,7 @@ def log_statistics(
         in_window = (ti >= train_end) & (ti < valid_end)
         ranker_rows = int(np.sum(in_window))
         ranker_users = int(np.unique(imp["user_id"].to_numpy()[in_window]).size)
-        clicked = imp["clicked"].to_numpy() > 0
-        wt = imp["watch_time"].to_numpy(np.float64)[clicked]
-        # watch time is real when clicked rows carry more than one value (not unit labels)
-        has_watch_time = bool(len(wt) and np.unique(wt).size > 1)
+        has_watch_time = logs_watch_time(imp)
     else:
         inwin = (t >= train_end) & (t < valid_end)
         ranker_users = int(np.unique(w["user_id"].to_numpy()[inwin]).size)

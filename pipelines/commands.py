@@ -265,6 +265,15 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
 
+def _score(row: dict, out: dict) -> str:
+    """The ranker's score as its unit says: seconds of watch time, or, on a log without watch
+    times, the odds of a watch."""
+    value = row["expected_watch_time"]
+    if out.get("score_unit", "s") == "s":
+        return f"expected watch time {value:8.1f} s"
+    return f"watch odds {value:8.3f}"
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from pipelines.serve import Recommender
 
@@ -278,7 +287,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(f"user {args.user} at {out['at']}: top {args.k}")
         for row in out["slate"]:
             print(
-                f"  {row['rank']:>3}  item {row['item_id']:>9}  expected watch time {row['expected_watch_time']:8.1f} s"
+                f"  {row['rank']:>3}  item {row['item_id']:>9}  {_score(row, out)}"
                 f"  (retrieved #{row['retrieval_rank']} by {row['stage']}, cg score {row['cg_score']:.3f})"
             )
     return 0
@@ -301,9 +310,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if out["note"]:
             print(f"note: {out['note']}")
         for row in out["items"]:
-            print(
-                f"  item {row['item_id']:>9}  expected watch time {row['expected_watch_time']:8.1f} s"
-            )
+            print(f"  item {row['item_id']:>9}  {_score(row, out)}")
         if out["unknown_items"]:
             print(f"unknown items (not in the catalog): {out['unknown_items']}")
     return 0

@@ -135,3 +135,14 @@ def test_derived_early_stopping_measures_what_the_test_measures() -> None:
     assert resolve_config("default")["candidate_gen"]["valid_protocol"] == "next_watch"
     with pytest.raises(ConfigError, match="valid_protocol.*next_watch, window"):
         resolve_config("default", ["candidate_gen.valid_protocol=leave_one_out"])
+
+
+def test_logs_watch_time_tells_real_watch_times_from_unit_labels() -> None:
+    import pandas as pd
+
+    from features.stats import logs_watch_time
+
+    imp = pd.DataFrame({"clicked": [1, 0, 1], "watch_time": [1.0, 0.0, 1.0]})
+    assert not logs_watch_time(imp) and not logs_watch_time(None)
+    assert not logs_watch_time(imp.iloc[:0])
+    assert logs_watch_time(imp.assign(watch_time=[30.0, 0.0, 12.5]))

@@ -300,9 +300,12 @@ def test_run_recommend_and_predict_speak_the_data_ids(data_dir, tmp_path, capsys
     text = capsys.readouterr().out
     items = [ln.split()[2] for ln in text.splitlines() if ln.strip()[:1].isdigit()]
     assert len(items) == 5 and all(i.startswith("m") for i in items), text
+    # no watch times in this log: the score is the odds of a watch, never "seconds"
+    assert "watch odds" in text and " s  (" not in text
     assert main(["recommend", "--run", str(out), "--user", "u1", "-k", "3", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["user"] == "u1" and all(r["item_id"].startswith("m") for r in rec["slate"])
+    assert rec["score_unit"] == "watch odds"
     args = ["predict", "--run", str(out), "--user", "u2", "--items", "m1,m2,m999", "--json"]
     assert main(args) == 0
     pred = json.loads(capsys.readouterr().out)
