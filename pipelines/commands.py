@@ -392,7 +392,9 @@ def register_experiment(sub: argparse._SubParsersAction) -> None:
         "loo, the leave-last-out benchmark of the literature (each user's last watch is the "
         "test target, the one before it the validation target; pipelines/experiments_loo.py), "
         "needs --data-dir and reads it as --dataset says; its settings are derived from the log "
-        "(preset 'auto') unless --preset names one.",
+        "(preset 'auto') unless --preset names one, and the candidate generator's history "
+        "length (3, 10 or 50 recent watches) is chosen on the validation targets unless --set "
+        "features.max_history gives one.",
     )
     s.add_argument("name", choices=EXPERIMENTS + EXPERIMENTS_REAL + EXPERIMENTS_LOO)
     s.add_argument(
