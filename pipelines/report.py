@@ -185,6 +185,26 @@ def summary_section(
                 "loss: AUC counts clicks alike, while the system ranks by expected watch time, so "
                 "it puts a long watch above a short click. Clicks are not watch time."
             )
+        rnd = rank.get("random_exposure") or {}
+        r_ours = (rnd.get("metrics") or {}).get(SYSTEM_RANKER, {}).get("weighted_per_user_loss")
+        r_others = {
+            n: v for n, v in (rnd.get("metrics") or {}).items() if n != SYSTEM_RANKER and n not in same
+        }
+        r_best = _best(r_others, "weighted_per_user_loss", lower=True)
+        if isinstance(r_ours, int | float) and r_best:
+            rows.append(
+                {
+                    "stage": "ranking",
+                    "metric": f"weighted per-user loss, the {rnd['n_rows']:,} random-exposure "
+                    "test impressions (the unbiased view)",
+                    "system": r_ours,
+                    "best baseline": f"{RANKER_LABELS.get(r_best[0], r_best[0])}: {r_best[1]:.4g}",
+                    "system / best": _ratio(r_ours, r_best[1]),
+                }
+            )
+            out["ranking_random_exposure"] = {
+                "system": r_ours, "best_baseline": r_best[0], "best": r_best[1]
+            }
         labels = rank.get("labels")
         if isinstance(labels, str) and labels != "logged impressions":
             notes.append("Ranker rows: " + labels)

@@ -268,6 +268,39 @@ def score_all(models: dict[str, Any], frame: RankerFrame) -> dict[str, np.ndarra
     return scores
 
 
+# the impressions a log shows at random (KuaiRand's random-exposure log): free of the logging
+# policy's choices, so the rankers' metrics on them are the unbiased view
+RANDOM_SOURCE = "random"
+
+
+def slice_metrics(
+    frame: RankerFrame,
+    groups: np.ndarray,
+    clicked: np.ndarray,
+    watch: np.ndarray,
+    scores: dict[str, np.ndarray],
+    source: str,
+) -> dict[str, Any]:
+    """{"<source>_exposure": {"n_rows", "n_pages", "metrics": {model: ranking metrics}}} over
+    the frame's rows of impression `source`, or {} when it has none."""
+    if "source" not in frame.rows:
+        return {}
+    sel = np.flatnonzero(frame.rows["source"].to_numpy() == source)
+    if not len(sel):
+        return {}
+    g = groups[sel]
+    return {
+        f"{source}_exposure": {
+            "n_rows": int(len(sel)),
+            "n_pages": int(np.unique(g).size),
+            "metrics": {
+                name: ranking_metrics(g, clicked[sel], watch[sel], s[sel])
+                for name, s in scores.items()
+            },
+        }
+    }
+
+
 def stage_ranking_eval(ctx: RunContext, out: Path) -> dict[str, Any]:
     split = ctx.split()
     frame = impression_frame(
@@ -318,6 +351,7 @@ def stage_ranking_eval(ctx: RunContext, out: Path) -> dict[str, Any]:
     result = {
         "labels": "logged impressions" if has_logged_impressions(ctx) else CANDIDATE_LABELS_NOTE,
         "metrics": metrics,
+        **slice_metrics(frame, groups, clicked, watch, scores, RANDOM_SOURCE),
         "calibration": calib,
         "n_rows": int(len(frame)),
         "n_pages": int(groups.max() + 1) if len(groups) else 0,

@@ -567,3 +567,21 @@ def test_calibrated_ranker_keeps_the_order_and_round_trips(tmp_path):
     assert few.calibrator is None
     few.save(tmp_path / "few")
     assert TrainedRanker.load(tmp_path / "few").calibrator is None
+
+
+def test_random_exposure_slice_metrics_cover_only_its_rows():
+    from evaluation.ranking import ranking_metrics
+    from pipelines.stages_rank import slice_metrics
+
+    _, tr, _ = frames(n_imps=1500)  # sources "ann" and "popular"
+    clicked, watch = tr.labels()
+    groups = tr.page_ids()
+    rng = np.random.default_rng(0)
+    scores = {"a": rng.random(len(tr)), "b": rng.random(len(tr))}
+    assert slice_metrics(tr, groups, clicked, watch, scores, "random") == {}
+    out = slice_metrics(tr, groups, clicked, watch, scores, "popular")["popular_exposure"]
+    sel = np.flatnonzero(tr.rows["source"].to_numpy() == "popular")
+    assert out["n_rows"] == len(sel) > 0
+    expect = ranking_metrics(groups[sel], clicked[sel], watch[sel], scores["b"][sel])
+    # the same metrics as computed on those rows alone (NaN where pages are single rows)
+    assert json.dumps(out["metrics"]["b"], sort_keys=True) == json.dumps(expect, sort_keys=True)

@@ -308,6 +308,32 @@ def test_summary_splits_new_and_returning_users_when_most_are_new():
     assert "retrieval_returning" not in summary_section(old, None, None).metrics
 
 
+def test_summary_adds_the_random_exposure_view_when_the_log_has_one():
+    from pipelines.report import summary_section
+
+    rank = {
+        "metrics": {
+            "deep_weighted": {"weighted_per_user_loss": 0.30},
+            "lgbm_weighted": {"weighted_per_user_loss": 0.32},
+        },
+        "labels": "logged impressions",
+        "random_exposure": {
+            "n_rows": 1200,
+            "metrics": {
+                "deep_weighted": {"weighted_per_user_loss": 0.41},
+                "lgbm_weighted": {"weighted_per_user_loss": 0.39},
+            },
+        },
+    }
+    sec = summary_section(None, rank, None)
+    assert sec.metrics["ranking_random_exposure"] == {
+        "system": 0.41, "best_baseline": "lgbm_weighted", "best": 0.39
+    }
+    assert any("1,200 random-exposure" in m for m in sec.table["metric"])
+    no_random = {k: v for k, v in rank.items() if k != "random_exposure"}
+    assert "ranking_random_exposure" not in summary_section(None, no_random, None).metrics
+
+
 def test_summary_does_not_hold_the_system_against_itself_on_click_only_logs():
     """Without watch times the click-only deep ranker is the system's model trained twice:
     the summary compares with the real baselines instead."""
