@@ -613,7 +613,7 @@ def run_loo(
     fixed = any(o.split("=", 1)[0].strip() == "features.max_history" for o in overrides or [])
     grid = (int(base_config["features"]["max_history"]),) if fixed else CG_HISTORY_GRID
     key_base["cg_history_grid"] = list(grid)
-    history: dict[int | None, int] | None = None if fixed else {}
+    history: dict[int | None, int] = {}  # seed -> the history length our CG used
     for method in chosen:
         runs = list(seeds) if method in STOCHASTIC else [None]
         for seed in runs:
@@ -633,8 +633,8 @@ def run_loo(
                     row = _cg_row(config, split, data.items, catalog, out / "work" / tag, grid)
                 elif method == "rechub":
                     assert python is not None
-                    if history is not None:  # our CG's history length on this seed
-                        config = _with_history(config, history.get(seed, 50))
+                    if seed in history:  # our CG's history length on this seed
+                        config = _with_history(config, history[seed])
                     row = run_rechub(
                         config,
                         split,
@@ -662,7 +662,7 @@ def run_loo(
                     row["setting"],
                     row["fit_seconds"],
                 )
-            if method == "cg" and history is not None and "max_history" in row:
+            if method == "cg" and "max_history" in row:
                 history[seed] = int(row["max_history"])
             rows.append(row)
     result: dict[str, Any] = {

@@ -94,6 +94,30 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
+def _compare(
+    rows: list[dict[str, Any]],
+    out: dict[str, Any],
+    key: str,
+    stage: str,
+    metric: str,
+    system: float,
+    best: tuple[str, float],
+    label: str,
+) -> None:
+    """Add the system against the best baseline (`best` = (name, value), `label` its display
+    name) as a summary table row and as `out[key]`."""
+    rows.append(
+        {
+            "stage": stage,
+            "metric": metric,
+            "system": system,
+            "best baseline": f"{label}: {best[1]:.4g}",
+            "system / best": _ratio(system, best[1]),
+        }
+    )
+    out[key] = {"system": system, "best_baseline": best[0], "best": best[1]}
+
+
 def summary_section(
     retr: dict[str, Any] | None, rank: dict[str, Any] | None, e2e: dict[str, Any] | None
 ) -> Section | None:
@@ -108,33 +132,31 @@ def summary_section(
         base = {n: v for n, v in m.items() if n not in ("annoy", "exact", HINDSIGHT)}
         best = _best(base, "recall@50")
         if isinstance(ours, int | float) and best:
-            rows.append(
-                {
-                    "stage": "retrieval",
-                    "metric": "Recall@50 (test window, held-out users)",
-                    "system": ours,
-                    "best baseline": f"{best[0]}: {best[1]:.4g}",
-                    "system / best": _ratio(ours, best[1]),
-                }
+            _compare(
+                rows,
+                out,
+                "retrieval",
+                "retrieval",
+                "Recall@50 (test window, held-out users)",
+                ours,
+                best,
+                best[0],
             )
-            out["retrieval"] = {"system": ours, "best_baseline": best[0], "best": best[1]}
         n_new, n_all = retr.get("n_users_new"), retr.get("n_users_with_targets")
         key = "history.returning.recall@50"
         ret_ours = m.get("annoy", {}).get(key)
         ret_best = _best(base, key)
         if isinstance(n_new, int) and n_all and isinstance(ret_ours, int | float) and ret_best:
-            rows.append(
-                {
-                    "stage": "retrieval",
-                    "metric": "Recall@50, returning users (a watch before the test window)",
-                    "system": ret_ours,
-                    "best baseline": f"{ret_best[0]}: {ret_best[1]:.4g}",
-                    "system / best": _ratio(ret_ours, ret_best[1]),
-                }
+            _compare(
+                rows,
+                out,
+                "retrieval_returning",
+                "retrieval",
+                "Recall@50, returning users (a watch before the test window)",
+                ret_ours,
+                ret_best,
+                ret_best[0],
             )
-            out["retrieval_returning"] = {
-                "system": ret_ours, "best_baseline": ret_best[0], "best": ret_best[1]
-            }
             if n_new >= 0.5 * n_all:
                 bound = m.get(HINDSIGHT, {}).get("recall@50")
                 notes.append(
@@ -160,16 +182,16 @@ def summary_section(
         best = _best(others, "weighted_per_user_loss", lower=True)
         loss = ours.get("weighted_per_user_loss")
         if isinstance(loss, int | float) and best:
-            rows.append(
-                {
-                    "stage": "ranking",
-                    "metric": "weighted per-user loss (test impressions; lower is better)",
-                    "system": loss,
-                    "best baseline": f"{RANKER_LABELS.get(best[0], best[0])}: {best[1]:.4g}",
-                    "system / best": _ratio(loss, best[1]),
-                }
+            _compare(
+                rows,
+                out,
+                "ranking",
+                "ranking",
+                "weighted per-user loss (test impressions; lower is better)",
+                loss,
+                best,
+                RANKER_LABELS.get(best[0], best[0]),
             )
-            out["ranking"] = {"system": loss, "best_baseline": best[0], "best": best[1]}
         auc_best = _best(others, "auc")
         if (
             isinstance(ours.get("auc"), int | float)
@@ -192,19 +214,17 @@ def summary_section(
         }
         r_best = _best(r_others, "weighted_per_user_loss", lower=True)
         if isinstance(r_ours, int | float) and r_best:
-            rows.append(
-                {
-                    "stage": "ranking",
-                    "metric": f"weighted per-user loss, the {rnd['n_rows']:,} random-exposure "
-                    "test impressions (the unbiased view)",
-                    "system": r_ours,
-                    "best baseline": f"{RANKER_LABELS.get(r_best[0], r_best[0])}: {r_best[1]:.4g}",
-                    "system / best": _ratio(r_ours, r_best[1]),
-                }
+            _compare(
+                rows,
+                out,
+                "ranking_random_exposure",
+                "ranking",
+                f"weighted per-user loss, the {rnd['n_rows']:,} random-exposure test "
+                "impressions (the unbiased view)",
+                r_ours,
+                r_best,
+                RANKER_LABELS.get(r_best[0], r_best[0]),
             )
-            out["ranking_random_exposure"] = {
-                "system": r_ours, "best_baseline": r_best[0], "best": r_best[1]
-            }
         labels = rank.get("labels")
         if isinstance(labels, str) and labels != "logged impressions":
             notes.append("Ranker rows: " + labels)
@@ -220,16 +240,16 @@ def summary_section(
         }
         best = _best(base, key)
         if isinstance(ours.get(key), int | float) and best:
-            rows.append(
-                {
-                    "stage": "end to end",
-                    "metric": f"top-{k} recall of the test window's watches",
-                    "system": ours[key],
-                    "best baseline": f"{SLATE_LABELS.get(best[0], best[0])}: {best[1]:.4g}",
-                    "system / best": _ratio(ours[key], best[1]),
-                }
+            _compare(
+                rows,
+                out,
+                "end_to_end",
+                "end to end",
+                f"top-{k} recall of the test window's watches",
+                ours[key],
+                best,
+                SLATE_LABELS.get(best[0], best[0]),
             )
-            out["end_to_end"] = {"system": ours[key], "best_baseline": best[0], "best": best[1]}
         tw = (ours.get("true_expected_watch_time") or {}).get("mean")
         tbase = {
             n: {"m": (v.get("true_expected_watch_time") or {}).get("mean")}
@@ -237,18 +257,16 @@ def summary_section(
         }
         tbest = _best(tbase, "m")
         if isinstance(tw, int | float) and tbest:
-            rows.append(
-                {
-                    "stage": "end to end",
-                    "metric": f"true expected watch time of the top-{k} per user (s, simulator)",
-                    "system": tw,
-                    "best baseline": f"{SLATE_LABELS.get(tbest[0], tbest[0])}: {tbest[1]:.4g}",
-                    "system / best": _ratio(tw, tbest[1]),
-                }
+            _compare(
+                rows,
+                out,
+                "end_to_end_true_watch_time",
+                "end to end",
+                f"true expected watch time of the top-{k} per user (s, simulator)",
+                tw,
+                tbest,
+                SLATE_LABELS.get(tbest[0], tbest[0]),
             )
-            out["end_to_end_true_watch_time"] = {
-                "system": tw, "best_baseline": tbest[0], "best": tbest[1]
-            }
             cg = sl.get("candidate_gen_only", {})
             cg_tw = (cg.get("true_expected_watch_time") or {}).get("mean")
             if (

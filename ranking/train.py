@@ -561,6 +561,9 @@ def train_ranker(
         ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
+    # early stopping keeps the epoch with the least validation loss; without a validation
+    # frame, or when the epoch count was chosen elsewhere, the last epoch is kept
+    select = valid_in is not None and select_on_valid
     start_epoch, best_loss, best_epoch, bad_epochs = 1, math.inf, 0, 0
     history: list[dict[str, float]] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -585,7 +588,7 @@ def train_ranker(
                 ckpt_dir,
                 start_epoch - 1,
             )
-        if bad_epochs >= config.patience and valid_in is not None and select_on_valid:
+        if select and bad_epochs >= config.patience:
             start_epoch = config.epochs + 1  # the run had already stopped early
 
     runner: torch.nn.Module = DistributedDataParallel(model) if world > 1 else model
@@ -636,15 +639,13 @@ def train_ranker(
             )
             v_loss = dist_utils.broadcast_object(v_loss)  # rank 0 decides for every rank
             record["valid_loss"] = v_loss
-            if not select_on_valid:
-                best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
-            elif v_loss < best_loss:
-                best_loss, best_epoch, bad_epochs = v_loss, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_epochs += 1
-        else:
+        if not select:  # the last epoch's weights are kept
             best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+        elif record["valid_loss"] < best_loss:
+            best_loss, best_epoch, bad_epochs = record["valid_loss"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
         history.append(record)
         if progress and rank == 0:
             tqdm.write(
@@ -664,7 +665,7 @@ def train_ranker(
             }
             # rank 0 writes (atomically); the others wait for it (a barrier)
             dist_utils.on_rank0(_write_checkpoint, ckpt_dir, checkpoint)
-        if valid_in is not None and select_on_valid and bad_epochs >= config.patience:
+        if select and bad_epochs >= config.patience:
             break
 
     model.load_state_dict(best_state)
