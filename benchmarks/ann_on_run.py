@@ -30,13 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from candidate_gen.index import AnnoyIndex, ExactIndex  # noqa: E402
-from candidate_gen.retrieve import Retriever  # noqa: E402
-from candidate_gen.train import TrainedCandidateGenerator  # noqa: E402
-from features.integrity import read_json_object  # noqa: E402
-from features.io import read_dataset  # noqa: E402
-from features.split import TimeSplit  # noqa: E402
-from pipelines.rundir import serving_cg_dir  # noqa: E402
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex  # noqa: E402
+from vidrec.candidate_gen.retrieve import Retriever  # noqa: E402
+from vidrec.candidate_gen.train import TrainedCandidateGenerator  # noqa: E402
+from vidrec.features.integrity import read_json_object  # noqa: E402
+from vidrec.features.io import read_dataset  # noqa: E402
+from vidrec.features.split import TimeSplit  # noqa: E402
+from vidrec.pipelines.rundir import serving_cg_dir  # noqa: E402
 
 SEARCH_K = (-1, 10_000, 30_000, 100_000)
 K = 100

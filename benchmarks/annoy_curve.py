@@ -34,7 +34,7 @@ from benchmarks.common import (
     result,
 )
 from benchmarks.synthetic import VectorProblem, clustered_vectors, load_vectors
-from candidate_gen.index import AnnoyIndex, ExactIndex
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
 
 NAME = "annoy_curve"
 RECALL_TARGET = 0.95

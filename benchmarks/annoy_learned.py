@@ -49,7 +49,7 @@ from benchmarks.learned_world import (
     user_vectors,
 )
 from benchmarks.synthetic import VectorProblem
-from candidate_gen.index import AnnoyIndex, ExactIndex
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
 
 NAME = "annoy_learned"
 RECALL_TARGET = 0.95

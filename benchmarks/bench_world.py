@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.sources.synthetic import PRESETS, WorldConfig, generate_world  # noqa: E402
+from vidrec.features.sources.synthetic import PRESETS, WorldConfig, generate_world  # noqa: E402
 
 
 def _peak_rss_gib() -> float:

@@ -36,13 +36,13 @@ from benchmarks.common import (
     time_repeats,
 )
 from benchmarks.synthetic import synthetic_dataset
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.index import AnnoyIndex, ExactIndex
-from candidate_gen.retrieve import Retriever
-from candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
-from features.examples import CandidateFeaturizer
-from features.split import TimeSplit
-from pipelines.config import load_preset
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
+from vidrec.candidate_gen.retrieve import Retriever
+from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.split import TimeSplit
+from vidrec.pipelines.config import load_preset
 
 NAME = "cg_training"
 

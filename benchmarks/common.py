@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.rundir import cpu_model
+from vidrec.pipelines.rundir import cpu_model
 
 MIN_REPEATS = 5
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -47,14 +47,14 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from benchmarks.common import Column, check_repeats, median, result  # noqa: E402
 from benchmarks.synthetic import synthetic_dataset  # noqa: E402
-from candidate_gen.config import CandidateGenConfig  # noqa: E402
-from candidate_gen.train import train_candidate_generator  # noqa: E402
-from features.examples import CandidateFeaturizer  # noqa: E402
-from features.ranker_features import build_ranker_frame  # noqa: E402
-from features.split import TimeSplit  # noqa: E402
-from pipelines.config import load_preset  # noqa: E402
-from ranking.config import RankerConfig  # noqa: E402
-from ranking.train import train_ranker  # noqa: E402
+from vidrec.candidate_gen.config import CandidateGenConfig  # noqa: E402
+from vidrec.candidate_gen.train import train_candidate_generator  # noqa: E402
+from vidrec.features.examples import CandidateFeaturizer  # noqa: E402
+from vidrec.features.ranker_features import build_ranker_frame  # noqa: E402
+from vidrec.features.split import TimeSplit  # noqa: E402
+from vidrec.pipelines.config import load_preset  # noqa: E402
+from vidrec.ranking.config import RankerConfig  # noqa: E402
+from vidrec.ranking.train import train_ranker  # noqa: E402
 
 NAME = "ddp_throughput"
 
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quality_seeds:
         res["quality"] = quality(args.quality_seeds)
     if args.out:
-        from features.atomic import atomic_write_json
+        from vidrec.features.atomic import atomic_write_json
 
         atomic_write_json(args.out, json.loads(json.dumps(res, default=float)))
     return 0

@@ -32,7 +32,7 @@ from benchmarks.common import (
     time_interleaved,
 )
 from benchmarks.synthetic import VectorProblem, clustered_vectors
-from candidate_gen.index import ExactIndex
+from vidrec.candidate_gen.index import ExactIndex
 
 NAME = "exact_topk"
 REFERENCE_GFLOPS = 150.0  # float32 GEMM on this machine's 2 AVX2 cores

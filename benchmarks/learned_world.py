@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.cg_training import cg_config
-from candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
-from features.examples import CandidateFeaturizer
-from features.sources.synthetic import WorldConfig, generate_world
-from features.split import TimeSplit
-from features.tables import Dataset
-from pipelines.config import load_preset
+from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.sources.synthetic import WorldConfig, generate_world
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.config import load_preset
 
 __all__ = [
     "DrawnWorld",

@@ -35,10 +35,10 @@ from benchmarks.common import (
     tracemalloc_peak_mb,
 )
 from benchmarks.synthetic import DAY, T0, synthetic_dataset
-from features.ranker_features import RankerFeatureIndex, build_ranker_frame
-from pipelines.config import load_preset
-from ranking.config import RankerConfig
-from ranking.train import train_ranker
+from vidrec.features.ranker_features import RankerFeatureIndex, build_ranker_frame
+from vidrec.pipelines.config import load_preset
+from vidrec.ranking.config import RankerConfig
+from vidrec.ranking.train import train_ranker
 
 NAME = "ranker_scoring"
 SERVING_BUDGET_MS = 20.0  # target: p99 per user for retrieve-500 + rank

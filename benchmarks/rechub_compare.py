@@ -47,14 +47,14 @@ import torch
 from benchmarks.cg_training import cg_config
 from benchmarks.common import Column, PhasePeak, check_repeats, median, ratio, result
 from benchmarks.learned_world import WorldSpec, draw_world
-from candidate_gen.towers import ItemBatch, UserBatch
-from candidate_gen.train import (
+from vidrec.candidate_gen.towers import ItemBatch, UserBatch
+from vidrec.candidate_gen.train import (
     TrainedCandidateGenerator,
     recall_at_k,
     train_candidate_generator,
 )
-from features.examples import CandidateExamples, ItemFeatures
-from pipelines.rechub import (
+from vidrec.features.examples import CandidateExamples, ItemFeatures
+from vidrec.pipelines.rechub import (
     RECHUB_TEMPERATURE,
     RechubWorker,
     export_examples,

@@ -58,7 +58,7 @@ from benchmarks.common import (  # noqa: E402
     machine_info,
     markdown_table,
 )
-from features.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from vidrec.features.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 BENCHMARKS: tuple[str, ...] = (
     "exact_topk",

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import pipelines.serve as serve_module
+import vidrec.pipelines.serve as serve_module
 from benchmarks.common import (
     Column,
     PhasePeak,
@@ -57,13 +57,13 @@ from benchmarks.learned_world import (
     user_vectors,
 )
 from benchmarks.ranker_scoring import ranker_config
-from candidate_gen.index import AnnoyIndex, ExactIndex
-from features.ranker_features import build_ranker_frame
-from features.tables import Dataset
-from pipelines import scoring
-from pipelines.config import load_preset
-from pipelines.serve import Recommender
-from ranking.train import TrainedRanker, train_ranker
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
+from vidrec.features.ranker_features import build_ranker_frame
+from vidrec.features.tables import Dataset
+from vidrec.pipelines import scoring
+from vidrec.pipelines.config import load_preset
+from vidrec.pipelines.serve import Recommender
+from vidrec.ranking.train import TrainedRanker, train_ranker
 
 NAME = "serving"
 BUDGET_MS = 20.0  # target: p99 per user for retrieve-500 + rank at 1M items on 2 cores

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.schema import validate_dataset
-from features.tables import Dataset
+from vidrec.features.schema import validate_dataset
+from vidrec.features.tables import Dataset
 
 DAY = 86_400
 T0 = 1_700_000_000  # start of the synthetic event window (UTC seconds)

@@ -48,7 +48,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 from sklearn.decomposition import TruncatedSVD
 
-from features.tables import Dataset
+from vidrec.features.tables import Dataset
 
 __all__ = [
     "BASELINES",

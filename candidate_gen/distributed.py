@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from features.dist_env import row_range
+from vidrec.features.dist_env import row_range
 
 __all__ = [
     "EVERY_RANK",

@@ -29,8 +29,8 @@ import annoy
 import numpy as np
 import torch
 
-from features.atomic import atomic_path, atomic_write_json
-from features.integrity import ArtifactError, read_json_object, require_int, resolve_inside
+from vidrec.features.atomic import atomic_path, atomic_write_json
+from vidrec.features.integrity import ArtifactError, read_json_object, require_int, resolve_inside
 
 __all__ = ["CandidateIndex", "ExactIndex", "AnnoyIndex", "load_index", "INDEX_META_FILE"]
 
@@ -169,7 +169,7 @@ def _read_meta(directory: Path, kind: str) -> dict[str, Any]:
     if meta.get("kind") != kind:
         raise ArtifactError(
             f"{directory} holds a {meta.get('kind')!r} index, not {kind!r}; open it with "
-            "candidate_gen.index.load_index"
+            "vidrec.candidate_gen.index.load_index"
         )
     if meta.get("format_version") != _FORMAT_VERSION:
         raise ArtifactError(

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from candidate_gen.index import AnnoyIndex, CandidateIndex, ExactIndex
-from candidate_gen.train import TrainedCandidateGenerator
-from features.examples import watched_before
-from features.tables import Dataset
+from vidrec.candidate_gen.index import AnnoyIndex, CandidateIndex, ExactIndex
+from vidrec.candidate_gen.train import TrainedCandidateGenerator
+from vidrec.features.examples import watched_before
+from vidrec.features.tables import Dataset
 
 __all__ = ["Retriever", "build_index"]
 

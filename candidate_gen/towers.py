@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.ssl import apply_feature_mask
-from features.examples import ItemFeatures, UserFeatures
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.ssl import apply_feature_mask
+from vidrec.features.examples import ItemFeatures, UserFeatures
 
 # ----------------------------------------------------------------------------- batches
 

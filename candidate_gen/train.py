@@ -73,19 +73,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from candidate_gen import distributed as dist_utils
-from candidate_gen.config import RESUMABLE_CHANGES, CandidateGenConfig
-from candidate_gen.losses import (
+from vidrec.candidate_gen import distributed as dist_utils
+from vidrec.candidate_gen.config import RESUMABLE_CHANGES, CandidateGenConfig
+from vidrec.candidate_gen.losses import (
     in_batch_softmax_from_scores,
     log_q_from_counts,
     sampled_softmax_from_scores,
     ssl_contrastive_loss,
 )
-from candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_information, rfm_masks
-from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
-from features.atomic import atomic_path, atomic_write_json
-from features.dist_env import rank_seed, row_range, shard_batches
-from features.examples import (
+from vidrec.candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_information, rfm_masks
+from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
+from vidrec.features.atomic import atomic_path, atomic_write_json
+from vidrec.features.dist_env import rank_seed, row_range, shard_batches
+from vidrec.features.examples import (
     N_UPLOAD_AGE_CODES,
     UPLOAD_AGE_EDGES_S,
     UPLOAD_AGE_FUTURE,
@@ -94,7 +94,7 @@ from features.examples import (
     ItemFeatures,
     UserFeatures,
 )
-from features.integrity import (
+from vidrec.features.integrity import (
     ArtifactError,
     DamagedWeightsError,
     check_digest,

@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from vidrec.features.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "METRIC_GLOSSARY",

@@ -33,7 +33,7 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     except ValueError:
         raise ValueError(
             f"environment variable {name}={raw!r} is not an integer; torchrun sets it, so "
-            "start the workers with torchrun (or python -m pipelines.distributed) or unset it"
+            "start the workers with torchrun (or python -m vidrec.pipelines.distributed) or unset it"
         ) from None
 
 
@@ -83,7 +83,7 @@ class DistEnv:
         if out.is_distributed and (addr is None or port is None):
             raise ValueError(
                 f"WORLD_SIZE={world} but MASTER_ADDR/MASTER_PORT are not set; start the workers "
-                "with torchrun or python -m pipelines.distributed, or set both variables"
+                "with torchrun or python -m vidrec.pipelines.distributed, or set both variables"
             )
         return out
 

@@ -47,19 +47,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.atomic import atomic_write_json
-from features.normalize import QuantileNormalizer
-from features.split import TimeSplit
-from features.tables import USER_CATEGORICAL, Dataset, extra_columns
-from features.text import tokens_flat
-from features.time_signals import (
+from vidrec.features.atomic import atomic_write_json
+from vidrec.features.normalize import QuantileNormalizer
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import USER_CATEGORICAL, Dataset, extra_columns
+from vidrec.features.text import tokens_flat
+from vidrec.features.time_signals import (
     ITEM_TIME_CODES,
     NEVER_SECONDS,
     ItemTimeSignals,
     ItemTimeTable,
     since_previous,
 )
-from features.vocab import IdVocabulary, NotFittedError
+from vidrec.features.vocab import IdVocabulary, NotFittedError
 
 SECONDS_PER_DAY = 86_400.0
 

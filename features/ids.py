@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.atomic import atomic_path
+from vidrec.features.atomic import atomic_path
 
 __all__ = [
     "ID_MAPS_FILE",

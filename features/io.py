@@ -47,9 +47,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.atomic import ArtifactWriteError, atomic_path, atomic_write_json
-from features.ids import ID_MAPS_FILE, ID_SPACES, IdMaps
-from features.schema import (
+from vidrec.features.atomic import ArtifactWriteError, atomic_path, atomic_write_json
+from vidrec.features.ids import ID_MAPS_FILE, ID_SPACES, IdMaps
+from vidrec.features.schema import (
     TABLE_SPECS,
     DataContractError,
     Problem,
@@ -60,7 +60,7 @@ from features.schema import (
     text_id_spaces,
     validate_dataset,
 )
-from features.tables import TABLES, Dataset
+from vidrec.features.tables import TABLES, Dataset
 
 __all__ = [
     "FORMATS",

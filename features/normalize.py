@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.atomic import atomic_write_json
-from features.vocab import NotFittedError
+from vidrec.features.atomic import atomic_write_json
+from vidrec.features.vocab import NotFittedError
 
 _TOP = np.nextafter(np.float32(1.0), np.float32(0.0))  # largest float32 below 1
 

@@ -56,9 +56,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.schema import DataContractError, Problem, csv_line_numbers, table_warnings
-from features.split import TimeSplit
-from features.tables import TABLES, Dataset
+from vidrec.features.schema import DataContractError, Problem, csv_line_numbers, table_warnings
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import TABLES, Dataset
 
 __all__ = [
     "FUTURE_SLACK_S",

@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.atomic import atomic_write_json
-from features.tables import Dataset, extra_columns
-from features.time_signals import ITEM_TIME_VALUES, NO_EVENT, item_signal_values
-from features.vocab import IdVocabulary
+from vidrec.features.atomic import atomic_write_json
+from vidrec.features.tables import Dataset, extra_columns
+from vidrec.features.time_signals import ITEM_TIME_VALUES, NO_EVENT, item_signal_values
+from vidrec.features.vocab import IdVocabulary
 
 #: Seconds used for "time since ..." when the user never did it (68 years, above any real gap);
 #: the matching `never_*` flag is 1 for those rows.

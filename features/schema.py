@@ -58,8 +58,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.ids import ID_MAPS_FILE, ID_SPACES, IdMaps, sorted_ids
-from features.tables import COLUMN_TYPES, OPTIONAL_TABLES, TABLES, Dataset
+from vidrec.features.ids import ID_MAPS_FILE, ID_SPACES, IdMaps, sorted_ids
+from vidrec.features.tables import COLUMN_TYPES, OPTIONAL_TABLES, TABLES, Dataset
 
 __all__ = [
     "CheckedTables",

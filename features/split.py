@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.tables import Dataset
+from vidrec.features.tables import Dataset
 
 WINDOWS: tuple[str, ...] = ("train", "valid", "test")
 

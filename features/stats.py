@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.tables import Dataset
+from vidrec.features.tables import Dataset
 
 SECONDS_PER_DAY = 86_400.0
 

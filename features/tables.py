@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 if TYPE_CHECKING:
-    from features.ids import IdMaps
+    from vidrec.features.ids import IdMaps
 
 TABLES: tuple[str, ...] = ("users", "items", "watches", "searches", "impressions")
 OPTIONAL_TABLES: tuple[str, ...] = ("searches", "impressions")

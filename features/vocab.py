@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.atomic import atomic_write_json
+from vidrec.features.atomic import atomic_write_json
 
 # requests of at most this many values are looked up in a dict (string vocabularies only)
 _DICT_LOOKUP_MAX = 4096

@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from candidate_gen.train import TrainedCandidateGenerator
-from features.atomic import atomic_write_json, make_dirs
-from features.ranker_features import build_ranker_frame
-from features.split import TimeSplit
-from features.tables import Dataset
-from pipelines.config import ConfigError
-from pipelines.context import RunContext
-from pipelines.rundir import RunDir, read_lock, serving_cg_dir
-from pipelines.simulate import (
+from vidrec.candidate_gen.train import TrainedCandidateGenerator
+from vidrec.features.atomic import atomic_write_json, make_dirs
+from vidrec.features.ranker_features import build_ranker_frame
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.config import ConfigError
+from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.rundir import RunDir, read_lock, serving_cg_dir
+from vidrec.pipelines.simulate import (
     Policy,
     daily_index,
     ranker_policy,
@@ -26,8 +26,8 @@ from pipelines.simulate import (
     summarize_ab,
     world_policy,
 )
-from ranking.baselines import LightGBMWeightedRanker
-from ranking.train import TrainedRanker, train_ranker
+from vidrec.ranking.baselines import LightGBMWeightedRanker
+from vidrec.ranking.train import TrainedRanker, train_ranker
 
 log = logging.getLogger("vidrec")
 
@@ -42,7 +42,7 @@ _WORLD = ("most_popular", "logging_policy", "random", "oracle")
 def _context(run: Path) -> RunContext:
     """The run's context, after checking its serving artifacts belong together (as serving
     does: finished stages, sha256 per file, same run, no stale stage)."""
-    from pipelines.serve import SERVING_INPUTS, SERVING_STAGES
+    from vidrec.pipelines.serve import SERVING_INPUTS, SERVING_STAGES
 
     rundir = RunDir.open(run)
     rundir.verify(SERVING_STAGES, SERVING_INPUTS)
@@ -156,7 +156,7 @@ def run_ab_command(
         }
         out = make_dirs(run / "ab")
         atomic_write_json(out / "ab.json", summary)
-        from pipelines.report import build_report
+        from vidrec.pipelines.report import build_report
 
         build_report(base_ctx)
         return summary
@@ -181,8 +181,8 @@ def _logs_before(ds: Dataset, t: int) -> Dataset:
 
 def _retrainer(ctx: RunContext, k: int):
     """Nightly refit of an arm's deep ranker on the last days of impressions in its own logs."""
-    from pipelines import scoring
-    from pipelines.stages_rank import ranker_config, ranker_time_windows
+    from vidrec.pipelines import scoring
+    from vidrec.pipelines.stages_rank import ranker_config, ranker_time_windows
 
     cg = TrainedCandidateGenerator.load(serving_cg_dir(ctx.path))
     r = ctx.config["retrieval"]

@@ -29,9 +29,9 @@ def _setup_logging(verbose: bool) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_simulate_data(args: argparse.Namespace) -> int:
-    from features.atomic import atomic_write_json
-    from features.io import write_dataset
-    from features.sources.synthetic import WorldConfig, generate_world
+    from vidrec.features.atomic import atomic_write_json
+    from vidrec.features.io import write_dataset
+    from vidrec.features.sources.synthetic import WorldConfig, generate_world
 
     overrides: dict[str, str] = {}
     if args.catalog:
@@ -52,9 +52,9 @@ def cmd_simulate_data(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from features.io import format_report, read_dataset
-    from features.schema import ValidationReport, declare_columns, declared_columns
-    from pipelines.config import resolve_config
+    from vidrec.features.io import format_report, read_dataset
+    from vidrec.features.schema import ValidationReport, declare_columns, declared_columns
+    from vidrec.pipelines.config import resolve_config
 
     layout = args.dataset or "dir"
     preset = args.preset or "default"
@@ -68,9 +68,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ds, report = read_dataset(args.data_dir, columns=columns)
     else:  # an official MovieLens / KuaiRand-Pure directory, converted as `vidrec run` does
         if layout == "movielens":
-            from features.sources.movielens import load_movielens as load
+            from vidrec.features.sources.movielens import load_movielens as load
         else:
-            from features.sources.kuairand import load_kuairand as load
+            from vidrec.features.sources.kuairand import load_kuairand as load
         ds, info = load(args.data_dir)
         report = ValidationReport(**info["validation"])
         ds = declare_columns(ds, columns, report)
@@ -82,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"{args.data_dir} --for-run --preset NAME)"
         )
         return 0
-    from features.preflight import preflight
+    from vidrec.features.preflight import preflight
 
     checked = preflight(ds, config, log_warnings=False, data_warnings=False)
     print(checked.format())
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_simulate_data)
 
-    from pipelines.config import PRESETS  # no torch: `validate` stays fast
+    from vidrec.pipelines.config import PRESETS  # no torch: `validate` stays fast
 
     s = sub.add_parser(
         "validate",
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     """Commands that run models (imported lazily: torch is slow to import)."""
     try:
-        from pipelines import commands
+        from vidrec.pipelines import commands
     except ImportError:  # pragma: no cover - only while the package is half-installed
         return
     commands.register(sub)
@@ -182,13 +182,13 @@ def _register_pipeline_commands(sub: argparse._SubParsersAction) -> None:
 def _known_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = []
     for mod, name in (
-        ("features.schema", "DataContractError"),
-        ("pipelines.config", "ConfigError"),
-        ("pipelines.rundir", "RunDirError"),
-        ("features.atomic", "ArtifactWriteError"),
-        ("features.vocab", "NotFittedError"),
-        ("features.integrity", "ArtifactError"),
-        ("features.ids", "UnknownIdError"),
+        ("vidrec.features.schema", "DataContractError"),
+        ("vidrec.pipelines.config", "ConfigError"),
+        ("vidrec.pipelines.rundir", "RunDirError"),
+        ("vidrec.features.atomic", "ArtifactWriteError"),
+        ("vidrec.features.vocab", "NotFittedError"),
+        ("vidrec.features.integrity", "ArtifactError"),
+        ("vidrec.features.ids", "UnknownIdError"),
     ):
         try:
             errs.append(getattr(__import__(mod, fromlist=[name]), name))
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
-    from pipelines.config import UsageError
+    from vidrec.pipelines.config import UsageError
 
     try:
         return func(args)

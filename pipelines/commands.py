@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import AUTO, PRESETS, UsageError, resolve_config
+from vidrec.pipelines.config import AUTO, PRESETS, UsageError, resolve_config
 
 INT64_MAX = 2**63 - 1
 
@@ -59,9 +59,9 @@ def id_value(text: str) -> int | str:
 def data_statistics(source: str, path: str) -> tuple[dict, tuple]:
     """Statistics of the log at `path` that `--preset auto` derives its settings from, and the
     loaded (dataset, info), which the run's data stage takes instead of reading the log again."""
-    from features.stats import log_statistics
-    from pipelines.config import load_preset
-    from pipelines.run import load_source
+    from vidrec.features.stats import log_statistics
+    from vidrec.pipelines.config import load_preset
+    from vidrec.pipelines.run import load_source
 
     loaded = load_source(source, path)
     split = load_preset("default")["split"]
@@ -200,10 +200,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from pipelines.run import STAGES, run_pipeline
+    from vidrec.pipelines.run import STAGES, run_pipeline
 
     if (args.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
-        from pipelines.distributed import launch, strip_launcher_options
+        from vidrec.pipelines.distributed import launch, strip_launcher_options
 
         return launch(
             strip_launcher_options(sys.argv[1:]),
@@ -275,7 +275,7 @@ def _score(row: dict, out: dict) -> str:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from pipelines.serve import Recommender
+    from vidrec.pipelines.serve import Recommender
 
     rec = Recommender.load(args.run)
     out = rec.recommend(args.user, args.k)
@@ -294,7 +294,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipelines.serve import Recommender
+    from vidrec.pipelines.serve import Recommender
 
     try:
         items = [id_value(x.strip()) for x in args.items.split(",") if x.strip()]
@@ -357,7 +357,7 @@ def register_ab(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ab(args: argparse.Namespace) -> int:
-    from pipelines.ab import run_ab_command
+    from vidrec.pipelines.ab import run_ab_command
 
     report = run_ab_command(
         Path(args.run),
@@ -379,9 +379,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 
 def register_experiment(sub: argparse._SubParsersAction) -> None:
-    from pipelines.experiments import EXPERIMENTS
-    from pipelines.experiments_loo import EXPERIMENTS_LOO, METHODS, RECHUB_NEGATIVES
-    from pipelines.experiments_real import EXPERIMENTS_REAL
+    from vidrec.pipelines.experiments import EXPERIMENTS
+    from vidrec.pipelines.experiments_loo import EXPERIMENTS_LOO, METHODS, RECHUB_NEGATIVES
+    from vidrec.pipelines.experiments_real import EXPERIMENTS_REAL
 
     s = sub.add_parser(
         "experiment",
@@ -441,7 +441,7 @@ def register_experiment(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from pipelines.experiments import run_experiment
+    from vidrec.pipelines.experiments import run_experiment
 
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
@@ -450,7 +450,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise UsageError("--seeds and --fractions take comma-separated numbers") from None
     only = [v.strip() for v in args.only.split(";")] if args.only else None
     if args.name in ("loo", "movielens-table"):
-        from pipelines.config import ConfigError
+        from vidrec.pipelines.config import ConfigError
 
         if not args.data_dir:
             layout = "see --dataset" if args.name == "loo" else "an official MovieLens layout"
@@ -463,7 +463,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             "methods": only,
         }
         if args.name == "loo":
-            from pipelines.experiments_loo import run_loo
+            from vidrec.pipelines.experiments_loo import run_loo
 
             res = run_loo(
                 args.data_dir,
@@ -473,7 +473,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                 rechub_negatives=args.rechub_negatives,
             )
         else:
-            from pipelines.experiments_real import run_movielens_table
+            from vidrec.pipelines.experiments_real import run_movielens_table
 
             res = run_movielens_table(args.data_dir, **common, n_last=args.holdout)
         print(res["markdown"])
@@ -516,7 +516,7 @@ def register_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from pipelines.tune import tune
+    from vidrec.pipelines.tune import tune
 
     trials = args.trials if args.trials is not None or args.minutes is not None else 30
     config, shared = run_config(args)

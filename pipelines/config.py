@@ -38,7 +38,7 @@ def load_preset(name: str) -> dict[str, Any]:
     """The nested config dict of a built-in preset."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    text = resources.files("pipelines").joinpath("presets", f"{name}.toml").read_text("utf-8")
+    text = resources.files("vidrec.pipelines").joinpath("presets", f"{name}.toml").read_text("utf-8")
     return tomllib.loads(text)
 
 

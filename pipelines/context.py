@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from features.io import read_dataset, write_dataset
-from features.split import TimeSplit
-from features.tables import Dataset
-from pipelines.rundir import RunDir
+from vidrec.features.io import read_dataset, write_dataset
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.rundir import RunDir
 
 log = logging.getLogger("vidrec")
 
@@ -68,7 +68,7 @@ class RunContext:
         if "world" not in self.cache:
             if not self.is_synthetic:
                 raise RuntimeError("this run's data is not the synthetic world; no ground truth")
-            from features.sources.synthetic import WorldConfig, generate_world
+            from vidrec.features.sources.synthetic import WorldConfig, generate_world
 
             d = self.config["data"]
             wcfg = WorldConfig.preset(d["world_preset"], catalog=d["catalog"])

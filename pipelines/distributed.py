@@ -2,17 +2,17 @@
 
 One machine, N processes (gloo on CPU; with GPUs, one per process and NCCL):
 
-    python -m pipelines.distributed --nproc 2 -- run --preset default --out runs/ddp
+    python -m vidrec.pipelines.distributed --nproc 2 -- run --preset default --out runs/ddp
 
 Several machines: the same command on every machine, each with its own --node-rank (0 .. M-1);
 --master-addr is an address of node 0 that the others can reach, --master-port a free TCP port
 there:
 
     # on node 0 (10.0.0.1)
-    python -m pipelines.distributed --nproc 8 --nnodes 2 --node-rank 0 \\
+    python -m vidrec.pipelines.distributed --nproc 8 --nnodes 2 --node-rank 0 \\
         --master-addr 10.0.0.1 --master-port 29500 -- run --preset large --out runs/large
     # on node 1
-    python -m pipelines.distributed --nproc 8 --nnodes 2 --node-rank 1 \\
+    python -m vidrec.pipelines.distributed --nproc 8 --nnodes 2 --node-rank 1 \\
         --master-addr 10.0.0.1 --master-port 29500 -- run --preset large --out runs/large
 
 Everything after `--` is a `vidrec` command line. The launcher starts torchrun
@@ -53,9 +53,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from candidate_gen import distributed as cg_dist
-from features.dist_env import DistEnv
-from ranking import distributed as ranking_dist
+from vidrec.candidate_gen import distributed as cg_dist
+from vidrec.features.dist_env import DistEnv
+from vidrec.ranking import distributed as ranking_dist
 
 log = logging.getLogger("vidrec")
 
@@ -135,7 +135,7 @@ def torchrun_command(
     if not vidrec_args:
         raise ValueError(
             "no vidrec command given; put it after '--', e.g. "
-            "python -m pipelines.distributed --nproc 2 -- run --preset tiny --out runs/x"
+            "python -m vidrec.pipelines.distributed --nproc 2 -- run --preset tiny --out runs/x"
         )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
     if nnodes == 1 and master_port is None:
@@ -143,7 +143,7 @@ def torchrun_command(
     else:
         cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank)]
         cmd += ["--master-addr", master_addr or "127.0.0.1", "--master-port", str(master_port)]
-    worker = ["-m", "pipelines.distributed", "--worker", "--timeout-min", str(timeout_min)]
+    worker = ["-m", "vidrec.pipelines.distributed", "--worker", "--timeout-min", str(timeout_min)]
     return [*cmd, *worker, "--", *vidrec_args]
 
 
@@ -173,7 +173,7 @@ def launch(
         timeout_min=timeout_min,
     )
     if nproc * nnodes == 1:
-        from pipelines.cli import main as vidrec_main
+        from vidrec.pipelines.cli import main as vidrec_main
 
         return vidrec_main(list(vidrec_args))
     env = dict(os.environ)
@@ -244,7 +244,7 @@ def worker_main(vidrec_args: Sequence[str], *, timeout_min: int = DEFAULT_TIMEOU
     Returns the command's exit code on rank 0 and 0 on the other ranks.
     """
     env = init_from_env(timeout_min=timeout_min)
-    from pipelines.cli import main as vidrec_main
+    from vidrec.pipelines.cli import main as vidrec_main
 
     if not env.is_distributed:
         return vidrec_main(list(vidrec_args))
@@ -268,10 +268,10 @@ def worker_main(vidrec_args: Sequence[str], *, timeout_min: int = DEFAULT_TIMEOU
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pipelines.distributed",
+        prog="python -m vidrec.pipelines.distributed",
         description="Run a vidrec command with data-parallel training on several processes "
         "(this machine) or machines, through torchrun. Put the vidrec command after '--'.",
-        epilog="example: python -m pipelines.distributed --nproc 2 -- run --preset tiny --out runs/x",
+        epilog="example: python -m vidrec.pipelines.distributed --nproc 2 -- run --preset tiny --out runs/x",
     )
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (default 1)")
     p.add_argument("--nnodes", type=int, default=1, help="machines taking part (default 1)")

@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.ranking import ranking_metrics
-from evaluation.watch_time import calibration_summary
-from features.atomic import atomic_path, atomic_write_json, atomic_write_text
-from features.ids import to_codes
-from pipelines.config import apply_overrides, resolve_config
-from pipelines.context import RunContext
-from pipelines.run import heldout_users, run_pipeline
-from pipelines.rundir import RunDir
+from vidrec.evaluation.ranking import ranking_metrics
+from vidrec.evaluation.watch_time import calibration_summary
+from vidrec.features.atomic import atomic_path, atomic_write_json, atomic_write_text
+from vidrec.features.ids import to_codes
+from vidrec.pipelines.config import apply_overrides, resolve_config
+from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.run import heldout_users, run_pipeline
+from vidrec.pipelines.rundir import RunDir
 
 log = logging.getLogger("vidrec")
 
@@ -173,7 +173,7 @@ def _retrieval_row(run: Path) -> dict[str, Any]:
 
 
 def _world(cfg: dict[str, Any]) -> Any:
-    from features.sources.synthetic import WorldConfig, generate_world
+    from vidrec.features.sources.synthetic import WorldConfig, generate_world
 
     d = cfg["data"]
     return generate_world(
@@ -240,7 +240,7 @@ def example_age_figure(out: Path, base: dict[str, Any], seed: int) -> Path | Non
     """Write OUT/example_age.png: the upload ages (days, at serving time) of the exact top-50
     retrieved without example age (+searches), with it (+example_age), and of the items the
     users actually watched next, for one seed; return its path (None when a run is missing)."""
-    from evaluation.plots import upload_age_histograms
+    from vidrec.evaluation.plots import upload_age_histograms
 
     depth = len(base["candidate_gen"]["user_layers"])
     runs = {
@@ -272,9 +272,9 @@ def example_age_figure(out: Path, base: dict[str, Any], seed: int) -> Path | Non
 def _ranker_table(
     base: dict[str, Any], out: Path, shared: dict[str, Any], only: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    from pipelines import stages_rank
-    from ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker
-    from ranking.train import train_ranker
+    from vidrec.pipelines import stages_rank
+    from vidrec.ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker
+    from vidrec.ranking.train import train_ranker
 
     seed = int(base["seed"])
     run_pipeline(base, out / "base", progress=False, stages=CG_STAGES, shared=shared)
@@ -319,7 +319,7 @@ def _ranker_table(
         seconds: float,
         expected: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        from pipelines import scoring
+        from vidrec.pipelines import scoring
 
         m = ranking_metrics(groups, clicked, watch, test_score)
         row = {

@@ -83,13 +83,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from candidate_gen.baselines import MemoryBudgetExceeded, MostPopular, RetrievalBaseline
-from features.atomic import atomic_write_json, atomic_write_text
-from features.examples import CandidateFeaturizer
-from features.stats import log_statistics
-from features.tables import Dataset
-from pipelines.config import AUTO, UsageError, config_hash, load_preset, resolve_config
-from pipelines.experiments_real import (
+from vidrec.candidate_gen.baselines import MemoryBudgetExceeded, MostPopular, RetrievalBaseline
+from vidrec.features.atomic import atomic_write_json, atomic_write_text
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.stats import log_statistics
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.config import AUTO, UsageError, config_hash, load_preset, resolve_config
+from vidrec.pipelines.experiments_real import (
     KS,
     Holdout,
     evaluate_rankings,
@@ -101,7 +101,7 @@ from pipelines.experiments_real import (
     searches_before,
     validate_cg,
 )
-from pipelines.rechub import (
+from vidrec.pipelines.rechub import (
     RECHUB_TEMPERATURE,
     RechubWorker,
     export_examples,
@@ -109,9 +109,9 @@ from pipelines.rechub import (
     rechub_python,
     rechub_version,
 )
-from pipelines.retrieval_baselines import LABELS, NAMES, TUNE_K, grids
-from pipelines.run import cg_config, load_source
-from pipelines.rundir import cpu_model, git_commit
+from vidrec.pipelines.retrieval_baselines import LABELS, NAMES, TUNE_K, grids
+from vidrec.pipelines.run import cg_config, load_source
+from vidrec.pipelines.rundir import cpu_model, git_commit
 
 log = logging.getLogger("vidrec")
 

@@ -58,16 +58,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from candidate_gen.baselines import ItemKNN, MostPopular, PureSVD, RetrievalBaseline
-from candidate_gen.index import ExactIndex
-from candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
-from evaluation.retrieval import popularity_buckets, retrieval_metrics
-from features.atomic import atomic_write_json, atomic_write_text
-from features.examples import SECONDS_PER_DAY, CandidateFeaturizer, UserFeatures
-from features.split import TimeSplit
-from features.tables import Dataset
-from pipelines.config import config_hash, resolve_config
-from pipelines.run import cg_config, featurizer_from_config, load_source
+from vidrec.candidate_gen.baselines import ItemKNN, MostPopular, PureSVD, RetrievalBaseline
+from vidrec.candidate_gen.index import ExactIndex
+from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
+from vidrec.evaluation.retrieval import popularity_buckets, retrieval_metrics
+from vidrec.features.atomic import atomic_write_json, atomic_write_text
+from vidrec.features.examples import SECONDS_PER_DAY, CandidateFeaturizer, UserFeatures
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.config import config_hash, resolve_config
+from vidrec.pipelines.run import cg_config, featurizer_from_config, load_source
 
 log = logging.getLogger("vidrec")
 

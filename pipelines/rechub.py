@@ -27,8 +27,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from features.atomic import atomic_path
-from features.examples import CandidateExamples, UserFeatures
+from vidrec.features.atomic import atomic_path
+from vidrec.features.examples import CandidateExamples, UserFeatures
 
 __all__ = [
     "DEFAULT_RECHUB_PYTHON",

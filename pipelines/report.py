@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation import plots
-from evaluation.report import Figure, Report, Section, unflatten
-from evaluation.retrieval import HINDSIGHT
-from pipelines.config import flatten
-from pipelines.context import RunContext
+from vidrec.evaluation import plots
+from vidrec.evaluation.report import Figure, Report, Section, unflatten
+from vidrec.evaluation.retrieval import HINDSIGHT
+from vidrec.pipelines.config import flatten
+from vidrec.pipelines.context import RunContext
 
 SYSTEM_RANKER = "deep_weighted"
 RANKER_LABELS = {

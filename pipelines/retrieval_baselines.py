@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from candidate_gen.baselines import (
+from vidrec.candidate_gen.baselines import (
     EASE,
     ItemKNN,
     MemoryBudgetExceeded,
@@ -41,9 +41,9 @@ from candidate_gen.baselines import (
     RecentPopular,
     RetrievalBaseline,
 )
-from evaluation.retrieval import retrieval_metrics
-from features.split import TimeSplit
-from features.tables import Dataset
+from vidrec.evaluation.retrieval import retrieval_metrics
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
 
 log = logging.getLogger("vidrec")
 

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.index import AnnoyIndex, ExactIndex
-from candidate_gen.retrieve import Retriever
-from candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
-from evaluation.retrieval import (
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
+from vidrec.candidate_gen.retrieve import Retriever
+from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
+from vidrec.evaluation.retrieval import (
     HINDSIGHT,
     ann_recall,
     freshness_buckets,
@@ -45,14 +45,14 @@ from evaluation.retrieval import (
     retrieval_metrics,
     single_list_in_hindsight,
 )
-from features.atomic import atomic_path, atomic_write_json
-from features.examples import CandidateExamples, CandidateFeaturizer
-from features.ids import to_data_ids
-from features.split import TimeSplit
-from features.tables import Dataset
-from pipelines.context import RunContext, none_if_zero, seed_everything
-from pipelines.config import ConfigError
-from pipelines.rundir import RunDir, check_data_outside_run, check_index_matches_model
+from vidrec.features.atomic import atomic_path, atomic_write_json
+from vidrec.features.examples import CandidateExamples, CandidateFeaturizer
+from vidrec.features.ids import to_data_ids
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.context import RunContext, none_if_zero, seed_everything
+from vidrec.pipelines.config import ConfigError
+from vidrec.pipelines.rundir import RunDir, check_data_outside_run, check_index_matches_model
 
 log = logging.getLogger("vidrec")
 
@@ -137,18 +137,18 @@ def load_source(
     """(Dataset, info) of a data directory: the contract layout ("dir") or an official
     MovieLens / KuaiRand-Pure layout converted on the fly. `columns` is a config's
     `data.columns`: the declared types of extra columns of users and items."""
-    from features.schema import declare_columns, declared_columns
+    from vidrec.features.schema import declare_columns, declared_columns
 
     declared = declared_columns(columns)
     if source == "dir":
-        from features.io import read_dataset
+        from vidrec.features.io import read_dataset
 
         ds, report = read_dataset(path, columns=declared)
         return ds, {"validation": report.to_dict()}
     if source == "movielens":
-        from features.sources.movielens import load_movielens as load
+        from vidrec.features.sources.movielens import load_movielens as load
     elif source == "kuairand":
-        from features.sources.kuairand import load_kuairand as load
+        from vidrec.features.sources.kuairand import load_kuairand as load
     else:
         raise ValueError(
             f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}"
@@ -164,7 +164,7 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
         world = ctx.world()
         ds = world.dataset
         if cfg["data"].get("columns"):
-            from features.schema import declare_columns, declared_columns
+            from vidrec.features.schema import declare_columns, declared_columns
 
             ds = declare_columns(ds, declared_columns(cfg["data"]["columns"]))
         atomic_write_json(out / "world.json", world.card())
@@ -182,7 +182,7 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
         info["source"] = f"{source} data from {ctx.data_dir}"
         if ds.name == "unnamed":
             ds.name = Path(ctx.data_dir).name
-    from features.preflight import preflight
+    from vidrec.features.preflight import preflight
 
     preflight(ds, cfg, simulated=ctx.is_synthetic)  # data a run cannot use fails here, untrained
     ctx.store_dataset(ds, out)
@@ -452,7 +452,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     metrics[HINDSIGHT] = evaluate(_top_excluding(hindsight, exclude, len(users), kmax), targets)
     # tuned baselines (recent popular, item-kNN, EASE, PureSVD): hyperparameters chosen on the
     # ranker window, then scored on these users, exclusions and targets
-    from pipelines.retrieval_baselines import evaluate_baselines
+    from vidrec.pipelines.retrieval_baselines import evaluate_baselines
 
     tuned_metrics, tuned, tuned_slates = evaluate_baselines(
         ds,
@@ -604,7 +604,7 @@ def _run_stages(
     redo: tuple[str, ...],
     shared: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from pipelines import stages_rank  # ranking, end-to-end and report stages
+    from vidrec.pipelines import stages_rank  # ranking, end-to-end and report stages
 
     ctx = RunContext(rundir, Path(data_dir) if data_dir else None, progress)
     ctx.cache.update(shared or {})

@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from features.atomic import (
+from vidrec.features.atomic import (
     TEMP_SUFFIX,
     add_write_observer,
     atomic_write_json,
@@ -80,14 +80,14 @@ from features.atomic import (
     remove_write_observer,
     write_error,
 )
-from features.integrity import (
+from vidrec.features.integrity import (
     ArtifactError,
     read_json_object,
     resolve_inside,
     sha256_file,
     short_digest,
 )
-from pipelines.config import config_hash
+from vidrec.pipelines.config import config_hash
 
 log = logging.getLogger("vidrec")
 

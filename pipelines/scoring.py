@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from candidate_gen.train import TrainedCandidateGenerator
-from features.examples import UserHistory
-from features.tables import Dataset
+from vidrec.candidate_gen.train import TrainedCandidateGenerator
+from vidrec.features.examples import UserHistory
+from vidrec.features.tables import Dataset
 
 _DAY = 86_400
 _SCORE_ELEMENTS = 1 << 25  # scores held at once per block (128 MB of float32)

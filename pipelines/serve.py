@@ -21,19 +21,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from candidate_gen.index import AnnoyIndex
-from candidate_gen.retrieve import Retriever
-from candidate_gen.train import TrainedCandidateGenerator
-from features.ids import IdMaps, UnknownIdError
-from features.integrity import read_json_object
-from features.io import read_dataset
-from features.ranker_features import RankerFeatureIndex, build_ranker_frame
-from features.split import TimeSplit
-from features.stats import logs_watch_time
-from features.tables import Dataset
-from pipelines import scoring
-from pipelines.rundir import RunDir, check_index_matches_model, read_lock, serving_cg_dir
-from ranking.train import TrainedRanker
+from vidrec.candidate_gen.index import AnnoyIndex
+from vidrec.candidate_gen.retrieve import Retriever
+from vidrec.candidate_gen.train import TrainedCandidateGenerator
+from vidrec.features.ids import IdMaps, UnknownIdError
+from vidrec.features.integrity import read_json_object
+from vidrec.features.io import read_dataset
+from vidrec.features.ranker_features import RankerFeatureIndex, build_ranker_frame
+from vidrec.features.split import TimeSplit
+from vidrec.features.stats import logs_watch_time
+from vidrec.features.tables import Dataset
+from vidrec.pipelines import scoring
+from vidrec.pipelines.rundir import RunDir, check_index_matches_model, read_lock, serving_cg_dir
+from vidrec.ranking.train import TrainedRanker
 
 _SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
 # the ranker request columns, in build_ranker_frame's order

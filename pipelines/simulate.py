@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.ranker_features import build_ranker_frame
-from features.tables import Dataset
-from pipelines.scoring import add_cg_features
+from vidrec.features.ranker_features import build_ranker_frame
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.scoring import add_cg_features
 
 log = logging.getLogger("vidrec")
 
@@ -54,7 +54,7 @@ def daily_index(cg: Any, n_trees: int, search_k: int, seed: int) -> Callable[[Da
     """Index factory: the item tower embeds every item uploaded by `day_start` (upload ages at
     that time), so items uploaded during the experiment enter retrieval the next day, as a
     nightly index refresh would do in production."""
-    from candidate_gen.index import AnnoyIndex
+    from vidrec.candidate_gen.index import AnnoyIndex
 
     def make(logs: Dataset, day_start: int) -> Any:
         items = logs.items
@@ -76,7 +76,7 @@ def ranker_policy(
 ) -> Policy:
     """CG retrieval from the day's index (watched excluded) -> ranker expected watch time (or
     the CG score alone when `ranker` is None)."""
-    from candidate_gen.retrieve import Retriever
+    from vidrec.candidate_gen.retrieve import Retriever
 
     built: dict[int, Any] = {}
 

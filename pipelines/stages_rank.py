@@ -20,23 +20,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.ranking import log_loss, ranking_metrics
-from evaluation.watch_time import (
+from vidrec.evaluation.ranking import log_loss, ranking_metrics
+from vidrec.evaluation.watch_time import (
     calibration_by_decile,
     calibration_summary,
     ground_truth_errors,
     watch_time_errors,
 )
-from features.atomic import atomic_write_json
-from features.ids import to_codes, to_data_ids
-from features.ranker_features import RankerFrame, build_ranker_frame
-from features.stats import CANDIDATES_PER_USER
-from pipelines import scoring
-from pipelines.context import RunContext
-from pipelines.run import cg_model, heldout_users, load_json, save_frame
-from ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker, PopularityRanker
-from ranking.config import LightGBMConfig, RankerConfig
-from ranking.train import TrainedRanker, fold_epochs, train_ranker
+from vidrec.features.atomic import atomic_write_json
+from vidrec.features.ids import to_codes, to_data_ids
+from vidrec.features.ranker_features import RankerFrame, build_ranker_frame
+from vidrec.features.stats import CANDIDATES_PER_USER
+from vidrec.pipelines import scoring
+from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.run import cg_model, heldout_users, load_json, save_frame
+from vidrec.ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker, PopularityRanker
+from vidrec.ranking.config import LightGBMConfig, RankerConfig
+from vidrec.ranking.train import TrainedRanker, fold_epochs, train_ranker
 
 log = logging.getLogger("vidrec")
 
@@ -134,9 +134,9 @@ def candidate_impressions(
     ctx: RunContext, lo: int, hi: int, n: int = CANDIDATES_PER_USER
 ) -> pd.DataFrame:
     """Pseudo-impressions for data without logged ones (see CANDIDATE_LABELS_NOTE)."""
-    from candidate_gen.index import ExactIndex
-    from candidate_gen.retrieve import Retriever
-    from pipelines.run import serving_item_vectors
+    from vidrec.candidate_gen.index import ExactIndex
+    from vidrec.candidate_gen.retrieve import Retriever
+    from vidrec.pipelines.run import serving_item_vectors
 
     ds = ctx.dataset()
     w = ds.watches
@@ -465,7 +465,7 @@ def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
 
 
 def stage_report(ctx: RunContext, out: Path) -> dict[str, Any]:
-    from pipelines.report import build_report
+    from vidrec.pipelines.report import build_report
 
     build_report(ctx)
     return {}

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from features.atomic import atomic_path, atomic_write_json, atomic_write_text
-from pipelines.config import (
+from vidrec.features.atomic import atomic_path, atomic_write_json, atomic_write_text
+from vidrec.pipelines.config import (
     ConfigError,
     UsageError,
     apply_overrides,
@@ -44,9 +44,9 @@ from pipelines.config import (
     config_hash,
     flatten,
 )
-from pipelines.context import RunContext
-from pipelines.rundir import RunDir, check_data_outside_run, git_commit
-from pipelines.run import (
+from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.rundir import RunDir, check_data_outside_run, git_commit
+from vidrec.pipelines.run import (
     cg_config,
     featurizer_from_config,
     run_pipeline,
@@ -132,7 +132,7 @@ def _trial_config(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, A
 def _objective(base: dict[str, Any], examples: _Examples, n_items: int) -> Callable[[Any], float]:
     import optuna
 
-    from candidate_gen.train import train_candidate_generator
+    from vidrec.candidate_gen.train import train_candidate_generator
 
     def objective(trial: optuna.Trial) -> float:
         settings = suggest(trial, n_items)

@@ -27,17 +27,17 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.atomic import atomic_write_json, atomic_write_text
-from features.integrity import ArtifactError, read_json_object, require_int
-from features.ranker_features import (
+from vidrec.features.atomic import atomic_write_json, atomic_write_text
+from vidrec.features.integrity import ArtifactError, read_json_object, require_int
+from vidrec.features.ranker_features import (
     CONTINUOUS_COLUMNS,
     FLAG_COLUMNS,
     RankerFrame,
     RankerVocabularies,
 )
-from features.time_signals import ITEM_TIME_VALUES
-from features.vocab import NotFittedError
-from ranking.config import LightGBMConfig
+from vidrec.features.time_signals import ITEM_TIME_VALUES
+from vidrec.features.vocab import NotFittedError
+from vidrec.ranking.config import LightGBMConfig
 
 #: Columns of `flatten_frame` that LightGBM treats as categorical (vocabulary codes, 0 = OOV).
 CATEGORICAL_FEATURES: tuple[str, ...] = (

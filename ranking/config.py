@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ranking.calibration import METHODS as CALIBRATION_METHODS
+from vidrec.ranking.calibration import METHODS as CALIBRATION_METHODS
 
 Weighting = Literal["watch_time", "watch_time_unbiased", "click"]
 WEIGHTINGS: tuple[str, ...] = ("watch_time", "watch_time_unbiased", "click")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranking.config import WEIGHTINGS
+from vidrec.ranking.config import WEIGHTINGS
 
 #: Embedding tables of the ranker; the scored item and the watched bag share "item", the user
 #: and item language share "language".

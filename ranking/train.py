@@ -42,9 +42,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from features.atomic import atomic_path, atomic_write_json
-from features.dist_env import row_range, shard_batches
-from features.integrity import (
+from vidrec.features.atomic import atomic_path, atomic_write_json
+from vidrec.features.dist_env import row_range, shard_batches
+from vidrec.features.integrity import (
     ArtifactError,
     DamagedWeightsError,
     check_digest,
@@ -54,19 +54,19 @@ from features.integrity import (
     short_digest,
     unsafe_pickle_error,
 )
-from features.normalize import QuantileNormalizer
-from features.ranker_features import (
+from vidrec.features.normalize import QuantileNormalizer
+from vidrec.features.ranker_features import (
     EncodedRankerFrame,
     RankerFeatureIndex,
     RankerFrame,
     RankerVocabularies,
     build_ranker_frame,
 )
-from features.tables import Dataset
-from ranking import distributed as dist_utils
-from ranking.calibration import WatchTimeCalibrator
-from ranking.config import RankerConfig
-from ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
+from vidrec.features.tables import Dataset
+from vidrec.ranking import distributed as dist_utils
+from vidrec.ranking.calibration import WatchTimeCalibrator
+from vidrec.ranking.config import RankerConfig
+from vidrec.ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
 
 _CHECKPOINT = "checkpoint.pt"
 log = logging.getLogger(__name__)

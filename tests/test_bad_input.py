@@ -39,10 +39,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from features.io import read_dataset, write_dataset
-from features.schema import TABLE_SPECS, DataContractError, ValidationReport
-from features.tables import TABLES, Dataset
-from pipelines.cli import main as cli_main
+from vidrec.features.io import read_dataset, write_dataset
+from vidrec.features.schema import TABLE_SPECS, DataContractError, ValidationReport
+from vidrec.features.tables import TABLES, Dataset
+from vidrec.pipelines.cli import main as cli_main
 
 T0 = 1_700_000_000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -1037,7 +1037,7 @@ def test_cli_process_prints_one_message_and_no_traceback(tmp_path: Path) -> None
     Case("cli", "csv").write(root)
     (root / "users.csv").write_bytes(b"user_id\n99999999999999999999999\n1\n2\n3\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "validate", str(root)],
+        [sys.executable, "-m", "vidrec.pipelines.cli", "validate", str(root)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -1151,8 +1151,8 @@ def source_case(draw: st.DrawFn) -> SourceCase:
 
 def run_source_case(case: SourceCase) -> str:
     """Load the damaged copy; return "error" or "accepted" (after checking either)."""
-    from features.sources.kuairand import load_kuairand
-    from features.sources.movielens import load_movielens
+    from vidrec.features.sources.kuairand import load_kuairand
+    from vidrec.features.sources.movielens import load_movielens
 
     folder, files, events = SOURCES[case.source]
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import candidate_gen.baselines as baselines
-from candidate_gen.baselines import (
+import vidrec.candidate_gen.baselines as baselines
+from vidrec.candidate_gen.baselines import (
     EASE,
     ItemKNN,
     MemoryBudgetExceeded,
@@ -17,11 +17,11 @@ from candidate_gen.baselines import (
     RecentPopular,
     RetrievalBaseline,
 )
-from features.split import TimeSplit
-from features.tables import Dataset
-from pipelines.config import resolve_config
-from pipelines.report import _tuned_baselines_section
-from pipelines.retrieval_baselines import evaluate_baselines, served_view, tune
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.config import resolve_config
+from vidrec.pipelines.report import _tuned_baselines_section
+from vidrec.pipelines.retrieval_baselines import evaluate_baselines, served_view, tune
 
 
 def _dataset(watches: list[tuple[int, int, int]], n_items: int, first_id: int = 0) -> Dataset:

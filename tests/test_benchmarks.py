@@ -33,7 +33,7 @@ from benchmarks.learned_world import (
     user_vectors,
 )
 from benchmarks.synthetic import clustered_vectors, load_vectors, synthetic_dataset
-from pipelines import scoring
+from vidrec.pipelines import scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 

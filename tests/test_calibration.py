@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from ranking.calibration import (
+from vidrec.ranking.calibration import (
     METHODS,
     WatchTimeCalibrator,
     _increasing_poisson_curve,

@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.examples import (
+from vidrec.features.examples import (
     UPLOAD_AGE_EDGES_DAYS,
     CandidateFeaturizer,
     ItemFeatures,
     upload_age_codes,
 )
-from features.split import TimeSplit
-from features.tables import Dataset
-from features.vocab import NotFittedError
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.features.vocab import NotFittedError
 
 DAY = 86_400
 T0 = 1_600_000_000
@@ -393,7 +393,7 @@ def test_errors_are_actionable() -> None:
 
 @pytest.mark.parametrize("time_scale", [1, 2**55])  # 2**55: packed keys overflow -> lexsort path
 def test_first_at_or_after_matches_brute_force(time_scale: int) -> None:
-    from features.examples import _first_at_or_after
+    from vidrec.features.examples import _first_at_or_after
 
     rng = np.random.default_rng(1)
     ev_user = rng.integers(0, 30, 400) * 7  # sparse ids: most query users have no events
@@ -411,7 +411,7 @@ def test_first_at_or_after_matches_brute_force(time_scale: int) -> None:
 
 
 def test_watched_before_is_csr_of_strictly_earlier_watches() -> None:
-    from features.examples import watched_before
+    from vidrec.features.examples import watched_before
 
     ds, f = _fit_hand()
     for source in (ds, f.index_history(ds)):

@@ -17,11 +17,11 @@ import pytest
 import torch
 from test_cg_examples import DAY, random_dataset
 
-import candidate_gen.train as cg_train
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
-from features.examples import CandidateFeaturizer
-from features.split import TimeSplit
+import vidrec.candidate_gen.train as cg_train
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.split import TimeSplit
 
 # the candidate-generator test settings, one torch thread (autouse), from the trainer's tests
 from test_cg_train import BASE as _TRAIN_BASE  # noqa: E402

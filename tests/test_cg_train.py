@@ -8,11 +8,11 @@ import pytest
 import torch
 from test_cg_examples import random_dataset
 
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.index import ExactIndex
-from candidate_gen.retrieve import Retriever, build_index
-from candidate_gen.towers import UserBatch
-from candidate_gen.train import (
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.index import ExactIndex
+from vidrec.candidate_gen.retrieve import Retriever, build_index
+from vidrec.candidate_gen.towers import UserBatch
+from vidrec.candidate_gen.train import (
     CHECKPOINT_FILE,
     TimedCatalog,
     TrainedCandidateGenerator,
@@ -21,8 +21,8 @@ from candidate_gen.train import (
     resolve_device,
     train_candidate_generator,
 )
-from features.examples import CandidateFeaturizer, watched_before
-from features.split import TimeSplit
+from vidrec.features.examples import CandidateFeaturizer, watched_before
+from vidrec.features.split import TimeSplit
 
 BASE = dict(
     embedding_dim=16,

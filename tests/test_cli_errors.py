@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from vidrec.pipelines.cli import main
 
 USAGE, DATA = 2, 3
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import (
+from vidrec.pipelines.config import (
     ConfigError,
     apply_overrides,
     config_hash,

@@ -60,10 +60,10 @@ def train_cg(ckpt_dir: Path | None) -> tuple[dict[str, torch.Tensor], list[dict[
     """Train the tiny candidate generator (3 epochs); return (weights, history without timings)."""
     from test_cg_examples import random_dataset
 
-    from candidate_gen.config import CandidateGenConfig
-    from candidate_gen.train import train_candidate_generator
-    from features.examples import CandidateFeaturizer
-    from features.split import TimeSplit
+    from vidrec.candidate_gen.config import CandidateGenConfig
+    from vidrec.candidate_gen.train import train_candidate_generator
+    from vidrec.features.examples import CandidateFeaturizer
+    from vidrec.features.split import TimeSplit
 
     ds = random_dataset(n_users=40, n_items=80, n_watches=2000, n_searches=200, seed=3)
     split = TimeSplit.from_fractions(ds, 0.7, 0.15)
@@ -99,8 +99,8 @@ def train_rank(ckpt_dir: Path | None) -> tuple[dict[str, torch.Tensor], list[dic
     """Train the tiny deep ranker (3 epochs); return (weights, history)."""
     from test_ranker_model import SMALL, frames
 
-    from ranking.config import RankerConfig
-    from ranking.train import train_ranker
+    from vidrec.ranking.config import RankerConfig
+    from vidrec.ranking.train import train_ranker
 
     _, tr, va = frames(seed=5, n_imps=3000)
     cfg = RankerConfig(**{**SMALL, "epochs": 3, "patience": 10, "batch_size": 128, "seed": 11})
@@ -167,7 +167,7 @@ def _worker_train(trainer: str, ckpt_dir: Path, pause_at: str) -> None:
 def _worker_write(out: Path, mode: str) -> None:
     """Rewrite out/a.npy and out/a.json with increasing versions; `mode` is loop (until
     killed), atomic_pause or direct_pause (write version+1 halfway, then wait to be killed)."""
-    from features.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+    from vidrec.features.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 
     stale = remove_stale_temporaries(out)
     (out / "cleaned.json").write_text(json.dumps([p.name for p in stale]))
@@ -369,7 +369,7 @@ def test_a_direct_write_killed_halfway_is_torn_an_atomic_one_is_not(tmp_path: Pa
 
 
 def test_remove_stale_temporaries_only_removes_temporaries(tmp_path: Path) -> None:
-    from features.atomic import remove_stale_temporaries
+    from vidrec.features.atomic import remove_stale_temporaries
 
     keep = [tmp_path / "model.pt", tmp_path / ".hidden", tmp_path / "x.tmp", tmp_path / ".a.tmp"]
     gone = [tmp_path / ".model.pt.k2j3h4.tmp", tmp_path / "sub" / ".index.json.abc.tmp"]
@@ -389,7 +389,7 @@ def contract_dir(tmp_path: Path) -> Path:
     """A small data directory in the contract layout (for `vidrec run --data`)."""
     from test_cg_examples import random_dataset
 
-    from features.io import write_dataset
+    from vidrec.features.io import write_dataset
 
     ds = random_dataset(n_users=20, n_items=40, n_watches=400, n_searches=40)
     return write_dataset(ds, tmp_path / "data", fmt="csv")
@@ -397,7 +397,7 @@ def contract_dir(tmp_path: Path) -> Path:
 
 def _run_cli(out: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
     """Run `vidrec run --stages data` in process; return (exit code, the stderr error lines)."""
-    from pipelines.cli import main
+    from vidrec.pipelines.cli import main
 
     capsys.readouterr()
     argv = ["run", "--preset", "tiny", "--data", str(data), "--stages", "data", "--out", str(out)]
@@ -461,7 +461,7 @@ def test_permission_denied_is_one_line(
 ) -> None:
     import tempfile
 
-    from features import atomic
+    from vidrec.features import atomic
 
     def denied(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
@@ -525,7 +525,7 @@ def test_read_only_run_directory(contract_dir: Path, tmp_path: Path, capsys) -> 
 
 def _stable(report: dict[str, Any]) -> dict[str, Any]:
     """Report values without wall-clock dependent ones; NaN made comparable."""
-    from evaluation.report import flatten
+    from vidrec.evaluation.report import flatten
 
     timing = ("seconds", "_ms", "speedup", "per_second", "git_commit", "peak_rss")
     return {
@@ -537,7 +537,7 @@ def _stable(report: dict[str, Any]) -> dict[str, Any]:
 
 def _vidrec(out: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--preset", "tiny", "--out", str(out)]
+    cmd = [sys.executable, "-m", "vidrec.pipelines.cli", "run", "--preset", "tiny", "--out", str(out)]
     return subprocess.Popen(
         [*cmd, "--no-progress"],
         stdin=subprocess.PIPE,
@@ -608,7 +608,7 @@ def test_truncated_checkpoint_is_discarded_and_training_starts_over(
         assert torch.equal(weights[k], v), k
 
 
-@pytest.mark.parametrize("module", ["candidate_gen.train", "ranking.train"])
+@pytest.mark.parametrize("module", ["vidrec.candidate_gen.train", "vidrec.ranking.train"])
 def test_disk_full_during_torch_save_is_a_write_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
 ) -> None:
@@ -616,7 +616,7 @@ def test_disk_full_during_torch_save_is_a_write_error(
     file, so the user gets the same one-line message as for every other artifact."""
     import importlib
 
-    from features.atomic import ArtifactWriteError
+    from vidrec.features.atomic import ArtifactWriteError
 
     mod = importlib.import_module(module)
 
@@ -625,7 +625,7 @@ def test_disk_full_during_torch_save_is_a_write_error(
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(mod, "open", lambda p, mode="r": FullDisk(p, mode), raising=False)
-    trainer = "cg" if module.startswith("candidate_gen") else "ranker"
+    trainer = "cg" if module.startswith("vidrec.candidate_gen") else "ranker"
     with pytest.raises(ArtifactWriteError, match="no space left on the device"):
         TRAINERS[trainer](tmp_path / "ckpt")
     assert list((tmp_path / "ckpt").rglob("*.tmp")) == []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from features.stats import log_statistics
-from pipelines.config import AUTO, ConfigError, derive_settings, resolve_config
+from vidrec.features.stats import log_statistics
+from vidrec.pipelines.config import AUTO, ConfigError, derive_settings, resolve_config
 
 
 def _stats(**kw):
@@ -115,7 +115,7 @@ def test_few_ranker_users_pick_the_epoch_over_folds() -> None:
 def test_log_statistics_count_the_ranker_rows() -> None:
     import numpy as np
 
-    from features.stats import CANDIDATES_PER_USER
+    from vidrec.features.stats import CANDIDATES_PER_USER
     from test_cg_examples import random_dataset
 
     ds = random_dataset(n_users=30, n_items=50, n_watches=600, n_searches=0, seed=1)
@@ -140,7 +140,7 @@ def test_derived_early_stopping_measures_what_the_test_measures() -> None:
 def test_logs_watch_time_tells_real_watch_times_from_unit_labels() -> None:
     import pandas as pd
 
-    from features.stats import logs_watch_time
+    from vidrec.features.stats import logs_watch_time
 
     imp = pd.DataFrame({"clicked": [1, 0, 1], "watch_time": [1.0, 0.0, 1.0]})
     assert not logs_watch_time(imp) and not logs_watch_time(None)

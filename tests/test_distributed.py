@@ -24,16 +24,16 @@ import torch.multiprocessing as mp
 from test_cg_examples import random_dataset
 from test_ranker_model import SMALL, frames
 
-from candidate_gen import distributed as cg_dist
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.train import train_candidate_generator
-from features.dist_env import DistEnv, rank_seed, row_range, shard_batches
-from features.examples import CandidateFeaturizer
-from features.split import TimeSplit
-from pipelines import distributed as launcher
-from ranking import distributed as ranking_dist
-from ranking.config import RankerConfig
-from ranking.train import train_ranker
+from vidrec.candidate_gen import distributed as cg_dist
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.train import train_candidate_generator
+from vidrec.features.dist_env import DistEnv, rank_seed, row_range, shard_batches
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.split import TimeSplit
+from vidrec.pipelines import distributed as launcher
+from vidrec.ranking import distributed as ranking_dist
+from vidrec.ranking.config import RankerConfig
+from vidrec.ranking.train import train_ranker
 
 WORLD = 2
 CG = dict(
@@ -437,7 +437,7 @@ def test_torchrun_command_lines() -> None:
     cmd = launcher.torchrun_command(["run", "--out", "x"], nproc=2)
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
     assert cmd[-4:] == ["--", "run", "--out", "x"]
-    assert cmd[6:9] == ["-m", "pipelines.distributed", "--worker"]
+    assert cmd[6:9] == ["-m", "vidrec.pipelines.distributed", "--worker"]
     multi = launcher.torchrun_command(
         ["run"], nproc=8, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500
     )
@@ -478,7 +478,7 @@ def test_launcher_runs_the_tiny_pipeline_on_two_processes(tmp_path) -> None:
 
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.distributed", "--nproc", "2", "--threads", "1", "--"]
+        [sys.executable, "-m", "vidrec.pipelines.distributed", "--nproc", "2", "--threads", "1", "--"]
         + ["run", "--preset", "tiny", "--out", str(out), "--no-progress"],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,

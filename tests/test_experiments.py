@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.config import apply_overrides, resolve_config
-from pipelines.experiments import (
+from vidrec.pipelines.config import apply_overrides, resolve_config
+from vidrec.pipelines.experiments import (
     CHEAP_ANN,
     RANKER_VARIANTS,
     _depth_layers,

@@ -13,12 +13,12 @@ import pytest
 import torch
 from test_experiments_real import TINY_CG, write_ml_latest
 
-from candidate_gen.train import train_candidate_generator
-from features.tables import Dataset
-from pipelines import experiments_loo
-from pipelines.cli import main
-from pipelines.config import UsageError, resolve_config
-from pipelines.experiments_loo import (
+from vidrec.candidate_gen.train import train_candidate_generator
+from vidrec.features.tables import Dataset
+from vidrec.pipelines import experiments_loo
+from vidrec.pipelines.cli import main
+from vidrec.pipelines.config import UsageError, resolve_config
+from vidrec.pipelines.experiments_loo import (
     LeaveLastOut,
     baseline_models,
     leave_last_out,
@@ -27,9 +27,9 @@ from pipelines.experiments_loo import (
     run_loo,
     tie_order,
 )
-from pipelines.experiments_real import cg_rankings, evaluate_rankings, fit_cg
-from pipelines.rechub import export_queries, rechub_python
-from pipelines.run import load_source
+from vidrec.pipelines.experiments_real import cg_rankings, evaluate_rankings, fit_cg
+from vidrec.pipelines.rechub import export_queries, rechub_python
+from vidrec.pipelines.run import load_source
 
 torch.set_num_threads(1)
 
@@ -386,7 +386,7 @@ def test_loo_cli(ml, tmp_path, capsys):
 
 
 def test_export_queries_round_trip(ml, tmp_path):
-    from pipelines.experiments_real import query_features
+    from vidrec.pipelines.experiments_real import query_features
 
     ds, split, _ = _ml_split(ml)
     config = resolve_config("movielens", TINY_CG)

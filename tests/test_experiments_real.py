@@ -11,17 +11,17 @@ import pandas as pd
 import pytest
 import torch
 
-from features.tables import Dataset
-from pipelines import experiments_real
-from pipelines.cli import main
-from pipelines.config import ConfigError, flatten, load_preset, resolve_config
-from pipelines.experiments_real import (
+from vidrec.features.tables import Dataset
+from vidrec.pipelines import experiments_real
+from vidrec.pipelines.cli import main
+from vidrec.pipelines.config import ConfigError, flatten, load_preset, resolve_config
+from vidrec.pipelines.experiments_real import (
     METHODS,
     hold_out_last_watches,
     query_features,
     run_movielens_table,
 )
-from pipelines.run import cg_config, featurizer_from_config
+from vidrec.pipelines.run import cg_config, featurizer_from_config
 
 torch.set_num_threads(1)
 
@@ -122,7 +122,7 @@ def test_query_features_carry_the_example_age_of_the_cut():
     h = hold_out_last_watches(ds, 2)
     cfg = resolve_config("movielens")
     train = h.train
-    from features.split import TimeSplit
+    from vidrec.features.split import TimeSplit
 
     # training log times 10 .. 200 -> window [10, 201): 191 s long
     f = featurizer_from_config(cfg).fit(train, TimeSplit(10, 201, 201, 201))

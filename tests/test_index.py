@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from candidate_gen.index import (
+from vidrec.candidate_gen.index import (
     INDEX_META_FILE,
     AnnoyIndex,
     CandidateIndex,

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.io import (
+from vidrec.features.io import (
     format_report,
     read_dataset,
     read_table,
     validate_directory,
     write_dataset,
 )
-from features.schema import DataContractError, validate_dataset
-from features.tables import TABLES, Dataset
+from vidrec.features.schema import DataContractError, validate_dataset
+from vidrec.features.tables import TABLES, Dataset
 
 T0 = 1_700_000_000
 
@@ -346,7 +346,7 @@ def test_write_never_touches_files_it_did_not_write(tmp_path: Path) -> None:
     """A data set is written only into a new or empty directory or one vidrec wrote: a user's
     own tables (e.g. users.csv beside which `vidrec simulate-data` was pointed) are neither
     removed nor overwritten, and nothing is written."""
-    from features.atomic import ArtifactWriteError
+    from vidrec.features.atomic import ArtifactWriteError
 
     mine = tmp_path / "mine"
     mine.mkdir()

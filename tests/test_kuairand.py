@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.examples import ACTIVITY_FEATURES, CandidateFeaturizer
-from features.io import read_dataset
-from features.schema import DataContractError
-from features.sources.kuairand import (
+from vidrec.features.examples import ACTIVITY_FEATURES, CandidateFeaturizer
+from vidrec.features.io import read_dataset
+from vidrec.features.schema import DataContractError
+from vidrec.features.sources.kuairand import (
     KUAIRAND_LOG_COLUMNS,
     convert_kuairand,
     find_kuairand_files,
@@ -23,7 +23,7 @@ from features.sources.kuairand import (
     load_kuairand_users,
     split_impressions,
 )
-from features.split import TimeSplit
+from vidrec.features.split import TimeSplit
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kuairand"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "kuairand-pure-metadata"

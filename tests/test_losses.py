@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from candidate_gen.losses import (
+from vidrec.candidate_gen.losses import (
     in_batch_softmax_from_scores,
     in_batch_softmax_loss,
     log_q_from_counts,

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.io import read_dataset
-from features.schema import DataContractError
-from features.sources.movielens import (
+from vidrec.features.io import read_dataset
+from vidrec.features.schema import DataContractError
+from vidrec.features.sources.movielens import (
     convert_movielens,
     detect_movielens_layout,
     load_movielens,

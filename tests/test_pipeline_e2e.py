@@ -7,10 +7,10 @@ import numpy as np
 
 import pytest
 
-from evaluation.report import flatten
-from pipelines.cli import main
-from pipelines.config import resolve_config
-from pipelines.run import STAGES, run_pipeline
+from vidrec.evaluation.report import flatten
+from vidrec.pipelines.cli import main
+from vidrec.pipelines.config import resolve_config
+from vidrec.pipelines.run import STAGES, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_report_schema_and_ranges(tiny_run):
         assert (out / name).exists(), name
     meta = report["_meta"]
     assert meta["dataset"].startswith("synthetic") and meta["seed"] == 0
-    from pipelines.rundir import git_commit
+    from vidrec.pipelines.rundir import git_commit
 
     manifest = json.loads((out / "manifest.json").read_text())
     for name in STAGES:  # each stage records the code that built it
@@ -128,9 +128,9 @@ def test_cli_recommend_and_predict(tiny_run, capsys):
 def test_ab_closed_loop_is_seeded_paired_and_refuses_a_tampered_run(tiny_run, tmp_path):
     import shutil
 
-    from features.integrity import ArtifactError
-    from pipelines.ab import run_ab_command
-    from pipelines.config import ConfigError
+    from vidrec.features.integrity import ArtifactError
+    from vidrec.pipelines.ab import run_ab_command
+    from vidrec.pipelines.config import ConfigError
 
     out, _, _ = tiny_run
     kw = dict(days=1, k=5, max_visits=60, retrain=False, seed=None)
@@ -166,9 +166,9 @@ def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
     import numpy as np
     import pandas as pd
 
-    from candidate_gen.train import TrainedCandidateGenerator
-    from features.io import read_dataset
-    from pipelines import scoring
+    from vidrec.candidate_gen.train import TrainedCandidateGenerator
+    from vidrec.features.io import read_dataset
+    from vidrec.pipelines import scoring
 
     out, _, _ = tiny_run
     cg = TrainedCandidateGenerator.load(out / "candidate_gen" / "model")
@@ -231,7 +231,7 @@ def test_cg_rank_feature_equals_brute_force_on_both_paths(tiny_run):
 def test_count_higher_matches_brute_force_with_ties():
     import numpy as np
 
-    from pipelines.scoring import _count_higher
+    from vidrec.pipelines.scoring import _count_higher
 
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 50, size=5000).astype(np.float32)  # many ties
@@ -246,8 +246,8 @@ def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_
     # pre-exclusion ranks equal the catalog definition exactly: same ranks, same slates
     import numpy as np
 
-    from candidate_gen.index import ExactIndex
-    from pipelines.serve import Recommender
+    from vidrec.candidate_gen.index import ExactIndex
+    from vidrec.pipelines.serve import Recommender
 
     out, _, _ = tiny_run
     rec = Recommender.load(out)
@@ -278,7 +278,7 @@ def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_
     # watched items never come back, and a user who watched a lot still gets n candidates
     heavy = int(ds.watches["user_id"].value_counts().index[0])
     cands, _ = rec._retrieve(heavy, 30)
-    from features.examples import watched_before
+    from vidrec.features.examples import watched_before
 
     _, seen = watched_before(rec.retriever.history, np.array([heavy]), rec.at)
     assert len(cands) == 30 and not np.isin(cands, seen).any()
@@ -306,10 +306,10 @@ def test_test_window_is_served_by_a_model_refit_before_it(tiny_run):
     """Production protocol: the candidate generator that serves the test window is refit on
     everything before valid_end (for the epochs the first model chose), while the ranker's
     training rows keep the out-of-sample scores of the model trained before train_end."""
-    from candidate_gen.train import TrainedCandidateGenerator
-    from pipelines.context import RunContext
-    from pipelines.rundir import RunDir, serving_cg_dir
-    from pipelines.run import best_epoch, cg_model
+    from vidrec.candidate_gen.train import TrainedCandidateGenerator
+    from vidrec.pipelines.context import RunContext
+    from vidrec.pipelines.rundir import RunDir, serving_cg_dir
+    from vidrec.pipelines.run import best_epoch, cg_model
 
     out, _, _ = tiny_run
     m = json.loads((out / "manifest.json").read_text())

@@ -18,17 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.io import write_dataset
-from features.preflight import (
+from vidrec.features.io import write_dataset
+from vidrec.features.preflight import (
     MIN_HELDOUT_USERS,
     PreflightError,
     RunNeeds,
     preflight,
 )
-from features.split import TimeSplit
-from features.tables import Dataset
-from pipelines.cli import main as cli_main
-from pipelines.config import resolve_config
+from vidrec.features.split import TimeSplit
+from vidrec.features.tables import Dataset
+from vidrec.pipelines.cli import main as cli_main
+from vidrec.pipelines.config import resolve_config
 
 CFG = resolve_config("tiny")
 SHIFT = 6 * 365 * 86_400  # 2026 -> 2020
@@ -38,7 +38,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def world() -> Dataset:
-    from features.sources.synthetic import WorldConfig, generate_world
+    from vidrec.features.sources.synthetic import WorldConfig, generate_world
 
     ds = generate_world(WorldConfig.preset("tiny"), seed=0).dataset
     assert ds.searches is not None and ds.impressions is not None

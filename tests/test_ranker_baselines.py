@@ -2,15 +2,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.ranker_features import (
+from vidrec.features.ranker_features import (
     CONTINUOUS_COLUMNS,
     FLAG_COLUMNS,
     RankerVocabularies,
     build_ranker_frame,
 )
-from features.tables import Dataset
-from features.vocab import NotFittedError
-from ranking.baselines import (
+from vidrec.features.tables import Dataset
+from vidrec.features.vocab import NotFittedError
+from vidrec.ranking.baselines import (
     CATEGORICAL_FEATURES,
     LightGBMLambdaRanker,
     LightGBMWeightedRanker,
@@ -20,7 +20,7 @@ from ranking.baselines import (
     ideal_dcg,
     relevance_labels,
 )
-from ranking.config import LightGBMConfig
+from vidrec.ranking.config import LightGBMConfig
 
 # item -> (click probability, mean watch time of a click); item 0 is click-bait
 TRUTH = {0: (0.5, 10.0), 1: (0.1, 300.0), 2: (0.2, 60.0), 3: (0.05, 30.0)}

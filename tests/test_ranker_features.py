@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.ranker_features import (
+from vidrec.features.ranker_features import (
     CONTINUOUS_COLUMNS,
     FLAG_COLUMNS,
     NEVER_SECONDS,
@@ -13,7 +13,7 @@ from features.ranker_features import (
     build_ranker_frame,
     embedding_width,
 )
-from features.tables import Dataset
+from vidrec.features.tables import Dataset
 
 
 def _i64(*v: int) -> np.ndarray:

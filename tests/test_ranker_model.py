@@ -6,16 +6,16 @@ import pandas as pd
 import pytest
 import torch
 
-from features.normalize import QuantileNormalizer
-from features.ranker_features import (
+from vidrec.features.normalize import QuantileNormalizer
+from vidrec.features.ranker_features import (
     CONTINUOUS_COLUMNS,
     FLAG_COLUMNS,
     RankerFeatureIndex,
     build_ranker_frame,
 )
-from features.tables import Dataset
-from ranking.config import LightGBMConfig, RankerConfig
-from ranking.model import (
+from vidrec.features.tables import Dataset
+from vidrec.ranking.config import LightGBMConfig, RankerConfig
+from vidrec.ranking.model import (
     DeepRanker,
     RankerBatch,
     example_weights,
@@ -23,8 +23,8 @@ from ranking.model import (
     loss_weights,
     weighted_logistic_loss,
 )
-import ranking.train as ranking_train
-from ranking.train import (
+import vidrec.ranking.train as ranking_train
+from vidrec.ranking.train import (
     TrainedRanker,
     fold_epochs,
     predict_expected_watch_time,
@@ -570,8 +570,8 @@ def test_calibrated_ranker_keeps_the_order_and_round_trips(tmp_path):
 
 
 def test_random_exposure_slice_metrics_cover_only_its_rows():
-    from evaluation.ranking import ranking_metrics
-    from pipelines.stages_rank import slice_metrics
+    from vidrec.evaluation.ranking import ranking_metrics
+    from vidrec.pipelines.stages_rank import slice_metrics
 
     _, tr, _ = frames(n_imps=1500)  # sources "ann" and "popular"
     clicked, watch = tr.labels()

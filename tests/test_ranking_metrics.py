@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.ranking import (
+from vidrec.evaluation.ranking import (
     auc,
     group_auc,
     log_loss,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation import plots
-from evaluation.report import Figure, Report, Section, explain, flatten, unflatten
-from evaluation.watch_time import calibration_by_decile
+from vidrec.evaluation import plots
+from vidrec.evaluation.report import Figure, Report, Section, explain, flatten, unflatten
+from vidrec.evaluation.watch_time import calibration_by_decile
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -222,7 +222,7 @@ def test_plot_input_errors():
 
 
 def test_stage_commits_names_each_commit_of_a_resumed_run():
-    from pipelines.report import stage_commits
+    from vidrec.pipelines.report import stage_commits
 
     one = {"git_commit": "a" * 40, "stages": {"data": {"status": "done", "git_commit": "a" * 40}}}
     assert stage_commits(one) == "a" * 40
@@ -240,7 +240,7 @@ def test_stage_commits_names_each_commit_of_a_resumed_run():
 
 
 def test_summary_names_the_best_baseline_and_explains_disagreeing_metrics():
-    from pipelines.report import summary_section
+    from vidrec.pipelines.report import summary_section
 
     retr = {"metrics": {"annoy": {"recall@50": 0.2}, "exact": {"recall@50": 0.21},
                         "recent_popular": {"recall@50": 0.3}, "item_knn": {"recall@50": 0.1}}}
@@ -276,7 +276,7 @@ def test_summary_names_the_best_baseline_and_explains_disagreeing_metrics():
 def test_summary_splits_new_and_returning_users_when_most_are_new():
     """When most held-out users have no history, the summary says so and puts the system
     beside the best baseline on the returning users too."""
-    from pipelines.report import summary_section
+    from vidrec.pipelines.report import summary_section
 
     def m(r, new, ret):
         return {"recall@50": r, "history.new.recall@50": new, "history.returning.recall@50": ret}
@@ -309,7 +309,7 @@ def test_summary_splits_new_and_returning_users_when_most_are_new():
 
 
 def test_summary_adds_the_random_exposure_view_when_the_log_has_one():
-    from pipelines.report import summary_section
+    from vidrec.pipelines.report import summary_section
 
     rank = {
         "metrics": {
@@ -337,7 +337,7 @@ def test_summary_adds_the_random_exposure_view_when_the_log_has_one():
 def test_summary_does_not_hold_the_system_against_itself_on_click_only_logs():
     """Without watch times the click-only deep ranker is the system's model trained twice:
     the summary compares with the real baselines instead."""
-    from pipelines.report import summary_section
+    from vidrec.pipelines.report import summary_section
 
     same = {"weighted_per_user_loss": 0.35, "auc": 0.66}
     rank = {

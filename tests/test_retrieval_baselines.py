@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import candidate_gen.baselines as baselines
-from candidate_gen.baselines import BASELINES, ItemKNN, MostPopular, PureSVD, _top_k
-from features.tables import Dataset
+import vidrec.candidate_gen.baselines as baselines
+from vidrec.candidate_gen.baselines import BASELINES, ItemKNN, MostPopular, PureSVD, _top_k
+from vidrec.features.tables import Dataset
 
 A, B, C, D, E, F = 1, 2, 3, 4, 5, 6
 TRAIN_END = 100

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-import evaluation.retrieval as er
-from evaluation.retrieval import (
+import vidrec.evaluation.retrieval as er
+from vidrec.evaluation.retrieval import (
     ann_recall,
     freshness_buckets,
     popularity_buckets,
@@ -89,7 +89,7 @@ def test_query_group_metrics_hand_computed() -> None:
 def test_single_list_in_hindsight_maximises_mean_recall() -> None:
     from itertools import permutations
 
-    from evaluation.retrieval import history_groups, single_list_in_hindsight
+    from vidrec.evaluation.retrieval import history_groups, single_list_in_hindsight
 
     # weights: 1 -> 1/2 + 1/3, 2 -> 1/2, 3 -> 1/3 + 1, 4 -> 1/3 (q with {3} weighs it 1)
     targets = [np.array([1, 2]), np.array([1, 3, 4, 4]), np.array([3]), np.array([], int)]

@@ -32,24 +32,24 @@ import torch
 from test_cg_examples import random_dataset
 from test_ranker_model import SMALL, frames
 
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.index import AnnoyIndex
-from candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
-from features.atomic import atomic_write_json, atomic_write_text, make_dirs
-from features.examples import CandidateFeaturizer
-from features.integrity import ArtifactError
-from features.io import write_dataset
-from features.split import TimeSplit
-from pipelines.cli import main as cli_main
-from pipelines.rundir import (
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.index import AnnoyIndex
+from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
+from vidrec.features.atomic import atomic_write_json, atomic_write_text, make_dirs
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.integrity import ArtifactError
+from vidrec.features.io import write_dataset
+from vidrec.features.split import TimeSplit
+from vidrec.pipelines.cli import main as cli_main
+from vidrec.pipelines.rundir import (
     RunDir,
     RunDirError,
     RunIntegrityError,
     check_index_matches_model,
 )
-from pipelines.serve import Recommender
-from ranking.config import RankerConfig
-from ranking.train import TrainedRanker, train_ranker
+from vidrec.pipelines.serve import Recommender
+from vidrec.ranking.config import RankerConfig
+from vidrec.ranking.train import TrainedRanker, train_ranker
 
 torch.set_num_threads(1)
 
@@ -360,8 +360,8 @@ def test_ranker_checkpoint_refuses_swapped_vocabularies(tmp_path: Path) -> None:
 
 
 def test_report_determinism_section(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    from evaluation.report import Report
-    from pipelines.report import determinism_section
+    from vidrec.evaluation.report import Report
+    from vidrec.pipelines.report import determinism_section
 
     m = json.loads((runs[0] / "manifest.json").read_text())
     m["stages"]["ranker"]["runtime"] = m["stages"]["candidate_gen"]["runtime"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from features.atomic import atomic_write_text, make_dirs
-from pipelines.rundir import (
+from vidrec.features.atomic import atomic_write_text, make_dirs
+from vidrec.pipelines.rundir import (
     LEDGER_FILE,
     LOCK_FILE,
     MARKER_FILE,
@@ -23,7 +23,7 @@ from pipelines.rundir import (
     check_data_outside_run,
     read_lock,
 )
-from pipelines.run import run_pipeline
+from vidrec.pipelines.run import run_pipeline
 
 CFG = {"seed": 0}
 
@@ -142,7 +142,7 @@ def test_legacy_run_directory_is_adopted(tmp_path: Path) -> None:
 _HOLDER = textwrap.dedent(
     """
     import sys, time
-    from pipelines.rundir import RunDir
+    from vidrec.pipelines.rundir import RunDir
     rd = RunDir(sys.argv[1], {"seed": 0})
     print("locked", flush=True)
     time.sleep(60)

@@ -31,9 +31,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from features.atomic import atomic_write_json, atomic_write_text
-from pipelines.config import config_hash
-from pipelines.rundir import RunDir, RunDirError, check_data_outside_run
+from vidrec.features.atomic import atomic_write_json, atomic_write_text
+from vidrec.pipelines.config import config_hash
+from vidrec.pipelines.rundir import RunDir, RunDirError, check_data_outside_run
 
 STAGES = ("data", "candidate_gen", "report")
 CONFIGS = ({"seed": 0, "tag": "a"}, {"seed": 1, "tag": "b"})

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from candidate_gen.index import INDEX_META_FILE, AnnoyIndex, ExactIndex, load_index
-from features.integrity import (
+from vidrec.candidate_gen.index import INDEX_META_FILE, AnnoyIndex, ExactIndex, load_index
+from vidrec.features.integrity import (
     ArtifactError,
     check_match,
     read_json_object,
@@ -102,10 +102,10 @@ def test_weights_only_load_refuses_the_payload(tmp_path: Path, payload: type) ->
 def cg_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from test_cg_examples import random_dataset
 
-    from candidate_gen.config import CandidateGenConfig
-    from candidate_gen.train import train_candidate_generator
-    from features.examples import CandidateFeaturizer
-    from features.split import TimeSplit
+    from vidrec.candidate_gen.config import CandidateGenConfig
+    from vidrec.candidate_gen.train import train_candidate_generator
+    from vidrec.features.examples import CandidateFeaturizer
+    from vidrec.features.split import TimeSplit
 
     ds = random_dataset(n_users=20, n_items=30, n_watches=400, n_searches=50)
     split = TimeSplit.from_fractions(ds, 0.7, 0.15)
@@ -131,7 +131,7 @@ def cg_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
 def test_candidate_generator_refuses_a_malicious_weights_file(
     cg_model, tmp_path: Path, payload: type
 ) -> None:
-    from candidate_gen.train import TrainedCandidateGenerator
+    from vidrec.candidate_gen.train import TrainedCandidateGenerator
 
     model = cg_model[0]
     d = model.save(tmp_path / "cg")
@@ -144,7 +144,7 @@ def test_candidate_generator_refuses_a_malicious_weights_file(
 
 
 def test_candidate_generator_refuses_a_malicious_checkpoint(cg_model, tmp_path: Path) -> None:
-    from candidate_gen.train import CHECKPOINT_FILE, train_candidate_generator
+    from vidrec.candidate_gen.train import CHECKPOINT_FILE, train_candidate_generator
 
     _, config, examples, items, ck = cg_model
     assert (ck / CHECKPOINT_FILE).exists()
@@ -161,8 +161,8 @@ def test_candidate_generator_refuses_a_malicious_checkpoint(cg_model, tmp_path: 
 def ranker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from test_ranker_model import SMALL, frames
 
-    from ranking.config import RankerConfig
-    from ranking.train import train_ranker
+    from vidrec.ranking.config import RankerConfig
+    from vidrec.ranking.train import train_ranker
 
     _, tr, va = frames(n_imps=600)
     ck = tmp_path_factory.mktemp("ranker_ckpt")
@@ -172,7 +172,7 @@ def ranker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_ranker_refuses_a_malicious_weights_file(ranker, tmp_path: Path, payload: type) -> None:
-    from ranking.train import TrainedRanker
+    from vidrec.ranking.train import TrainedRanker
 
     d = ranker[0].save(tmp_path / "ranker")
     TrainedRanker.load(d)
@@ -184,7 +184,7 @@ def test_ranker_refuses_a_malicious_weights_file(ranker, tmp_path: Path, payload
 
 
 def test_ranker_refuses_a_malicious_checkpoint(ranker, tmp_path: Path) -> None:
-    from ranking.train import train_ranker
+    from vidrec.ranking.train import train_ranker
 
     _, cfg, tr, va, ck = ranker
     assert (ck / "checkpoint.pt").exists()
@@ -197,7 +197,7 @@ def test_ranker_refuses_a_malicious_checkpoint(ranker, tmp_path: Path) -> None:
 
 def test_model_json_records_are_never_unpickled(ranker, tmp_path: Path) -> None:
     # vocabularies and normalizers are JSON: a pickle put in their place is a JSON error
-    from ranking.train import TrainedRanker
+    from vidrec.ranking.train import TrainedRanker
 
     d = ranker[0].save(tmp_path / "ranker")
     marker = tmp_path / "marker"
@@ -349,7 +349,7 @@ def test_index_json_fields_are_typed(annoy_dir: Path) -> None:
 def lgbm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from test_ranker_baselines import FAST, paged_world, split
 
-    from ranking.baselines import LightGBMWeightedRanker
+    from vidrec.ranking.baselines import LightGBMWeightedRanker
 
     tr, va = split(paged_world(n_pages=200))
     m = LightGBMWeightedRanker(FAST, history_len=5).fit(tr, va)
@@ -364,7 +364,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_lightgbm_loads_its_own_files(lgbm) -> None:
-    from ranking.baselines import LightGBMWeightedRanker
+    from vidrec.ranking.baselines import LightGBMWeightedRanker
 
     m, va, d = lgbm
     back = LightGBMWeightedRanker.load(d)
@@ -372,7 +372,7 @@ def test_lightgbm_loads_its_own_files(lgbm) -> None:
 
 
 def test_lightgbm_refuses_vocabularies_of_another_run(lgbm, tmp_path: Path) -> None:
-    from ranking.baselines import LightGBMWeightedRanker
+    from vidrec.ranking.baselines import LightGBMWeightedRanker
 
     d = _copy(lgbm[2], tmp_path / "m")
     vocab = json.loads((d / "vocabularies.json").read_text())
@@ -385,7 +385,7 @@ def test_lightgbm_refuses_vocabularies_of_another_run(lgbm, tmp_path: Path) -> N
 
 
 def test_lightgbm_refuses_a_best_iteration_beyond_its_trees(lgbm, tmp_path: Path) -> None:
-    from ranking.baselines import LightGBMWeightedRanker
+    from vidrec.ranking.baselines import LightGBMWeightedRanker
 
     d = _copy(lgbm[2], tmp_path / "m")
     meta = json.loads((d / "baseline.json").read_text())
@@ -395,7 +395,7 @@ def test_lightgbm_refuses_a_best_iteration_beyond_its_trees(lgbm, tmp_path: Path
 
 
 def test_lightgbm_refuses_damaged_files(lgbm, tmp_path: Path) -> None:
-    from ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker
+    from vidrec.ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker
 
     d = _copy(lgbm[2], tmp_path / "m")
     text = (d / "model.txt").read_text()

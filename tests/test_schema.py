@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.schema import (
+from vidrec.features.schema import (
     TABLE_SPECS,
     DataContractError,
     Problem,
@@ -17,7 +17,7 @@ from features.schema import (
     validate_dataset,
     validate_table,
 )
-from features.tables import Dataset
+from vidrec.features.tables import Dataset
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.split import TimeSplit, history_before, slice_time
-from features.tables import Dataset
+from vidrec.features.split import TimeSplit, history_before, slice_time
+from vidrec.features.tables import Dataset
 
 
 def _dataset() -> Dataset:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import mutual_info_score
 
-import candidate_gen.ssl as ssl
-from candidate_gen.ssl import (
+import vidrec.candidate_gen.ssl as ssl
+from vidrec.candidate_gen.ssl import (
     apply_feature_mask,
     cfm_masks,
     multivalue_dropout,

@@ -16,21 +16,21 @@ import pandas as pd
 import pytest
 import torch
 
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
-from features.examples import CandidateFeaturizer
-from features.ids import ID_MAPS_FILE, IdMaps, UnknownIdError, to_codes, to_data_ids
-from features.io import COLUMN_TYPES_FILE, read_dataset, write_dataset
-from features.ranker_features import (
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.ids import ID_MAPS_FILE, IdMaps, UnknownIdError, to_codes, to_data_ids
+from vidrec.features.io import COLUMN_TYPES_FILE, read_dataset, write_dataset
+from vidrec.features.ranker_features import (
     CONTINUOUS_COLUMNS,
     RankerVocabularies,
     build_ranker_frame,
 )
-from features.schema import DataContractError
-from features.split import TimeSplit
-from pipelines.cli import main
-from pipelines.commands import id_value
-from pipelines.config import ConfigError, resolve_config
+from vidrec.features.schema import DataContractError
+from vidrec.features.split import TimeSplit
+from vidrec.pipelines.cli import main
+from vidrec.pipelines.commands import id_value
+from vidrec.pipelines.config import ConfigError, resolve_config
 
 T0 = 1_600_000_000
 DAY = 86_400

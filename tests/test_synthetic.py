@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.schema import validate_dataset
-from features.sources.kuairand_catalog import load_kuairand_catalog
-from features.sources.synthetic import (
+from vidrec.features.schema import validate_dataset
+from vidrec.features.sources.kuairand_catalog import load_kuairand_catalog
+from vidrec.features.sources.synthetic import (
     DAY,
     PRESETS,
     World,
@@ -20,7 +20,7 @@ from features.sources.synthetic import (
     generate_world,
     impressions_to_watches,
 )
-from features.tables import TABLES
+from vidrec.features.tables import TABLES
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.text import tokenize_queries, tokenize_query, tokens_flat
+from vidrec.features.text import tokenize_queries, tokenize_query, tokens_flat
 
 
 def test_lowercase_split_on_non_alphanumerics_then_bigrams() -> None:

@@ -19,13 +19,13 @@ import pytest
 import torch
 from test_cg_examples import DAY, random_dataset
 
-import candidate_gen.train as cg_train
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
-from features.examples import ACTIVITY_FEATURES, RECENCY_FEATURES, CandidateFeaturizer
-from features.ranker_features import CONTINUOUS_COLUMNS, build_ranker_frame
-from features.split import TimeSplit
-from features.time_signals import (
+import vidrec.candidate_gen.train as cg_train
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
+from vidrec.features.examples import ACTIVITY_FEATURES, RECENCY_FEATURES, CandidateFeaturizer
+from vidrec.features.ranker_features import CONTINUOUS_COLUMNS, build_ranker_frame
+from vidrec.features.split import TimeSplit
+from vidrec.features.time_signals import (
     ITEM_TIME_CODES,
     ITEM_TIME_VALUES,
     NEVER_SECONDS,
@@ -379,8 +379,8 @@ def test_ranker_item_signals_use_only_watches_before_each_row(world) -> None:
 def test_lightgbm_with_item_extra_columns_and_time_signals_reloads(tmp_path) -> None:
     from test_ranker_model import world as ranker_world
 
-    from ranking.baselines import LightGBMWeightedRanker
-    from ranking.config import LightGBMConfig
+    from vidrec.ranking.baselines import LightGBMWeightedRanker
+    from vidrec.ranking.config import LightGBMConfig
 
     ds = ranker_world(0, 3000)
     ds.items["quality"] = np.linspace(0.0, 1.0, len(ds.items))
@@ -441,8 +441,8 @@ def test_switch_off_keeps_the_features_as_they_were(world) -> None:
 
 
 def test_every_preset_turns_the_signals_on_and_the_switch_turns_them_off() -> None:
-    from pipelines.config import PRESETS, resolve_config
-    from pipelines.run import featurizer_from_config
+    from vidrec.pipelines.config import PRESETS, resolve_config
+    from vidrec.pipelines.run import featurizer_from_config
 
     for preset in PRESETS:
         if preset == "auto":

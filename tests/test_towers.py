@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_cg_examples import random_dataset
 
-from candidate_gen.config import CandidateGenConfig
-from candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, masked_mean
-from features.examples import CandidateFeaturizer
-from features.split import TimeSplit
+from vidrec.candidate_gen.config import CandidateGenConfig
+from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, masked_mean
+from vidrec.features.examples import CandidateFeaturizer
+from vidrec.features.split import TimeSplit
 
 
 @pytest.fixture(autouse=True)

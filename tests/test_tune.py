@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.config import UsageError, resolve_config
-from pipelines.context import RunContext
-from pipelines.rundir import RunDir
-from pipelines.tune import SEARCH_SPACE, search, tune
+from vidrec.pipelines.config import UsageError, resolve_config
+from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.rundir import RunDir
+from vidrec.pipelines.tune import SEARCH_SPACE, search, tune
 
 from test_experiments_real import TINY_CG
 
@@ -102,7 +102,7 @@ def test_the_test_window_does_not_change_the_search(tuned, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_cli_tune_compares_the_tuned_and_derived_settings_on_the_test_window(tmp_path) -> None:
-    from pipelines.cli import main
+    from vidrec.pipelines.cli import main
 
     out = tmp_path / "t"
     sets = [x for kv in TINY_CG for x in ("--set", kv)]
@@ -123,7 +123,7 @@ def test_cli_tune_compares_the_tuned_and_derived_settings_on_the_test_window(tmp
 
 
 def test_a_tuned_run_reports_its_settings_beside_the_values_searched_from(tuned) -> None:
-    from pipelines.report import _tuned_section
+    from vidrec.pipelines.report import _tuned_section
 
     out, result = tuned
     cfg = resolve_config("tiny", config_file=out / "search" / "best.toml")

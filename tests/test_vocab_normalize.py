@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.normalize import QuantileNormalizer
-from features.vocab import IdVocabulary, NotFittedError
+from vidrec.features.normalize import QuantileNormalizer
+from vidrec.features.vocab import IdVocabulary, NotFittedError
 
 
 def test_vocab_codes_by_frequency_and_oov():
@@ -80,7 +80,7 @@ def test_quantile_normalizer_dataframe_roundtrip_and_errors(tmp_path):
 def test_string_vocabulary_small_and_bulk_lookups_agree():
     # requests up to _DICT_LOOKUP_MAX values go through a dict, larger ones through pandas:
     # the same codes either way, unknown and missing values -> 0
-    from features import vocab as vocab_module
+    from vidrec.features import vocab as vocab_module
 
     v = IdVocabulary(name="channel").fit(np.array(["a", "b", "b", "c", "c", "c"], dtype=object))
     small = np.array(["c", "zz", None, "a", "b"], dtype=object)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.watch_time import (
+from vidrec.evaluation.watch_time import (
     calibration_by_decile,
     calibration_summary,
     ground_truth_errors,

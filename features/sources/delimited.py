@@ -32,7 +32,7 @@ from typing import Any, Literal, NoReturn
 import numpy as np
 import pandas as pd
 
-from features.schema import (
+from vidrec.features.schema import (
     DataContractError,
     Problem,
     file_may_pad_integers,

@@ -69,17 +69,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.atomic import atomic_write_json
-from features.io import write_dataset
-from features.schema import (
+from vidrec.features.atomic import atomic_write_json
+from vidrec.features.io import write_dataset
+from vidrec.features.schema import (
     DataContractError,
     Problem,
     ValidationReport,
     validate_dataset,
     validate_table,
 )
-from features.sources.delimited import FieldKind, ReadStats, read_delimited, read_delimited_all
-from features.tables import Dataset
+from vidrec.features.sources.delimited import FieldKind, ReadStats, read_delimited, read_delimited_all
+from vidrec.features.tables import Dataset
 
 __all__ = [
     "KUAIRAND_LOG_COLUMNS",

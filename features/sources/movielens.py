@@ -48,17 +48,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from features.atomic import atomic_write_json
-from features.io import write_dataset
-from features.schema import DataContractError, Problem, ValidationReport, validate_dataset
-from features.sources.delimited import (
+from vidrec.features.atomic import atomic_write_json
+from vidrec.features.io import write_dataset
+from vidrec.features.schema import DataContractError, Problem, ValidationReport, validate_dataset
+from vidrec.features.sources.delimited import (
     FieldKind,
     ReadStats,
     coerce_field,
     read_delimited_all,
     read_fields,
 )
-from features.tables import Dataset
+from vidrec.features.tables import Dataset
 
 __all__ = [
     "AGE_BUCKETS",

@@ -82,8 +82,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.sources.kuairand_catalog import load_kuairand_catalog
-from features.tables import Dataset
+from vidrec.features.sources.kuairand_catalog import load_kuairand_catalog
+from vidrec.features.tables import Dataset
 
 __all__ = [
     "PRESETS",
