@@ -27,6 +27,7 @@ from torch import nn
 
 from vidrec.candidate_gen.config import CandidateGenConfig
 from vidrec.candidate_gen.ssl import apply_feature_mask
+from vidrec.common.torch_utils import mean_bag
 from vidrec.features.examples import ItemFeatures, UserFeatures
 
 # ----------------------------------------------------------------------------- batches
@@ -109,15 +110,6 @@ def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     count = m.sum(dim=1).clamp_min(1.0)  # (B, 1)
     return total / count
 
-
-def mean_bag(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Return the mean (B, E) of the rows of `weight` named by each row of `ids` (B, L), id 0
-    (padding) excluded; 0 for a bag of padding only: masked_mean(embedding(ids), ids != 0)
-    without materialising the (B, L, E) gather (a weighted embedding_bag sum, weights 0 on
-    padding, so row 0 gets no gradient either)."""
-    keep = ids != 0  # (B, L)
-    total = F.embedding_bag(ids, weight, mode="sum", per_sample_weights=keep.to(weight.dtype))
-    return total / keep.sum(dim=1, keepdim=True).clamp_min(1).to(weight.dtype)  # (B, E)
 
 
 def _embedding(rows: int, dim: int) -> nn.Embedding:

@@ -56,11 +56,9 @@ splits rows by rank and all-gathers them.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import math
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +71,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from vidrec.candidate_gen import distributed as dist_utils
 from vidrec.candidate_gen.config import RESUMABLE_CHANGES, CandidateGenConfig
 from vidrec.candidate_gen.losses import (
     in_batch_softmax_from_scores,
@@ -83,6 +80,8 @@ from vidrec.candidate_gen.losses import (
 )
 from vidrec.candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_information, rfm_masks
 from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
+from vidrec.common import distributed as dist_utils
+from vidrec.common.torch_utils import load_weights, resolve_device, save_weights
 from vidrec.features.atomic import atomic_path, atomic_write_json
 from vidrec.features.dist_env import rank_seed, row_range, shard_batches
 from vidrec.features.examples import (
@@ -100,7 +99,6 @@ from vidrec.features.integrity import (
     check_digest,
     resolve_inside,
     sha256_file,
-    unsafe_pickle_error,
 )
 
 __all__ = [
@@ -120,18 +118,6 @@ _COMPANIONS = ("config.json", "featurizer.json", "items.npz")
 _EMBED_CHUNK = 16_384  # rows per forward pass when exporting vectors
 _GROUP_CODES = 2048  # joint codes per group of item time-signal columns (`_code_groups`)
 
-
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device for "auto" (CUDA when available), "cpu" or "cuda"."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device='cuda' was requested but torch sees no CUDA device; use device='auto' or 'cpu'"
-        )
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------- catalog in time
@@ -602,10 +588,7 @@ class TrainedCandidateGenerator:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        with atomic_path(out / "model.pt") as tmp:
-            # a file object: a full disk is then an OSError, not torch's bare RuntimeError
-            with open(tmp, "wb") as fh:
-                torch.save(state, fh)
+        save_weights(out / "model.pt", state)
         atomic_write_json(out / "config.json", self.config.to_dict())
         self.featurizer.save(out / "featurizer.json")
         arrays: dict[str, Any] = self.items.to_arrays()
@@ -650,7 +633,7 @@ class TrainedCandidateGenerator:
             items = ItemFeatures.from_arrays(arrays)
         dev = resolve_device(device)
         model = TwoTowerModel(config, featurizer.schema())
-        state = _load_weights(d / "model.pt", dev)
+        state = load_weights(d / "model.pt", dev)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:  # tables sized by featurizer.json differ from model.pt
@@ -1346,24 +1329,8 @@ def _save_checkpoint(
         "bad_epochs": state.bad_epochs,
         "stopped": state.stopped,
     }
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
+    save_weights(path, payload)
 
-
-def _load_weights(path: Path, device: torch.device | str) -> Any:
-    """Return torch.load(path, weights_only=True); a file holding code is an ArtifactError."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise unsafe_pickle_error(path, exc) from None
-    except (RuntimeError, EOFError, OSError) as exc:  # torch's zip reader on a torn file
-        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
-            raise  # missing, unreadable: not a damaged file
-        raise DamagedWeightsError(
-            f"{path} cannot be read as a weights file ({str(exc).splitlines()[0][:200]}): it is "
-            "truncated or damaged"
-        ) from None
 
 
 def _read_checkpoint(
@@ -1373,7 +1340,7 @@ def _read_checkpoint(
     if not path.exists():
         return None
     try:
-        payload = _load_weights(path, "cpu")
+        payload = load_weights(path, "cpu")
     except DamagedWeightsError as exc:
         # a kill or a full disk can leave a torn checkpoint behind: it is no use to resume
         # from, and keeping it would fail every rerun; the stage trains from the first epoch

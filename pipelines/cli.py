@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vidrec import __version__
+
 log = logging.getLogger("vidrec")
 
 EXIT_USAGE = 2
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "expected watch time, evaluation and offline simulation.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"vidrec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate-data", help="generate the synthetic world's tables and world.json")
@@ -171,30 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_pipeline_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands that run models (imported lazily: torch is slow to import)."""
-    try:
-        from vidrec.pipelines import commands
-    except ImportError:  # pragma: no cover - only while the package is half-installed
-        return
+    """Commands that run models (their modules import torch when a command runs, not here)."""
+    from vidrec.pipelines import commands
+
     commands.register(sub)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = []
-    for mod, name in (
-        ("vidrec.features.schema", "DataContractError"),
-        ("vidrec.pipelines.config", "ConfigError"),
-        ("vidrec.pipelines.rundir", "RunDirError"),
-        ("vidrec.features.atomic", "ArtifactWriteError"),
-        ("vidrec.features.vocab", "NotFittedError"),
-        ("vidrec.features.integrity", "ArtifactError"),
-        ("vidrec.features.ids", "UnknownIdError"),
-    ):
-        try:
-            errs.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errs)
+    """The errors a command reports as one line (bad data, config, run directory, artifacts);
+    anything else, an ImportError of vidrec's own modules included, keeps its traceback."""
+    from vidrec.features.atomic import ArtifactWriteError
+    from vidrec.features.ids import UnknownIdError
+    from vidrec.features.integrity import ArtifactError
+    from vidrec.features.schema import DataContractError
+    from vidrec.features.vocab import NotFittedError
+    from vidrec.pipelines.config import ConfigError
+    from vidrec.pipelines.rundir import RunDirError
+
+    return (
+        DataContractError, ConfigError, RunDirError, ArtifactWriteError, NotFittedError,
+        ArtifactError, UnknownIdError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -379,9 +379,13 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 
 def register_experiment(sub: argparse._SubParsersAction) -> None:
-    from vidrec.pipelines.experiments import EXPERIMENTS
-    from vidrec.pipelines.experiments_loo import EXPERIMENTS_LOO, METHODS, RECHUB_NEGATIVES
-    from vidrec.pipelines.experiments_real import EXPERIMENTS_REAL
+    from vidrec.pipelines.names import (
+        EXPERIMENTS,
+        EXPERIMENTS_LOO,
+        EXPERIMENTS_REAL,
+        RECHUB_NEGATIVES,
+    )
+    from vidrec.pipelines.names import LOO_METHODS as METHODS
 
     s = sub.add_parser(
         "experiment",

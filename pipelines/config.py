@@ -18,9 +18,23 @@ import hashlib
 import json
 import math
 import tomllib
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from vidrec.candidate_gen.config import (
+    DEVICES,
+    ITEM_ENCODERS,
+    LOSSES,
+    NEGATIVE_SAMPLERS,
+    OPTIMIZERS,
+    SSL_METHODS,
+    CandidateGenConfig,
+)
+from vidrec.features.sources.synthetic import CATALOGS
+from vidrec.features.sources.synthetic import PRESETS as WORLD_PRESETS
+from vidrec.ranking.config import CALIBRATION_METHODS, WEIGHTINGS, RankerConfig
 
 PRESETS: tuple[str, ...] = ("tiny", "default", "large", "movielens")
 AUTO = "auto"  # the default preset plus settings derived from the log (derive_settings)
@@ -192,11 +206,33 @@ def _positive_list(v: Any, minimum: float, strict: bool) -> bool:
 #: the ranker-window validation protocols of the candidate generator (pipelines.run)
 VALID_PROTOCOLS = ("next_watch", "window")
 
+#: where a run's log comes from (`pipelines.run.load_source`)
+DATA_SOURCES: tuple[str, ...] = ("synthetic", "dir", "movielens", "kuairand")
+#: every string key with a closed set of values: a value outside it is refused when the config
+#: is resolved, not when its stage starts
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": DATA_SOURCES,
+    "data.world_preset": WORLD_PRESETS,
+    "data.catalog": CATALOGS,
+    "candidate_gen.item_encoder": ITEM_ENCODERS,
+    "candidate_gen.loss": LOSSES,
+    "candidate_gen.negative_sampler": NEGATIVE_SAMPLERS,
+    "candidate_gen.ssl": SSL_METHODS,
+    "candidate_gen.optimizer": OPTIMIZERS,
+    "candidate_gen.device": DEVICES,
+    "candidate_gen.valid_protocol": VALID_PROTOCOLS,
+    "ranking.weighting": WEIGHTINGS,
+    "ranking.calibrator": CALIBRATION_METHODS,
+    "ranking.device": DEVICES,
+}
+
+
+def _choice(options: tuple[str, ...]) -> tuple[Any, str]:
+    return (lambda v: v in options), f"one of {', '.join(repr(o) for o in options)}"
+
+
 _VALUE_RULES: dict[str, tuple[Any, str]] = {
-    "candidate_gen.valid_protocol": (
-        lambda v: v in VALID_PROTOCOLS,
-        f"one of {', '.join(VALID_PROTOCOLS)}",
-    ),
+    **{key: _choice(options) for key, options in CHOICES.items()},
     "retrieval_baselines.recent_popular_halvings": (
         lambda v: 0 <= v <= 30,
         "an integer in 0..30 (windows span / 2^j for j = 0..n)",
@@ -337,6 +373,52 @@ def check_values(config: dict[str, Any]) -> None:
             "0 < train_end < valid_end < 1 (fractions of the log's time span: the candidate "
             "generator's window, then the ranker's, then the test window)"
         )
+
+
+def none_if_zero(value: int) -> int | None:
+    """TOML has no null: 0 stands for "no limit" in caps such as max_examples_per_user."""
+    return None if int(value) <= 0 else int(value)
+
+
+def cg_config(config: dict[str, Any]) -> CandidateGenConfig:
+    """The candidate generator's typed config from a run config."""
+    c = dict(config["candidate_gen"])
+    c.pop("refit_for_test", None)  # pipeline settings (stage_candidate_gen), not the model's
+    c.pop("valid_protocol", None)
+    c["max_examples_per_user"] = none_if_zero(c["max_examples_per_user"])
+    c["user_layers"] = tuple(c["user_layers"])
+    c["item_layers"] = tuple(c["item_layers"])
+    c["seed"] = int(config["seed"])
+    return CandidateGenConfig.from_dict(c)
+
+
+def ranker_config(
+    config: dict[str, Any], weighting: str | None = None, time_windows: tuple[int, ...] = ()
+) -> RankerConfig:
+    """The deep ranker's typed config from a run config; `weighting` overrides ranking.weighting;
+    `time_windows` are those of the item time signals its frames carry (`ranker_time_windows`)."""
+    c = {
+        k: v
+        for k, v in config["ranking"].items()
+        if k not in ("max_train_rows", "max_eval_rows", "epoch_folds")
+    }
+    c["hidden"] = tuple(c["hidden"])
+    c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
+    c.update(weighting=weighting or c["weighting"], seed=int(config["seed"]))
+    c["time_windows"] = tuple(time_windows)
+    return RankerConfig.from_dict(c)
+
+
+def check_stage_configs(config: dict[str, Any]) -> None:
+    """Refuse settings the stages' own configs refuse (e.g. a user tower whose last width is not
+    the embedding width) when the config is resolved, not when the stage starts."""
+    for section, build in (("candidate_gen", cg_config), ("ranking", ranker_config)):
+        if section not in config or "seed" not in config:
+            continue
+        try:
+            build(config)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config section [{section}]: {exc}") from None
 
 
 def _pow2(x: float, lo: int, hi: int) -> int:
@@ -503,6 +585,7 @@ def resolve_config(
     if seed is not None:
         cfg = apply_overrides(cfg, {"seed": seed})
     check_values(cfg)
+    check_stage_configs(cfg)
     return cfg
 
 
@@ -510,3 +593,145 @@ def config_hash(config: dict[str, Any]) -> str:
     """Stable short hash of a config (sorted JSON)."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the typed config
+#: sections that record where settings came from rather than settings themselves
+_RECORDS = ("derived", "tuned")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A resolved, validated pipeline configuration; immutable (`replace` returns a new one).
+
+    Build one with `Config.preset(name)`, `Config.for_data(dir)` (the default preset plus settings
+    derived from the log's statistics, as `vidrec run --data DIR`), `Config.from_toml(path)` or
+    `Config.from_dict(d)`. Keys are the presets' dotted names (`candidate_gen.embedding_dim`):
+    `config["candidate_gen.embedding_dim"]` reads one, `config["ranking"]` a section (a copy);
+    `config.candidate_gen` and `config.ranking` are the stages' own typed, frozen configs
+    (`CandidateGenConfig`, `RankerConfig`). Every value is checked when the config is built:
+    types against the preset, ranges, and the choices of every string key (`CHOICES`). The
+    config is saved inside every artifact of a run (`to_dict`), and `to_toml` / `from_toml`
+    round-trip it exactly.
+    """
+
+    _json: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        values = json.loads(self._json)
+        check_values(values)
+        check_stage_configs(values)
+
+    # -- construction
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Return the config of a nested dict: a full config (as a run saves) or any part of one
+        over the default preset; unknown keys and wrong types are a ConfigError."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"Config.from_dict expects a dict, got {type(values).__name__}")
+        values = copy.deepcopy(values)
+        records = {k: values.pop(k) for k in _RECORDS if k in values}
+        cfg = apply_overrides(load_preset("default"), flatten(values))
+        cfg.update(records)
+        return cls(json.dumps(cfg, sort_keys=True))
+
+    @classmethod
+    def preset(
+        cls, name: str = "default", overrides: dict[str, Any] | list[str] | None = None,
+        *, seed: int | None = None,
+    ) -> Config:
+        """Return built-in preset `name` (`PRESETS`) with `overrides` ({"a.b": v} or ["a.b=v"])."""
+        return cls(json.dumps(resolve_config(name, overrides, seed=seed), sort_keys=True))
+
+    @classmethod
+    def for_data(
+        cls, data: str | Path, *, dataset: str = "dir",
+        overrides: dict[str, Any] | list[str] | None = None, seed: int | None = None,
+    ) -> Config:
+        """Return the settings `vidrec run --data DIR` uses on the log in `data`: the default
+        preset with what `derive_settings` derives from the log's statistics (recorded under
+        `derived`, each with the statistic it came from), then `overrides`. `dataset` is the
+        directory's layout: "dir" (the data contract), "movielens" or "kuairand"."""
+        from vidrec.features.stats import log_statistics
+        from vidrec.pipelines.run import load_source
+
+        split = load_preset("default")["split"]
+        ds, _ = load_source(dataset, data)
+        stats = log_statistics(ds, float(split["train_end"]), float(split["valid_end"]))
+        given = [f"data.source={dataset}"]
+        if isinstance(overrides, dict):
+            given += [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+        elif overrides:
+            given += list(overrides)
+        return cls(json.dumps(resolve_config(AUTO, given, seed=seed, data_stats=stats), sort_keys=True))
+
+    @classmethod
+    def from_toml(cls, source: str | Path) -> Config:
+        """Return the config in a TOML file (a path) or TOML text (a string holding a newline)."""
+        if isinstance(source, str) and "\n" in source:
+            try:
+                return cls.from_dict(tomllib.loads(source))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"cannot read the TOML config: {exc}") from None
+        return cls.from_dict(load_config_file(source))
+
+    def replace(self, overrides: dict[str, Any] | list[str]) -> Config:
+        """Return a copy with `overrides` ({"a.b": v} or ["a.b=v"]) applied and validated."""
+        cfg = self.to_dict()
+        records = {k: cfg.pop(k) for k in _RECORDS if k in cfg}
+        cfg = apply_overrides(cfg, overrides)
+        cfg.update(records)
+        return Config(json.dumps(cfg, sort_keys=True))
+
+    # -- reading
+    def to_dict(self) -> dict[str, Any]:
+        """Return the nested dict (a copy), as every artifact of a run stores it."""
+        return json.loads(self._json)
+
+    def to_toml(self) -> str:
+        """Return the config as TOML text that `from_toml` reads back to an equal config."""
+        import tomli_w
+
+        return tomli_w.dumps(_without_none(self.to_dict()))
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as a TOML file, atomically."""
+        from vidrec.features.atomic import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_toml())
+
+    def __getitem__(self, key: str) -> Any:
+        node: Any = self.to_dict()
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(f"no config key {key!r}")
+            node = node[part]
+        return node
+
+    @property
+    def seed(self) -> int:
+        return int(self["seed"])
+
+    @property
+    def hash(self) -> str:
+        """A short stable hash (the run directory compares it with its artifacts')."""
+        return config_hash(self.to_dict())
+
+    @property
+    def candidate_gen(self) -> CandidateGenConfig:
+        """The candidate generator's typed, frozen config."""
+        return cg_config(self.to_dict())
+
+    @property
+    def ranking(self) -> RankerConfig:
+        """The deep ranker's typed, frozen config."""
+        return ranker_config(self.to_dict())
+
+
+def _without_none(node: Any) -> Any:
+    """TOML has no null: keys whose value is None are left out (they read back as absent)."""
+    if isinstance(node, dict):
+        return {k: _without_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_none(v) for v in node]
+    return node

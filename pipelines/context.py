@@ -32,10 +32,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def none_if_zero(value: int) -> int | None:
-    """TOML has no null: 0 stands for "no limit" in caps such as max_examples_per_user."""
-    return None if int(value) <= 0 else int(value)
-
 
 @dataclass
 class RunContext:

@@ -19,7 +19,7 @@ Everything after `--` is a `vidrec` command line. The launcher starts torchrun
 (`python -m torch.distributed.run`), which starts this module in worker mode in every process;
 the direct torchrun equivalent of the first example is
 
-    torchrun --standalone --nproc-per-node 2 -m pipelines.distributed --worker -- \\
+    torchrun --standalone --nproc-per-node 2 -m vidrec.pipelines.distributed --worker -- \\
         run --preset default --out runs/ddp
 
 How the work is split (first version): global rank 0 runs the `vidrec` command itself (data,
@@ -53,9 +53,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vidrec.candidate_gen import distributed as cg_dist
+from vidrec.common import distributed as dist_utils
 from vidrec.features.dist_env import DistEnv
-from vidrec.ranking import distributed as ranking_dist
 
 log = logging.getLogger("vidrec")
 
@@ -214,7 +213,7 @@ def _announce(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     """Rank 0: send a trainer call and its inputs to the ranks waiting in `_follow`."""
     name = getattr(fn, "__name__", repr(fn))
     log.info("%s: data-parallel on %d processes", name, dist.get_world_size())
-    cg_dist.broadcast_object((fn, args, kwargs))
+    dist_utils.broadcast_object((fn, args, kwargs))
 
 
 def _follow(rank: int) -> None:
@@ -226,14 +225,14 @@ def _follow(rank: int) -> None:
     and torchrun stops the job instead of letting rank 0 wait until the timeout.
     """
     while True:
-        message = cg_dist.broadcast_object(None)
+        message = dist_utils.broadcast_object(None)
         if message is None:
             return
         fn, args, kwargs = message
         try:
             fn(*args, **{**kwargs, "progress": False})
         except Exception as exc:
-            if not getattr(exc, cg_dist.EVERY_RANK, False):
+            if not getattr(exc, dist_utils.EVERY_RANK, False):
                 raise
             log.warning("rank %d: %s failed as on rank 0: %s", rank, fn.__name__, exc)
 
@@ -253,15 +252,14 @@ def worker_main(vidrec_args: Sequence[str], *, timeout_min: int = DEFAULT_TIMEOU
         _follow(env.rank)
         dist.destroy_process_group()
         return 0
-    previous = (cg_dist.set_announcer(_announce), ranking_dist.set_announcer(_announce))
+    previous = dist_utils.set_announcer(_announce)
     try:
         # an exception escaping here may leave the other ranks inside a collective: no stop
         # message then, the process exits and torchrun stops the job
         rc = vidrec_main(list(vidrec_args))
     finally:
-        cg_dist.set_announcer(previous[0])
-        ranking_dist.set_announcer(previous[1])
-    cg_dist.broadcast_object(None)  # release the followers
+        dist_utils.set_announcer(previous)
+    dist_utils.broadcast_object(None)  # release the followers
     dist.destroy_process_group()
     return rc
 
@@ -311,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_min=args.timeout_min,
         )
     except ValueError as exc:
-        print(f"pipelines.distributed: error: {exc}", file=sys.stderr)
+        print(f"vidrec.pipelines.distributed: error: {exc}", file=sys.stderr)
         return 2
 
 

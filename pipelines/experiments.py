@@ -33,12 +33,12 @@ from vidrec.features.atomic import atomic_path, atomic_write_json, atomic_write_
 from vidrec.features.ids import to_codes
 from vidrec.pipelines.config import apply_overrides, resolve_config
 from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.names import EXPERIMENTS
 from vidrec.pipelines.run import heldout_users, run_pipeline
 from vidrec.pipelines.rundir import RunDir
 
 log = logging.getLogger("vidrec")
 
-EXPERIMENTS = ("cg-features", "cg-ssl", "ranker-table")
 CG_STAGES = ("data", "candidate_gen", "index", "retrieval")
 
 

@@ -101,6 +101,7 @@ from vidrec.pipelines.experiments_real import (
     searches_before,
     validate_cg,
 )
+from vidrec.pipelines.names import EXPERIMENTS_LOO, LOO_METHODS, RECHUB_NEGATIVES
 from vidrec.pipelines.rechub import (
     RECHUB_TEMPERATURE,
     RechubWorker,
@@ -109,7 +110,7 @@ from vidrec.pipelines.rechub import (
     rechub_python,
     rechub_version,
 )
-from vidrec.pipelines.retrieval_baselines import LABELS, NAMES, TUNE_K, grids
+from vidrec.pipelines.retrieval_baselines import NAMES, TUNE_K, grids
 from vidrec.pipelines.run import cg_config, load_source
 from vidrec.pipelines.rundir import cpu_model, git_commit
 
@@ -125,22 +126,14 @@ __all__ = [
     "tie_order",
 ]
 
-EXPERIMENTS_LOO: tuple[str, ...] = ("loo",)
 PROTOCOL = "leave-last-out"
 PROTOCOL_VERSION = 2  # part of every saved row's key: a changed protocol recomputes
 MIN_WATCHES = 3
-RECHUB_NEGATIVES = 100
 # the recent watches our CG's user tower averages, chosen on the validation targets like the
 # baselines' settings: a short history for the next watch, the preset's long one for tastes
 CG_HISTORY_GRID: tuple[int, ...] = (3, 10, 50)
 
-# method key -> label, in table order
-METHODS: dict[str, str] = {
-    "cg": "our CG",
-    "most_popular": "most popular",
-    **LABELS,
-    "rechub": "torch-rechub YoutubeDNN",
-}
+METHODS = LOO_METHODS
 STOCHASTIC: frozenset[str] = frozenset({"cg", "rechub"})
 COLUMNS: dict[str, str] = {
     "hitrate@10": "HR@10",

@@ -67,6 +67,7 @@ from vidrec.features.examples import SECONDS_PER_DAY, CandidateFeaturizer, UserF
 from vidrec.features.split import TimeSplit
 from vidrec.features.tables import Dataset
 from vidrec.pipelines.config import config_hash, resolve_config
+from vidrec.pipelines.names import EXPERIMENTS_REAL
 from vidrec.pipelines.run import cg_config, featurizer_from_config, load_source
 
 log = logging.getLogger("vidrec")
@@ -83,7 +84,6 @@ __all__ = [
     "run_movielens_table",
 ]
 
-EXPERIMENTS_REAL: tuple[str, ...] = ("movielens-table",)
 
 # method key -> label in the table; the CG variants differ only in candidate_gen.ssl
 METHODS: dict[str, str] = {

@@ -44,6 +44,7 @@ from vidrec.candidate_gen.baselines import (
 from vidrec.evaluation.retrieval import retrieval_metrics
 from vidrec.features.split import TimeSplit
 from vidrec.features.tables import Dataset
+from vidrec.pipelines.names import BASELINE_LABELS, BASELINE_NAMES
 
 log = logging.getLogger("vidrec")
 
@@ -57,13 +58,7 @@ __all__ = [
 ]
 
 # the baselines in report order; their config toggles are retrieval_baselines.<name>
-NAMES: tuple[str, ...] = ("recent_popular", "item_knn", "ease", "pure_svd")
-LABELS: dict[str, str] = {
-    "recent_popular": "recent popular",
-    "item_knn": "item-kNN (cosine)",
-    "ease": "EASE",
-    "pure_svd": "PureSVD",
-}
+NAMES, LABELS = BASELINE_NAMES, BASELINE_LABELS
 TUNE_K = 50  # the tuning metric is Recall@TUNE_K on the ranker window
 
 

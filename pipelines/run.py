@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vidrec.candidate_gen.config import CandidateGenConfig
 from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
 from vidrec.candidate_gen.retrieve import Retriever
 from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
@@ -50,8 +49,8 @@ from vidrec.features.examples import CandidateExamples, CandidateFeaturizer
 from vidrec.features.ids import to_data_ids
 from vidrec.features.split import TimeSplit
 from vidrec.features.tables import Dataset
-from vidrec.pipelines.context import RunContext, none_if_zero, seed_everything
-from vidrec.pipelines.config import ConfigError
+from vidrec.pipelines.config import DATA_SOURCES, ConfigError, cg_config, none_if_zero
+from vidrec.pipelines.context import RunContext, seed_everything
 from vidrec.pipelines.rundir import RunDir, check_data_outside_run, check_index_matches_model
 
 log = logging.getLogger("vidrec")
@@ -77,16 +76,6 @@ def save_frame(df: pd.DataFrame, path: Path) -> None:
 def load_json(path: Path) -> Any:
     return json.loads(path.read_text("utf-8"))
 
-
-def cg_config(config: dict[str, Any]) -> CandidateGenConfig:
-    c = dict(config["candidate_gen"])
-    c.pop("refit_for_test", None)  # pipeline settings (stage_candidate_gen), not the model's
-    c.pop("valid_protocol", None)
-    c["max_examples_per_user"] = none_if_zero(c["max_examples_per_user"])
-    c["user_layers"] = tuple(c["user_layers"])
-    c["item_layers"] = tuple(c["item_layers"])
-    c["seed"] = int(config["seed"])
-    return CandidateGenConfig.from_dict(c)
 
 
 def featurizer_from_config(config: dict[str, Any]) -> CandidateFeaturizer:
@@ -128,7 +117,6 @@ def available_items(ds_items: pd.DataFrame, at_time: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- stages
-DATA_SOURCES: tuple[str, ...] = ("synthetic", "dir", "movielens", "kuairand")
 
 
 def load_source(

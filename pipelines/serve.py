@@ -272,6 +272,26 @@ class Recommender:
             "note": self._note(given, user),
         }
 
+    def retrieve(self, user: int | str, n: int = 100) -> dict[str, Any]:
+        """The candidate generator's top-n unwatched items for `user` at the serving time, best
+        first, with their scores (u·v through the served index) and catalog ranks."""
+        given, code = user, self._user_code(user)
+        item_ids, (scores, ranks) = self._retrieve(code, int(n))
+        labels = self._item_labels(item_ids)
+        return {
+            "user": given,
+            "at": _iso(self.at),
+            "candidates": [
+                {"rank": i + 1, "item_id": labels[i], "cg_score": float(s), "catalog_rank": int(r)}
+                for i, (s, r) in enumerate(zip(scores.tolist(), ranks.tolist(), strict=True))
+            ],
+            "note": self._note(given, code),
+        }
+
+    def predict_watch_time(self, user: int | str, items: list[int] | list[str]) -> dict[str, Any]:
+        """Expected watch time of each item for `user` at the serving time (same as `predict`)."""
+        return self.predict(user, items)
+
     def predict(self, user: int | str, items: list[int] | list[str]) -> dict[str, Any]:
         """Expected watch time (s) of each known item for `user` at the serving time (the
         data's ids); items the catalog lacks are listed under "unknown_items" as given."""

@@ -32,10 +32,11 @@ from vidrec.features.ids import to_codes, to_data_ids
 from vidrec.features.ranker_features import RankerFrame, build_ranker_frame
 from vidrec.features.stats import CANDIDATES_PER_USER
 from vidrec.pipelines import scoring
+from vidrec.pipelines.config import ranker_config
 from vidrec.pipelines.context import RunContext
 from vidrec.pipelines.run import cg_model, heldout_users, load_json, save_frame
 from vidrec.ranking.baselines import LightGBMLambdaRanker, LightGBMWeightedRanker, PopularityRanker
-from vidrec.ranking.config import LightGBMConfig, RankerConfig
+from vidrec.ranking.config import LightGBMConfig
 from vidrec.ranking.train import TrainedRanker, fold_epochs, train_ranker
 
 log = logging.getLogger("vidrec")
@@ -55,22 +56,6 @@ _BASELINES = {
     "popularity": lambda cfg, hl: PopularityRanker(),
 }
 
-
-def ranker_config(
-    config: dict[str, Any], weighting: str | None = None, time_windows: tuple[int, ...] = ()
-) -> RankerConfig:
-    """The deep ranker's config from the run config; `weighting` overrides ranking.weighting;
-    `time_windows` are those of the item time signals its frames carry (`ranker_time_windows`)."""
-    c = {
-        k: v
-        for k, v in config["ranking"].items()
-        if k not in ("max_train_rows", "max_eval_rows", "epoch_folds")
-    }
-    c["hidden"] = tuple(c["hidden"])
-    c["vocab_top_n"] = c["vocab_top_n"] if c["vocab_top_n"] > 0 else None
-    c.update(weighting=weighting or c["weighting"], seed=int(config["seed"]))
-    c["time_windows"] = tuple(time_windows)
-    return RankerConfig.from_dict(c)
 
 
 def ranker_time_windows(ctx: RunContext) -> tuple[int, ...]:

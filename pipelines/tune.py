@@ -45,13 +45,13 @@ from vidrec.pipelines.config import (
     flatten,
 )
 from vidrec.pipelines.context import RunContext
-from vidrec.pipelines.rundir import RunDir, check_data_outside_run, git_commit
 from vidrec.pipelines.run import (
     cg_config,
     featurizer_from_config,
     run_pipeline,
     validation_examples,
 )
+from vidrec.pipelines.rundir import RunDir, check_data_outside_run, git_commit
 
 log = logging.getLogger("vidrec")
 

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import errno
 import json
 import logging
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from vidrec.features.atomic import atomic_path, atomic_write_json
+from vidrec.common import distributed as dist_utils
+from vidrec.common.torch_utils import load_weights, resolve_device, save_weights
+from vidrec.features.atomic import atomic_write_json
 from vidrec.features.dist_env import row_range, shard_batches
 from vidrec.features.integrity import (
     ArtifactError,
@@ -52,7 +52,6 @@ from vidrec.features.integrity import (
     resolve_inside,
     sha256_file,
     short_digest,
-    unsafe_pickle_error,
 )
 from vidrec.features.normalize import QuantileNormalizer
 from vidrec.features.ranker_features import (
@@ -63,7 +62,6 @@ from vidrec.features.ranker_features import (
     build_ranker_frame,
 )
 from vidrec.features.tables import Dataset
-from vidrec.ranking import distributed as dist_utils
 from vidrec.ranking.calibration import WatchTimeCalibrator
 from vidrec.ranking.config import RankerConfig
 from vidrec.ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
@@ -80,16 +78,6 @@ _CALIBRATION_BIN_ROWS = 500
 # fewer validation rows than this (or no watch time in them): no calibrator, exp(logit) is kept
 _CALIBRATION_MIN_ROWS = 40
 
-
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device for a config's device string ("auto" = cuda when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {name!r} was requested but CUDA is not available; use device='cpu' or 'auto'"
-        )
-    return torch.device(name)
 
 
 def dense_features(
@@ -273,10 +261,7 @@ class TrainedRanker:
         self.vocabularies.save(d / "vocabularies.json")
         self.normalizer.save(d / "normalizer.json")
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        with atomic_path(d / _MODEL) as tmp:
-            # a file object: a full disk is then an OSError, not torch's bare RuntimeError
-            with open(tmp, "wb") as fh:
-                torch.save(state, fh)
+        save_weights(d / _MODEL, state)
         companions = list(_COMPANIONS)
         if self.calibrator is not None:
             atomic_write_json(d / _CALIBRATION, self.calibrator.to_dict())
@@ -320,7 +305,7 @@ class TrainedRanker:
         )
         dev = resolve_device(device or config.device)
         model = _build_model(meta["model"])
-        model.load_state_dict(_load_weights(d / _MODEL, dev))
+        model.load_state_dict(load_weights(d / _MODEL, dev))
         calibrator = None
         if _CALIBRATION in (meta.get("sha256") or {}):  # its digest was checked above
             try:
@@ -806,7 +791,7 @@ def _read_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict[str, An
     if not (ckpt_dir / _CHECKPOINT).exists():
         return None
     try:
-        ck = _load_weights(ckpt_dir / _CHECKPOINT, device)
+        ck = load_weights(ckpt_dir / _CHECKPOINT, device)
     except DamagedWeightsError as exc:
         # a kill or a full disk can leave a torn checkpoint behind: it is no use to resume
         # from, and keeping it would fail every rerun; the stage trains from the first epoch
@@ -825,20 +810,6 @@ def _read_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict[str, An
     return ck
 
 
-def _load_weights(path: Path, device: torch.device | str) -> Any:
-    """Return torch.load(path, weights_only=True); a file holding code is an ArtifactError."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise unsafe_pickle_error(path, exc) from None
-    except (RuntimeError, EOFError, OSError) as exc:  # torch's zip reader on a torn file
-        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
-            raise  # missing, unreadable: not a damaged file
-        raise DamagedWeightsError(
-            f"{path} cannot be read as a weights file ({str(exc).splitlines()[0][:200]}): it is "
-            "truncated or damaged"
-        ) from None
-
 
 def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:
     """Write `checkpoint.pt` (with the sha256 of the transforms beside it) and the readable
@@ -847,9 +818,7 @@ def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:
         **checkpoint,
         "transforms_sha256": {n: sha256_file(ckpt_dir / n) for n in _TRANSFORMS},
     }
-    with atomic_path(ckpt_dir / _CHECKPOINT) as tmp:
-        with open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
+    save_weights(ckpt_dir / _CHECKPOINT, checkpoint)
     atomic_write_json(
         ckpt_dir / "progress.json",
         {

@@ -8,10 +8,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "features": {"features"},
-    "candidate_gen": {"features", "candidate_gen"},
-    "ranking": {"features", "ranking"},
+    "common": {"features", "common"},  # shared torch code, below both stages
+    "candidate_gen": {"features", "common", "candidate_gen"},
+    "ranking": {"features", "common", "ranking"},
     "evaluation": {"features", "evaluation"},
-    "pipelines": {"features", "candidate_gen", "ranking", "evaluation", "pipelines"},
+    "pipelines": {"features", "common", "candidate_gen", "ranking", "evaluation", "pipelines"},
 }
 FORBIDDEN_IN_FEATURES = {"torch", "annoy", "lightgbm"}
 

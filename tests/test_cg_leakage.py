@@ -17,15 +17,15 @@ import pytest
 import torch
 from test_cg_examples import DAY, random_dataset
 
+# the candidate-generator test settings, one torch thread (autouse), from the trainer's tests
+from test_cg_train import BASE as _TRAIN_BASE  # noqa: E402
+from test_cg_train import _one_thread  # noqa: E402, F401
+
 import vidrec.candidate_gen.train as cg_train
 from vidrec.candidate_gen.config import CandidateGenConfig
 from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
 from vidrec.features.examples import CandidateFeaturizer
 from vidrec.features.split import TimeSplit
-
-# the candidate-generator test settings, one torch thread (autouse), from the trainer's tests
-from test_cg_train import BASE as _TRAIN_BASE  # noqa: E402
-from test_cg_train import _one_thread  # noqa: E402, F401
 
 BASE = {**_TRAIN_BASE, "ssl_batch_size": 64}
 N_LATE = 40  # items uploaded after the training window

@@ -270,5 +270,5 @@ def test_errors_are_actionable(world) -> None:
     with pytest.raises(ValueError, match="unknown index kind"):
         build_index(model, "faiss")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")

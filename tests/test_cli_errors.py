@@ -50,3 +50,38 @@ def test_one_line_and_exit_code(
     assert phrase in last
     assert "Traceback" not in last
     assert not out.exists()  # refused before anything was written
+
+
+def test_version_and_help_do_not_import_torch():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from vidrec.pipelines.cli import main\n"
+        "for argv in (['--version'], ['--help'], ['run', '--help'], ['experiment', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "vidrec 0.1.0" in out.stdout and "usage: vidrec" in out.stdout
+    assert out.stdout.strip().endswith("TORCH False")
+
+
+def test_an_import_error_of_vidrecs_own_modules_is_not_hidden(monkeypatch: pytest.MonkeyPatch):
+    """A broken module must surface as its ImportError, not as "invalid choice: run"."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "vidrec.pipelines" and args and args[2] and "commands" in args[2]:
+            raise ImportError("cannot import name 'x' from 'vidrec.pipelines.commands'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError, match="vidrec.pipelines.commands"):
+        main(["run", "--preset", "tiny", "--out", "x"])

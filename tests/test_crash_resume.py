@@ -608,24 +608,21 @@ def test_truncated_checkpoint_is_discarded_and_training_starts_over(
         assert torch.equal(weights[k], v), k
 
 
-@pytest.mark.parametrize("module", ["vidrec.candidate_gen.train", "vidrec.ranking.train"])
+@pytest.mark.parametrize("trainer", ["cg", "ranker"])
 def test_disk_full_during_torch_save_is_a_write_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainer: str
 ) -> None:
     """torch.save onto a path reports a full disk as a bare RuntimeError; vidrec hands it an open
-    file, so the user gets the same one-line message as for every other artifact."""
-    import importlib
-
+    file (both trainers save through `common.torch_utils.save_weights`), so the user gets the
+    same one-line message as for every other artifact."""
+    from vidrec.common import torch_utils as mod
     from vidrec.features.atomic import ArtifactWriteError
-
-    mod = importlib.import_module(module)
 
     class FullDisk(io.FileIO):
         def write(self, b: Any) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(mod, "open", lambda p, mode="r": FullDisk(p, mode), raising=False)
-    trainer = "cg" if module.startswith("vidrec.candidate_gen") else "ranker"
     with pytest.raises(ArtifactWriteError, match="no space left on the device"):
         TRAINERS[trainer](tmp_path / "ckpt")
     assert list((tmp_path / "ckpt").rglob("*.tmp")) == []

@@ -114,9 +114,9 @@ def test_few_ranker_users_pick_the_epoch_over_folds() -> None:
 
 def test_log_statistics_count_the_ranker_rows() -> None:
     import numpy as np
+    from test_cg_examples import random_dataset
 
     from vidrec.features.stats import CANDIDATES_PER_USER
-    from test_cg_examples import random_dataset
 
     ds = random_dataset(n_users=30, n_items=50, n_watches=600, n_searches=0, seed=1)
     s = log_statistics(ds, 0.7, 0.85)
@@ -133,7 +133,7 @@ def test_derived_early_stopping_measures_what_the_test_measures() -> None:
     cfg = resolve_config(AUTO, data_stats=_stats())
     assert cfg["candidate_gen"]["valid_protocol"] == "window"
     assert resolve_config("default")["candidate_gen"]["valid_protocol"] == "next_watch"
-    with pytest.raises(ConfigError, match="valid_protocol.*next_watch, window"):
+    with pytest.raises(ConfigError, match="valid_protocol.*'next_watch', 'window'"):
         resolve_config("default", ["candidate_gen.valid_protocol=leave_one_out"])
 
 

@@ -24,14 +24,13 @@ import torch.multiprocessing as mp
 from test_cg_examples import random_dataset
 from test_ranker_model import SMALL, frames
 
-from vidrec.candidate_gen import distributed as cg_dist
 from vidrec.candidate_gen.config import CandidateGenConfig
 from vidrec.candidate_gen.train import train_candidate_generator
+from vidrec.common import distributed as cg_dist
 from vidrec.features.dist_env import DistEnv, rank_seed, row_range, shard_batches
 from vidrec.features.examples import CandidateFeaturizer
 from vidrec.features.split import TimeSplit
 from vidrec.pipelines import distributed as launcher
-from vidrec.ranking import distributed as ranking_dist
 from vidrec.ranking.config import RankerConfig
 from vidrec.ranking.train import train_ranker
 
@@ -153,10 +152,7 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
     # driver mode (pipelines.distributed): rank 0 alone calls the trainers, which announce
     # themselves; rank 1 replays them, and keeps following after an error raised on every rank
     if rank == 0:
-        previous = (
-            cg_dist.set_announcer(launcher._announce),
-            ranking_dist.set_announcer(launcher._announce),
-        )
+        previous = cg_dist.set_announcer(launcher._announce)
         m = train_candidate_generator(
             cg_config(**IN_BATCH), train, items, valid=valid, progress=False
         )
@@ -166,8 +162,7 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
                 RankerConfig(**{**RANKER, "lr": 0.5}), tr, va, checkpoint_dir=out / "rk_a"
             )
         )
-        cg_dist.set_announcer(previous[0])
-        ranking_dist.set_announcer(previous[1])
+        cg_dist.set_announcer(previous)
         cg_dist.broadcast_object(None)  # the stop message
     else:
         launcher._follow(rank)
@@ -418,7 +413,7 @@ def test_dist_env_from_environment() -> None:
 def test_collectives_are_identities_in_one_process() -> None:
     x = torch.arange(6.0).reshape(3, 2)
     calls: list[Any] = []
-    for mod in (cg_dist, ranking_dist):
+    for mod in (cg_dist,):
         assert mod.rank_and_world() == (0, 1) and not mod.is_distributed()
         assert mod.all_gather_rows(x, 3) is x
         np.testing.assert_array_equal(mod.all_reduce_sum([1.0, 2.0]), [1.0, 2.0])

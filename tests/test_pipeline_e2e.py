@@ -4,7 +4,6 @@ import json
 import math
 
 import numpy as np
-
 import pytest
 
 from vidrec.evaluation.report import flatten
@@ -308,8 +307,8 @@ def test_test_window_is_served_by_a_model_refit_before_it(tiny_run):
     training rows keep the out-of-sample scores of the model trained before train_end."""
     from vidrec.candidate_gen.train import TrainedCandidateGenerator
     from vidrec.pipelines.context import RunContext
-    from vidrec.pipelines.rundir import RunDir, serving_cg_dir
     from vidrec.pipelines.run import best_epoch, cg_model
+    from vidrec.pipelines.rundir import RunDir, serving_cg_dir
 
     out, _, _ = tiny_run
     m = json.loads((out / "manifest.json").read_text())

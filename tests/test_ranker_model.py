@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+import vidrec.ranking.train as ranking_train
 from vidrec.features.normalize import QuantileNormalizer
 from vidrec.features.ranker_features import (
     CONTINUOUS_COLUMNS,
@@ -23,7 +24,6 @@ from vidrec.ranking.model import (
     loss_weights,
     weighted_logistic_loss,
 )
-import vidrec.ranking.train as ranking_train
 from vidrec.ranking.train import (
     TrainedRanker,
     fold_epochs,

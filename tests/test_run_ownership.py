@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vidrec.features.atomic import atomic_write_text, make_dirs
+from vidrec.pipelines.run import run_pipeline
 from vidrec.pipelines.rundir import (
     LEDGER_FILE,
     LOCK_FILE,
@@ -23,7 +24,6 @@ from vidrec.pipelines.rundir import (
     check_data_outside_run,
     read_lock,
 )
-from vidrec.pipelines.run import run_pipeline
 
 CFG = {"seed": 0}
 

@@ -19,6 +19,10 @@ import pytest
 import torch
 from test_cg_examples import DAY, random_dataset
 
+# the candidate-generator test settings, one torch thread (autouse), from the trainer's tests
+from test_cg_train import BASE as _TRAIN_BASE  # noqa: E402
+from test_cg_train import _one_thread  # noqa: E402, F401
+
 import vidrec.candidate_gen.train as cg_train
 from vidrec.candidate_gen.config import CandidateGenConfig
 from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch
@@ -33,10 +37,6 @@ from vidrec.features.time_signals import (
     ItemTimeSignals,
     item_signal_values,
 )
-
-# the candidate-generator test settings, one torch thread (autouse), from the trainer's tests
-from test_cg_train import BASE as _TRAIN_BASE  # noqa: E402
-from test_cg_train import _one_thread  # noqa: E402, F401
 
 BASE = {**_TRAIN_BASE, "ssl_batch_size": 64}
 

@@ -9,13 +9,12 @@ import tomllib
 import numpy as np
 import pytest
 import torch
+from test_experiments_real import TINY_CG
 
 from vidrec.pipelines.config import UsageError, resolve_config
 from vidrec.pipelines.context import RunContext
 from vidrec.pipelines.rundir import RunDir
 from vidrec.pipelines.tune import SEARCH_SPACE, search, tune
-
-from test_experiments_real import TINY_CG
 
 torch.set_num_threads(1)
 

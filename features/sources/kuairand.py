@@ -78,7 +78,12 @@ from vidrec.features.schema import (
     validate_dataset,
     validate_table,
 )
-from vidrec.features.sources.delimited import FieldKind, ReadStats, read_delimited, read_delimited_all
+from vidrec.features.sources.delimited import (
+    FieldKind,
+    ReadStats,
+    read_delimited,
+    read_delimited_all,
+)
 from vidrec.features.tables import Dataset
 
 __all__ = [

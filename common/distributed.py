@@ -1,18 +1,17 @@
-"""torch.distributed helpers of the deep ranker: rank, collectives, announcements.
+"""torch.distributed helpers of both trainers: rank, collectives, announcements.
 
-Where it sits: `ranking.train` trains data-parallel (DistributedDataParallel) whenever a default
-process group with more than one process is initialized (torchrun, or `pipelines.distributed`),
-and single-process otherwise; these helpers are no-ops or identities in a single process. They
-mirror `candidate_gen.distributed` (the packages may not import each other, and
-`features`, the shared layer, has no torch); the torch-free parts live in `features.dist_env`.
+Where it sits: `candidate_gen.train` and `ranking.train` train data-parallel
+(DistributedDataParallel) whenever a default process group with more than one process is
+initialized (torchrun, or `pipelines.distributed`), and single-process otherwise; these helpers are
+no-ops or identities in a single process. The torch-free parts live in `features.dist_env`.
 
 Object collectives (checkpoints, decisions, announcements) go over CPU tensors when the group
 has a CPU backend (gloo, or "cpu:gloo,cuda:nccl"), and over the current CUDA device with a pure
 NCCL group. Tensor gathers run on the tensors' device when the backend supports it.
 
 Announcements: a launcher that runs a program on rank 0 only (`pipelines.distributed`) installs
-an announcer with `set_announcer`; `train_ranker` then announces each call so that the launcher
-can replay it on the other ranks, which join the data-parallel training.
+an announcer with `set_announcer`; `train_candidate_generator` and `train_ranker` then announce each
+call so that the launcher can replay it on the other ranks, which join the data-parallel training.
 """
 
 from __future__ import annotations
@@ -36,7 +35,10 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "check_same_on_all_ranks",
+    "destroy_group",
+    "gather_with_grad",
     "is_distributed",
+    "new_group",
     "on_rank0",
     "rank_and_world",
     "set_announcer",
@@ -179,6 +181,50 @@ def all_gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: b - a] for p, (a, b) in zip(parts, sizes, strict=True)]).to(local.device)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather along dim 0 whose backward sums each rank's gradient of the gathered rows."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        world = dist.get_world_size(group)
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local.contiguous(), group=group)
+        ctx.group, ctx.rows, ctx.rank = group, local.shape[0], dist.get_rank(group)
+        return torch.cat(parts)  # (W m, ...)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        # every rank's loss depends on every rank's rows: sum their gradients, keep our slice
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
+
+
+def gather_with_grad(local: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Return every rank's `local` rows concatenated in rank order (W m, ...), differentiable.
+
+    All ranks must pass the same number of rows. The backward pass hands each rank the sum over
+    ranks of the gradients of its own rows, so that when every rank's loss uses the gathered
+    rows, DDP's gradient average equals the gradient of the global-batch loss. Identity in a
+    single process.
+    """
+    if not is_distributed():
+        return local
+    dev = _tensor_device(local.device)
+    return _GatherRows.apply(local.to(dev), group).to(local.device)
+
+
+def new_group() -> Any:
+    """Return a new process group of every rank (collectively: every rank must call it)."""
+    return dist.new_group()
+
+
+def destroy_group(group: Any) -> None:
+    """Release a group made by `new_group` (None: nothing to release)."""
+    if group is not None:
+        dist.destroy_process_group(group)
 
 
 def set_announcer(announcer: Announcer | None) -> Announcer | None:

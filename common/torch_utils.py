@@ -1,0 +1,68 @@
+"""Device resolution, weights-only checkpoint I/O and embedding bags shared by both trainers."""
+
+from __future__ import annotations
+
+import errno
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vidrec.features.atomic import atomic_path
+from vidrec.features.integrity import DamagedWeightsError, unsafe_pickle_error
+
+__all__ = ["load_weights", "mean_bag", "resolve_device", "save_weights"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device of a config's device string: "auto" (CUDA when available), "cpu",
+    "cuda" or "cuda:N"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={name!r} was requested but torch sees no CUDA device (CUDA is not available); "
+            "use device='auto' or 'cpu'"
+        )
+    return torch.device(name)
+
+
+def load_weights(path: Path, device: torch.device | str) -> Any:
+    """Return torch.load(path, weights_only=True); a file holding code is an ArtifactError, a
+    truncated or damaged one a DamagedWeightsError."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise unsafe_pickle_error(path, exc) from None
+    except (RuntimeError, EOFError, OSError) as exc:  # torch's zip reader on a torn file
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):
+            raise  # missing, unreadable: not a damaged file
+        raise DamagedWeightsError(
+            f"{path} cannot be read as a weights file ({str(exc).splitlines()[0][:200]}): it is "
+            "truncated or damaged"
+        ) from None
+
+
+def save_weights(path: Path, payload: Any) -> None:
+    """Write `payload` (tensors, numbers, strings, dicts) with torch.save, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+
+
+def mean_bag(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Return the mean (B, E) of the rows of `weight` named by each row of `ids` (B, L), id 0
+    (padding) excluded; 0 for a bag of padding only.
+
+    The same numbers as F.embedding_bag(mode="mean", padding_idx=0), which on CPU takes a slow
+    path (20 ms instead of 0.7 ms for 500 bags of 50 over a 100k x 64 table, torch 2.13), and as
+    masked_mean(embedding(ids), ids != 0) without materialising the (B, L, E) gather: a weighted
+    sum whose weights are 0 on padding and 1 elsewhere, so row 0 also gets no gradient.
+    """
+    keep = ids != 0  # (B, L)
+    total = F.embedding_bag(ids, weight, mode="sum", per_sample_weights=keep.to(weight.dtype))
+    return total / keep.sum(dim=1, keepdim=True).clamp_min(1).to(weight.dtype)  # (B, E)
