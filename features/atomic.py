@@ -21,6 +21,19 @@ from typing import Any
 
 TEMP_SUFFIX = ".tmp"
 
+
+def _process_umask() -> int:
+    """The process's umask (read once: setting it back at once is safe while one thread runs)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the mode of every artifact: what open() gives a new file under the process's umask. mkstemp
+#: makes its temporary 0600, so without this a run's report and models would be readable by
+#: their owner only, whatever the umask (a web server or another serving user could not read them)
+FILE_MODE = 0o666 & ~_process_umask()
+
 # Write observers: each is called with (path, kind) before a temporary is created ("check"),
 # once it exists ("temporary"), for every directory this module creates ("directory") and after
 # the rename ("file"). A run directory registers one so that it knows every file it wrote (and
@@ -118,6 +131,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, final)
         _fsync_directory(final.parent)
         _notify(final, "file")

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vidrec import __version__
-
 log = logging.getLogger("vidrec")
 
 EXIT_USAGE = 2
@@ -97,6 +95,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _version() -> str:
+    """The installed distribution's version (a source checkout that is not installed: unknown)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidrec")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vidrec",
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "expected watch time, evaluation and offline simulation.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--version", action="version", version=f"vidrec {__version__}")
+    p.add_argument("--version", action="version", version=f"vidrec {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("simulate-data", help="generate the synthetic world's tables and world.json")

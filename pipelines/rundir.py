@@ -114,6 +114,9 @@ _PACKAGES = ("vidrec", "torch", "numpy", "pandas", "pyarrow", "annoy", "lightgbm
 PROVENANCE_FILE = "provenance.json"
 # manifest key: stages whose directories hold an attempt that must not be continued
 _DISCARD = "discard_before_running"
+#: the folders the trainers keep resumable checkpoints in (pipelines.run, pipelines.stages_rank):
+#: removed once their stage is done
+CHECKPOINT_DIRS = frozenset({"checkpoints", "serving_checkpoints"})
 
 
 class RunDirError(RuntimeError):
@@ -570,11 +573,17 @@ class RunDir:
             return
         self._append_ledger([a.relative_to(root).as_posix()])
 
-    def _discard(self, name: str) -> None:
-        """Delete what this run wrote under stage `name` (its ledger entries), nothing else."""
+    def _discard(self, name: str, *, checkpoints_only: bool = False) -> None:
+        """Delete what this run wrote under stage `name` (its ledger entries), nothing else;
+        with `checkpoints_only`, just what it wrote under its training-checkpoint folders."""
         prefix = f"{name}/"
         mine = sorted(
-            (r for r in self._ledger if r == name or r.startswith(prefix)),
+            (
+                r
+                for r in self._ledger
+                if (r == name or r.startswith(prefix))
+                and (not checkpoints_only or CHECKPOINT_DIRS & set(r.split("/")[1:]))
+            ),
             key=lambda r: (-r.count("/"), r),
         )
         files = dirs = 0
@@ -598,7 +607,9 @@ class RunDir:
                 except OSError:
                     pass  # holds files vidrec did not write: kept
         d = self.path / name
-        if d.is_dir() and not d.is_symlink():
+        if checkpoints_only:
+            log.info("stage %s: removed its %d training checkpoint file(s)", name, files)
+        elif d.is_dir() and not d.is_symlink():
             left = sum(len(fs) for _, _, fs in os.walk(d))
             if left:
                 log.warning(
@@ -607,9 +618,8 @@ class RunDir:
                     left,
                     d,
                 )
-        log.info(
-            "stage %s: discarded the %d file(s) of its previous attempt", name, files
-        )
+        if not checkpoints_only:
+            log.info("stage %s: discarded the %d file(s) of its previous attempt", name, files)
         if gone:
             self._ledger -= gone
             self._rewrite_ledger()
@@ -1003,6 +1013,8 @@ class RunDir:
         t0 = time.perf_counter()
         info = fn(out)
         dt = time.perf_counter() - t0
+        # the stage is complete: its models stay, the checkpoints it could resume from go
+        self._discard(name, checkpoints_only=True)
         self._write_provenance(name, lineage or {})
         self.record(name, dt, info, lineage)
         log.info("stage %-16s done in %.1f s (peak RSS %.0f MB)", name, dt, peak_rss_mb())

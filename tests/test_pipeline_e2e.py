@@ -331,3 +331,28 @@ def test_test_window_is_served_by_a_model_refit_before_it(tiny_run):
     sids, svecs = serving.item_embeddings(items)
     pos = {int(i): n for n, i in enumerate(sids)}
     np.testing.assert_allclose(vecs, svecs[[pos[int(i)] for i in ids]], rtol=1e-5, atol=1e-6)
+
+
+def test_artifacts_are_readable_as_the_umask_allows_and_no_checkpoints_stay(tiny_run):
+    """A serving user or web server reads report.html and the models (mode 0644 under the usual
+    umask 022, never mkstemp's 0600); the training checkpoints are gone once a stage finished."""
+    import os
+    import stat
+
+    from vidrec.features.atomic import FILE_MODE
+
+    out, _, _ = tiny_run
+    assert FILE_MODE == 0o666 & ~_umask()
+    for name in ("report.html", "report.json", "manifest.json"):
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == FILE_MODE, name
+    models = [p for p in out.rglob("*.pt")] + [p for p in out.rglob("*.ann")]
+    assert models and all(stat.S_IMODE(p.stat().st_mode) == FILE_MODE for p in models)
+    assert [p for p in out.rglob("checkpoint*.pt")] == []
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

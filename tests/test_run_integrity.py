@@ -412,16 +412,20 @@ def test_only_an_interrupted_attempt_of_the_same_config_is_continued(tmp_path: P
     rd.save()
     atomic_write_text(root / "b" / "checkpoints" / "checkpoint.pt", "epoch 1")
     rd = RunDir(root, {"seed": 0})
-    rd.run_stage("b", write("b"), inputs=("a",))
-    assert (root / "b" / "checkpoints" / "checkpoint.pt").exists()
+    seen: list[bool] = []
+
+    def resume(d: Path) -> None:
+        seen.append((d / "checkpoints" / "checkpoint.pt").exists())  # what a trainer resumes
+        write("b")(d)
+
+    rd.run_stage("b", resume, inputs=("a",))
+    assert seen == [True]
+    # a finished stage keeps its outputs, not the checkpoints it could have resumed from
+    assert not (root / "b" / "checkpoints").exists() and (root / "b" / "b").exists()
     # --redo: the previous attempt's files go, nothing resumes from them
     rd.forget("a")
     rd.run_stage("a", write("second"))
-    assert sorted(p.name for p in (root / "a").iterdir()) == [
-        "checkpoints",
-        "provenance.json",
-        "second",
-    ]
+    assert sorted(p.name for p in (root / "a").iterdir()) == ["provenance.json", "second"]
     # b was built from the first a: stale, so it reruns from an empty directory too
     rd.run_stage("b", write("b2"), inputs=("a",))
     assert not (root / "b" / "checkpoints" / "checkpoint.pt").exists()
@@ -435,11 +439,7 @@ def test_only_an_interrupted_attempt_of_the_same_config_is_continued(tmp_path: P
     assert m["discard_before_running"] == ["b"]
     rd = RunDir(root, {"seed": 1})
     rd.run_stage("b", write("b3"), inputs=("a",))
-    assert sorted(p.name for p in (root / "b").iterdir()) == [
-        "b3",
-        "checkpoints",
-        "provenance.json",
-    ]
+    assert sorted(p.name for p in (root / "b").iterdir()) == ["b3", "provenance.json"]
     assert json.loads((root / "manifest.json").read_text())["discard_before_running"] == []
     # a directory no manifest ever listed is not vidrec's to delete
     (root / "c").mkdir()
