@@ -69,7 +69,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from vidrec.candidate_gen.config import RESUMABLE_CHANGES, CandidateGenConfig
 from vidrec.candidate_gen.losses import (
@@ -81,7 +80,12 @@ from vidrec.candidate_gen.losses import (
 from vidrec.candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_information, rfm_masks
 from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
 from vidrec.common import distributed as dist_utils
-from vidrec.common.torch_utils import load_weights, resolve_device, save_weights
+from vidrec.common.torch_utils import (
+    load_weights,
+    progress_bar,
+    resolve_device,
+    save_weights,
+)
 from vidrec.features.atomic import atomic_path, atomic_write_json
 from vidrec.features.dist_env import rank_seed, row_range, shard_batches
 from vidrec.features.examples import (
@@ -802,8 +806,8 @@ def train_candidate_generator(
                 if world == 1
                 else torch.Generator().manual_seed(rank_seed(config.seed, epoch, rank))
             )
-            bar = tqdm(
-                desc=f"candidate_gen epoch {epoch}/{config.epochs}", disable=not show, leave=False
+            bar = progress_bar(
+                show, desc=f"candidate_gen epoch {epoch}/{config.epochs}", leave=False
             )
             totals = _run_epoch(
                 runner,
@@ -840,7 +844,7 @@ def train_candidate_generator(
             state.history.append(record)
             state.epoch = epoch
             if show:
-                tqdm.write(_describe(record))
+                log.info(_describe(record))
             if ckpt_path is not None:
                 # rank 0 writes (atomically); the others wait for it (a barrier)
                 dist_utils.on_rank0(

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import errno
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from vidrec.features.atomic import atomic_path
 from vidrec.features.integrity import DamagedWeightsError, unsafe_pickle_error
 
-__all__ = ["load_weights", "mean_bag", "resolve_device", "save_weights"]
+__all__ = ["load_weights", "mean_bag", "progress_bar", "resolve_device", "save_weights"]
+
+
+def progress_bar(show: bool, **kwargs: Any) -> tqdm:
+    """A tqdm bar, drawn only when `show` and stderr is a terminal. Redirected to a file, a bar
+    is carriage-return noise; the trainers' one log line per epoch says how training goes."""
+    return tqdm(disable=not (show and sys.stderr.isatty()), **kwargs)
 
 
 def resolve_device(name: str) -> torch.device:

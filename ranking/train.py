@@ -38,10 +38,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from vidrec.common import distributed as dist_utils
-from vidrec.common.torch_utils import load_weights, resolve_device, save_weights
+from vidrec.common.torch_utils import (
+    load_weights,
+    progress_bar,
+    resolve_device,
+    save_weights,
+)
 from vidrec.features.atomic import atomic_write_json
 from vidrec.features.dist_env import row_range, shard_batches
 from vidrec.features.integrity import (
@@ -584,11 +588,11 @@ def train_ranker(
         runner.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(n)  # same on every rank
         total, seen = 0.0, 0
-        bar = tqdm(
+        bar = progress_bar(
+            progress and rank == 0,
             total=n,
             desc=f"ranker epoch {epoch}/{config.epochs}",
             unit="row",
-            disable=not progress or rank > 0,
             leave=False,
         )
         for rows in shard_batches(order, config.batch_size, rank, world):
@@ -633,7 +637,7 @@ def train_ranker(
             bad_epochs += 1
         history.append(record)
         if progress and rank == 0:
-            tqdm.write(
+            log.info(
                 f"ranker epoch {epoch}: train {record['train_loss']:.4f}"
                 + (f" valid {record['valid_loss']:.4f}" if "valid_loss" in record else "")
             )

@@ -585,3 +585,21 @@ def test_random_exposure_slice_metrics_cover_only_its_rows():
     expect = ranking_metrics(groups[sel], clicked[sel], watch[sel], scores["b"][sel])
     # the same metrics as computed on those rows alone (NaN where pages are single rows)
     assert json.dumps(out["metrics"]["b"], sort_keys=True) == json.dumps(expect, sort_keys=True)
+
+
+def test_progress_goes_to_the_log_one_line_per_epoch_and_bars_only_on_a_terminal(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], monkeypatch
+):
+    import sys
+
+    from vidrec.common.torch_utils import progress_bar
+
+    _, tr, va = frames(n_imps=300)
+    with caplog.at_level("INFO"):
+        train_ranker(RankerConfig(**{**SMALL, "epochs": 2}), tr, va, progress=True)
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ranker epoch")]
+    assert [m.split(":")[0] for m in epochs] == ["ranker epoch 1", "ranker epoch 2"]
+    assert "\r" not in capsys.readouterr().err  # stderr is not a terminal here: no bar drawn
+    assert progress_bar(True, total=3).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not progress_bar(True, total=3).disable and progress_bar(False, total=3).disable
