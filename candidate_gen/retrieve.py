@@ -13,7 +13,7 @@ import pandas as pd
 
 from vidrec.candidate_gen.index import AnnoyIndex, CandidateIndex, ExactIndex
 from vidrec.candidate_gen.train import TrainedCandidateGenerator
-from vidrec.features.examples import watched_before
+from vidrec.features.examples import UserHistory, watched_before
 from vidrec.features.tables import Dataset
 
 __all__ = ["Retriever", "build_index"]
@@ -60,9 +60,15 @@ class Retriever:
         # sorted and encoded once: each request then costs O(Q log W), not a pass over the logs
         self.history = model.featurizer.index_history(dataset)
 
-    def user_vectors(self, user_ids: np.ndarray, at_time: int | np.ndarray) -> np.ndarray:
-        """Return the serving vectors (Q, E) of `user_ids` at `at_time` (example age 0)."""
-        features = self.model.featurizer.serving(self.history, user_ids, at_time)
+    def user_vectors(
+        self,
+        user_ids: np.ndarray,
+        at_time: int | np.ndarray,
+        history: UserHistory | None = None,
+    ) -> np.ndarray:
+        """Return the serving vectors (Q, E) of `user_ids` at `at_time` (example age 0), from
+        `history` (the featurizer's `index_history` of other logs) instead of the dataset's."""
+        features = self.model.featurizer.serving(self.history if history is None else history, user_ids, at_time)
         return self.model.user_embeddings(features, example_age=0.0)
 
     def retrieve(
@@ -101,7 +107,7 @@ class Retriever:
         )
 
     def retrieve_ranked(
-        self, user_id: int, n: int, *, at_time: int
+        self, user_id: int, n: int, *, at_time: int, history: UserHistory | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return one user's top-n unwatched candidates as (item ids, scores, catalog ranks),
         best first, the ranks as the index saw them before the watched items were dropped.
@@ -109,14 +115,15 @@ class Retriever:
         The index is asked for n + (the user's watched items) so that dropping them still
         leaves n; a candidate's rank is 1 + the number of indexed items scoring strictly higher,
         watched ones included (ties share a rank). With an exact index that is its rank over
-        the whole catalog; with annoy, an item the forest missed is not counted.
+        the whole catalog; with annoy, an item the forest missed is not counted. `history`
+        replaces the dataset's indexed events (e.g. the user's with fresh watches added).
         """
         if not isinstance(n, int | np.integer) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         users = np.array([user_id], dtype=np.int64)
-        _, watched = watched_before(self.history, users, at_time)
+        _, watched = watched_before(self.history if history is None else history, users, at_time)
         watched = np.unique(watched)
-        vectors = self.user_vectors(users, at_time)  # (1, E)
+        vectors = self.user_vectors(users, at_time, history)  # (1, E)
         ids, scores32 = self.index.search(vectors, int(n) + len(watched))
         found = ids[0] >= 0
         ids, scores = ids[0][found], scores32[0][found].astype(np.float64)  # best first

@@ -36,6 +36,7 @@ composite (group, time) key, e.g. group = (user, channel); no Python loop per ro
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping
@@ -603,6 +604,30 @@ class RankerFeatureIndex:
             self.i_clicked = imp["clicked"].to_numpy(dtype=np.int64)[order]
         else:
             self.i_user = self.i_t = self.i_ipos = self.i_clicked = np.zeros(0, dtype=np.int64)
+
+    def for_user(
+        self, user: int, items: np.ndarray, times: np.ndarray
+    ) -> RankerFeatureIndex:
+        """A view of this index for requests of `user` alone, with the watches `items` at
+        `times` added to that user's logged ones (fresh watches a caller passes at serving).
+
+        The user's own events are a few rows cut from the sorted arrays; the catalog and the
+        items' popularity are this index's, shared and unchanged (one user's fresh watches do
+        not move an item's popularity). Requests of other users read no events from it."""
+        self.first_watch()  # an item-level statistic: computed on the whole log, then shared
+        view = copy.copy(self)
+        lo, hi = np.searchsorted(self.w_user, [user, user + 1])
+        ipos = self.item_index.get_indexer(np.asarray(items, dtype=np.int64)).astype(np.int64)
+        t = np.concatenate([self.w_t[lo:hi], np.asarray(times, dtype=np.int64)])
+        order = np.argsort(t, kind="stable")
+        view.w_t = t[order]
+        view.w_user = np.full(len(t), user, dtype=np.int64)
+        view.w_item = np.concatenate([self.w_item[lo:hi], np.asarray(items, dtype=np.int64)])[order]
+        view.w_ipos = np.concatenate([self.w_ipos[lo:hi], ipos])[order]
+        lo, hi = np.searchsorted(self.i_user, [user, user + 1])
+        view.i_user, view.i_t = self.i_user[lo:hi], self.i_t[lo:hi]
+        view.i_ipos, view.i_clicked = self.i_ipos[lo:hi], self.i_clicked[lo:hi]
+        return view
 
     def first_watch(self) -> np.ndarray:
         """(n_items,) int64 time of each item's first watch (NO_EVENT if never watched)."""

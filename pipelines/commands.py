@@ -150,6 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--user", required=True, type=id_value, help="the user's id as the data has it (42, u1)"
     )
     s.add_argument("-k", type=positive_int, default=10)
+    _add_request_arguments(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_recommend)
 
@@ -163,6 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--items", required=True, help="comma-separated item ids as the data has them (1,2; m1,m2)"
     )
+    _add_request_arguments(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
     register_ab(sub)
@@ -274,11 +276,42 @@ def _score(row: dict, out: dict) -> str:
     return f"watch odds {value:8.3f}"
 
 
+def _add_request_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--history",
+        default=None,
+        help="comma-separated items the user watched since the logs were written, oldest first "
+        "(served from them, not as a cold start)",
+    )
+    s.add_argument(
+        "--at",
+        default=None,
+        help="serving time: Unix seconds or ISO 8601 (default: the run's, the end of its "
+        "validation window)",
+    )
+
+
+def _id_list(option: str, text: str) -> list[int | str]:
+    try:
+        return [id_value(x.strip()) for x in text.split(",") if x.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{option} must be comma-separated item ids: {exc}") from None
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    """The --history and --at of a serving command as Recommender keyword arguments."""
+    at: int | str | None = args.at
+    if at is not None and at.lstrip("-").isdigit():
+        at = int(at)
+    history = _id_list("--history", args.history) if args.history else None
+    return {"history": history, "at": at}
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from vidrec.pipelines.serve import Recommender
 
     rec = Recommender.load(args.run)
-    out = rec.recommend(args.user, args.k)
+    out = rec.recommend(args.user, args.k, **_request(args))
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:
@@ -286,8 +319,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print(f"note: {out['note']}")
         print(f"user {args.user} at {out['at']}: top {args.k}")
         for row in out["slate"]:
+            title = f"  {row['title'][:40]:<40}" if "title" in row else ""
             print(
-                f"  {row['rank']:>3}  item {row['item_id']:>9}  {_score(row, out)}"
+                f"  {row['rank']:>3}  item {row['item_id']:>9}{title}  {_score(row, out)}"
                 f"  (retrieved #{row['retrieval_rank']} by {row['stage']}, cg score {row['cg_score']:.3f})"
             )
     return 0
@@ -296,14 +330,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vidrec.pipelines.serve import Recommender
 
-    try:
-        items = [id_value(x.strip()) for x in args.items.split(",") if x.strip()]
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"--items must be comma-separated item ids: {exc}") from None
+    items = _id_list("--items", args.items)
     if not items:
         raise UsageError(f"--items names no item id, got {args.items!r}")
+    request = _request(args)
     rec = Recommender.load(args.run)
-    out = rec.predict(args.user, items)
+    out = rec.predict(args.user, items, **request)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:

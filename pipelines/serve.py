@@ -14,6 +14,8 @@ A string given for integer ids (or an id beyond int64) is refused with `UnknownI
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import pandas as pd
 from vidrec.candidate_gen.index import AnnoyIndex
 from vidrec.candidate_gen.retrieve import Retriever
 from vidrec.candidate_gen.train import TrainedCandidateGenerator
+from vidrec.features.examples import UserHistory
 from vidrec.features.ids import IdMaps, UnknownIdError
 from vidrec.features.integrity import read_json_object
 from vidrec.features.io import read_dataset
@@ -32,6 +35,7 @@ from vidrec.features.split import TimeSplit
 from vidrec.features.stats import logs_watch_time
 from vidrec.features.tables import Dataset
 from vidrec.pipelines import scoring
+from vidrec.pipelines.config import UsageError
 from vidrec.pipelines.rundir import RunDir, check_index_matches_model, read_lock, serving_cg_dir
 from vidrec.ranking.train import TrainedRanker
 
@@ -50,6 +54,17 @@ SERVING_INPUTS: dict[str, tuple[str, ...]] = {
 
 # where recommend() takes the ranker's "candidate generator score and rank" features from
 CG_FEATURE_MODES: tuple[str, ...] = ("retrieval", "catalog")
+
+
+@dataclass(frozen=True)
+class _View:
+    """What one request reads: the serving time, the candidate generator's indexed events, the
+    ranker's feature index, and the fresh watches a caller passed (internal item codes)."""
+
+    at: int
+    history: UserHistory
+    features: RankerFeatureIndex
+    fresh: np.ndarray
 
 
 class Recommender:
@@ -146,13 +161,26 @@ class Recommender:
         ranker = TrainedRanker.load(root / "ranker" / "deep_weighted" / "model")
         return cls(ds, split, cg, index, ranker, rundir.config)
 
-    def _note(self, user: int | str, code: int) -> str:
+    def _note(self, user: int | str, code: int, view: _View | None = None) -> str:
         if code in self._users:
             return ""
+        if view is not None and len(view.fresh):
+            return (
+                f"user {user} is not in the data: served from the {len(view.fresh)} watch(es) "
+                "passed as history, with default demographics"
+            )
         return (
             f"user {user} is not in the data (cold start): served from the candidate generator with "
             "an empty history, i.e. from popularity and default demographics"
         )
+
+    def _titles(self, codes: np.ndarray) -> list[str] | None:
+        """The items' titles when the catalog has a `title` column (None otherwise)."""
+        if "title" not in self.dataset.items.columns:
+            return None
+        pos = self._items.get_indexer(np.asarray(codes, dtype=np.int64))
+        raw = self.dataset.items["title"].to_numpy(dtype=object)[pos]
+        return ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw]
 
     def _user_code(self, user: int | str) -> int:
         """Return the internal id of the data's user id `user`: itself for integer ids, its
@@ -188,7 +216,11 @@ class Recommender:
         return ids.labels("item", codes).tolist()
 
     def _requests(
-        self, user: int, item_ids: np.ndarray, cg: tuple[np.ndarray, np.ndarray] | None = None
+        self,
+        user: int,
+        item_ids: np.ndarray,
+        cg: tuple[np.ndarray, np.ndarray] | None,
+        view: _View,
     ) -> pd.DataFrame:
         """Ranker requests with the CG score and rank: `cg` = (scores, ranks) when given, else
         computed over the catalog as for training rows."""
@@ -196,7 +228,7 @@ class Recommender:
         cols = {
             "user_id": np.full(n, user, dtype=np.int64),
             "item_id": np.asarray(item_ids, dtype=np.int64),
-            "timestamp": np.full(n, self.at, dtype=np.int64),
+            "timestamp": np.full(n, view.at, dtype=np.int64),
         }
         if cg is None:
             req = scoring.add_cg_features(
@@ -204,7 +236,7 @@ class Recommender:
                 self.dataset,
                 pd.DataFrame(cols),
                 self._item_vectors,
-                history=self.retriever.history,
+                history=view.history,
                 exact_time=True,  # upload ages at the serving time, as in the index
             )
             cols["cg_score"], cols["cg_rank"] = (
@@ -218,33 +250,87 @@ class Recommender:
         cols["source"] = pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), _SOURCES)
         return pd.DataFrame(cols, columns=list(_REQUEST_COLUMNS))
 
-    def _retrieve(self, user: int, n: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def _retrieve(
+        self, user: int, n: int, view: _View
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the user's top-n unwatched candidate ids (best first) and their (CG scores,
         CG ranks) as the retrieval saw them before the watched items were dropped (see the
         class docstring and `Retriever.retrieve_ranked`)."""
-        ids, scores, ranks = self.retriever.retrieve_ranked(user, n, at_time=self.at)
+        ids, scores, ranks = self.retriever.retrieve_ranked(
+            user, n, at_time=view.at, history=view.history
+        )
         return ids, (scores, ranks)
 
+    def _view(self, user: int, history: Sequence[int | str] | None, at: Any) -> _View:
+        """The request's view: the run's serving time and logs, or `at` and the user's logged
+        events with `history` (the data's item ids, oldest first) watched just before `at`."""
+        t = self.at if at is None else _serving_time(at)
+        if not history:
+            return _View(t, self.retriever.history, self.features, np.zeros(0, dtype=np.int64))
+        codes = self._item_codes(list(history))
+        if (codes < 0).any():
+            unknown = [h for h, c in zip(history, codes.tolist(), strict=True) if c < 0]
+            raise UnknownIdError(
+                f"history items {unknown[:10]} are not in the catalog; pass items the data has"
+            )
+        times = t - len(codes) + np.arange(len(codes), dtype=np.int64)  # one second apart, < t
+        ds = self.dataset
+        logged = ds.watches[ds.watches["user_id"].to_numpy() == user]
+        fresh = pd.DataFrame({"user_id": user, "item_id": codes, "timestamp": times})
+        searches = ds.searches
+        if searches is not None:
+            searches = searches[searches["user_id"].to_numpy() == user]
+        one_user = replace(
+            ds,
+            # the fresh rows carry the key columns only (the featurizer reads no others)
+            watches=pd.concat([logged, fresh], ignore_index=True).astype(
+                {"user_id": np.int64, "item_id": np.int64, "timestamp": np.int64}
+            ),
+            searches=searches,
+            impressions=None,
+        )
+        return _View(
+            t,
+            self.cg.featurizer.index_history(one_user),
+            self.features.for_user(user, codes, times),
+            codes,
+        )
+
     def recommend(
-        self, user: int | str, k: int = 10, n_candidates: int | None = None
+        self,
+        user: int | str,
+        k: int = 10,
+        n_candidates: int | None = None,
+        *,
+        history: Sequence[int | str] | None = None,
+        at: int | str | datetime | None = None,
     ) -> dict[str, Any]:
         """Top-k slate with expected watch time, retrieval rank and the stage that proposed it.
 
-        `user` and the slate's item ids are the data's ids (ints, or strings for string ids)."""
+        `user` and the slate's item ids are the data's ids (ints, or strings for string ids).
+        `history`: items the user watched since the logs were written (the data's ids, oldest
+        first), counted as watched just before the serving time: the user vector averages them
+        with the logged ones, they are not recommended again, and the ranker's history features
+        see them, so a new user is served from what they just watched, not as a cold start.
+        `at`: the serving time (Unix seconds, an ISO string or a datetime; default the run's,
+        the end of its validation window): the user's logged events strictly before it are
+        read. The index holds the catalog as of the run's serving time."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         given, user = user, self._user_code(user)
+        view = self._view(user, history, at)
         n = int(n_candidates or self.config["retrieval"]["n_candidates"])
-        if self.cg_features == "retrieval":
-            item_ids, cg = self._retrieve(user, n)
+        if self.cg_features == "retrieval" or len(view.fresh):
+            item_ids, cg = self._retrieve(user, n, view)
         else:
             cands = self.retriever.retrieve(
-                np.array([user]), n, at_time=self.at, exclude_watched=True
+                np.array([user]), n, at_time=view.at, exclude_watched=True
             )
             item_ids, cg = cands["item_id"].to_numpy(), None
-        req = self._requests(user, item_ids, cg)  # rows best first, watched dropped
+        # the view's history holds the fresh watches too: retrieval excluded them
+        req = self._requests(user, item_ids, cg, view)  # rows best first, watched dropped
         frame = build_ranker_frame(
-            self.features,
+            view.features,
             req,
             history_len=self.ranker.config.history_len,
             time_windows=self.ranker.config.time_windows or None,
@@ -252,11 +338,13 @@ class Recommender:
         ewt = self.ranker.predict_expected_watch_time(frame)
         order = np.argsort(-ewt, kind="stable")[:k]
         item = self._item_labels(item_ids[order])
+        titles = self._titles(item_ids[order])
         score = req["cg_score"].to_numpy(dtype=np.float64)[order].tolist()
         slate = [
             {
                 "rank": i + 1,
                 "item_id": item[i],
+                **({"title": titles[i]} if titles is not None else {}),
                 "expected_watch_time": float(ewt[j]),
                 "retrieval_rank": int(j) + 1,  # the row's place in the retrieved list
                 "cg_score": float(score[i]),
@@ -266,41 +354,73 @@ class Recommender:
         ]
         return {
             "user": given,
-            "at": _iso(self.at),
+            "at": _iso(view.at),
             "slate": slate,
             "score_unit": self.score_unit,
-            "note": self._note(given, user),
+            "note": self._note(given, user, view),
         }
 
-    def retrieve(self, user: int | str, n: int = 100) -> dict[str, Any]:
+    def recommend_many(
+        self, users: Sequence[int | str], k: int = 10, *, at: int | str | datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """`recommend(user, k, at=at)` for each of `users`, in order (one request each, as a
+        server answers them; the models and indexes are loaded once)."""
+        return [self.recommend(u, k, at=at) for u in users]
+
+    def retrieve(
+        self,
+        user: int | str,
+        n: int = 100,
+        *,
+        history: Sequence[int | str] | None = None,
+        at: int | str | datetime | None = None,
+    ) -> dict[str, Any]:
         """The candidate generator's top-n unwatched items for `user` at the serving time, best
-        first, with their scores (u·v through the served index) and catalog ranks."""
+        first, with their scores (u·v through the served index) and catalog ranks; `history`
+        and `at` as in `recommend`."""
         given, code = user, self._user_code(user)
-        item_ids, (scores, ranks) = self._retrieve(code, int(n))
+        view = self._view(code, history, at)
+        item_ids, (scores, ranks) = self._retrieve(code, int(n), view)
         labels = self._item_labels(item_ids)
         return {
             "user": given,
-            "at": _iso(self.at),
+            "at": _iso(view.at),
             "candidates": [
                 {"rank": i + 1, "item_id": labels[i], "cg_score": float(s), "catalog_rank": int(r)}
                 for i, (s, r) in enumerate(zip(scores.tolist(), ranks.tolist(), strict=True))
             ],
-            "note": self._note(given, code),
+            "note": self._note(given, code, view),
         }
 
-    def predict_watch_time(self, user: int | str, items: list[int] | list[str]) -> dict[str, Any]:
+    def predict_watch_time(
+        self,
+        user: int | str,
+        items: list[int] | list[str],
+        *,
+        history: Sequence[int | str] | None = None,
+        at: int | str | datetime | None = None,
+    ) -> dict[str, Any]:
         """Expected watch time of each item for `user` at the serving time (same as `predict`)."""
-        return self.predict(user, items)
+        return self.predict(user, items, history=history, at=at)
 
-    def predict(self, user: int | str, items: list[int] | list[str]) -> dict[str, Any]:
+    def predict(
+        self,
+        user: int | str,
+        items: list[int] | list[str],
+        *,
+        history: Sequence[int | str] | None = None,
+        at: int | str | datetime | None = None,
+    ) -> dict[str, Any]:
         """Expected watch time (s) of each known item for `user` at the serving time (the
-        data's ids); items the catalog lacks are listed under "unknown_items" as given."""
+        data's ids); items the catalog lacks are listed under "unknown_items" as given;
+        `history` and `at` as in `recommend`."""
         given, user = user, self._user_code(user)
+        view = self._view(user, history, at)
         codes = self._item_codes(list(items))
         known = codes >= 0
-        req = self._requests(user, codes[known])
+        req = self._requests(user, codes[known], None, view)
         frame = build_ranker_frame(
-            self.features,
+            view.features,
             req,
             history_len=self.ranker.config.history_len,
             time_windows=self.ranker.config.time_windows or None,
@@ -314,15 +434,32 @@ class Recommender:
         labels = self._item_labels(scored["item_id"].to_numpy())
         return {
             "user": given,
-            "at": _iso(self.at),
+            "at": _iso(view.at),
             "items": [
                 {"item_id": i, "expected_watch_time": float(e)}
                 for i, e in zip(labels, scored["expected_watch_time"], strict=True)
             ],
             "unknown_items": [v for v, ok in zip(items, known.tolist(), strict=True) if not ok],
             "score_unit": self.score_unit,
-            "note": self._note(given, user),
+            "note": self._note(given, user, view),
         }
+
+
+def _serving_time(at: int | str | datetime) -> int:
+    """Unix seconds of a serving time given as seconds, an ISO 8601 string or a datetime (a
+    naive one, or a string without an offset, is UTC)."""
+    if isinstance(at, int | np.integer) and not isinstance(at, bool):
+        return int(at)
+    if isinstance(at, str):
+        try:
+            at = datetime.fromisoformat(at)
+        except ValueError:
+            raise UsageError(
+                f"at={at!r} is not a time: give Unix seconds or ISO 8601 (2024-05-01T12:00)"
+            ) from None
+    if isinstance(at, datetime):
+        return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
+    raise UsageError(f"at must be Unix seconds, an ISO 8601 string or a datetime, got {at!r}")
 
 
 def _iso(t: int) -> str:

@@ -256,8 +256,9 @@ def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_
     rec.retriever.index = ExactIndex(vecs[keep], ids[keep])
     users = ds.watches["user_id"].unique()[:5]
     for user in users:
-        cands, (score, rank) = rec._retrieve(int(user), 40)
-        req = rec._requests(int(user), cands)  # catalog definition
+        view = rec._view(int(user), None, None)
+        cands, (score, rank) = rec._retrieve(int(user), 40, view)
+        req = rec._requests(int(user), cands, None, view)  # catalog definition
         np.testing.assert_array_equal(rank, req["cg_rank"].to_numpy())
         np.testing.assert_allclose(score, req["cg_score"].to_numpy(), rtol=1e-4, atol=1e-5)
         # the same candidates as the retriever's own exclusion of watched items
@@ -276,7 +277,7 @@ def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_
             assert a["expected_watch_time"] == pytest.approx(b["expected_watch_time"], rel=1e-4)
     # watched items never come back, and a user who watched a lot still gets n candidates
     heavy = int(ds.watches["user_id"].value_counts().index[0])
-    cands, _ = rec._retrieve(heavy, 30)
+    cands, _ = rec._retrieve(heavy, 30, rec._view(heavy, None, None))
     from vidrec.features.examples import watched_before
 
     _, seen = watched_before(rec.retriever.history, np.array([heavy]), rec.at)
@@ -356,3 +357,75 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_fresh_history_and_serving_time(tiny_run):
+    """`history` serves a user from watches the logs do not hold yet; `at` moves the serving
+    time; both leave the default request as it was."""
+    import numpy as np
+
+    from vidrec.features.ids import UnknownIdError
+    from vidrec.features.ranker_features import build_ranker_frame
+    from vidrec.pipelines.serve import Recommender
+
+    out, _, _ = tiny_run
+    rec = Recommender.load(out)
+    ds = rec.dataset
+    user = int(ds.watches["user_id"].value_counts().index[0])
+    base = rec.recommend(user, k=5)
+    assert rec.recommend(user, k=5, history=[]) == base
+    assert rec.recommend(user, k=5, at=rec.at) == base
+    assert rec.recommend(user, k=5, at=base["at"].replace(" UTC", "")) == base  # ISO, UTC
+    # a view with no fresh watches builds the same ranker rows as the whole log's index
+    req = rec._requests(user, np.array([s["item_id"] for s in base["slate"]]), None,
+                        rec._view(user, None, None))
+    whole = build_ranker_frame(rec.features, req, history_len=rec.ranker.config.history_len)
+    one = build_ranker_frame(rec.features.for_user(user, np.zeros(0, np.int64),
+                                                   np.zeros(0, np.int64)),
+                             req, history_len=rec.ranker.config.history_len)
+    np.testing.assert_array_equal(whole.continuous, one.continuous)
+    np.testing.assert_array_equal(whole.flags, one.flags)
+    np.testing.assert_array_equal(whole.history_matrix(), one.history_matrix())
+    # a user the data has never seen: a cold start, unless fresh watches are passed
+    new_user = int(ds.users["user_id"].max()) + 1000
+    cold = rec.retrieve(new_user, n=20)
+    popular = ds.watches["item_id"].value_counts().index[:3].tolist()
+    warm = rec.retrieve(new_user, n=20, history=popular)
+    assert "cold start" in cold["note"] and "3 watch(es) passed as history" in warm["note"]
+    got = [c["item_id"] for c in warm["candidates"]]
+    assert got != [c["item_id"] for c in cold["candidates"]]
+    assert not set(got) & set(popular)  # watched items are not served again
+    slate = rec.recommend(new_user, k=5, history=popular)["slate"]
+    assert len(slate) == 5 and not {s["item_id"] for s in slate} & set(popular)
+    pred = rec.predict_watch_time(new_user, got[:3], history=popular)
+    assert len(pred["items"]) == 3
+    earlier = rec.recommend(user, k=5, at=int(rec.split.train_end))
+    assert earlier["at"] != base["at"]
+    many = rec.recommend_many([user, new_user], k=3)
+    assert [m["user"] for m in many] == [user, new_user] and many[0] == rec.recommend(user, k=3)
+    with pytest.raises(UnknownIdError, match="not in the catalog"):
+        rec.recommend(user, history=[10**9])
+    with pytest.raises(ValueError, match="not a time"):
+        rec.recommend(user, at="yesterday")
+
+
+def test_slates_carry_titles_when_the_catalog_has_them(tiny_run):
+    from vidrec.pipelines.serve import Recommender
+
+    out, _, _ = tiny_run
+    rec = Recommender.load(out)
+    titles = rec.dataset.items.set_index("item_id")["title"]
+    slate = rec.recommend(1, k=3)["slate"]
+    assert [s["title"] for s in slate] == [titles[s["item_id"]] for s in slate]
+    rec.dataset.items.drop(columns="title", inplace=True)
+    assert "title" not in rec.recommend(1, k=2)["slate"][0]
+
+
+def test_cli_serves_fresh_history_and_a_serving_time(tiny_run, capsys):
+    out, _, _ = tiny_run
+    assert main(["recommend", "--run", str(out), "--user", "999999", "-k", "3",
+                 "--history", "1,2,3", "--at", "2024-01-01T00:00"]) == 0
+    shown = capsys.readouterr().out
+    assert "3 watch(es) passed as history" in shown and "2024-01-01 00:00:00 UTC" in shown
+    assert main(["recommend", "--run", str(out), "--user", "1", "--at", "soon"]) == 2
+    assert "is not a time" in capsys.readouterr().err
