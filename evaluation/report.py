@@ -264,6 +264,8 @@ def _fmt(value: Any) -> str:
         if abs(x) >= 1e4:
             return f"{x:,.0f}"
         return f"{x:.4g}"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
     if isinstance(value, np.ndarray | list | tuple):
         items = [_fmt(v) for v in list(value)[:8]]
         return "[" + ", ".join(items) + (", …" if len(value) > 8 else "") + "]"
@@ -459,8 +461,11 @@ class Report:
         return flatten(self.metrics)
 
     def _shown_meta(self) -> list[tuple[str, Any]]:
+        """Return (key path in `_meta`, value) rows: a dict (e.g. seconds per stage) is shown
+        one row per entry, never as one cell of braces and quotes."""
         # the title is the page heading and the schema version is for programs, not readers
-        return [(k, v) for k, v in self.meta.items() if k not in ("title", "schema_version")]
+        shown = {k: v for k, v in self.meta.items() if k not in ("title", "schema_version")}
+        return _leaves(shown)
 
     # ----------------------------------------------------------------- writers
     def write_json(self, path: str | Path) -> Path:

@@ -24,6 +24,7 @@ from vidrec.evaluation.report import Figure, Report, Section, unflatten
 from vidrec.evaluation.retrieval import HINDSIGHT
 from vidrec.pipelines.config import flatten
 from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.run import STAGES
 
 SYSTEM_RANKER = "deep_weighted"
 RANKER_LABELS = {
@@ -63,11 +64,18 @@ def _iso(t: int) -> str:
     return datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _stages(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The manifest's stage records in pipeline order (manifest.json stores them by name)."""
+    order = {name: i for i, name in enumerate(STAGES)}
+    stages = manifest.get("stages", {})
+    return sorted(stages.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+
+
 def stage_commits(manifest: dict[str, Any]) -> str | None:
     """Return the commit that built the run's stages: one hash, or, when a resumed run mixed
     code versions, each commit (short) with the stages it built, in stage order."""
     by_commit: dict[str, list[str]] = {}
-    for name, st in manifest.get("stages", {}).items():
+    for name, st in _stages(manifest):
         commit = st.get("git_commit", manifest.get("git_commit"))
         if st.get("status") == "done" and commit:
             by_commit.setdefault(commit, []).append(name)
@@ -76,6 +84,16 @@ def stage_commits(manifest: dict[str, Any]) -> str | None:
     if len(by_commit) == 1:
         return next(iter(by_commit))
     return "; ".join(f"{c[:7]} ({', '.join(names)})" for c, names in by_commit.items())
+
+
+def stage_seconds(manifest: dict[str, Any]) -> dict[str, float]:
+    """Seconds each stage took, in stage order, for the stages that recorded a time (the
+    report stage is still running while its report is written: it has none yet)."""
+    return {
+        name: st["seconds"]
+        for name, st in _stages(manifest)
+        if isinstance(st.get("seconds"), int | float)
+    }
 
 
 def _best(rows: dict[str, dict[str, Any]], key: str, lower: bool = False) -> tuple[str, float] | None:
@@ -783,9 +801,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         extra_meta={
             "config_hash": ctx.rundir.config_hash,
             "git_commit": stage_commits(ctx.rundir.manifest),
-            "stage_seconds": {
-                k: v.get("seconds") for k, v in ctx.rundir.manifest["stages"].items()
-            },
+            "stage_seconds": stage_seconds(ctx.rundir.manifest),
             **(extra or {}),
         },
     )
