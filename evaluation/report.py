@@ -61,11 +61,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vidrec.evaluation.retrieval import FRESH_DAYS, HEAD_SHARE, TAIL_SHARE
 from vidrec.features.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "METRIC_GLOSSARY",
     "SCHEMA_VERSION",
+    "SLICE_GLOSSARY",
     "Figure",
     "Report",
     "Section",
@@ -78,16 +80,21 @@ SCHEMA_VERSION = 1
 _SIGNIFICANT_DIGITS = 6
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-# What a metric means, by the last key of its path with any "@<k>" replaced by "@k".
+# What a metric means, by the last key of its path with any "@<k>" replaced by "@k", or, where
+# the last key alone is ambiguous, by its last two keys ("true_expected_watch_time.mean").
 METRIC_GLOSSARY: dict[str, str] = {
     "recall@k": "share of the held-out next watches found among the top {k} retrieved items "
     "(0-1, higher is better)",
-    "hit_rate@k": "share of users with at least one next watch in their top {k} (0-1, higher is better)",
+    "hitrate@k": "share of users with at least one next watch in their top {k} (0-1, higher is better)",
     "ndcg@k": "normalised discounted cumulative gain of the top {k}: 1 = the best possible order "
     "(0-1, higher is better)",
+    "ndcg_watch_time@k": "NDCG of the top {k} with the user's watch time of an item as its gain, "
+    "the ideal being the user's own most-watched items (0-1, higher is better)",
     "map@k": "mean average precision of the top {k} (0-1, higher is better)",
     "map": "mean average precision (0-1, higher is better)",
     "coverage": "share of the catalogue that appears in at least one user's list (0-1)",
+    "coverage@k": "share of the catalogue that appears in at least one user's top {k} (0-1)",
+    "n_queries": "held-out users with at least one target (those the means are over)",
     "ann_recall@k": "share of the exact top {k} (brute-force inner product) that the approximate "
     "index also returns (0-1, 1 = identical)",
     "auc": "probability that a clicked impression is scored above a non-clicked one "
@@ -99,20 +106,17 @@ METRIC_GLOSSARY: dict[str, str] = {
     "weighted by the click's watch time, that the ranker ordered wrongly (0-1, lower is better)",
     "mae": "mean absolute error (seconds)",
     "rmse": "root mean squared error (seconds)",
-    "bias": "mean of predicted minus observed (seconds; > 0 means over-prediction)",
-    "relative_bias": "bias divided by the mean observed value (0 = unbiased)",
+    "bias": "mean of predicted minus reference (seconds; > 0 means over-prediction)",
+    "relative_bias": "bias divided by the mean reference value (0 = unbiased)",
     "max_abs_relative_error": "largest |mean predicted / mean reference - 1| over the bins "
-    "(0.15 = 15%; reference: the observed watch time, under ground_truth_calibration the true "
-    "E[watch time])",
+    "(0.15 = 15%)",
     "bins_within_tolerance": "calibration bins whose mean prediction is within the tolerance of "
-    "the mean reference (the observed watch time; under ground_truth_calibration the true "
-    "E[watch time])",
+    "the mean reference",
     "all_within_tolerance": "whether every calibration bin is within the tolerance",
     "pearson": "linear correlation of prediction and truth (-1 to 1)",
     "spearman": "rank correlation of prediction and truth (-1 to 1)",
     "worst_bin": "the calibration bin (1 = lowest predictions) farthest from calibrated",
-    "overall_ratio": "total predicted / total reference watch time (1 = unbiased on average; "
-    "reference: observed, under ground_truth_calibration the true E[watch time])",
+    "overall_ratio": "total predicted / total reference watch time (1 = unbiased on average)",
     "mean_predicted": "mean predicted expected watch time per impression (seconds)",
     "mean_observed": "mean observed watch time per impression, 0 when not clicked (seconds)",
     "mean_watch_time": "mean observed watch time per impression, 0 when not clicked (seconds)",
@@ -121,6 +125,15 @@ METRIC_GLOSSARY: dict[str, str] = {
     "fraction_of_oracle": "the slate's true expected watch time divided by the oracle slate's "
     "(end to end: the best k items of the whole catalog under the ground truth; in the ranker "
     "table: the best k of the same candidates) (0-1)",
+    "true_expected_watch_time.mean": "true expected watch time of a user's slate under the "
+    "simulated world (with position bias), mean over users (seconds)",
+    "true_expected_watch_time.ci_low": "lower end of the bootstrap 95% interval of that mean "
+    "(seconds)",
+    "true_expected_watch_time.ci_high": "upper end of the bootstrap 95% interval of that mean "
+    "(seconds)",
+    "distinct_items": "distinct items over all users' slates",
+    "users_with_next_watches": "users who watched something in the test window (those recall "
+    "and NDCG average over)",
     "ctr": "click-through rate: clicks per impression (0-1)",
     "n": "rows the metric was computed on",
     "n_positives": "clicked impressions",
@@ -128,17 +141,67 @@ METRIC_GLOSSARY: dict[str, str] = {
     "n_rows": "rows (impressions or examples) the metric was computed on",
     "n_groups": "user pages (groups) in the data",
     "n_users": "users the metric was computed on",
+    "counts.users": "users in the data set",
+    "counts.items": "items in the data set's catalogue",
+    "counts.watches": "watches in the log",
+    "counts.impressions": "impressions (an item shown to a user) in the log",
+    "counts.searches": "searches in the log",
+}
+# the short names of watch_time.errors
+METRIC_GLOSSARY["mean_pred"] = METRIC_GLOSSARY["mean_predicted"]
+METRIC_GLOSSARY["mean_obs"] = METRIC_GLOSSARY["mean_observed"]
+
+# Which part of the data a metric was computed on, by the keys in its path before the metric's
+# own: one key ("observed") or two ("popularity.head", the buckets of evaluation.retrieval's
+# popularity_buckets, freshness_buckets and history_groups as the pipeline calls them).
+SLICE_GLOSSARY: dict[str, str] = {
+    "popularity.head": f"next watches of head items only: the {HEAD_SHARE:.0%} of the catalogue "
+    "most watched in the training window",
+    "popularity.torso": "next watches of torso items only: neither head nor tail, the middle of "
+    "the catalogue by training-window watches",
+    "popularity.tail": f"next watches of tail items only: the {TAIL_SHARE:.0%} of the catalogue "
+    "least watched in the training window, and every item never watched there",
+    "freshness.fresh": f"next watches of fresh items only: uploaded less than {FRESH_DAYS:g} days "
+    "before serving",
+    "freshness.old": f"next watches of old items only: uploaded {FRESH_DAYS:g} days or more "
+    "before serving",
+    "history.new": "new users only: no watch before serving",
+    "history.returning": "returning users only: at least one watch before serving",
+    "observed": "reference: the observed watch time",
+    "errors": "reference: the observed watch time",
+    "ground_truth_calibration": "reference: the simulated world's true expected watch time",
+    "vs_ground_truth": "truth: the simulated world's true expected watch time",
 }
 
 
+def _glossary_key(key: str) -> tuple[str, str | None]:
+    """Return (the key as the glossary names it, its cut-off or None): "recall@50" ->
+    ("recall@k", "50")."""
+    m = re.fullmatch(r"(.+)@(\d+)", key)
+    return (f"{m.group(1)}@k", m.group(2)) if m else (key, None)
+
+
 def explain(key_path: str) -> str:
-    """Return the glossary meaning of a metric key path ("" when the metric is not in it)."""
-    last = key_path.rsplit(".", 1)[-1]
-    m = re.fullmatch(r"(.+)@(\d+)", last)
-    if m:
-        template = METRIC_GLOSSARY.get(f"{m.group(1)}@k", "")
-        return template.format(k=m.group(2))
-    return METRIC_GLOSSARY.get(last, "").replace("{k}", "k")
+    """Return the glossary meaning of a metric key path ("" when the metric is not in it),
+    followed by the slice of the data it was computed on where its path names one (a
+    popularity bucket, new users, the reference of a calibration)."""
+    keys = key_path.split(".")
+    last, k = _glossary_key(keys[-1])
+    template = METRIC_GLOSSARY.get(".".join([*keys[-2:-1], last])) or METRIC_GLOSSARY.get(last, "")
+    if not template:
+        return ""
+    meaning = template.format(k=k) if k is not None else template.replace("{k}", "k")
+    parents, slices, i = keys[:-1], [], 0
+    while i < len(parents):
+        pair = ".".join(parents[i : i + 2])
+        if pair in SLICE_GLOSSARY:
+            slices.append(SLICE_GLOSSARY[pair])
+            i += 2
+            continue
+        if parents[i] in SLICE_GLOSSARY:
+            slices.append(SLICE_GLOSSARY[parents[i]])
+        i += 1
+    return "; ".join([meaning, *slices])
 
 
 # --------------------------------------------------------------------------- key paths

@@ -328,6 +328,43 @@ def summary_section(
     )
 
 
+# the simulated world's identity (world.json) beside the data counts
+_WORLD_NOTES = {
+    "world.name": "the simulated data set",
+    "world.preset": "the world preset that sets its size and behaviour",
+    "world.seed": "the seed the world was drawn with",
+    "world.catalog": "where its items come from: 'synthetic' (drawn) or 'kuairand' (KuaiRand's "
+    "real item metadata)",
+}
+# features.stats.log_statistics: what `--preset auto` derives its settings from
+_STATS_NOTES = {
+    "n_users": "users in the log",
+    "n_items": "items in the catalogue",
+    "n_watched_items": "items watched at least once",
+    "n_watches": "watches in the log",
+    "n_train_watches": "watches before train_end",
+    "watches_per_user_median": "median watches per user (users with a watch)",
+    "watches_per_user_mean": "mean watches per user (users with a watch)",
+    "span_days": "days from the first watch to the last",
+    "share_of_items_uploaded_after_train_end": "share of the catalogue uploaded after train_end "
+    "(0-1)",
+    "has_impressions": "whether the log has impressions (without, the ranker learns from "
+    "retrieved candidates of the ranker window's active users)",
+    "n_impressions": "impressions in the log",
+    "has_watch_time": "whether the impressions log watch times (else every click weighs 1)",
+    "n_ranker_rows": "rows the ranker learns from in the ranker window",
+    "n_ranker_users": "users in the ranker window",
+}
+# the [tuned] table `vidrec tune` writes into its config file
+_TUNED_NOTES = {
+    "study": "the Optuna study (SQLite) the settings come from",
+    "trial": "the number of the best trial",
+    "trials": "trials in the study",
+    "validation_metric": "what the search maximised (candidate generator, ranker window)",
+    "validation_value": "the best trial's validation value",
+}
+
+
 def _derived_section(cfg: dict[str, Any]) -> Section | None:
     """The settings `--preset auto` derived from the log, each with the statistic it came from
     and the value the run used (a config file or --set may have overridden it)."""
@@ -352,6 +389,7 @@ def _derived_section(cfg: dict[str, Any]) -> Section | None:
         "train_end). 'used' differs from 'derived' where a config file or --set overrode it.",
         metrics={"stats": stats},
         key_prefix="derived",
+        metric_notes={f"stats.{k}": text for k, text in _STATS_NOTES.items()},
         table=pd.DataFrame(rows),
         table_caption="Derived settings, the value used, and the statistic each came from.",
     )
@@ -389,6 +427,7 @@ def _tuned_section(cfg: dict[str, Any]) -> Section | None:
         "run's test-window numbers with them.",
         metrics={k: v for k, v in tuned.items() if k != "before"},
         key_prefix="tuned",
+        metric_notes=_TUNED_NOTES,
         table=pd.DataFrame(rows) if rows else None,
         figures=figures,
         table_caption="Each tuned setting: the value the search started from and the value used.",
@@ -443,6 +482,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
             + _served_by(cg_stage),
             metrics={"data": {"counts": data["counts"]}}
             | ({"world": _scalars(world)} if world else {}),
+            metric_notes=_WORLD_NOTES,
         )
     )
 
@@ -736,49 +776,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         )
     if ab:
         metrics["ab"] = ab["metrics"]
-        arms = ab["metrics"]["arms"]
-        table = pd.DataFrame(ab["table"])
-        table = table[["arm"] + [c for c in table.columns if c != "arm"]]
-        bars = pd.DataFrame(
-            [
-                {
-                    "name": n,
-                    "mean": v["watch_time_per_user"]["mean"],
-                    "ci_low": v["watch_time_per_user"]["ci"][0],
-                    "ci_high": v["watch_time_per_user"]["ci"][1],
-                }
-                for n, v in arms.items()
-            ]
-        )
-        first = ab["config"]["arms"][0]  # the control (report.json sorts the arms' keys)
-        order = [*ab["config"]["arms"]]
-        bars = bars.set_index("name").loc[[a for a in order if a in arms]].reset_index()
-        fig = Figure(
-            "A/B: watch time per user by arm",
-            plots.bars_with_ci(
-                bars,
-                title="Closed-loop A/B: watch time per user over the experiment",
-                ylabel="seconds per user (sampled by the world)",
-                highlight=first,
-            ),
-            "Total sampled watch time per user over the simulated days, mean over users with a "
-            "bootstrap 95% interval; the highlighted arm is the control.",
-        )
-        sections.append(
-            Section(
-                "Closed-loop simulated A/B",
-                ab["description"],
-                metrics={
-                    "n_users": ab["metrics"]["n_users"],
-                    "vs_control": ab["metrics"]["vs_control"],
-                },
-                key_prefix="ab",
-                table=table,
-                table_caption="Per arm over the whole experiment (CTR and fresh share are ratios of sums; "
-                "'vs control' is the relative difference in watch time per user with a paired bootstrap 95% interval).",
-                figures=[fig],
-            )
-        )
+        sections.append(ab_section(ab))
 
     det_metrics, det_section = determinism_section(ctx.rundir.manifest, cfg)
     metrics["determinism"] = det_metrics
@@ -807,6 +805,69 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
     )
     report.write_all(root)
     return report
+
+
+# the closed-loop A/B's comparison of each arm with the control (pipelines.simulate.summarize_ab)
+_VS_CONTROL_NOTES = {
+    "control": "the arm every other arm is compared with",
+    "relative_watch_time": "watch time per user relative to the control, minus 1 (0.05 = 5% more)",
+    "ci": "paired bootstrap 95% interval of that difference (the same visitors in both arms)",
+}
+
+
+def ab_section(ab: dict[str, Any]) -> Section:
+    """The closed-loop simulated A/B (ab/ab.json): per-arm table, each arm against the control
+    and the watch time per user by arm."""
+    arms = ab["metrics"]["arms"]
+    table = pd.DataFrame(ab["table"])
+    table = table[["arm"] + [c for c in table.columns if c != "arm"]]
+    bars = pd.DataFrame(
+        [
+            {
+                "name": n,
+                "mean": v["watch_time_per_user"]["mean"],
+                "ci_low": v["watch_time_per_user"]["ci"][0],
+                "ci_high": v["watch_time_per_user"]["ci"][1],
+            }
+            for n, v in arms.items()
+        ]
+    )
+    first = ab["config"]["arms"][0]  # the control (report.json sorts the arms' keys)
+    order = [*ab["config"]["arms"]]
+    bars = bars.set_index("name").loc[[a for a in order if a in arms]].reset_index()
+    fig = Figure(
+        "A/B: watch time per user by arm",
+        plots.bars_with_ci(
+            bars,
+            title="Closed-loop A/B: watch time per user over the experiment",
+            ylabel="seconds per user (sampled by the world)",
+            highlight=first,
+        ),
+        "Total sampled watch time per user over the simulated days, mean over users with a "
+        "bootstrap 95% interval; the highlighted arm is the control.",
+    )
+    return Section(
+        "Closed-loop simulated A/B",
+        ab["description"],
+        metrics={
+            "n_users": ab["metrics"]["n_users"],
+            "vs_control": ab["metrics"]["vs_control"],
+        },
+        key_prefix="ab",
+        metric_notes={
+            "n_users": "simulated users with an impression in any arm (every arm's mean is over "
+            "all of them)",
+            **{
+                f"vs_control.{arm}.{k}": text
+                for arm in ab["metrics"]["vs_control"]
+                for k, text in _VS_CONTROL_NOTES.items()
+            },
+        },
+        table=table,
+        table_caption="Per arm over the whole experiment (CTR and fresh share are ratios of sums; "
+        "'vs control' is the relative difference in watch time per user with a paired bootstrap 95% interval).",
+        figures=[fig],
+    )
 
 
 # the stages whose numbers depend on floating-point training (their runtime settings matter)

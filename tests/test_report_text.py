@@ -1,7 +1,9 @@
 """What the report says in words: its metadata, the meaning of every number, how numbers are
 formatted and escaped, and the notes that depend on the run."""
 
-from vidrec.evaluation.report import Report
+import pytest
+
+from vidrec.evaluation.report import Report, Section, explain
 
 
 def _write(tmp_path, sections=(), extra_meta=None):
@@ -33,3 +35,77 @@ def test_a_dict_in_the_metadata_is_shown_as_rows_not_as_a_python_repr(tmp_path):
     for text in (md, page):
         assert "{" not in text.split("</style>")[-1] and "None" not in text
         assert "&#x27;data" not in text and "'data'" not in text  # a dict's repr, quoted keys
+
+
+# key paths of the tiny preset's report whose rows showed no meaning
+TINY_REPORT_KEYS = [
+    "data.counts.impressions", "data.counts.items", "data.counts.searches",
+    "data.counts.users", "data.counts.watches",
+    "retrieval.hitrate@50", "retrieval.coverage@50", "retrieval.n_queries",
+    "watch_time.errors.mean_pred", "watch_time.errors.mean_obs",
+    "end_to_end.distinct_items", "end_to_end.hitrate@10", "end_to_end.ndcg_watch_time@10",
+    "end_to_end.true_expected_watch_time.ci_high", "end_to_end.true_expected_watch_time.ci_low",
+    "end_to_end.true_expected_watch_time.mean", "end_to_end.users_with_next_watches",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", TINY_REPORT_KEYS)
+def test_every_metric_of_the_tiny_report_has_a_meaning(key):
+    assert explain(key), key
+
+
+def _rows_without_meaning(section: Section) -> list[str]:
+    return [k for k, _, meaning in section.metric_rows() if not meaning]
+
+
+def test_the_world_derived_tuned_and_ab_sections_explain_every_row():
+    from test_cg_examples import random_dataset
+
+    from vidrec.features.stats import log_statistics
+    from vidrec.pipelines.report import _WORLD_NOTES, _derived_section, _tuned_section, ab_section
+
+    world = Section("Data", "d", metrics={"world": {"catalog": "synthetic", "name": "s",
+                                                    "preset": "tiny", "seed": 0}},
+                    metric_notes=_WORLD_NOTES)  # fmt: skip
+    assert _rows_without_meaning(world) == []
+    stats = log_statistics(random_dataset(n_users=20, n_items=30, n_watches=200, seed=1))
+    cfg = {
+        "candidate_gen": {"epochs": 40},
+        "derived": {"stats": stats, "settings": {"candidate_gen.epochs": {"value": 40, "from": "x"}}},
+        "tuned": {"study": "s.db", "trial": 3, "trials": 8, "validation_metric": "Recall@50",
+                  "validation_value": 0.2, "before": {"candidate_gen.epochs": 20}},
+    }  # fmt: skip
+    assert _rows_without_meaning(_derived_section(cfg)) == []
+    assert _rows_without_meaning(_tuned_section(cfg)) == []
+    arm = {"watch_time_per_user": {"mean": 10.0, "ci": [9.0, 11.0]}}
+    ab = {
+        "description": "A/B.",
+        "config": {"arms": ["system", "most_popular"]},
+        "table": [{"arm": "system"}, {"arm": "most_popular"}],
+        "metrics": {
+            "arms": {"system": arm, "most_popular": arm},
+            "vs_control": {"most_popular": {"control": "system", "relative_watch_time": -0.1,
+                                            "ci": [-0.2, 0.0]}},
+            "n_users": 50,
+        },
+    }  # fmt: skip
+    assert _rows_without_meaning(ab_section(ab)) == []
+
+
+def test_each_popularity_and_freshness_bucket_says_what_it_is():
+    meanings = {
+        b: explain(f"retrieval.{dim}.{b}.recall@50")
+        for dim, buckets in (("popularity", ("head", "torso", "tail")), ("freshness", ("fresh", "old")))
+        for b in buckets
+    }  # fmt: skip
+    assert len(set(meanings.values())) == 5
+    assert "20% of the catalogue most watched" in meanings["head"]
+    assert "50% of the catalogue least watched" in meanings["tail"]
+    assert "neither head nor tail" in meanings["torso"]
+    assert "less than 7 days before serving" in meanings["fresh"]
+    assert "7 days or more before serving" in meanings["old"]
+    assert all("top 50" in m for m in meanings.values())
+    assert "new users only" in explain("baselines.ease.retrieval.history.new.recall@50")
+    truth = explain("watch_time.ground_truth_calibration.overall_ratio")
+    assert "true expected watch time" in truth and "observed" not in truth
+    assert "observed" in explain("watch_time.observed.overall_ratio")
