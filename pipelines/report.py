@@ -448,6 +448,20 @@ def _served_by(cg_stage: dict[str, Any]) -> str:
     return ""
 
 
+def truth_calibration_figure(table: pd.DataFrame) -> Figure:
+    """The system ranker's calibration deciles against the simulated world's true expected
+    watch time (a `calibration_by_decile` table whose reference column holds the truth)."""
+    return Figure(
+        "Calibration against the ground truth",
+        plots.calibration_plot(
+            {RANKER_LABELS[SYSTEM_RANKER]: table},
+            title="Predicted vs true expected watch time (simulator), by decile",
+            reference="true expected watch time (simulator)",
+        ),
+        "Same deciles, against the world's true E[watch time] of each impression.",
+    )
+
+
 def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report:
     """Build and write the run's report (json, md, html) into the run directory."""
     root = ctx.path
@@ -696,16 +710,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         ]
         pt = root / "ranking_eval" / f"calibration_truth_{SYSTEM_RANKER}.parquet"
         if pt.exists():
-            figs.append(
-                Figure(
-                    "Calibration against the ground truth",
-                    plots.calibration_plot(
-                        {RANKER_LABELS[SYSTEM_RANKER]: pd.read_parquet(pt)},
-                        title="Predicted vs true expected watch time (simulator), by decile",
-                    ),
-                    "Same deciles, against the world's true E[watch time] of each impression.",
-                )
-            )
+            figs.append(truth_calibration_figure(pd.read_parquet(pt)))
         sections.append(
             Section(
                 "Expected watch time",

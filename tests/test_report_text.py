@@ -1,9 +1,12 @@
 """What the report says in words: its metadata, the meaning of every number, how numbers are
 formatted and escaped, and the notes that depend on the run."""
 
+import numpy as np
 import pytest
 
+from vidrec.evaluation import plots
 from vidrec.evaluation.report import Report, Section, explain
+from vidrec.evaluation.watch_time import calibration_by_decile
 
 
 def _write(tmp_path, sections=(), extra_meta=None):
@@ -109,3 +112,20 @@ def test_each_popularity_and_freshness_bucket_says_what_it_is():
     truth = explain("watch_time.ground_truth_calibration.overall_ratio")
     assert "true expected watch time" in truth and "observed" not in truth
     assert "observed" in explain("watch_time.observed.overall_ratio")
+
+
+def test_the_ground_truth_calibration_plot_names_the_truth_on_its_axis(monkeypatch):
+    from vidrec.pipelines.report import truth_calibration_figure
+
+    labels = []
+    png = plots._png
+    monkeypatch.setattr(
+        plots, "_png", lambda fig: labels.append(fig.axes[0].get_ylabel()) or png(fig)
+    )
+    rng = np.random.default_rng(0)
+    pred = rng.exponential(30.0, 200)
+    table = calibration_by_decile(pred, pred * rng.uniform(0.8, 1.2, 200))
+    truth_calibration_figure(table)
+    plots.calibration_plot(table)
+    assert labels[0] == "mean true expected watch time (simulator) (s)"
+    assert labels[1] == "mean observed watch time (s)"
