@@ -65,6 +65,7 @@ from vidrec.evaluation.retrieval import FRESH_DAYS, HEAD_SHARE, TAIL_SHARE
 from vidrec.features.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
+    "DISPLAY_FORMATS",
     "METRIC_GLOSSARY",
     "SCHEMA_VERSION",
     "SLICE_GLOSSARY",
@@ -73,6 +74,7 @@ __all__ = [
     "Section",
     "explain",
     "flatten",
+    "format_as",
     "unflatten",
 ]
 
@@ -122,9 +124,10 @@ METRIC_GLOSSARY: dict[str, str] = {
     "mean_watch_time": "mean observed watch time per impression, 0 when not clicked (seconds)",
     "tolerance": "allowed relative deviation for a calibrated bin (0.15 = ±15%)",
     "n_bins": "number of equal-count bins of the prediction",
-    "fraction_of_oracle": "the slate's true expected watch time divided by the oracle slate's "
+    "fraction_of_oracle": "the slate's true expected watch time as a share of the oracle slate's "
     "(end to end: the best k items of the whole catalog under the ground truth; in the ranker "
-    "table: the best k of the same candidates) (0-1)",
+    "table: the best k of the same candidates); shown in percent, report.json holds the "
+    "fraction (0-1)",
     "true_expected_watch_time.mean": "true expected watch time of a user's slate under the "
     "simulated world (with position bias), mean over users (seconds)",
     "true_expected_watch_time.ci_low": "lower end of the bootstrap 95% interval of that mean "
@@ -335,6 +338,36 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# How some numbers are shown (report.json keeps them as they are), by a metric's last key or a
+# table column's name: "percent" for a share of a whole, "ratio" for a quotient of two numbers.
+# Both keep 3 significant digits with trailing zeros, so 0.300 does not read as a rounded 0.3.
+DISPLAY_FORMATS: dict[str, str] = {
+    "fraction_of_oracle": "percent",
+    "overall_ratio": "ratio",
+    "speedup_p50": "ratio",
+}
+_FORMAT_KINDS = ("percent", "ratio")
+
+
+def _three_digits(x: float) -> str:
+    x = float(f"{x:.3g}")  # round first: 9.996 shows as 10.0, not as 10.00
+    if x == 0 or abs(x) >= 1e4:
+        return _fmt(x)
+    return f"{x:,.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
+
+
+def format_as(value: Any, kind: str | None) -> str:
+    """Return `value` for people as `kind`: "percent" (0.3 -> "30.0%"), "ratio" (0.3 -> "0.300")
+    or None (4 significant digits, as every other number of the report)."""
+    if kind is None or not _is_number(value) or not math.isfinite(float(value)):
+        return _fmt(value)
+    if kind == "percent":
+        return _three_digits(100.0 * float(value)) + "%"
+    if kind == "ratio":
+        return _three_digits(float(value))
+    raise ValueError(f"unknown display format {kind!r}; use one of {_FORMAT_KINDS}")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "item"
 
@@ -343,8 +376,11 @@ def _paragraphs(text: str) -> list[str]:
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
 
 
-def _frame_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
-    """Return header, formatted cells and which columns are numeric (right-aligned)."""
+def _frame_rows(
+    table: pd.DataFrame, formats: Mapping[str, str]
+) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Return header, formatted cells (`formats`: DISPLAY_FORMATS kinds by column name) and
+    which columns are numeric (right-aligned)."""
     frame = table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
     header = [str(c) for c in frame.columns]
     numeric = [
@@ -352,7 +388,11 @@ def _frame_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[b
         and not pd.api.types.is_bool_dtype(frame[c].dtype)
         for c in frame.columns
     ]
-    rows = [[_fmt(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    kinds = [formats.get(h) for h in header]
+    rows = [
+        [format_as(v, kind) for v, kind in zip(row, kinds, strict=True)]
+        for row in frame.itertuples(index=False, name=None)
+    ]
     return header, rows, numeric
 
 
@@ -383,6 +423,7 @@ class Section:
     paths, each with its meaning from `metric_notes` (keyed by the path within `metrics`) or
     else from `METRIC_GLOSSARY`. `key_prefix` is where `metrics` sits in report.json (e.g.
     "ranking" or "baselines.lightgbm.ranking"); when given, the table shows full key paths.
+    `column_formats` shows columns of `table` as a DISPLAY_FORMATS kind ({"share": "percent"}).
     """
 
     title: str
@@ -393,6 +434,7 @@ class Section:
     table_caption: str = ""
     metric_notes: Mapping[str, str] = field(default_factory=dict)
     key_prefix: str = ""
+    column_formats: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.title, str) or not self.title.strip():
@@ -410,6 +452,12 @@ class Section:
                     f"Section {self.title!r}: figures must be evaluation.report.Figure objects"
                 )
         _leaves(self.metrics)  # validates keys now, not at write time
+        bad = {c: k for c, k in self.column_formats.items() if k not in _FORMAT_KINDS}
+        if bad:
+            raise ValueError(
+                f"Section {self.title!r}: column_formats {bad} name unknown formats; use one "
+                f"of {_FORMAT_KINDS}"
+            )
         if self.key_prefix and not all(self.key_prefix.split(".")):
             raise ValueError(
                 f"Section {self.title!r}: key_prefix {self.key_prefix!r} must be a key path of "
@@ -421,7 +469,7 @@ class Section:
         return [
             (
                 _join(self.key_prefix, path),
-                _fmt(value),
+                format_as(value, DISPLAY_FORMATS.get(path.rsplit(".", 1)[-1])),
                 self.metric_notes.get(path) or explain(path),
             )
             for path, value in _leaves(self.metrics)
@@ -553,7 +601,7 @@ class Report:
                 lines += [f"| `{k}` | {_md_cell(v)} | {_md_cell(m)} |" for k, v, m in rows]
                 lines.append("")
             if section.table is not None:
-                header, cells, numeric = _frame_rows(section.table)
+                header, cells, numeric = _frame_rows(section.table, section.column_formats)
                 if section.table_caption:
                     lines += [f"*{_md_cell(section.table_caption)}*", ""]
                 lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
@@ -607,7 +655,7 @@ class Report:
                 ]
                 out.append("</tbody></table></div>")
             if section.table is not None:
-                header, cells, numeric = _frame_rows(section.table)
+                header, cells, numeric = _frame_rows(section.table, section.column_formats)
                 out.append('<div class="wrap"><table class="data">')
                 if section.table_caption:
                     out.append(f'<caption class="muted">{esc(section.table_caption)}</caption>')

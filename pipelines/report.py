@@ -109,7 +109,7 @@ def _best(rows: dict[str, dict[str, Any]], key: str, lower: bool = False) -> tup
 
 
 def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
+    return float(f"{a / b:.3g}") if b else None
 
 
 def _compare(
@@ -325,6 +325,7 @@ def summary_section(
         table=pd.DataFrame(rows),
         table_caption="The system against the best baseline per stage (ratio > 1 is better for "
         "recall and watch time, < 1 for the loss).",
+        column_formats={"system / best": "ratio"},
     )
 
 
@@ -741,7 +742,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                     "true E[watch time]/user (s)": tw.get("mean"),
                     "95% CI low": tw.get("ci_low"),
                     "95% CI high": tw.get("ci_high"),
-                    "fraction of oracle": v.get("fraction_of_oracle"),
+                    "share of oracle": v.get("fraction_of_oracle"),
                 }
             )
         table = pd.DataFrame(rows)
@@ -776,6 +777,9 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 metrics=metrics["end_to_end"],
                 key_prefix="end_to_end",
                 table=table,
+                table_caption="Per slate; 'share of oracle' is its true expected watch time in "
+                "percent of the oracle slate's.",
+                column_formats={"share of oracle": "percent"},
                 figures=figs,
             )
         )

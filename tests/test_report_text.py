@@ -2,6 +2,7 @@
 formatted and escaped, and the notes that depend on the run."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vidrec.evaluation import plots
@@ -129,3 +130,27 @@ def test_the_ground_truth_calibration_plot_names_the_truth_on_its_axis(monkeypat
     plots.calibration_plot(table)
     assert labels[0] == "mean true expected watch time (simulator) (s)"
     assert labels[1] == "mean observed watch time (s)"
+
+
+def test_shares_and_ratios_keep_three_significant_digits(tmp_path):
+    from vidrec.evaluation.report import format_as
+
+    assert format_as(0.3, "percent") == "30.0%" and format_as(0.01398, "percent") == "1.40%"
+    assert format_as(1.0, "percent") == "100%" and format_as(None, "percent") == "n/a"
+    assert format_as(0.3, "ratio") == "0.300" and format_as(0.99961, "ratio") == "1.00"
+    assert format_as(0.3, None) == "0.3"
+    section = Section(
+        "End to end", "Slates.", metrics={"fraction_of_oracle": 0.3, "overall_ratio": 1.2},
+        table=pd.DataFrame({"slate": ["system"], "share of oracle": [0.3], "system / best": [0.7]}),
+        column_formats={"share of oracle": "percent", "system / best": "ratio"},
+    )  # fmt: skip
+    assert [v for _, v, _ in section.metric_rows()] == ["30.0%", "1.20"]
+    assert "percent" in explain("end_to_end.fraction_of_oracle")
+    md, _ = _write(tmp_path, [section])
+    assert "| system | 30.0% | 0.700 |" in md
+    with pytest.raises(ValueError, match="unknown formats"):
+        Section("x", "y", column_formats={"a": "percentage"})
+
+    from vidrec.pipelines.report import _ratio
+
+    assert _ratio(0.0012345, 1.0) == 0.00123  # 3 significant digits, not 3 decimals
