@@ -693,8 +693,7 @@ class Report:
 
 
 def _md_cell(text: Any) -> str:
-    """Return text safe inside a markdown table cell (one line; pipes and HTML escaped)."""
+    """Return text safe inside a markdown table cell: one line, pipes escaped, and a "<" that
+    could open an HTML tag backslash-escaped; the rest stays plain text ("->", "a < b", "&")."""
     one_line = " ".join(str(text).split())
-    return (
-        one_line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    )
+    return re.sub(r"<(?=[A-Za-z/!?])", r"\\<", one_line.replace("|", "\\|"))

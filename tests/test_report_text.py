@@ -1,6 +1,8 @@
 """What the report says in words: its metadata, the meaning of every number, how numbers are
 formatted and escaped, and the notes that depend on the run."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -154,3 +156,19 @@ def test_shares_and_ratios_keep_three_significant_digits(tmp_path):
     from vidrec.pipelines.report import _ratio
 
     assert _ratio(0.0012345, 1.0) == 0.00123  # 3 significant digits, not 3 decimals
+
+
+def test_markdown_holds_plain_text_and_html_escapes_it(tmp_path):
+    section = Section(
+        "Slates", "CG -> ranker.", metrics={"auc": 0.7},
+        metric_notes={"auc": "clicks & watches, ratio > 1"},
+        table=pd.DataFrame({"slate": ["CG -> ranker", "deep <b>", "a < b"], "x": [1, 2, 3]}),
+        table_caption="ratio > 1 is better",
+    )  # fmt: skip
+    md, page = _write(tmp_path, [section])
+    assert not re.search(r"&(gt|lt|amp);", md)
+    assert "| CG -> ranker | 1 |" in md and "| a < b | 3 |" in md
+    assert "| deep \\<b> | 2 |" in md  # would open an HTML tag in a markdown viewer
+    assert "*ratio > 1 is better*" in md and "clicks & watches, ratio > 1 |" in md
+    assert "CG -&gt; ranker" in page and "deep &lt;b&gt;" in page
+    assert "clicks &amp; watches" in page
