@@ -942,8 +942,11 @@ def determinism_section(
         "builds with one thread and a fixed seed; LightGBM runs with deterministic=True, a "
         "seed and a fixed thread count; a run killed and resumed from its checkpoints "
         "reaches the same numbers; tests/test_crash_resume.py checks both). Only timings "
-        "(seconds, latencies, throughput) differ between reruns. Not deterministic on GPU "
-        "unless torch.use_deterministic_algorithms(True) is set together with "
+        "(seconds, latencies, throughput) differ between reruns. "
+    )
+    # why GPU reruns differ matters only to a run that trained on one
+    gpu = (
+        "This run trained on a GPU, which is not deterministic unless torch.use_deterministic_algorithms(True) is set together with "
         "CUBLAS_WORKSPACE_CONFIG=:4096:8: the backward passes of the embedding lookups and "
         "embedding bags (candidate-generator towers, the ranker's history and topic bags) "
         "accumulate gradient rows with atomic adds (index_add_/scatter_add_-style kernels), "
@@ -953,6 +956,8 @@ def determinism_section(
         "of ranks. These are rounding-level differences per step that compound over training "
         "(and can move an early-stopping epoch), so GPU reruns agree closely, not bit for "
         "bit. "
+    )
+    description += (gpu if on_gpu else "This run trained on CPU. ") + (
         "The settings below are those the training stages recorded in manifest.json."
     )
     return metrics, Section(

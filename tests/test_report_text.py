@@ -172,3 +172,25 @@ def test_markdown_holds_plain_text_and_html_escapes_it(tmp_path):
     assert "*ratio > 1 is better*" in md and "clicks & watches, ratio > 1 |" in md
     assert "CG -&gt; ranker" in page and "deep &lt;b&gt;" in page
     assert "clicks &amp; watches" in page
+
+
+def _runtime(cuda: bool) -> dict:
+    return {"torch_threads": 2, "cuda_available": cuda, "cuda_device": "H100" if cuda else None,
+            "deterministic_algorithms": False, "cublas_workspace_config": None}  # fmt: skip
+
+
+def test_the_gpu_determinism_note_appears_only_when_training_ran_on_a_gpu():
+    from vidrec.pipelines.report import determinism_section
+
+    config = {"seed": 0, "candidate_gen": {"device": "auto"}, "ranking": {"device": "auto"}}
+
+    def description(cuda: bool, cfg=config) -> str:
+        stages = {s: {"runtime": _runtime(cuda)} for s in ("candidate_gen", "ranker")}
+        return determinism_section({"stages": stages}, cfg)[1].description
+
+    cpu = description(False)
+    assert "atomic adds" not in cpu and "CUBLAS_WORKSPACE_CONFIG" not in cpu
+    assert "This run trained on CPU" in cpu and "bit-identical" in cpu
+    assert "atomic adds" in description(True) and "This run trained on a GPU" in description(True)
+    cpu_config = {**config, "candidate_gen": {"device": "cpu"}, "ranking": {"device": "cpu"}}
+    assert "atomic adds" not in description(True, cpu_config)  # a GPU seen but not used
