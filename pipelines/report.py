@@ -449,6 +449,47 @@ def _served_by(cg_stage: dict[str, Any]) -> str:
     return ""
 
 
+def _load_words(ann: dict[str, Any]) -> str:
+    """How busy the machine was when the latencies were measured, in words."""
+    load, cores = ann.get("load_avg_1m"), ann.get("cpu_count")
+    if not isinstance(load, int | float):
+        return "; load unknown (no load average was recorded beside them)"
+    on = f" on {cores} CPU cores" if isinstance(cores, int) else ""
+    return (
+        f", the machine at a 1-minute load average of {load:.2f}{on} (a load near or above the "
+        "core count slows every timing)"
+    )
+
+
+def ann_section(ann: dict[str, Any], retrieval_cfg: dict[str, Any]) -> Section:
+    """Annoy against exact search on the same vectors: agreement and single-query latency,
+    with the machine's load when the latencies were measured."""
+    return Section(
+        "Approximate search (annoy) against exact search",
+        f"The same {ann['n_items']} item vectors searched by annoy (inner product, "
+        f"{retrieval_cfg['n_trees']} trees, search_k {retrieval_cfg['search_k']}) and by "
+        "exact brute force, for the held-out users' query vectors. Latency is one query at a "
+        f"time ({ann['n_queries_timed']} queries x 3 repeats, top 100), measured side by side "
+        f"in this run{_load_words(ann)}. On small catalogs exact search can be as fast as annoy.",
+        metrics=ann,
+        key_prefix="retrieval.ann",
+        metric_notes={
+            "recall@10": "share of the exact top-10 that annoy also returns (0-1)",
+            "recall@100": "share of the exact top-100 that annoy also returns (0-1)",
+            "annoy_p50_ms": "median single-query annoy latency (ms)",
+            "annoy_p99_ms": "99th-percentile single-query annoy latency (ms)",
+            "exact_p50_ms": "median single-query exact-search latency (ms)",
+            "exact_p99_ms": "99th-percentile single-query exact-search latency (ms)",
+            "speedup_p50": "exact p50 latency / annoy p50 latency (>1: annoy faster)",
+            "n_items": "items in the index (uploaded by serving time)",
+            "n_queries_timed": "queries timed per method",
+            "load_avg_1m": "the machine's 1-minute load average (processes running or waiting "
+            "for a core) right after the latencies were measured; n/a = load unknown",
+            "cpu_count": "CPU cores of the machine that measured the latencies",
+        },
+    )
+
+
 def truth_calibration_figure(table: pd.DataFrame) -> Figure:
     """The system ranker's calibration deciles against the simulated world's true expected
     watch time (a `calibration_by_decile` table whose reference column holds the truth)."""
@@ -614,30 +655,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         )
         if tuned:
             sections.append(_tuned_baselines_section(tuned, flat_m, retr))
-        ann = retr["ann"]
-        sections.append(
-            Section(
-                "Approximate search (annoy) against exact search",
-                f"The same {ann['n_items']} item vectors searched by annoy (inner product, "
-                f"{cfg['retrieval']['n_trees']} trees, search_k {cfg['retrieval']['search_k']}) and by "
-                "exact brute force, for the held-out users' query vectors. Latency is one query at a "
-                f"time ({ann['n_queries_timed']} queries x 3 repeats, top 100), measured side by side "
-                "in this run; on small catalogs exact search can be as fast as annoy.",
-                metrics=ann,
-                key_prefix="retrieval.ann",
-                metric_notes={
-                    "recall@10": "share of the exact top-10 that annoy also returns (0-1)",
-                    "recall@100": "share of the exact top-100 that annoy also returns (0-1)",
-                    "annoy_p50_ms": "median single-query annoy latency (ms)",
-                    "annoy_p99_ms": "99th-percentile single-query annoy latency (ms)",
-                    "exact_p50_ms": "median single-query exact-search latency (ms)",
-                    "exact_p99_ms": "99th-percentile single-query exact-search latency (ms)",
-                    "speedup_p50": "exact p50 latency / annoy p50 latency (>1: annoy faster)",
-                    "n_items": "items in the index (uploaded by serving time)",
-                    "n_queries_timed": "queries timed per method",
-                },
-            )
-        )
+        sections.append(ann_section(retr["ann"], cfg["retrieval"]))
 
     if rank:
         rm = rank["metrics"]

@@ -194,3 +194,29 @@ def test_the_gpu_determinism_note_appears_only_when_training_ran_on_a_gpu():
     assert "atomic adds" in description(True) and "This run trained on a GPU" in description(True)
     cpu_config = {**config, "candidate_gen": {"device": "cpu"}, "ranking": {"device": "cpu"}}
     assert "atomic adds" not in description(True, cpu_config)  # a GPU seen but not used
+
+
+def test_latencies_carry_the_machine_load(monkeypatch):
+    from vidrec.pipelines import run
+    from vidrec.pipelines.report import ann_section
+
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (1.5, 1.0, 0.5))
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    assert run.machine_load() == {"load_avg_1m": 1.5, "cpu_count": 2}
+
+    def no_load():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(run.os, "getloadavg", no_load)
+    assert run.machine_load() == {"load_avg_1m": None, "cpu_count": 2}
+    monkeypatch.delattr(run.os, "getloadavg")  # Windows has none
+    assert run.machine_load()["load_avg_1m"] is None
+
+    ann = {"n_items": 100, "n_queries_timed": 10, "annoy_p50_ms": 0.2, "exact_p50_ms": 0.1}
+    retrieval_cfg = {"n_trees": 20, "search_k": -1}
+    busy = ann_section(ann | {"load_avg_1m": 1.5, "cpu_count": 2}, retrieval_cfg)
+    assert "1-minute load average of 1.50 on 2 CPU cores" in busy.description
+    assert all(meaning for _, _, meaning in busy.metric_rows())
+    unknown = ann_section(ann | {"load_avg_1m": None, "cpu_count": 2}, retrieval_cfg)
+    assert "load unknown" in unknown.description
+    assert "load unknown" in ann_section(ann, retrieval_cfg).description  # a run before it
