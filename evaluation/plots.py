@@ -192,12 +192,16 @@ def calibration_plot(
     title: str = "Expected watch time: predicted vs observed, by decile of prediction",
     unit: str = "s",
     log_scale: bool | None = None,
+    reference: str = "observed watch time",
 ) -> bytes:
-    """Return a PNG of mean observed against mean predicted watch time per bin, with y = x.
+    """Return a PNG of the mean reference against mean predicted watch time per bin, with y = x.
 
-    `tables` is one `calibration_by_decile` table or {model name: table}. The shaded band is
-    where a bin counts as calibrated: |predicted / observed − 1| <= tolerance, i.e. observed in
-    [predicted / (1 + tol), predicted / (1 − tol)]. Axes are log-scaled when every mean is
+    `tables` is one `calibration_by_decile` table or {model name: table}. Their
+    "mean_observed" column is the reference the predictions are held against, named on the y
+    axis by `reference`: the observed watch time, or e.g. "true expected watch time
+    (simulator)" for a table against a simulated world's ground truth. The shaded band is
+    where a bin counts as calibrated: |predicted / reference − 1| <= tolerance, i.e. reference
+    in [predicted / (1 + tol), predicted / (1 − tol)]. Axes are log-scaled when every mean is
     positive and they span more than a factor 20 (`log_scale=None`), or as requested.
     """
     named = {"model": tables} if isinstance(tables, pd.DataFrame) else dict(tables)
@@ -243,7 +247,7 @@ def calibration_plot(
     ax.set_ylim(lo, hi)
     ax.set_title(title)
     ax.set_xlabel(f"mean predicted expected watch time ({unit})")
-    ax.set_ylabel(f"mean observed watch time ({unit})")
+    ax.set_ylabel(f"mean {reference} ({unit})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     return _png(fig)

@@ -61,16 +61,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vidrec.evaluation.retrieval import FRESH_DAYS, HEAD_SHARE, TAIL_SHARE
 from vidrec.features.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
+    "DISPLAY_FORMATS",
     "METRIC_GLOSSARY",
     "SCHEMA_VERSION",
+    "SLICE_GLOSSARY",
     "Figure",
     "Report",
     "Section",
     "explain",
     "flatten",
+    "format_as",
     "unflatten",
 ]
 
@@ -78,16 +82,21 @@ SCHEMA_VERSION = 1
 _SIGNIFICANT_DIGITS = 6
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-# What a metric means, by the last key of its path with any "@<k>" replaced by "@k".
+# What a metric means, by the last key of its path with any "@<k>" replaced by "@k", or, where
+# the last key alone is ambiguous, by its last two keys ("true_expected_watch_time.mean").
 METRIC_GLOSSARY: dict[str, str] = {
     "recall@k": "share of the held-out next watches found among the top {k} retrieved items "
     "(0-1, higher is better)",
-    "hit_rate@k": "share of users with at least one next watch in their top {k} (0-1, higher is better)",
+    "hitrate@k": "share of users with at least one next watch in their top {k} (0-1, higher is better)",
     "ndcg@k": "normalised discounted cumulative gain of the top {k}: 1 = the best possible order "
     "(0-1, higher is better)",
+    "ndcg_watch_time@k": "NDCG of the top {k} with the user's watch time of an item as its gain, "
+    "the ideal being the user's own most-watched items (0-1, higher is better)",
     "map@k": "mean average precision of the top {k} (0-1, higher is better)",
     "map": "mean average precision (0-1, higher is better)",
     "coverage": "share of the catalogue that appears in at least one user's list (0-1)",
+    "coverage@k": "share of the catalogue that appears in at least one user's top {k} (0-1)",
+    "n_queries": "held-out users with at least one target (those the means are over)",
     "ann_recall@k": "share of the exact top {k} (brute-force inner product) that the approximate "
     "index also returns (0-1, 1 = identical)",
     "auc": "probability that a clicked impression is scored above a non-clicked one "
@@ -99,28 +108,35 @@ METRIC_GLOSSARY: dict[str, str] = {
     "weighted by the click's watch time, that the ranker ordered wrongly (0-1, lower is better)",
     "mae": "mean absolute error (seconds)",
     "rmse": "root mean squared error (seconds)",
-    "bias": "mean of predicted minus observed (seconds; > 0 means over-prediction)",
-    "relative_bias": "bias divided by the mean observed value (0 = unbiased)",
+    "bias": "mean of predicted minus reference (seconds; > 0 means over-prediction)",
+    "relative_bias": "bias divided by the mean reference value (0 = unbiased)",
     "max_abs_relative_error": "largest |mean predicted / mean reference - 1| over the bins "
-    "(0.15 = 15%; reference: the observed watch time, under ground_truth_calibration the true "
-    "E[watch time])",
+    "(0.15 = 15%)",
     "bins_within_tolerance": "calibration bins whose mean prediction is within the tolerance of "
-    "the mean reference (the observed watch time; under ground_truth_calibration the true "
-    "E[watch time])",
+    "the mean reference",
     "all_within_tolerance": "whether every calibration bin is within the tolerance",
     "pearson": "linear correlation of prediction and truth (-1 to 1)",
     "spearman": "rank correlation of prediction and truth (-1 to 1)",
     "worst_bin": "the calibration bin (1 = lowest predictions) farthest from calibrated",
-    "overall_ratio": "total predicted / total reference watch time (1 = unbiased on average; "
-    "reference: observed, under ground_truth_calibration the true E[watch time])",
+    "overall_ratio": "total predicted / total reference watch time (1 = unbiased on average)",
     "mean_predicted": "mean predicted expected watch time per impression (seconds)",
     "mean_observed": "mean observed watch time per impression, 0 when not clicked (seconds)",
     "mean_watch_time": "mean observed watch time per impression, 0 when not clicked (seconds)",
     "tolerance": "allowed relative deviation for a calibrated bin (0.15 = ±15%)",
     "n_bins": "number of equal-count bins of the prediction",
-    "fraction_of_oracle": "the slate's true expected watch time divided by the oracle slate's "
+    "fraction_of_oracle": "the slate's true expected watch time as a share of the oracle slate's "
     "(end to end: the best k items of the whole catalog under the ground truth; in the ranker "
-    "table: the best k of the same candidates) (0-1)",
+    "table: the best k of the same candidates); shown in percent, report.json holds the "
+    "fraction (0-1)",
+    "true_expected_watch_time.mean": "true expected watch time of a user's slate under the "
+    "simulated world (with position bias), mean over users (seconds)",
+    "true_expected_watch_time.ci_low": "lower end of the bootstrap 95% interval of that mean "
+    "(seconds)",
+    "true_expected_watch_time.ci_high": "upper end of the bootstrap 95% interval of that mean "
+    "(seconds)",
+    "distinct_items": "distinct items over all users' slates",
+    "users_with_next_watches": "users who watched something in the test window (those recall "
+    "and NDCG average over)",
     "ctr": "click-through rate: clicks per impression (0-1)",
     "n": "rows the metric was computed on",
     "n_positives": "clicked impressions",
@@ -128,17 +144,67 @@ METRIC_GLOSSARY: dict[str, str] = {
     "n_rows": "rows (impressions or examples) the metric was computed on",
     "n_groups": "user pages (groups) in the data",
     "n_users": "users the metric was computed on",
+    "counts.users": "users in the data set",
+    "counts.items": "items in the data set's catalogue",
+    "counts.watches": "watches in the log",
+    "counts.impressions": "impressions (an item shown to a user) in the log",
+    "counts.searches": "searches in the log",
+}
+# the short names of watch_time.errors
+METRIC_GLOSSARY["mean_pred"] = METRIC_GLOSSARY["mean_predicted"]
+METRIC_GLOSSARY["mean_obs"] = METRIC_GLOSSARY["mean_observed"]
+
+# Which part of the data a metric was computed on, by the keys in its path before the metric's
+# own: one key ("observed") or two ("popularity.head", the buckets of evaluation.retrieval's
+# popularity_buckets, freshness_buckets and history_groups as the pipeline calls them).
+SLICE_GLOSSARY: dict[str, str] = {
+    "popularity.head": f"next watches of head items only: the {HEAD_SHARE:.0%} of the catalogue "
+    "most watched in the training window",
+    "popularity.torso": "next watches of torso items only: neither head nor tail, the middle of "
+    "the catalogue by training-window watches",
+    "popularity.tail": f"next watches of tail items only: the {TAIL_SHARE:.0%} of the catalogue "
+    "least watched in the training window, and every item never watched there",
+    "freshness.fresh": f"next watches of fresh items only: uploaded less than {FRESH_DAYS:g} days "
+    "before serving",
+    "freshness.old": f"next watches of old items only: uploaded {FRESH_DAYS:g} days or more "
+    "before serving",
+    "history.new": "new users only: no watch before serving",
+    "history.returning": "returning users only: at least one watch before serving",
+    "observed": "reference: the observed watch time",
+    "errors": "reference: the observed watch time",
+    "ground_truth_calibration": "reference: the simulated world's true expected watch time",
+    "vs_ground_truth": "truth: the simulated world's true expected watch time",
 }
 
 
+def _glossary_key(key: str) -> tuple[str, str | None]:
+    """Return (the key as the glossary names it, its cut-off or None): "recall@50" ->
+    ("recall@k", "50")."""
+    m = re.fullmatch(r"(.+)@(\d+)", key)
+    return (f"{m.group(1)}@k", m.group(2)) if m else (key, None)
+
+
 def explain(key_path: str) -> str:
-    """Return the glossary meaning of a metric key path ("" when the metric is not in it)."""
-    last = key_path.rsplit(".", 1)[-1]
-    m = re.fullmatch(r"(.+)@(\d+)", last)
-    if m:
-        template = METRIC_GLOSSARY.get(f"{m.group(1)}@k", "")
-        return template.format(k=m.group(2))
-    return METRIC_GLOSSARY.get(last, "").replace("{k}", "k")
+    """Return the glossary meaning of a metric key path ("" when the metric is not in it),
+    followed by the slice of the data it was computed on where its path names one (a
+    popularity bucket, new users, the reference of a calibration)."""
+    keys = key_path.split(".")
+    last, k = _glossary_key(keys[-1])
+    template = METRIC_GLOSSARY.get(".".join([*keys[-2:-1], last])) or METRIC_GLOSSARY.get(last, "")
+    if not template:
+        return ""
+    meaning = template.format(k=k) if k is not None else template.replace("{k}", "k")
+    parents, slices, i = keys[:-1], [], 0
+    while i < len(parents):
+        pair = ".".join(parents[i : i + 2])
+        if pair in SLICE_GLOSSARY:
+            slices.append(SLICE_GLOSSARY[pair])
+            i += 2
+            continue
+        if parents[i] in SLICE_GLOSSARY:
+            slices.append(SLICE_GLOSSARY[parents[i]])
+        i += 1
+    return "; ".join([meaning, *slices])
 
 
 # --------------------------------------------------------------------------- key paths
@@ -264,10 +330,42 @@ def _fmt(value: Any) -> str:
         if abs(x) >= 1e4:
             return f"{x:,.0f}"
         return f"{x:.4g}"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
     if isinstance(value, np.ndarray | list | tuple):
         items = [_fmt(v) for v in list(value)[:8]]
         return "[" + ", ".join(items) + (", …" if len(value) > 8 else "") + "]"
     return str(value)
+
+
+# How some numbers are shown (report.json keeps them as they are), by a metric's last key or a
+# table column's name: "percent" for a share of a whole, "ratio" for a quotient of two numbers.
+# Both keep 3 significant digits with trailing zeros, so 0.300 does not read as a rounded 0.3.
+DISPLAY_FORMATS: dict[str, str] = {
+    "fraction_of_oracle": "percent",
+    "overall_ratio": "ratio",
+    "speedup_p50": "ratio",
+}
+_FORMAT_KINDS = ("percent", "ratio")
+
+
+def _three_digits(x: float) -> str:
+    x = float(f"{x:.3g}")  # round first: 9.996 shows as 10.0, not as 10.00
+    if x == 0 or abs(x) >= 1e4:
+        return _fmt(x)
+    return f"{x:,.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
+
+
+def format_as(value: Any, kind: str | None) -> str:
+    """Return `value` for people as `kind`: "percent" (0.3 -> "30.0%"), "ratio" (0.3 -> "0.300")
+    or None (4 significant digits, as every other number of the report)."""
+    if kind is None or not _is_number(value) or not math.isfinite(float(value)):
+        return _fmt(value)
+    if kind == "percent":
+        return _three_digits(100.0 * float(value)) + "%"
+    if kind == "ratio":
+        return _three_digits(float(value))
+    raise ValueError(f"unknown display format {kind!r}; use one of {_FORMAT_KINDS}")
 
 
 def _slug(text: str) -> str:
@@ -278,8 +376,11 @@ def _paragraphs(text: str) -> list[str]:
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
 
 
-def _frame_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
-    """Return header, formatted cells and which columns are numeric (right-aligned)."""
+def _frame_rows(
+    table: pd.DataFrame, formats: Mapping[str, str]
+) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Return header, formatted cells (`formats`: DISPLAY_FORMATS kinds by column name) and
+    which columns are numeric (right-aligned)."""
     frame = table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
     header = [str(c) for c in frame.columns]
     numeric = [
@@ -287,7 +388,11 @@ def _frame_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[b
         and not pd.api.types.is_bool_dtype(frame[c].dtype)
         for c in frame.columns
     ]
-    rows = [[_fmt(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    kinds = [formats.get(h) for h in header]
+    rows = [
+        [format_as(v, kind) for v, kind in zip(row, kinds, strict=True)]
+        for row in frame.itertuples(index=False, name=None)
+    ]
     return header, rows, numeric
 
 
@@ -318,6 +423,7 @@ class Section:
     paths, each with its meaning from `metric_notes` (keyed by the path within `metrics`) or
     else from `METRIC_GLOSSARY`. `key_prefix` is where `metrics` sits in report.json (e.g.
     "ranking" or "baselines.lightgbm.ranking"); when given, the table shows full key paths.
+    `column_formats` shows columns of `table` as a DISPLAY_FORMATS kind ({"share": "percent"}).
     """
 
     title: str
@@ -328,6 +434,7 @@ class Section:
     table_caption: str = ""
     metric_notes: Mapping[str, str] = field(default_factory=dict)
     key_prefix: str = ""
+    column_formats: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.title, str) or not self.title.strip():
@@ -345,6 +452,12 @@ class Section:
                     f"Section {self.title!r}: figures must be evaluation.report.Figure objects"
                 )
         _leaves(self.metrics)  # validates keys now, not at write time
+        bad = {c: k for c, k in self.column_formats.items() if k not in _FORMAT_KINDS}
+        if bad:
+            raise ValueError(
+                f"Section {self.title!r}: column_formats {bad} name unknown formats; use one "
+                f"of {_FORMAT_KINDS}"
+            )
         if self.key_prefix and not all(self.key_prefix.split(".")):
             raise ValueError(
                 f"Section {self.title!r}: key_prefix {self.key_prefix!r} must be a key path of "
@@ -356,7 +469,7 @@ class Section:
         return [
             (
                 _join(self.key_prefix, path),
-                _fmt(value),
+                format_as(value, DISPLAY_FORMATS.get(path.rsplit(".", 1)[-1])),
                 self.metric_notes.get(path) or explain(path),
             )
             for path, value in _leaves(self.metrics)
@@ -459,8 +572,11 @@ class Report:
         return flatten(self.metrics)
 
     def _shown_meta(self) -> list[tuple[str, Any]]:
+        """Return (key path in `_meta`, value) rows: a dict (e.g. seconds per stage) is shown
+        one row per entry, never as one cell of braces and quotes."""
         # the title is the page heading and the schema version is for programs, not readers
-        return [(k, v) for k, v in self.meta.items() if k not in ("title", "schema_version")]
+        shown = {k: v for k, v in self.meta.items() if k not in ("title", "schema_version")}
+        return _leaves(shown)
 
     # ----------------------------------------------------------------- writers
     def write_json(self, path: str | Path) -> Path:
@@ -485,7 +601,7 @@ class Report:
                 lines += [f"| `{k}` | {_md_cell(v)} | {_md_cell(m)} |" for k, v, m in rows]
                 lines.append("")
             if section.table is not None:
-                header, cells, numeric = _frame_rows(section.table)
+                header, cells, numeric = _frame_rows(section.table, section.column_formats)
                 if section.table_caption:
                     lines += [f"*{_md_cell(section.table_caption)}*", ""]
                 lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
@@ -539,7 +655,7 @@ class Report:
                 ]
                 out.append("</tbody></table></div>")
             if section.table is not None:
-                header, cells, numeric = _frame_rows(section.table)
+                header, cells, numeric = _frame_rows(section.table, section.column_formats)
                 out.append('<div class="wrap"><table class="data">')
                 if section.table_caption:
                     out.append(f'<caption class="muted">{esc(section.table_caption)}</caption>')
@@ -577,8 +693,7 @@ class Report:
 
 
 def _md_cell(text: Any) -> str:
-    """Return text safe inside a markdown table cell (one line; pipes and HTML escaped)."""
+    """Return text safe inside a markdown table cell: one line, pipes escaped, and a "<" that
+    could open an HTML tag backslash-escaped; the rest stays plain text ("->", "a < b", "&")."""
     one_line = " ".join(str(text).split())
-    return (
-        one_line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    )
+    return re.sub(r"<(?=[A-Za-z/!?])", r"\\<", one_line.replace("|", "\\|"))

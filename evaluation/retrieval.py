@@ -37,6 +37,11 @@ __all__ = [
 ]
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100, 500)
+# the default buckets (shares of the catalog, days since upload); the report's glossary
+# describes the buckets with these numbers
+HEAD_SHARE = 0.2
+TAIL_SHARE = 0.5
+FRESH_DAYS = 7
 _CHUNK_ELEMENTS = 1 << 21  # rows per chunk × K stays below this: bounded temporaries
 _LOOKUP_TABLE_MAX_ID = 1 << 25  # coverage indexes a table by id below this, else re-codes
 
@@ -409,8 +414,8 @@ def _check_item_arrays(
 def popularity_buckets(
     item_ids: np.ndarray,
     counts: np.ndarray,
-    head_share: float = 0.2,
-    tail_share: float = 0.5,
+    head_share: float = HEAD_SHARE,
+    tail_share: float = TAIL_SHARE,
 ) -> dict[int, str]:
     """Return {item id: "head" | "torso" | "tail"} by rank of training watch count.
 
@@ -446,7 +451,7 @@ def freshness_buckets(
     item_ids: np.ndarray,
     upload_time: np.ndarray,
     at_time: int,
-    fresh_days: float = 7,
+    fresh_days: float = FRESH_DAYS,
 ) -> dict[int, str]:
     """Return {item id: "fresh" | "old"}: fresh when uploaded less than fresh_days before at_time.
 

@@ -238,6 +238,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_headline(report: dict, out: Path) -> None:
     if not report:
         return
+    from vidrec.evaluation.report import format_as  # pandas: not for `vidrec --help`
+
     get = lambda path: _dig(report, path)  # noqa: E731
     lines = [
         f"data: {get('_meta.dataset')}   seed: {get('_meta.seed')}",
@@ -248,7 +250,7 @@ def _print_headline(report: dict, out: Path) -> None:
     if tw is not None:
         lines.append(
             f"end to end true expected watch time per user = {_f(tw)} s, "
-            f"{_f(get('end_to_end.fraction_of_oracle'))} of the oracle's"
+            f"{format_as(get('end_to_end.fraction_of_oracle'), 'percent')} of the oracle's"
         )
     lines.append(f"report: {out / 'report.html'}")
     print("\n".join(lines))

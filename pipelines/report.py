@@ -24,6 +24,7 @@ from vidrec.evaluation.report import Figure, Report, Section, unflatten
 from vidrec.evaluation.retrieval import HINDSIGHT
 from vidrec.pipelines.config import flatten
 from vidrec.pipelines.context import RunContext
+from vidrec.pipelines.run import STAGES
 
 SYSTEM_RANKER = "deep_weighted"
 RANKER_LABELS = {
@@ -63,11 +64,18 @@ def _iso(t: int) -> str:
     return datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _stages(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The manifest's stage records in pipeline order (manifest.json stores them by name)."""
+    order = {name: i for i, name in enumerate(STAGES)}
+    stages = manifest.get("stages", {})
+    return sorted(stages.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+
+
 def stage_commits(manifest: dict[str, Any]) -> str | None:
     """Return the commit that built the run's stages: one hash, or, when a resumed run mixed
     code versions, each commit (short) with the stages it built, in stage order."""
     by_commit: dict[str, list[str]] = {}
-    for name, st in manifest.get("stages", {}).items():
+    for name, st in _stages(manifest):
         commit = st.get("git_commit", manifest.get("git_commit"))
         if st.get("status") == "done" and commit:
             by_commit.setdefault(commit, []).append(name)
@@ -76,6 +84,16 @@ def stage_commits(manifest: dict[str, Any]) -> str | None:
     if len(by_commit) == 1:
         return next(iter(by_commit))
     return "; ".join(f"{c[:7]} ({', '.join(names)})" for c, names in by_commit.items())
+
+
+def stage_seconds(manifest: dict[str, Any]) -> dict[str, float]:
+    """Seconds each stage took, in stage order, for the stages that recorded a time (the
+    report stage is still running while its report is written: it has none yet)."""
+    return {
+        name: st["seconds"]
+        for name, st in _stages(manifest)
+        if isinstance(st.get("seconds"), int | float)
+    }
 
 
 def _best(rows: dict[str, dict[str, Any]], key: str, lower: bool = False) -> tuple[str, float] | None:
@@ -91,7 +109,7 @@ def _best(rows: dict[str, dict[str, Any]], key: str, lower: bool = False) -> tup
 
 
 def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
+    return float(f"{a / b:.3g}") if b else None
 
 
 def _compare(
@@ -307,7 +325,45 @@ def summary_section(
         table=pd.DataFrame(rows),
         table_caption="The system against the best baseline per stage (ratio > 1 is better for "
         "recall and watch time, < 1 for the loss).",
+        column_formats={"system / best": "ratio"},
     )
+
+
+# the simulated world's identity (world.json) beside the data counts
+_WORLD_NOTES = {
+    "world.name": "the simulated data set",
+    "world.preset": "the world preset that sets its size and behaviour",
+    "world.seed": "the seed the world was drawn with",
+    "world.catalog": "where its items come from: 'synthetic' (drawn) or 'kuairand' (KuaiRand's "
+    "real item metadata)",
+}
+# features.stats.log_statistics: what `--preset auto` derives its settings from
+_STATS_NOTES = {
+    "n_users": "users in the log",
+    "n_items": "items in the catalogue",
+    "n_watched_items": "items watched at least once",
+    "n_watches": "watches in the log",
+    "n_train_watches": "watches before train_end",
+    "watches_per_user_median": "median watches per user (users with a watch)",
+    "watches_per_user_mean": "mean watches per user (users with a watch)",
+    "span_days": "days from the first watch to the last",
+    "share_of_items_uploaded_after_train_end": "share of the catalogue uploaded after train_end "
+    "(0-1)",
+    "has_impressions": "whether the log has impressions (without, the ranker learns from "
+    "retrieved candidates of the ranker window's active users)",
+    "n_impressions": "impressions in the log",
+    "has_watch_time": "whether the impressions log watch times (else every click weighs 1)",
+    "n_ranker_rows": "rows the ranker learns from in the ranker window",
+    "n_ranker_users": "users in the ranker window",
+}
+# the [tuned] table `vidrec tune` writes into its config file
+_TUNED_NOTES = {
+    "study": "the Optuna study (SQLite) the settings come from",
+    "trial": "the number of the best trial",
+    "trials": "trials in the study",
+    "validation_metric": "what the search maximised (candidate generator, ranker window)",
+    "validation_value": "the best trial's validation value",
+}
 
 
 def _derived_section(cfg: dict[str, Any]) -> Section | None:
@@ -334,6 +390,7 @@ def _derived_section(cfg: dict[str, Any]) -> Section | None:
         "train_end). 'used' differs from 'derived' where a config file or --set overrode it.",
         metrics={"stats": stats},
         key_prefix="derived",
+        metric_notes={f"stats.{k}": text for k, text in _STATS_NOTES.items()},
         table=pd.DataFrame(rows),
         table_caption="Derived settings, the value used, and the statistic each came from.",
     )
@@ -371,6 +428,7 @@ def _tuned_section(cfg: dict[str, Any]) -> Section | None:
         "run's test-window numbers with them.",
         metrics={k: v for k, v in tuned.items() if k != "before"},
         key_prefix="tuned",
+        metric_notes=_TUNED_NOTES,
         table=pd.DataFrame(rows) if rows else None,
         figures=figures,
         table_caption="Each tuned setting: the value the search started from and the value used.",
@@ -389,6 +447,61 @@ def _served_by(cg_stage: dict[str, Any]) -> str:
     if "model" in models:
         return f"One candidate generator serves both windows: {models['model']}."
     return ""
+
+
+def _load_words(ann: dict[str, Any]) -> str:
+    """How busy the machine was when the latencies were measured, in words."""
+    load, cores = ann.get("load_avg_1m"), ann.get("cpu_count")
+    if not isinstance(load, int | float):
+        return "; load unknown (no load average was recorded beside them)"
+    on = f" on {cores} CPU cores" if isinstance(cores, int) else ""
+    return (
+        f", the machine at a 1-minute load average of {load:.2f}{on} (a load near or above the "
+        "core count slows every timing)"
+    )
+
+
+def ann_section(ann: dict[str, Any], retrieval_cfg: dict[str, Any]) -> Section:
+    """Annoy against exact search on the same vectors: agreement and single-query latency,
+    with the machine's load when the latencies were measured."""
+    return Section(
+        "Approximate search (annoy) against exact search",
+        f"The same {ann['n_items']} item vectors searched by annoy (inner product, "
+        f"{retrieval_cfg['n_trees']} trees, search_k {retrieval_cfg['search_k']}) and by "
+        "exact brute force, for the held-out users' query vectors. Latency is one query at a "
+        f"time ({ann['n_queries_timed']} queries x 3 repeats, top 100), measured side by side "
+        f"in this run{_load_words(ann)}. On small catalogs exact search can be as fast as annoy.",
+        metrics=ann,
+        key_prefix="retrieval.ann",
+        metric_notes={
+            "recall@10": "share of the exact top-10 that annoy also returns (0-1)",
+            "recall@100": "share of the exact top-100 that annoy also returns (0-1)",
+            "annoy_p50_ms": "median single-query annoy latency (ms)",
+            "annoy_p99_ms": "99th-percentile single-query annoy latency (ms)",
+            "exact_p50_ms": "median single-query exact-search latency (ms)",
+            "exact_p99_ms": "99th-percentile single-query exact-search latency (ms)",
+            "speedup_p50": "exact p50 latency / annoy p50 latency (>1: annoy faster)",
+            "n_items": "items in the index (uploaded by serving time)",
+            "n_queries_timed": "queries timed per method",
+            "load_avg_1m": "the machine's 1-minute load average (processes running or waiting "
+            "for a core) right after the latencies were measured; n/a = load unknown",
+            "cpu_count": "CPU cores of the machine that measured the latencies",
+        },
+    )
+
+
+def truth_calibration_figure(table: pd.DataFrame) -> Figure:
+    """The system ranker's calibration deciles against the simulated world's true expected
+    watch time (a `calibration_by_decile` table whose reference column holds the truth)."""
+    return Figure(
+        "Calibration against the ground truth",
+        plots.calibration_plot(
+            {RANKER_LABELS[SYSTEM_RANKER]: table},
+            title="Predicted vs true expected watch time (simulator), by decile",
+            reference="true expected watch time (simulator)",
+        ),
+        "Same deciles, against the world's true E[watch time] of each impression.",
+    )
 
 
 def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report:
@@ -425,6 +538,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
             + _served_by(cg_stage),
             metrics={"data": {"counts": data["counts"]}}
             | ({"world": _scalars(world)} if world else {}),
+            metric_notes=_WORLD_NOTES,
         )
     )
 
@@ -541,30 +655,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         )
         if tuned:
             sections.append(_tuned_baselines_section(tuned, flat_m, retr))
-        ann = retr["ann"]
-        sections.append(
-            Section(
-                "Approximate search (annoy) against exact search",
-                f"The same {ann['n_items']} item vectors searched by annoy (inner product, "
-                f"{cfg['retrieval']['n_trees']} trees, search_k {cfg['retrieval']['search_k']}) and by "
-                "exact brute force, for the held-out users' query vectors. Latency is one query at a "
-                f"time ({ann['n_queries_timed']} queries x 3 repeats, top 100), measured side by side "
-                "in this run; on small catalogs exact search can be as fast as annoy.",
-                metrics=ann,
-                key_prefix="retrieval.ann",
-                metric_notes={
-                    "recall@10": "share of the exact top-10 that annoy also returns (0-1)",
-                    "recall@100": "share of the exact top-100 that annoy also returns (0-1)",
-                    "annoy_p50_ms": "median single-query annoy latency (ms)",
-                    "annoy_p99_ms": "99th-percentile single-query annoy latency (ms)",
-                    "exact_p50_ms": "median single-query exact-search latency (ms)",
-                    "exact_p99_ms": "99th-percentile single-query exact-search latency (ms)",
-                    "speedup_p50": "exact p50 latency / annoy p50 latency (>1: annoy faster)",
-                    "n_items": "items in the index (uploaded by serving time)",
-                    "n_queries_timed": "queries timed per method",
-                },
-            )
-        )
+        sections.append(ann_section(retr["ann"], cfg["retrieval"]))
 
     if rank:
         rm = rank["metrics"]
@@ -638,16 +729,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         ]
         pt = root / "ranking_eval" / f"calibration_truth_{SYSTEM_RANKER}.parquet"
         if pt.exists():
-            figs.append(
-                Figure(
-                    "Calibration against the ground truth",
-                    plots.calibration_plot(
-                        {RANKER_LABELS[SYSTEM_RANKER]: pd.read_parquet(pt)},
-                        title="Predicted vs true expected watch time (simulator), by decile",
-                    ),
-                    "Same deciles, against the world's true E[watch time] of each impression.",
-                )
-            )
+            figs.append(truth_calibration_figure(pd.read_parquet(pt)))
         sections.append(
             Section(
                 "Expected watch time",
@@ -678,7 +760,7 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                     "true E[watch time]/user (s)": tw.get("mean"),
                     "95% CI low": tw.get("ci_low"),
                     "95% CI high": tw.get("ci_high"),
-                    "fraction of oracle": v.get("fraction_of_oracle"),
+                    "share of oracle": v.get("fraction_of_oracle"),
                 }
             )
         table = pd.DataFrame(rows)
@@ -713,54 +795,15 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 metrics=metrics["end_to_end"],
                 key_prefix="end_to_end",
                 table=table,
+                table_caption="Per slate; 'share of oracle' is its true expected watch time in "
+                "percent of the oracle slate's.",
+                column_formats={"share of oracle": "percent"},
                 figures=figs,
             )
         )
     if ab:
         metrics["ab"] = ab["metrics"]
-        arms = ab["metrics"]["arms"]
-        table = pd.DataFrame(ab["table"])
-        table = table[["arm"] + [c for c in table.columns if c != "arm"]]
-        bars = pd.DataFrame(
-            [
-                {
-                    "name": n,
-                    "mean": v["watch_time_per_user"]["mean"],
-                    "ci_low": v["watch_time_per_user"]["ci"][0],
-                    "ci_high": v["watch_time_per_user"]["ci"][1],
-                }
-                for n, v in arms.items()
-            ]
-        )
-        first = ab["config"]["arms"][0]  # the control (report.json sorts the arms' keys)
-        order = [*ab["config"]["arms"]]
-        bars = bars.set_index("name").loc[[a for a in order if a in arms]].reset_index()
-        fig = Figure(
-            "A/B: watch time per user by arm",
-            plots.bars_with_ci(
-                bars,
-                title="Closed-loop A/B: watch time per user over the experiment",
-                ylabel="seconds per user (sampled by the world)",
-                highlight=first,
-            ),
-            "Total sampled watch time per user over the simulated days, mean over users with a "
-            "bootstrap 95% interval; the highlighted arm is the control.",
-        )
-        sections.append(
-            Section(
-                "Closed-loop simulated A/B",
-                ab["description"],
-                metrics={
-                    "n_users": ab["metrics"]["n_users"],
-                    "vs_control": ab["metrics"]["vs_control"],
-                },
-                key_prefix="ab",
-                table=table,
-                table_caption="Per arm over the whole experiment (CTR and fresh share are ratios of sums; "
-                "'vs control' is the relative difference in watch time per user with a paired bootstrap 95% interval).",
-                figures=[fig],
-            )
-        )
+        sections.append(ab_section(ab))
 
     det_metrics, det_section = determinism_section(ctx.rundir.manifest, cfg)
     metrics["determinism"] = det_metrics
@@ -783,14 +826,75 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         extra_meta={
             "config_hash": ctx.rundir.config_hash,
             "git_commit": stage_commits(ctx.rundir.manifest),
-            "stage_seconds": {
-                k: v.get("seconds") for k, v in ctx.rundir.manifest["stages"].items()
-            },
+            "stage_seconds": stage_seconds(ctx.rundir.manifest),
             **(extra or {}),
         },
     )
     report.write_all(root)
     return report
+
+
+# the closed-loop A/B's comparison of each arm with the control (pipelines.simulate.summarize_ab)
+_VS_CONTROL_NOTES = {
+    "control": "the arm every other arm is compared with",
+    "relative_watch_time": "watch time per user relative to the control, minus 1 (0.05 = 5% more)",
+    "ci": "paired bootstrap 95% interval of that difference (the same visitors in both arms)",
+}
+
+
+def ab_section(ab: dict[str, Any]) -> Section:
+    """The closed-loop simulated A/B (ab/ab.json): per-arm table, each arm against the control
+    and the watch time per user by arm."""
+    arms = ab["metrics"]["arms"]
+    table = pd.DataFrame(ab["table"])
+    table = table[["arm"] + [c for c in table.columns if c != "arm"]]
+    bars = pd.DataFrame(
+        [
+            {
+                "name": n,
+                "mean": v["watch_time_per_user"]["mean"],
+                "ci_low": v["watch_time_per_user"]["ci"][0],
+                "ci_high": v["watch_time_per_user"]["ci"][1],
+            }
+            for n, v in arms.items()
+        ]
+    )
+    first = ab["config"]["arms"][0]  # the control (report.json sorts the arms' keys)
+    order = [*ab["config"]["arms"]]
+    bars = bars.set_index("name").loc[[a for a in order if a in arms]].reset_index()
+    fig = Figure(
+        "A/B: watch time per user by arm",
+        plots.bars_with_ci(
+            bars,
+            title="Closed-loop A/B: watch time per user over the experiment",
+            ylabel="seconds per user (sampled by the world)",
+            highlight=first,
+        ),
+        "Total sampled watch time per user over the simulated days, mean over users with a "
+        "bootstrap 95% interval; the highlighted arm is the control.",
+    )
+    return Section(
+        "Closed-loop simulated A/B",
+        ab["description"],
+        metrics={
+            "n_users": ab["metrics"]["n_users"],
+            "vs_control": ab["metrics"]["vs_control"],
+        },
+        key_prefix="ab",
+        metric_notes={
+            "n_users": "simulated users with an impression in any arm (every arm's mean is over "
+            "all of them)",
+            **{
+                f"vs_control.{arm}.{k}": text
+                for arm in ab["metrics"]["vs_control"]
+                for k, text in _VS_CONTROL_NOTES.items()
+            },
+        },
+        table=table,
+        table_caption="Per arm over the whole experiment (CTR and fresh share are ratios of sums; "
+        "'vs control' is the relative difference in watch time per user with a paired bootstrap 95% interval).",
+        figures=[fig],
+    )
 
 
 # the stages whose numbers depend on floating-point training (their runtime settings matter)
@@ -856,8 +960,11 @@ def determinism_section(
         "builds with one thread and a fixed seed; LightGBM runs with deterministic=True, a "
         "seed and a fixed thread count; a run killed and resumed from its checkpoints "
         "reaches the same numbers; tests/test_crash_resume.py checks both). Only timings "
-        "(seconds, latencies, throughput) differ between reruns. Not deterministic on GPU "
-        "unless torch.use_deterministic_algorithms(True) is set together with "
+        "(seconds, latencies, throughput) differ between reruns. "
+    )
+    # why GPU reruns differ matters only to a run that trained on one
+    gpu = (
+        "This run trained on a GPU, which is not deterministic unless torch.use_deterministic_algorithms(True) is set together with "
         "CUBLAS_WORKSPACE_CONFIG=:4096:8: the backward passes of the embedding lookups and "
         "embedding bags (candidate-generator towers, the ranker's history and topic bags) "
         "accumulate gradient rows with atomic adds (index_add_/scatter_add_-style kernels), "
@@ -867,6 +974,8 @@ def determinism_section(
         "of ranks. These are rounding-level differences per step that compound over training "
         "(and can move an early-stopping epoch), so GPU reruns agree closely, not bit for "
         "bit. "
+    )
+    description += (gpu if on_gpu else "This run trained on CPU. ") + (
         "The settings below are those the training stages recorded in manifest.json."
     )
     return metrics, Section(

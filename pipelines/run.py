@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -390,6 +391,17 @@ def _latency(fn, queries: np.ndarray, repeats: int = 3) -> dict[str, float]:
     return {"p50_ms": float(np.median(arr)), "p99_ms": float(np.percentile(arr, 99))}
 
 
+def machine_load() -> dict[str, Any]:
+    """The machine's load when latencies are measured, recorded beside them: a p99 taken on a
+    busy machine says little about the code. The 1-minute load average is None where the
+    platform has no getloadavg (Windows)."""
+    try:
+        load: float | None = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        load = None
+    return {"load_avg_1m": load, "cpu_count": os.cpu_count()}
+
+
 def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     ds, split = ctx.dataset(), ctx.split()
     ev, r = ctx.config["evaluation"], ctx.config["retrieval"]
@@ -477,6 +489,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
             "speedup_p50": lat_exact["p50_ms"] / max(lat_annoy["p50_ms"], 1e-9),
             "n_items": n_catalog,
             "n_queries_timed": int(len(q)),
+            **machine_load(),
         }
     )
     # upload ages (days at serving time) of retrieved items vs the items watched next

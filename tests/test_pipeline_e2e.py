@@ -302,6 +302,26 @@ def test_report_has_the_tuned_retrieval_baselines(tiny_run):
     assert f"| EASE, {chosen} |" in md  # the retrieval table names the tuned value
 
 
+def test_the_report_reads_as_explained_plain_text(tiny_run):
+    """Every metric row of report.md has a meaning; no Python reprs, no HTML entities in the
+    markdown; latencies come with the machine's load; a CPU run carries no GPU note."""
+    import re
+
+    out, _, report = tiny_run
+    md = (out / "report.md").read_text("utf-8")
+    rows = [re.split(r"(?<!\\)\|", ln)[1:-1] for ln in md.splitlines() if ln.startswith("| `")]
+    assert len(rows) > 50
+    assert [r[0] for r in rows if not r[2].strip()] == []
+    assert "None" not in md and "{'" not in md and not re.search(r"&(gt|lt|amp);", md)
+    assert "| stage_seconds.data |" in md
+    assert "report" not in report["_meta"]["stage_seconds"]  # still running when written
+    ann = report["retrieval"]["ann"]
+    assert ann["load_avg_1m"] is None or ann["load_avg_1m"] >= 0
+    assert "1-minute load average" in md or "load unknown" in md
+    assert ("atomic adds" in md) == (report["determinism"]["trained_on"] != "cpu")
+    assert re.search(r"\| \d+(\.\d+)?% \|", md)  # the share of the oracle, in percent
+
+
 def test_test_window_is_served_by_a_model_refit_before_it(tiny_run):
     """Production protocol: the candidate generator that serves the test window is refit on
     everything before valid_end (for the epochs the first model chose), while the ranker's

@@ -144,7 +144,7 @@ def test_report_writes_all_three_files_with_inline_images(tmp_path):
 
     md = paths["markdown"].read_text()
     assert "## 1. Ranking | held-out impressions" in md
-    assert "| deep &lt;b&gt; | 0.35 |" in md  # raw HTML in cells is escaped
+    assert "| deep \\<b> | 0.35 |" in md  # a tag's "<" is escaped the markdown way, not as &lt;
     assert "| `ranking.auc` | 0.7 | custom meaning |" in md
     assert "| seed | 3 |" in md and "| git_commit | abc |" in md
     assert "![Calibration](report_figures/02-01-calibration.png)" in md
