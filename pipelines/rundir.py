@@ -149,6 +149,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_info() -> dict[str, Any]:
+    """What a run's figures depend on besides code and data: CPU model, cores and platform."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
+
+
 @functools.cache
 def git_commit() -> str | None:
     """Return the commit of the code that runs, or None outside a git checkout.
@@ -738,6 +743,7 @@ class RunDir:
             "config_hash": self.config_hash,
             "seed": self.config.get("seed"),
             "packages": package_versions(),
+            "machine": machine_info(),
             "git_commit": git_commit(),
             "command": sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -392,17 +392,6 @@ class Recommender:
             "note": self._note(given, code, view),
         }
 
-    def predict_watch_time(
-        self,
-        user: int | str,
-        items: list[int] | list[str],
-        *,
-        history: Sequence[int | str] | None = None,
-        at: int | str | datetime | None = None,
-    ) -> dict[str, Any]:
-        """Expected watch time of each item for `user` at the serving time (same as `predict`)."""
-        return self.predict(user, items, history=history, at=at)
-
     def predict(
         self,
         user: int | str,
@@ -443,6 +432,9 @@ class Recommender:
             "score_unit": self.score_unit,
             "note": self._note(given, user, view),
         }
+
+    #: the name the Python API documents (`vidrec.Recommender.predict_watch_time`)
+    predict_watch_time = predict
 
 
 def _serving_time(at: int | str | datetime) -> int:

@@ -449,3 +449,35 @@ def test_cli_serves_fresh_history_and_a_serving_time(tiny_run, capsys):
     assert "3 watch(es) passed as history" in shown and "2024-01-01 00:00:00 UTC" in shown
     assert main(["recommend", "--run", str(out), "--user", "1", "--at", "soon"]) == 2
     assert "is not a time" in capsys.readouterr().err
+
+
+def test_results_docs_are_generated_from_run_records(tiny_run, tmp_path):
+    """`docs record` copies a run's summary, commit and machine; `docs build` renders them and
+    `--check` tells when a page no longer matches its records."""
+    from vidrec.pipelines import docs
+
+    out, _, report = tiny_run
+    (tmp_path / "README.md").write_text(f"# x\n\n{docs.BEGIN}\nold\n{docs.END}\nrest\n")
+    path = docs.record_run(out, "tiny-world", tmp_path)
+    rec = json.loads(path.read_text())
+    assert rec["summary"] == report["summary"] and rec["machine"]["cores"] >= 1
+    assert rec["git_commit"] == report["_meta"]["git_commit"] and rec["seed"] == 0
+    assert docs.build(tmp_path, check=True) != []
+    docs.build(tmp_path)
+    assert docs.build(tmp_path, check=True) == []
+    readme = (tmp_path / "README.md").read_text()
+    system = report["summary"]["retrieval"]["system"]
+    assert f"{system:.4g}" in readme and readme.endswith("rest\n") and "old" not in readme
+    assert "tiny-world" in (tmp_path / "docs" / "results.md").read_text()
+    rec["summary"]["retrieval"]["system"] = 0.999
+    path.write_text(json.dumps(rec))
+    assert docs.main(["--root", str(tmp_path), "build", "--check"]) == 1
+
+
+def test_the_repositorys_results_pages_match_their_records():
+    from pathlib import Path
+
+    from vidrec.pipelines import docs
+
+    root = Path(__file__).resolve().parents[1]
+    assert docs.build(root, check=True) == [], "run: python -m vidrec.pipelines.docs build"
