@@ -41,7 +41,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from vidrec.common import distributed as dist_utils
-from vidrec.common.torch_utils import load_weights, resolve_device, save_weights
+from vidrec.common.torch_utils import (
+    check_finite_loss,
+    load_weights,
+    resolve_device,
+    save_weights,
+)
 from vidrec.features.atomic import atomic_write_json
 from vidrec.features.dist_env import row_range, shard_batches
 from vidrec.features.integrity import (
@@ -461,6 +466,8 @@ def train_ranker(
     `fold_epochs`). With a
     `checkpoint_dir` holding an interrupted run of the same config (epochs and patience may
     grow), training resumes after its last finished epoch.
+    An epoch whose mean training loss is NaN or infinite (the optimizer diverged) raises
+    `NonFiniteLossError` before its checkpoint is written.
 
     Under a process group of several ranks every rank calls this with the same arguments and
     trains its shard with DistributedDataParallel (see the module docstring); `batch_size` must
@@ -611,6 +618,9 @@ def train_ranker(
         if world > 1:
             total, seen = dist_utils.all_reduce_sum([total, seen])
         record = {"epoch": float(epoch), "train_loss": float(total / (seen * mean_weight))}
+        check_finite_loss(
+            record["train_loss"], stage="ranker", epoch=epoch, setting="ranking.lr", lr=config.lr
+        )
         if valid_in is not None:
             v_loss = _weighted_log_loss(
                 model,
