@@ -70,7 +70,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vidrec.features.atomic import atomic_write_json
-from vidrec.features.io import write_dataset
+from vidrec.features.io import unterminated_note, write_dataset
 from vidrec.features.schema import (
     DataContractError,
     Problem,
@@ -597,6 +597,11 @@ def load_kuairand(
     report = ValidationReport(
         source=str(files.root), files={k: Path(v).name for k, v in names.items()}
     )
+    read = [("impressions", log_path) for log_path, _ in logs]
+    for table, file in [*read, ("users", files.users), ("items", files.videos)]:
+        note = unterminated_note(table, file)
+        if note is not None:
+            report.notes.append(note)
     ds = validate_dataset(
         Dataset(users=users, items=items, watches=watches, impressions=impressions),
         files=names,
