@@ -744,12 +744,12 @@ def _fit_calibrator(
     cal = WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows, method=config.calibrator).fit(
         logits, observed, np.asarray(clicked).astype(bool)
     )
-    if cal.method != config.calibrator:
+    if cal.method_ != config.calibrator:
         log.info(
             "ranker: the %s calibrator fell back to %s (the click rate is flat over the "
             "validation logits)",
             config.calibrator,
-            cal.method,
+            cal.method_,
         )
     return cal
 
