@@ -84,7 +84,7 @@ from vidrec.features.sources.delimited import (
     read_delimited,
     read_delimited_all,
 )
-from vidrec.features.tables import Dataset
+from vidrec.features.tables import Dataset, source_dataset_name
 
 __all__ = [
     "KUAIRAND_LOG_COLUMNS",
@@ -607,7 +607,7 @@ def load_kuairand(
         files=names,
         report=report,
     )
-    ds.name = f"kuairand-{files.root.resolve().name}"
+    ds.name = source_dataset_name("kuairand", files.root)
     ds.meta = {
         "source": "kuairand",
         "path": str(files.root),

@@ -58,7 +58,7 @@ from vidrec.features.sources.delimited import (
     read_delimited_all,
     read_fields,
 )
-from vidrec.features.tables import Dataset
+from vidrec.features.tables import Dataset, source_dataset_name
 
 __all__ = [
     "AGE_BUCKETS",
@@ -688,7 +688,7 @@ def load_movielens(
         "notes": [_ML_NOTE],
         "validation": report.to_dict(),
     }
-    ds.name = f"movielens-{root.resolve().name}"
+    ds.name = source_dataset_name("movielens", root)
     ds.meta = {
         "source": "movielens",
         "layout": raw.layout,
