@@ -3,8 +3,8 @@
     python benchmarks/bench_world.py --preset default [--seed 0] [--set impressions=5000000]
 
 Events = rows of the generated tables (impressions + watches + searches). Peak memory is the
-process's maximum resident set size (resource.getrusage ru_maxrss, KiB on Linux), which
-includes the Python interpreter and imported libraries (~0.1 GB).
+process's maximum resident set size (getrusage ru_maxrss; null where the platform reports
+none), which includes the Python interpreter and imported libraries (~0.1 GB).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -20,13 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vidrec.features.sources.synthetic import PRESETS, WorldConfig, generate_world  # noqa: E402
-
-
-def _peak_rss_gib() -> float:
-    """Peak resident set size of this process in GiB (ru_maxrss is KiB on Linux, B on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 if sys.platform == "darwin" else 1024
-    return peak * scale / 2**30
+from vidrec.pipelines.peak_rss import peak_rss_mb  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     counts = world.dataset.counts()
     events = counts["impressions"] + counts["watches"] + counts["searches"]
+    peak_mb = peak_rss_mb()
     result = {
         "preset": args.preset,
         "overrides": overrides,
@@ -66,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 2),
         "events": events,
         "events_per_second": round(events / seconds),
-        "peak_rss_gib": round(_peak_rss_gib(), 3),
+        "peak_rss_gib": None if peak_mb is None else round(peak_mb / 1024, 3),
         "counts": counts,
         "machine": f"{platform.machine()} {platform.python_implementation()} "
         f"{platform.python_version()}",

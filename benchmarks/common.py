@@ -6,8 +6,9 @@ reference it is compared with side by side, with these helpers, and returns the 
 RSS is the benchmark's own) and writes every result to one JSON file and a markdown summary.
 
 Memory is measured three ways, each named in the results:
-- `peak_rss_mb`: the process's lifetime peak resident set (resource.getrusage ru_maxrss, and the
-  peaks seen before each `PhasePeak` reset, which lowers ru_maxrss on Linux);
+- `peak_rss_mb`: the process's lifetime peak resident set (getrusage ru_maxrss through
+  `vidrec.pipelines.peak_rss`, NaN where the platform reports none, and the peaks seen before
+  each `PhasePeak` reset, which lowers ru_maxrss on Linux);
 - `PhasePeak`: the peak resident set during one phase (Linux: VmHWM after resetting it through
   /proc/self/clear_refs), minus the resident set when the phase began; it sees torch and numpy
   allocations alike;
@@ -21,8 +22,6 @@ import gc
 import math
 import os
 import platform
-import resource
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vidrec.pipelines import peak_rss
 from vidrec.pipelines.rundir import cpu_model
 
 MIN_REPEATS = 5
@@ -114,18 +114,15 @@ def ratio(figure: float, reference: float) -> float:
 _peak_before_resets_mb = 0.0  # PhasePeak resets the kernel's peak; the lifetime peak lives on here
 
 
-def _rusage_peak_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return float(kb / 1024.0 if sys.platform != "darwin" else kb / 2**20)
-
-
 def peak_rss_mb() -> float:
-    """Return this process's lifetime peak resident set in MiB (resource.getrusage).
+    """Return this process's lifetime peak resident set in MiB (getrusage; NaN where the
+    platform reports none).
 
     On Linux ru_maxrss is the high-water mark that `PhasePeak` resets, so the peaks seen
     before each reset are kept and included.
     """
-    return max(_peak_before_resets_mb, _rusage_peak_mb())
+    peak = peak_rss.peak_rss_mb()
+    return float("nan") if peak is None else max(_peak_before_resets_mb, peak)
 
 
 def _status_kb(key: str) -> float | None:
@@ -171,7 +168,7 @@ class PhasePeak:
 
     def __exit__(self, *exc: object) -> None:
         hwm = _status_kb("VmHWM")
-        top = hwm / 1024.0 if hwm is not None else _rusage_peak_mb()
+        top = hwm / 1024.0 if hwm is not None else peak_rss_mb()
         self.peak_mb = float(max(0.0, top - self.start_mb)) if math.isfinite(self.start_mb) else top
 
 

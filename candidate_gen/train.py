@@ -81,6 +81,7 @@ from vidrec.candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_infor
 from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
 from vidrec.common import distributed as dist_utils
 from vidrec.common.torch_utils import (
+    check_finite_loss,
     load_weights,
     progress_bar,
     resolve_device,
@@ -677,6 +678,8 @@ def train_candidate_generator(
     `device` may differ from the config that wrote the checkpoint. `on_epoch` is called with
     each epoch's history record (losses, validation recall) after its checkpoint is written;
     an exception it raises (a hyperparameter search pruning the trial) ends training there.
+    An epoch whose mean training loss is NaN or infinite (the optimizer diverged) raises
+    `NonFiniteLossError` before its checkpoint is written.
 
     Under a process group of several ranks every rank calls this with the same arguments and
     trains its shard with DistributedDataParallel (see the module docstring); `batch_size`
@@ -828,6 +831,13 @@ def train_candidate_generator(
                 "train_seconds": float(seconds),
                 "examples_per_second": float(n_train / max(seconds, 1e-9)),
             }
+            check_finite_loss(
+                record["train_loss"],
+                stage="candidate_gen",
+                epoch=epoch,
+                setting="candidate_gen.learning_rate",
+                lr=config.learning_rate,
+            )
             if valid_users is not None and valid_rows is not None:
                 recall = recall_at_k(
                     model,

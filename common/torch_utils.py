@@ -1,8 +1,10 @@
-"""Device resolution, weights-only checkpoint I/O and embedding bags shared by both trainers."""
+"""Device resolution, weights-only checkpoint I/O, embedding bags and the divergence check
+shared by both trainers."""
 
 from __future__ import annotations
 
 import errno
+import math
 import pickle
 import sys
 from pathlib import Path
@@ -12,16 +14,29 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vidrec.common.distributed import EVERY_RANK
 from vidrec.features.atomic import atomic_path
 from vidrec.features.integrity import DamagedWeightsError, unsafe_pickle_error
 
-__all__ = ["load_weights", "mean_bag", "progress_bar", "resolve_device", "save_weights"]
+__all__ = [
+    "NonFiniteLossError",
+    "check_finite_loss",
+    "load_weights",
+    "mean_bag",
+    "progress_bar",
+    "resolve_device",
+    "save_weights",
+]
 
 
 def progress_bar(show: bool, **kwargs: Any) -> tqdm:
     """A tqdm bar, drawn only when `show` and stderr is a terminal. Redirected to a file, a bar
     is carriage-return noise; the trainers' one log line per epoch says how training goes."""
     return tqdm(disable=not (show and sys.stderr.isatty()), **kwargs)
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite: the optimizer diverged."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,3 +89,23 @@ def mean_bag(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     keep = ids != 0  # (B, L)
     total = F.embedding_bag(ids, weight, mode="sum", per_sample_weights=keep.to(weight.dtype))
     return total / keep.sum(dim=1, keepdim=True).clamp_min(1).to(weight.dtype)  # (B, E)
+
+
+def check_finite_loss(loss: float, *, stage: str, epoch: int, setting: str, lr: float) -> None:
+    """Raise NonFiniteLossError when `loss`, the mean training loss of `epoch`, is NaN or infinite.
+
+    Once a step diverges the weights are NaN and every later step is too; without this check the
+    trainer would return (and early stopping might even select) a model that scores nothing.
+    `loss` must be the same on every rank (the epoch's sums after the all-reduce), so that every
+    rank raises here together and none is left waiting in DDP's next gradient all-reduce; the
+    error is marked `EVERY_RANK` for a launcher that follows rank 0. `setting` names the learning
+    rate in the config (its current value is `lr`).
+    """
+    if math.isfinite(loss):
+        return
+    exc = NonFiniteLossError(
+        f"{stage}: the training loss is {loss} at epoch {epoch}: training diverged; lower "
+        f"{setting} (now {lr:g}) and train again"
+    )
+    setattr(exc, EVERY_RANK, True)
+    raise exc

@@ -68,6 +68,7 @@ __all__ = [
     "format_report",
     "read_dataset",
     "read_table",
+    "unterminated_note",
     "validate_directory",
     "write_dataset",
 ]
@@ -226,14 +227,25 @@ def _csv_header(path: Path, table: str) -> list[str]:
     return names
 
 
-def _ends_with_line_break(path: Path) -> bool:
-    """Return whether the file's last byte is a line break (False for an empty file)."""
+def unterminated_note(table: str, path: Path, last: str = "last line") -> str | None:
+    """Return the note on a delimited file whose last byte is not a line break, None when it
+    ends with one or is empty.
+
+    Such a file may have been cut short (an interrupted copy or download) inside its `last`
+    line or row, whose fields then still parse (a timestamp missing its last digits): it is
+    read, and the note asks the user to check it.
+    """
     with open(path, "rb") as fh:
         fh.seek(0, os.SEEK_END)
         if fh.tell() == 0:
-            return False
+            return None
         fh.seek(-1, os.SEEK_END)
-        return fh.read(1) in (b"\n", b"\r")
+        if fh.read(1) in (b"\n", b"\r"):
+            return None
+    return (
+        f"{table}: {path.name} does not end with a line break; if the file was cut short "
+        f"(an interrupted copy or download), its {last} is incomplete: check it"
+    )
 
 
 def _encoding_error(path: Path, table: str) -> DataContractError:
@@ -368,12 +380,10 @@ def read_dataset(
             problems.extend(exc.problems)
             unreadable.append(table)
             continue
-        if file.suffix.lower() == ".csv" and len(df) and not _ends_with_line_break(file):
-            report.notes.append(
-                f"{table}: {file.name} does not end with a line break; if the file was cut short "
-                f"(an interrupted copy or download), its last row (row {len(df) - 1}) is "
-                "incomplete: check it"
-            )
+        if file.suffix.lower() == ".csv" and len(df):
+            note = unterminated_note(table, file, f"last row (row {len(df) - 1})")
+            if note is not None:
+                report.notes.append(note)
     _reread_text_ids(tables, files, id_maps, declared)
     # tables present twice (csv and parquet) are reported already: not "missing"
     unreadable += [p.table for p in problems if p.table in TABLES]

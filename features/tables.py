@@ -21,7 +21,9 @@ impressions  user_id int64, item_id int64, timestamp int64, clicked int8 (0/1),
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -67,6 +69,17 @@ class Dataset:
             df = self.table(t)
             out[t] = 0 if df is None else len(df)
         return out
+
+
+def source_dataset_name(source: str, directory: str | os.PathLike[str]) -> str:
+    """Return the name of a data set read from `directory` by the loader of `source`.
+
+    The directory's name, preceded by the source's unless it names the source already: an
+    official "ml-latest-small" is "movielens-ml-latest-small", a directory "movielens-latest-
+    small" keeps its name (never "movielens-movielens-latest-small"), "KuaiRand-Pure" too.
+    """
+    folder = Path(directory).resolve().name
+    return folder if source.lower() in folder.lower() else f"{source}-{folder}"
 
 
 def extra_columns(ds: Dataset, table: str) -> dict[str, str]:

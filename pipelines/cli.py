@@ -189,8 +189,8 @@ def _register_pipeline_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    """The errors a command reports as one line (bad data, config, run directory, artifacts);
-    anything else, an ImportError of vidrec's own modules included, keeps its traceback."""
+    """The errors a command reports as one line (bad data, config, run directory, artifacts, a
+    diverged training); anything else, an ImportError of vidrec's own modules included, keeps its traceback."""
     from vidrec.features.atomic import ArtifactWriteError
     from vidrec.features.ids import UnknownIdError
     from vidrec.features.integrity import ArtifactError
@@ -199,10 +199,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from vidrec.pipelines.config import ConfigError
     from vidrec.pipelines.rundir import RunDirError
 
-    return (
+    known: tuple[type[BaseException], ...] = (
         DataContractError, ConfigError, RunDirError, ArtifactWriteError, NotFittedError,
         ArtifactError, UnknownIdError,
     )
+    # a diverged training (lower the learning rate) happens only where torch_utils was loaded;
+    # other commands report their errors without importing torch
+    torch_utils = sys.modules.get("vidrec.common.torch_utils")
+    if torch_utils is not None:
+        known += (torch_utils.NonFiniteLossError,)
+    return known
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -555,7 +555,7 @@ def _write(
     t, v = protocol["test"], protocol["validation"]
     head = (
         f"# {name}: retrieval, test holdout (mean ± std over seeds {seeds})\n\n"
-        f"Every number is measured on **{name} (MovieLens), test holdout**: each of "
+        f"Every number is measured on **{name}, test holdout**: each of "
         f"{t['users_evaluated']} users' last {t['n_last']} watches in time order (ties at the "
         f"cut second held out together; {t['targets_per_user_mean']:.2f} new items per user "
         f"on average), ranked over all {protocol['catalog_items']} catalog items, items the "
@@ -583,7 +583,7 @@ def _write(
     md = head + "\n".join(lines) + note
     result = {
         "experiment": "movielens-table",
-        "label": f"{name} (MovieLens) test holdout",
+        "label": f"{name}, test holdout",
         "protocol": protocol,
         "preset": preset,
         "seeds": seeds,

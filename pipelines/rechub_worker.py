@@ -4,7 +4,8 @@
         --negatives 2048 --temperature 0.02 --lr 0.001 --seed 0 --threads 2
 
 torch-rechub is never a dependency of vidrec: this script imports only numpy, torch and
-torch_rechub (no vidrec package), and is started by `pipelines.rechub.RechubWorker` with the
+torch_rechub (no vidrec package; vidrec's standard-library-only `peak_rss.py` is loaded from
+its file), and is started by `pipelines.rechub.RechubWorker` with the
 interpreter of a separate virtual environment. It builds torch-rechub's YoutubeDNN over the
 examples that vidrec's example builder exported (user attribute codes, watch-history and
 search-token bags, continuous features with example age, label item codes), draws its
@@ -29,9 +30,9 @@ interleave its work with these epochs under the same machine load:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -42,6 +43,13 @@ from pathlib import Path
 # run, report, ...) must not shadow anything torch-rechub or its dependencies import
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+# vidrec's peak-memory module (standard library only), loaded from its file: vidrec is not
+# installed in this interpreter and this folder is off sys.path
+_spec = importlib.util.spec_from_file_location("_vidrec_peak_rss", _HERE / "peak_rss.py")
+assert _spec is not None and _spec.loader is not None
+peak_rss = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(peak_rss)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -69,11 +77,13 @@ def _status_mb(key: str) -> float:
 
 def _peak_mb() -> float:
     """Return this process's peak resident set since exec (VmHWM; ru_maxrss would not do:
-    Linux carries it across fork + exec, so it starts at the driver's size)."""
+    Linux carries it across fork + exec, so it starts at the driver's size); without /proc the
+    getrusage peak, NaN where the platform reports none."""
     hwm = _status_mb("VmHWM")
     if hwm == hwm:  # not NaN: /proc is there
         return hwm
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = peak_rss.peak_rss_mb()
+    return float("nan") if peak is None else peak
 
 
 def _say(obj: dict) -> None:

@@ -56,7 +56,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import shlex
 import socket
 import stat
@@ -88,6 +87,7 @@ from vidrec.features.integrity import (
     short_digest,
 )
 from vidrec.pipelines.config import config_hash
+from vidrec.pipelines.peak_rss import peak_rss_mb
 
 log = logging.getLogger("vidrec")
 
@@ -168,11 +168,6 @@ def git_commit() -> str | None:
         return res.stdout.strip() or None if res.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def runtime_settings() -> dict[str, Any]:
@@ -970,10 +965,11 @@ class RunDir:
         for p in self._stage_files(name):  # what this run wrote, never a stranger's file
             if not p.name.startswith("."):
                 artifacts[str(p.relative_to(self.path))] = sha256_file(p)
+        peak = peak_rss_mb()
         self.manifest["stages"][name] = {
             "status": "done",
             "seconds": round(seconds, 3),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb": None if peak is None else round(peak, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "runtime": runtime_settings(),
             # the code that built this stage: a run resumed after an upgrade mixes commits
@@ -1023,7 +1019,9 @@ class RunDir:
         self._discard(name, checkpoints_only=True)
         self._write_provenance(name, lineage or {})
         self.record(name, dt, info, lineage)
-        log.info("stage %-16s done in %.1f s (peak RSS %.0f MB)", name, dt, peak_rss_mb())
+        peak = peak_rss_mb()
+        memory = "" if peak is None else f" (peak RSS {peak:.0f} MB)"
+        log.info("stage %-16s done in %.1f s%s", name, dt, memory)
         return StageResult(name, False, dt)
 
 

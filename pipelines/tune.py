@@ -292,6 +292,8 @@ def search(
     write OUT/search/*; return the best trial's settings and the study's summary."""
     import optuna
 
+    from vidrec.common.torch_utils import NonFiniteLossError
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sdir = out / "search"
     sdir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +314,9 @@ def search(
             n_trials=todo,
             timeout=None if minutes is None else float(minutes) * 60.0,
             show_progress_bar=progress,
-            catch=(),
+            # a learning rate that makes training diverge fails its trial, which the sampler
+            # leaves out; the search goes on
+            catch=(NonFiniteLossError,),
             callbacks=[_log_trial],
         )
     table = trials_table(study)

@@ -33,8 +33,8 @@ equal-count bins and pooling over the observed watch time itself (0 for an uncli
 impression), knots (pooled mean logit, log pooled mean watch time).
 
 When the click rate carries no information (every row clicked, or its pooled rate constant)
-"two_part" has nothing to split and fits "binned" instead; the saved state records the method
-fitted. Both are strictly increasing between the first and last knot (strictly increasing
+"two_part" has nothing to split and fits "binned" instead: `method` stays the one asked for,
+`method_` is the one fitted, and the saved state records both. Both are strictly increasing between the first and last knot (strictly increasing
 interpolation times a non-decreasing curve) and continue beyond them with slope 1, i.e. the
 network's own relative differences, shifted to meet the end values. So the ranking of every
 page is unchanged (AUC, NDCG and the weighted per-user loss are those of the raw logits); only
@@ -55,7 +55,22 @@ _CLICKS_PER_KNOT = 200
 
 
 class WatchTimeCalibrator:
-    """Strictly increasing map logit -> calibrated log expected watch time (see the module)."""
+    """Strictly increasing map logit -> calibrated log expected watch time (see the module).
+
+    As in scikit-learn, the constructor's arguments are kept as given and `fit` never changes
+    them; what `fit` learns has a trailing underscore: `method_` (the method fitted, "binned"
+    when "two_part" falls back), `knots_x_`, `knots_y_`, `hinges_`, `coef_` and `n_rows_`.
+    """
+
+    # binned part, strictly increasing: (K,) pooled mean logits and the log of the pooled mean
+    # watch time ("binned") or of the pooled click rate ("two_part")
+    knots_x_: np.ndarray
+    knots_y_: np.ndarray
+    # "two_part": log E[T | click, z] = coef_[0] + coef_[1] z + sum_j coef_[2 + j] (z - hinges_[j])+
+    hinges_: np.ndarray
+    coef_: np.ndarray
+    method_: str
+    n_rows_: int
 
     def __init__(
         self,
@@ -79,21 +94,12 @@ class WatchTimeCalibrator:
             raise ValueError(f"WatchTimeCalibrator: watch_knots must be >= 0, got {watch_knots!r}")
         self.n_bins = int(n_bins)
         self.min_bin_rows = int(min_bin_rows)
-        self.requested_method = method
-        self.method = method  # the method fitted: "binned" when the click rate is flat (fit)
+        self.method = method
         self.watch_knots = int(watch_knots)
-        # binned part, strictly increasing: (K,) pooled mean logits and the log of the pooled
-        # mean watch time ("binned") or of the pooled click rate ("two_part")
-        self.knots_x: np.ndarray | None = None
-        self.knots_y: np.ndarray | None = None
-        # "two_part": log E[T | click, z] = coef[0] + coef[1] z + sum_j coef[2 + j] (z - hinges[j])+
-        self.hinges: np.ndarray = np.zeros(0)
-        self.coef: np.ndarray = np.zeros(2)
-        self.n_rows = 0
 
     @property
     def fitted(self) -> bool:
-        return self.knots_x is not None
+        return hasattr(self, "knots_x_")
 
     def fit(
         self, logits: ArrayLike, watch_time: ArrayLike, clicked: ArrayLike | None = None
@@ -133,37 +139,38 @@ class WatchTimeCalibrator:
                 "WatchTimeCalibrator.fit: no watch time in the rows (all zero, or only on rows "
                 "not clicked)"
             )
-        self.method = self.requested_method
-        target = y if self.method == "binned" else c.astype(np.float64)
-        self.knots_x, self.knots_y = _pooled_knots(x, target, self.n_bins, self.min_bin_rows)
-        if self.method == "two_part" and self.knots_x.size < 2:
+        method = self.method
+        target = y if method == "binned" else c.astype(np.float64)
+        knots_x, knots_y = _pooled_knots(x, target, self.n_bins, self.min_bin_rows)
+        if method == "two_part" and knots_x.size < 2:
             # the click rate carries no information (every row clicked, or pooled flat): no
             # split to make, and no strictly increasing part to carry the order
-            self.method = "binned"
-            self.knots_x, self.knots_y = _pooled_knots(x, y, self.n_bins, self.min_bin_rows)
-        self.hinges, self.coef = np.zeros(0), np.zeros(2)
-        if self.method == "two_part":
-            self.hinges, self.coef = _increasing_poisson_curve(
+            method = "binned"
+            knots_x, knots_y = _pooled_knots(x, y, self.n_bins, self.min_bin_rows)
+        hinges, coef = np.zeros(0), np.zeros(2)
+        if method == "two_part":
+            hinges, coef = _increasing_poisson_curve(
                 x[c], y[c], min(self.watch_knots, int(c.sum()) // _CLICKS_PER_KNOT)
             )
-        self.n_rows = int(n)
+        self.method_, self.knots_x_, self.knots_y_ = method, knots_x, knots_y
+        self.hinges_, self.coef_, self.n_rows_ = hinges, coef, int(n)
         return self
 
     def _watch_per_click(self, x: np.ndarray) -> np.ndarray:
         """log E[T | click, x] of the two-part fit (0 for "binned")."""
-        if self.method == "binned":
+        if self.method_ == "binned":
             return np.zeros_like(x)
-        out = self.coef[0] + self.coef[1] * x
-        for k, b in zip(self.hinges, self.coef[2:], strict=True):
+        out = self.coef_[0] + self.coef_[1] * x
+        for k, b in zip(self.hinges_, self.coef_[2:], strict=True):
             out = out + b * np.maximum(x - k, 0.0)
         return out
 
     def transform(self, logits: ArrayLike) -> np.ndarray:
         """Return g(logits): the calibrated log expected watch time (float64, same shape)."""
-        if self.knots_x is None or self.knots_y is None:
+        if not self.fitted:
             raise RuntimeError("WatchTimeCalibrator is not fitted: call fit(logits, watch_time)")
         x = np.asarray(logits, dtype=np.float64)
-        kx, ky = self.knots_x, self.knots_y
+        kx, ky = self.knots_x_, self.knots_y_
         lo_x, hi_x = kx[0], kx[-1]
         inside = np.clip(x, lo_x, hi_x)
         out = np.interp(inside, kx, ky) + self._watch_per_click(inside)
@@ -174,33 +181,38 @@ class WatchTimeCalibrator:
         return np.exp(self.transform(logits))
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the fitted state as a JSON-serialisable dict."""
-        if self.knots_x is None or self.knots_y is None:
+        """Return the parameters and the fitted state as a JSON-serialisable dict."""
+        if not self.fitted:
             raise RuntimeError("WatchTimeCalibrator is not fitted: nothing to save")
         return {
             "kind": "WatchTimeCalibrator",
             "method": self.method,
+            "fitted_method": self.method_,
             "n_bins": self.n_bins,
             "min_bin_rows": self.min_bin_rows,
             "watch_knots": self.watch_knots,
-            "n_rows": self.n_rows,
-            "knots_x": self.knots_x.tolist(),
-            "knots_y": self.knots_y.tolist(),
-            "hinges": self.hinges.tolist(),
-            "coef": self.coef.tolist(),
+            "n_rows": self.n_rows_,
+            "knots_x": self.knots_x_.tolist(),
+            "knots_y": self.knots_y_.tolist(),
+            "hinges": self.hinges_.tolist(),
+            "coef": self.coef_.tolist(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WatchTimeCalibrator:
         """Return the calibrator stored by `to_dict` (checked: finite, strictly increasing).
 
-        A saved state without a method is a "binned" calibrator (the only kind before).
+        A saved state without a method is a "binned" calibrator (the only kind before); one
+        without `fitted_method` holds the method fitted in `method` (as saved before the two
+        were told apart).
         """
         if not isinstance(d, dict) or d.get("kind") != "WatchTimeCalibrator":
             raise ValueError("not a saved WatchTimeCalibrator (kind != 'WatchTimeCalibrator')")
         method = d.get("method", "binned")
-        if method not in METHODS:
-            raise ValueError(f"saved WatchTimeCalibrator has an unknown method {method!r}")
+        fitted_method = d.get("fitted_method", method)
+        for name in (method, fitted_method):
+            if name not in METHODS:
+                raise ValueError(f"saved WatchTimeCalibrator has an unknown method {name!r}")
         cal = cls(
             int(d["n_bins"]),
             int(d["min_bin_rows"]),
@@ -237,8 +249,8 @@ class WatchTimeCalibrator:
                 "saved WatchTimeCalibrator is corrupt: the watch-per-click curve needs "
                 "len(coef) = len(hinges) + 2, finite values and a slope >= 0 everywhere"
             )
-        cal.knots_x, cal.knots_y, cal.n_rows = kx, ky, int(d.get("n_rows", 0))
-        cal.hinges, cal.coef = hinges, coef
+        cal.method_, cal.knots_x_, cal.knots_y_ = fitted_method, kx, ky
+        cal.hinges_, cal.coef_, cal.n_rows_ = hinges, coef, int(d.get("n_rows", 0))
         return cal
 
 

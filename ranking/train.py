@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vidrec.common import distributed as dist_utils
 from vidrec.common.torch_utils import (
+    check_finite_loss,
     load_weights,
     progress_bar,
     resolve_device,
@@ -465,6 +466,8 @@ def train_ranker(
     `fold_epochs`). With a
     `checkpoint_dir` holding an interrupted run of the same config (epochs and patience may
     grow), training resumes after its last finished epoch.
+    An epoch whose mean training loss is NaN or infinite (the optimizer diverged) raises
+    `NonFiniteLossError` before its checkpoint is written.
 
     Under a process group of several ranks every rank calls this with the same arguments and
     trains its shard with DistributedDataParallel (see the module docstring); `batch_size` must
@@ -615,6 +618,9 @@ def train_ranker(
         if world > 1:
             total, seen = dist_utils.all_reduce_sum([total, seen])
         record = {"epoch": float(epoch), "train_loss": float(total / (seen * mean_weight))}
+        check_finite_loss(
+            record["train_loss"], stage="ranker", epoch=epoch, setting="ranking.lr", lr=config.lr
+        )
         if valid_in is not None:
             v_loss = _weighted_log_loss(
                 model,
@@ -738,12 +744,12 @@ def _fit_calibrator(
     cal = WatchTimeCalibrator(n_bins=100, min_bin_rows=min_rows, method=config.calibrator).fit(
         logits, observed, np.asarray(clicked).astype(bool)
     )
-    if cal.method != config.calibrator:
+    if cal.method_ != config.calibrator:
         log.info(
             "ranker: the %s calibrator fell back to %s (the click rate is flat over the "
             "validation logits)",
             config.calibrator,
-            cal.method,
+            cal.method_,
         )
     return cal
 

@@ -42,10 +42,32 @@ def test_fit_recovers_a_known_miscalibration():
     watch = rng.exponential(2.0 * np.exp(logits))
     for method in METHODS:
         cal = WatchTimeCalibrator(n_bins=50, min_bin_rows=1000, method=method).fit(logits, watch)
-        assert cal.method == "binned" and cal.to_dict()["method"] == "binned"
+        assert cal.method_ == "binned" and cal.to_dict()["fitted_method"] == "binned"
         grid = np.linspace(-1.5, 1.5, 7)
         np.testing.assert_allclose(cal.transform(grid), grid + np.log(2.0), atol=0.08)
-        assert np.all(np.diff(cal.knots_x) > 0) and np.all(np.diff(cal.knots_y) > 0)
+        assert np.all(np.diff(cal.knots_x_) > 0) and np.all(np.diff(cal.knots_y_) > 0)
+
+
+def test_fit_keeps_the_parameters_and_learns_underscored_state():
+    # every row watches something: the click rate is flat and "two_part" falls back to "binned"
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 1.0, 20_000)
+    watch = rng.exponential(np.exp(logits))
+    cal = WatchTimeCalibrator(n_bins=20, min_bin_rows=500, method="two_part", watch_knots=3)
+    params = dict(vars(cal))
+    assert params == {"n_bins": 20, "min_bin_rows": 500, "method": "two_part", "watch_knots": 3}
+    assert not cal.fitted
+    cal.fit(logits, watch)
+    assert cal.fitted and cal.method == "two_part" and cal.method_ == "binned"
+    assert {k: v for k, v in vars(cal).items() if not k.endswith("_")} == params
+    learned = {k for k in vars(cal) if k.endswith("_")}
+    assert learned == {"method_", "knots_x_", "knots_y_", "hinges_", "coef_", "n_rows_"}
+    # refitted on rows whose click rate varies, the parameter asks for two parts again
+    z, w, clicked, _ = _two_part_world(60_000, 1)
+    assert cal.fit(z, w, clicked).method_ == "two_part" and cal.method == "two_part"
+    back = WatchTimeCalibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert {k: v for k, v in vars(back).items() if not k.endswith("_")} == params
+    assert back.method_ == "two_part"
 
 
 def _two_part_world(n: int, seed: int, sigma: float = 1.5) -> tuple[np.ndarray, ...]:
@@ -63,7 +85,7 @@ def _two_part_world(n: int, seed: int, sigma: float = 1.5) -> tuple[np.ndarray, 
 def test_two_part_recovers_click_rate_times_watch_per_click():
     z, watch, clicked, truth = _two_part_world(300_000, 3)
     cal = WatchTimeCalibrator(n_bins=100, min_bin_rows=500).fit(z, watch, clicked)
-    assert cal.method == "two_part" and cal.hinges.size == 4
+    assert cal.method_ == "two_part" and cal.hinges_.size == 4
     grid = np.linspace(-1.0, 2.5, 8)  # where the rows are (z ~ N(0, 1.2))
     true_g = np.log(1.0 / (1.0 + np.exp(-(grid - 2.0))) * np.exp(1.0 + 0.5 * grid))
     np.testing.assert_allclose(cal.transform(grid), true_g, atol=0.1)
@@ -108,14 +130,14 @@ def test_transform_is_strictly_increasing_and_extrapolates_with_slope_one(method
     logits = rng.normal(size=5000)
     watch = np.where(rng.random(5000) < 0.3, rng.exponential(np.exp(logits)), 0.0)
     cal = WatchTimeCalibrator(n_bins=10, min_bin_rows=100, method=method).fit(logits, watch)
-    assert cal.method == method
+    assert cal.method_ == method
     x = np.linspace(-10, 10, 2001)
     g = cal.transform(x)
     assert np.all(np.diff(g) > 0)  # order of every page is preserved
-    lo, hi = cal.knots_x[0], cal.knots_x[-1]
+    lo, hi = cal.knots_x_[0], cal.knots_x_[-1]
     g_lo, g_hi = cal.transform(np.array([lo, hi]))
     if method == "binned":
-        assert (g_lo, g_hi) == pytest.approx((cal.knots_y[0], cal.knots_y[-1]))
+        assert (g_lo, g_hi) == pytest.approx((cal.knots_y_[0], cal.knots_y_[-1]))
     assert cal.transform(np.array([lo - 3.0]))[0] == pytest.approx(g_lo - 3.0)
     assert cal.transform(np.array([hi + 2.0]))[0] == pytest.approx(g_hi + 2.0)
     np.testing.assert_allclose(cal.expected_watch_time(x), np.exp(g))
@@ -128,7 +150,7 @@ def test_round_trip_and_corrupt_state(method):
     watch = np.where(rng.random(4000) < 0.4, rng.exponential(np.exp(logits)), 0.0)
     cal = WatchTimeCalibrator(n_bins=8, min_bin_rows=50, method=method).fit(logits, watch)
     back = WatchTimeCalibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
-    assert back.method == cal.method == method
+    assert back.method == cal.method == back.method_ == cal.method_ == method
     np.testing.assert_array_equal(back.transform(logits), cal.transform(logits))
     bad = cal.to_dict() | {"knots_y": list(reversed(cal.to_dict()["knots_y"]))}
     if len(bad["knots_y"]) > 1:
@@ -136,8 +158,9 @@ def test_round_trip_and_corrupt_state(method):
             WatchTimeCalibrator.from_dict(bad)
     with pytest.raises(ValueError, match="not a saved WatchTimeCalibrator"):
         WatchTimeCalibrator.from_dict({"kind": "other"})
-    with pytest.raises(ValueError, match="unknown method"):
-        WatchTimeCalibrator.from_dict(cal.to_dict() | {"method": "magic"})
+    for key in ("method", "fitted_method"):
+        with pytest.raises(ValueError, match="unknown method"):
+            WatchTimeCalibrator.from_dict(cal.to_dict() | {key: "magic"})
     with pytest.raises(ValueError, match="slope >= 0"):
         WatchTimeCalibrator.from_dict(cal.to_dict() | {"hinges": [], "coef": [0.0, -1.0]})
 
@@ -153,10 +176,16 @@ def test_a_state_saved_before_the_two_part_method_loads_as_binned():
         "knots_y": [0.0, 0.5, 1.5],
     }
     cal = WatchTimeCalibrator.from_dict(old)
-    assert cal.method == "binned"
+    assert cal.method == cal.method_ == "binned"
     np.testing.assert_allclose(
         cal.transform(np.array([-2.0, -1.0, -0.5, 1.0, 3.0])), [-1.0, 0.0, 0.25, 1.0, 2.5]
     )
+    # saved with "method" the method fitted (before the parameter and the fit were told apart)
+    cal = WatchTimeCalibrator.from_dict(
+        old | {"method": "two_part", "hinges": [], "coef": [0.5, 0.0]}
+    )
+    assert cal.method == cal.method_ == "two_part"
+    np.testing.assert_allclose(cal.transform(np.array([0.0])), [1.0])
 
 
 def test_errors():

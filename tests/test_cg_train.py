@@ -21,6 +21,7 @@ from vidrec.candidate_gen.train import (
     resolve_device,
     train_candidate_generator,
 )
+from vidrec.common.torch_utils import NonFiniteLossError
 from vidrec.features.examples import CandidateFeaturizer, watched_before
 from vidrec.features.split import TimeSplit
 
@@ -163,16 +164,35 @@ def test_early_stopping_returns_the_best_epoch(world) -> None:
 
 def test_early_stopping_stops_when_recall_does_not_improve(world) -> None:
     _, _, _, train, valid, items = world
-    # SGD at learning rate 50 diverges at once: recall stays flat, so epoch 2 is no better
-    # than epoch 1 and patience 1 stops there
+    # SGD steps of 1e-12 are far below float32 resolution of the weights: recall stays flat, so
+    # epoch 2 is no better than epoch 1 and patience 1 stops there
     model = train_candidate_generator(
-        _config(epochs=6, patience=1, optimizer="sgd", learning_rate=50.0),
+        _config(epochs=6, patience=1, optimizer="sgd", learning_rate=1e-12),
         train,
         items,
         valid=valid,
         progress=False,
     )
-    assert len(model.history) == 2
+    recall = [h["valid_recall@10"] for h in model.history]
+    assert len(recall) == 2 and recall[1] == recall[0]
+
+
+def test_a_diverging_run_stops_with_an_error(world, tmp_path) -> None:
+    _, _, _, train, valid, items = world
+    # SGD at learning rate 50 overflows in the first epoch: the loss is NaN from then on
+    with pytest.raises(NonFiniteLossError) as caught:
+        train_candidate_generator(
+            _config(epochs=3, optimizer="sgd", learning_rate=50.0),
+            train,
+            items,
+            valid=valid,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    assert str(caught.value).startswith("candidate_gen: the training loss is nan at epoch 1:")
+    assert "lower candidate_gen.learning_rate (now 50) and train again" in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert not (tmp_path / CHECKPOINT_FILE).exists()  # the diverged epoch is not kept
 
 
 def test_save_load_round_trip(world, tmp_path) -> None:

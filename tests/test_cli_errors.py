@@ -85,3 +85,22 @@ def test_an_import_error_of_vidrecs_own_modules_is_not_hidden(monkeypatch: pytes
     monkeypatch.setattr(builtins, "__import__", broken)
     with pytest.raises(ImportError, match="vidrec.pipelines.commands"):
         main(["run", "--preset", "tiny", "--out", "x"])
+
+
+def test_a_diverged_training_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vidrec.common.torch_utils import check_finite_loss
+    from vidrec.pipelines import commands
+
+    def diverge(args: object) -> int:
+        check_finite_loss(float("nan"), stage="ranker", epoch=2, setting="ranking.lr", lr=0.5)
+        return 0
+
+    monkeypatch.setattr(commands, "cmd_run", diverge)
+    rc, last = _run(["run", "--preset", "tiny", "--out", str(tmp_path / "run")], capsys)
+    assert rc == DATA
+    assert last == (
+        "vidrec run: error: ranker: the training loss is nan at epoch 2: training diverged; "
+        "lower ranking.lr (now 0.5) and train again"
+    )

@@ -118,15 +118,22 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
     )
     res["sampled_resumed"] = (_weights(m.model), m.history)
 
-    # SGD at learning rate 50 diverges: recall does not improve after epoch 1, patience 1 stops
+    # SGD steps of 1e-12 leave the float32 weights as they were: recall does not improve after
+    # epoch 1, patience 1 stops
     m = train_candidate_generator(
-        cg_config(epochs=6, patience=1, optimizer="sgd", learning_rate=50.0),
+        cg_config(epochs=6, patience=1, optimizer="sgd", learning_rate=1e-12),
         train,
         items,
         valid=valid,
         progress=False,
     )
     res["early_stop"] = m.history
+    # SGD at learning rate 1e5 diverges in epoch 1: every rank raises, none waits in a collective
+    res["diverged"] = _error(
+        lambda: train_candidate_generator(
+            cg_config(optimizer="sgd", learning_rate=1e5), train, items, progress=False
+        )
+    )
     res["odd_batch"] = _error(
         lambda: train_candidate_generator(cg_config(batch_size=127), train, items, progress=False)
     )
@@ -161,6 +168,9 @@ def _scenarios(rank: int, out: Path) -> dict[str, Any]:
             lambda: train_ranker(
                 RankerConfig(**{**RANKER, "lr": 0.5}), tr, va, checkpoint_dir=out / "rk_a"
             )
+        )
+        res["driven_diverged"] = _error(
+            lambda: train_ranker(RankerConfig(**{**RANKER, "lr": 1e20}), tr, va, progress=False)
         )
         cg_dist.set_announcer(previous)
         cg_dist.broadcast_object(None)  # the stop message
@@ -320,6 +330,7 @@ def test_ranker_two_processes_match_one_process(ranks, single) -> None:
 def test_early_stopping_is_decided_identically_on_every_rank(ranks) -> None:
     (r0, r1), _ = ranks
     assert len(r0["early_stop"]) == len(r1["early_stop"]) == 2
+    assert r0["early_stop"][1]["valid_recall@10"] == r0["early_stop"][0]["valid_recall@10"]
     assert _strip(r0["early_stop"]) == _strip(r1["early_stop"])
 
 
@@ -338,6 +349,8 @@ def test_rank0_driven_training_equals_spmd_training(ranks) -> None:
         torch.testing.assert_close(driven[0][k], spmd[0][k], rtol=0, atol=0)
     assert _strip(driven[1]) == _strip(spmd[1])
     assert "different config (fields ['lr'])" in r0["driven_error"]
+    # rank 1 followed on past the divergence: it ran the ranker, then got the stop message
+    assert "ranker: the training loss is nan at epoch 1" in r0["driven_diverged"]
 
 
 def test_errors_reach_every_rank(ranks) -> None:
@@ -345,6 +358,9 @@ def test_errors_reach_every_rank(ranks) -> None:
         assert "batch_size 127 is not divisible by the 2 processes" in res["odd_batch"]
         assert "ranks [1] hold different training examples or config" in res["different_data"]
         assert "holds a run with a different config (fields ['lr'])" in res["ranker_wrong_dir"]
+        assert res["diverged"].startswith(
+            "NonFiniteLossError: candidate_gen: the training loss is nan at epoch 1"
+        )
 
 
 # --------------------------------------------------------------------- one process, pure helpers

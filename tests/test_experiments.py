@@ -5,12 +5,15 @@ import json
 import numpy as np
 import pytest
 
+from vidrec.evaluation.watch_time import calibration_summary
+from vidrec.pipelines import experiments
 from vidrec.pipelines.config import apply_overrides, resolve_config
 from vidrec.pipelines.experiments import (
     CHEAP_ANN,
     RANKER_VARIANTS,
     _depth_layers,
     _finished_study_run,
+    _slug,
     cg_feature_variants,
     cg_ssl_variants,
     run_experiment,
@@ -88,8 +91,14 @@ def test_cg_features_tiny_end_to_end_and_resume(tmp_path, caplog):
     rows = res["rows"]
     assert [r["variant"] for r in rows] == only
     for r in rows:
-        assert 0.0 <= r["recall@50"] <= 1.0
-        assert r["age W1 retrieved vs watched-next (d)"] >= 0.0
+        run = tmp_path / "seed0" / _slug(r["variant"])
+        metrics = json.loads((run / "retrieval" / "retrieval.json").read_text("utf-8"))["metrics"]
+        # the variant's own exact-search recall, well above the random baseline of its run
+        assert r["recall@50"] == metrics["exact"]["recall@50"]
+        assert r["recall@50"] > 5 * metrics["random"]["recall@50"]
+        with np.load(run / "retrieval" / "upload_ages.npz") as ages:
+            w1 = wasserstein_1(ages["retrieved_exact"], ages["watched_next"])
+        assert r["age W1 retrieved vs watched-next (d)"] == w1 > 0.0
     assert (tmp_path / "example_age.png").read_bytes()[:4] == b"\x89PNG"
     assert "| variant |" in (tmp_path / "cg-features.md").read_text("utf-8")
     # a second call reuses the finished variants and reports the same metrics
@@ -99,14 +108,34 @@ def test_cg_features_tiny_end_to_end_and_resume(tmp_path, caplog):
     assert [r["recall@50"] for r in again["rows"]] == [r["recall@50"] for r in rows]
 
 
+def _deciles_within(pred: np.ndarray, obs: np.ndarray, tolerance: float = 0.15) -> int:
+    """Deciles of the predictions (equal counts, by rank) whose mean is within `tolerance` of
+    the mean observed watch time there."""
+    order = np.argsort(pred, kind="stable")
+    decile = np.arange(len(pred)) * 10 // len(pred)
+    return sum(
+        abs(pred[order][decile == d].mean() / obs[order][decile == d].mean() - 1) <= tolerance
+        for d in range(10)
+    )
+
+
 @pytest.mark.slow
-def test_ranker_table_tiny_reports_calibration(tmp_path):
+def test_ranker_table_tiny_reports_calibration(tmp_path, monkeypatch):
+    calls = []  # (predicted, observed) of every calibration the experiment measures
+
+    def spy(predicted, observed, *args, **kwargs):
+        calls.append((np.asarray(predicted, float), np.asarray(observed, float)))
+        return calibration_summary(predicted, observed, *args, **kwargs)
+
+    monkeypatch.setattr(experiments, "calibration_summary", spy)
     only = ["no hidden layer", "1024-512-256, YT16 weighting (only unclicked negatives)"]
     res = run_experiment("ranker-table", preset="tiny", seeds=[0], out=tmp_path, only=only)
-    rows = {r["variant"]: r for r in res["rows"]}
-    assert set(rows) == set(only)
-    for r in rows.values():
+    rows = res["rows"]
+    assert [r["variant"] for r in rows] == only
+    # per variant: predictions against the observed watch time, then against the world's truth
+    assert len(calls) == 2 * len(rows)
+    for r, (pred, obs) in zip(rows, calls[::2], strict=True):
         assert r["weighted per-user loss"] > 0
-        assert r["calibration: deciles within ±15%"] in range(11)
-        assert r["calibration: sum pred / sum obs"] > 0
+        assert r["calibration: deciles within ±15%"] == _deciles_within(pred, obs)
+        assert r["calibration: sum pred / sum obs"] == pytest.approx(pred.sum() / obs.sum())
         assert r["true E[watch time] of top-10 per user (s)"] > 0

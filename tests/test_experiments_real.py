@@ -172,8 +172,8 @@ def test_movielens_table_end_to_end(tmp_path, monkeypatch):
     assert [e["method"] for e in res["table"]] == list(METHODS)
     md = (out / "movielens_table.md").read_text("utf-8")
     saved = json.loads((out / "movielens_table.json").read_text("utf-8"))
-    assert saved["label"] == "movielens-ml (MovieLens) test holdout"
-    assert "(MovieLens), test holdout" in md and "most popular" in md and "PureSVD" in md
+    assert saved["label"] == "movielens-ml, test holdout"  # the source named once
+    assert "**movielens-ml, test holdout**" in md and "most popular" in md and "PureSVD" in md
     assert saved["protocol"]["test"]["n_last"] == 3
     by = {e["method"]: e for e in saved["table"]}
     for det in ("most_popular", "item_knn"):  # deterministic: identical over seeds

@@ -51,6 +51,12 @@ def loaded():
     return load_kuairand(FIXTURE)
 
 
+def test_the_data_set_is_named_once_after_its_directory(loaded, tmp_path):
+    assert loaded[0].name == "kuairand"  # the folder names the source: not kuairand-kuairand
+    shutil.copytree(FIXTURE, tmp_path / "pure")
+    assert load_kuairand(tmp_path / "pure")[0].name == "kuairand-pure"
+
+
 def test_fixture_logs_use_the_official_columns():
     for name in (STD1, "log_standard_4_22_to_5_08_pure.csv", "log_random_4_22_to_5_08_pure.csv"):
         header = (FIXTURE / name).read_text().split("\n", 1)[0]

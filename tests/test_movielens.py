@@ -64,6 +64,21 @@ def test_unknown_directory_names_the_expected_files(tmp_path):
         load_movielens(tmp_path / "absent")
 
 
+@pytest.mark.parametrize(
+    "folder,name",
+    [
+        ("ml-latest-small", "movielens-ml-latest-small"),
+        ("movielens-latest-small", "movielens-latest-small"),  # not movielens-movielens-...
+        ("MovieLens", "MovieLens"),
+    ],
+)
+def test_the_data_set_is_named_once_after_its_directory(tmp_path, folder, name):
+    root = tmp_path / folder
+    shutil.copytree(LATEST, root)
+    ds, _ = load_movielens(root)
+    assert ds.name == name
+
+
 def test_title_years_take_the_last_parenthesised_year():
     titles = pd.Series(
         ["Heat (1995)", "Fawlty Towers (1975-1979)", "Big Bang Theory, The (2007-)", "Hyena Road",

@@ -1,7 +1,11 @@
 """The wheel installs one top-level package, `vidrec`, with its presets, and nothing else."""
 
+import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -57,3 +61,58 @@ def test_wheel_installed_into_a_fresh_venv_has_one_top_level_name(wheel: Path, t
         [str(py), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path
     ).stdout
     assert str(venv) in got and "site-packages" in got and got.strip().endswith("True")
+
+
+PACKAGES = ("candidate_gen", "ranking", "features", "evaluation", "pipelines", "common", "vidrec")
+#: scripts shipped in the package that run under another interpreter with its own packages:
+#: the rechub worker runs in torch-rechub's environment (pipelines/rechub.py)
+OTHER_INTERPRETER = {"pipelines/rechub_worker.py"}
+#: import names of distributions named otherwise, for those not installed here
+DISTRIBUTION_OF = {
+    "sklearn": "scikit-learn",
+    "tomli_w": "tomli-w",
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+}
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level names of every absolute import in the packages that is neither the standard
+    library nor vidrec, each with the files that import it (lazy imports inside functions too)."""
+    found: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for f in sorted((ROOT / package).rglob("*.py")):
+            rel = f.relative_to(ROOT).as_posix()
+            if rel in OTHER_INTERPRETER:
+                continue
+            for node in ast.walk(ast.parse(f.read_text("utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for top in {n.split(".")[0] for n in names}:
+                    if top not in sys.stdlib_module_names and top != "vidrec":
+                        found.setdefault(top, set()).add(rel)
+    return found
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
+    declared = {
+        _normalized(re.match(r"[A-Za-z0-9._-]+", req).group()) for req in project["dependencies"]
+    }
+    installed = importlib.metadata.packages_distributions()
+    missing = []
+    for module, files in sorted(_third_party_imports().items()):
+        dists = installed.get(module) or [DISTRIBUTION_OF.get(module, module)]
+        if not {_normalized(d) for d in dists} & declared:
+            where = ", ".join(sorted(files))
+            missing.append(f"{module} ({' or '.join(dists)}), imported by {where}")
+    assert not missing, "not in pyproject.toml [project] dependencies:\n" + "\n".join(missing)
+    assert "torch" in _third_party_imports()  # the scan does see the packages' imports

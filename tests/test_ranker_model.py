@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import vidrec.ranking.train as ranking_train
+from vidrec.common.torch_utils import NonFiniteLossError
 from vidrec.features.normalize import QuantileNormalizer
 from vidrec.features.ranker_features import (
     CONTINUOUS_COLUMNS,
@@ -363,6 +364,17 @@ def test_early_stopping_keeps_best_epoch():
     losses = [h["valid_loss"] for h in r.history]
     assert r.best_epoch == 1 + int(np.argmin(losses))
     assert len(r.history) == r.best_epoch + 1 or len(r.history) == 8
+
+
+def test_a_diverging_ranker_stops_with_an_error(tmp_path):
+    _, tr, va = frames(n_imps=1500)
+    # Adam steps of 1e20 overflow the logits in the first epoch: the loss is NaN from then on
+    cfg = RankerConfig(**{**SMALL, "lr": 1e20})
+    with pytest.raises(NonFiniteLossError) as caught:
+        train_ranker(cfg, tr, va, checkpoint_dir=tmp_path, progress=False)
+    assert str(caught.value).startswith("ranker: the training loss is nan at epoch 1:")
+    assert "lower ranking.lr (now 1e+20) and train again" in str(caught.value)
+    assert not (tmp_path / "checkpoint.pt").exists()  # the diverged epoch is not kept
 
 
 def test_without_selection_on_valid_every_epoch_runs_and_the_last_weights_are_kept():

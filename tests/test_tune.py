@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_experiments_real import TINY_CG
 
+from vidrec.common.torch_utils import check_finite_loss
 from vidrec.pipelines.config import UsageError, resolve_config
 from vidrec.pipelines.context import RunContext
 from vidrec.pipelines.rundir import RunDir
@@ -97,6 +98,28 @@ def test_the_test_window_does_not_change_the_search(tuned, tmp_path) -> None:
             found = search(cfg, work, ctx, trials=2, minutes=None, progress=False)
         results.append([(t["params"], t["value"]) for t in found["trials"]])
     assert results[0] == results[1]
+
+
+def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path, monkeypatch) -> None:
+    import vidrec.candidate_gen.train as cg_train
+
+    real = cg_train.train_candidate_generator
+    calls: list[float] = []
+
+    def first_diverges(config, *args, **kwargs):
+        calls.append(config.learning_rate)
+        if len(calls) == 1:
+            check_finite_loss(
+                float("inf"), stage="candidate_gen", epoch=1, setting="lr", lr=config.learning_rate
+            )
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(cg_train, "train_candidate_generator", first_diverges)
+    result = tune(_config(), tmp_path / "t", trials=2, compare=False, progress=False)
+    trials = json.loads((tmp_path / "t" / "search" / "trials.json").read_text())["trials"]
+    assert len(calls) == 2
+    assert [t["state"] for t in trials] == ["fail", "complete"]
+    assert result["tuned"]["trial"] == 1
 
 
 @pytest.mark.slow

@@ -363,10 +363,10 @@ def read_delimited(
     read_sep = ":" if sep == "::" else sep
     ids = [c for c in keep if fields.get(c) == "id"]
 
-    def open_chunks(ids_as_text: bool) -> Iterator[pd.DataFrame]:
+    def open_chunks(ids_as_text: bool) -> Any:  # pandas' TextFileReader: holds the file open
         text = {c for c in keep if fields.get(c, "str") == "str" or (ids_as_text and c in ids)}
         with _parse_errors(path, table, encoding, first_line, len(columns), sep):
-            reader = pd.read_csv(
+            return pd.read_csv(
                 path,
                 sep=read_sep,
                 header=None,
@@ -382,9 +382,8 @@ def read_delimited(
                 quoting=csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE,
                 engine="c",
             )
-        return iter(reader)
 
-    def next_chunk(chunks: Iterator[pd.DataFrame]) -> pd.DataFrame | None:
+    def next_chunk(chunks: Any) -> pd.DataFrame | None:
         # parse one chunk at a time under the error translation (not across the yield)
         with _parse_errors(path, table, encoding, first_line, len(columns), sep):
             return next(chunks, None)
@@ -394,23 +393,31 @@ def read_delimited(
     # numbers (fast) otherwise
     ids_as_text = bool(ids) and file_may_pad_integers(path, sep)
     chunks = open_chunks(ids_as_text)
-    row0, n_chunks = 0, 0
-    while True:
-        chunk = next_chunk(chunks)
-        if chunk is None:
-            return
-        if not ids_as_text and any(_respell(chunk[c]) for c in ids):
-            # floats or booleans in an id column ('1e2', '73.0', an empty field): parse the
-            # file again with ids as text up to this chunk, so that the problems show how each
-            # value was written (error path only: the chunk is refused)
-            ids_as_text = True
-            chunks = open_chunks(True)
-            for _ in range(n_chunks + 1):
-                chunk = next_chunk(chunks)
-            assert chunk is not None  # the same file, parsed into the same chunks
-        yield _convert_chunk(chunk[keep], fields, table, path, first_line + row0, optional, stats)
-        row0 += len(chunk)
-        n_chunks += 1
+    # closed on every exit: a refused chunk, or a caller that stops early, must not leave the
+    # file open until the garbage collector finds it
+    try:
+        row0, n_chunks = 0, 0
+        while True:
+            chunk = next_chunk(chunks)
+            if chunk is None:
+                return
+            if not ids_as_text and any(_respell(chunk[c]) for c in ids):
+                # floats or booleans in an id column ('1e2', '73.0', an empty field): parse the
+                # file again with ids as text up to this chunk, so that the problems show how
+                # each value was written (error path only: the chunk is refused)
+                ids_as_text = True
+                chunks.close()
+                chunks = open_chunks(True)
+                for _ in range(n_chunks + 1):
+                    chunk = next_chunk(chunks)
+                assert chunk is not None  # the same file, parsed into the same chunks
+            yield _convert_chunk(
+                chunk[keep], fields, table, path, first_line + row0, optional, stats
+            )
+            row0 += len(chunk)
+            n_chunks += 1
+    finally:
+        chunks.close()
 
 
 def _respell(s: pd.Series) -> bool:

@@ -70,7 +70,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vidrec.features.atomic import atomic_write_json
-from vidrec.features.io import write_dataset
+from vidrec.features.io import unterminated_note, write_dataset
 from vidrec.features.schema import (
     DataContractError,
     Problem,
@@ -84,7 +84,7 @@ from vidrec.features.sources.delimited import (
     read_delimited,
     read_delimited_all,
 )
-from vidrec.features.tables import Dataset
+from vidrec.features.tables import Dataset, source_dataset_name
 
 __all__ = [
     "KUAIRAND_LOG_COLUMNS",
@@ -597,12 +597,17 @@ def load_kuairand(
     report = ValidationReport(
         source=str(files.root), files={k: Path(v).name for k, v in names.items()}
     )
+    read = [("impressions", log_path) for log_path, _ in logs]
+    for table, file in [*read, ("users", files.users), ("items", files.videos)]:
+        note = unterminated_note(table, file)
+        if note is not None:
+            report.notes.append(note)
     ds = validate_dataset(
         Dataset(users=users, items=items, watches=watches, impressions=impressions),
         files=names,
         report=report,
     )
-    ds.name = f"kuairand-{files.root.resolve().name}"
+    ds.name = source_dataset_name("kuairand", files.root)
     ds.meta = {
         "source": "kuairand",
         "path": str(files.root),

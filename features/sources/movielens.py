@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from vidrec.features.atomic import atomic_write_json
-from vidrec.features.io import write_dataset
+from vidrec.features.io import unterminated_note, write_dataset
 from vidrec.features.schema import DataContractError, Problem, ValidationReport, validate_dataset
 from vidrec.features.sources.delimited import (
     FieldKind,
@@ -58,7 +58,7 @@ from vidrec.features.sources.delimited import (
     read_delimited_all,
     read_fields,
 )
-from vidrec.features.tables import Dataset
+from vidrec.features.tables import Dataset, source_dataset_name
 
 __all__ = [
     "AGE_BUCKETS",
@@ -661,6 +661,10 @@ def load_movielens(
     report = ValidationReport(
         source=str(root), files={_TABLE_OF[key]: f for key, f in raw.files.items()}
     )
+    for key, f in raw.files.items():
+        note = unterminated_note(_TABLE_OF[key], root / f)
+        if note is not None:
+            report.notes.append(note)
     ds = validate_dataset(
         Dataset(users=users, items=items, watches=watches, searches=searches, name="movielens"),
         files={_TABLE_OF[key]: str(root / f) for key, f in raw.files.items()},
@@ -684,7 +688,7 @@ def load_movielens(
         "notes": [_ML_NOTE],
         "validation": report.to_dict(),
     }
-    ds.name = f"movielens-{root.resolve().name}"
+    ds.name = source_dataset_name("movielens", root)
     ds.meta = {
         "source": "movielens",
         "layout": raw.layout,
