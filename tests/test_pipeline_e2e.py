@@ -71,7 +71,7 @@ def test_report_schema_and_ranges(tiny_run):
 
 def _stable(report):
     """Report values without timings (wall-clock dependent); NaN made comparable."""
-    timing = ("seconds", "_ms", "speedup", "per_second", "git_commit")
+    timing = ("seconds", "_ms", "speedup", "per_second", "git_commit", "load_avg")
     return {
         k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
         for k, v in flatten(report).items()
