@@ -58,7 +58,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +80,7 @@ from vidrec.candidate_gen.ssl import cfm_masks, multivalue_dropout, mutual_infor
 from vidrec.candidate_gen.towers import ItemBatch, TwoTowerModel, UserBatch, with_topics_mask
 from vidrec.common import distributed as dist_utils
 from vidrec.common.torch_utils import (
+    EarlyStopping,
     check_finite_loss,
     load_weights,
     progress_bar,
@@ -770,13 +770,13 @@ def train_candidate_generator(
         ).to(device)
         valid_times = torch.from_numpy(valid.timestamp[pick].astype(np.int64)).to(device)
 
-    state = _TrainState()
+    state = _TrainState(config.patience)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     payload = None
     if resume and ckpt_path is not None:
         payload = dist_utils.on_rank0(_read_checkpoint, ckpt_path, config, fingerprint)
     if payload is not None:
-        state = _apply_checkpoint(payload, model, optimizer, gen, device)
+        state = _apply_checkpoint(payload, model, optimizer, gen, device, config.patience)
         if rank == 0:
             log.info("candidate_gen: resuming from %s after epoch %d", ckpt_path, state.epoch)
     elif checkpoint_dir is not None:
@@ -850,7 +850,7 @@ def train_candidate_generator(
                 )
                 recall = dist_utils.broadcast_object(recall)  # rank 0 decides for every rank
                 record[f"valid_recall@{config.valid_k}"] = recall
-                state.update(recall, epoch, model, config.patience)
+                state.update(recall, epoch, model)
             state.history.append(record)
             state.epoch = epoch
             if show:
@@ -864,8 +864,7 @@ def train_candidate_generator(
                 on_epoch(record)
     finally:
         dist_utils.destroy_group(group)
-    if state.best_model:
-        model.load_state_dict(state.best_model)
+    state.restore(model)
     return TrainedCandidateGenerator(
         config, model, featurizer, item_features, state.history, device
     )
@@ -998,27 +997,14 @@ def _user_vectors(model: TwoTowerModel, users: UserBatch, lo: int, hi: int) -> t
 # ----------------------------------------------------------------------------- internals
 
 
-class _TrainState:
-    """What a checkpoint must carry besides weights and optimizer to resume exactly."""
+class _TrainState(EarlyStopping):
+    """What a checkpoint must carry besides weights and optimizer to resume exactly: the epoch,
+    the history, and the early stopping on validation recall (higher is better)."""
 
-    def __init__(self) -> None:
+    def __init__(self, patience: int) -> None:
+        super().__init__(higher_is_better=True, patience=patience)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.best_metric = -math.inf
-        self.best_epoch = 0
-        self.best_model: dict[str, torch.Tensor] = {}
-        self.bad_epochs = 0
-        self.stopped = False
-
-    def update(self, metric: float, epoch: int, model: nn.Module, patience: int) -> None:
-        """Record an epoch's validation metric: keep the best weights, count epochs without gain."""
-        if metric > self.best_metric:
-            self.best_metric, self.best_epoch, self.bad_epochs = metric, epoch, 0
-            self.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            self.bad_epochs += 1
-            if patience > 0 and self.bad_epochs >= patience:
-                self.stopped = True
 
 
 def _run_epoch(
@@ -1337,9 +1323,9 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "generator": gen.get_state(),
         "history": json.dumps(state.history),
-        "best_metric": float(state.best_metric),
+        "best_metric": float(state.best),
         "best_epoch": state.best_epoch,
-        "best_model": state.best_model,
+        "best_model": state.best_weights,
         "bad_epochs": state.bad_epochs,
         "stopped": state.stopped,
     }
@@ -1391,19 +1377,19 @@ def _apply_checkpoint(
     optimizer: torch.optim.Optimizer,
     gen: torch.Generator,
     device: torch.device,
+    patience: int,
 ) -> _TrainState:
     """Load a checked checkpoint into model, optimizer and generator; return the loop state."""
     model.load_state_dict({k: v.to(device) for k, v in payload["model"].items()})
     optimizer.load_state_dict(payload["optimizer"])
     gen.set_state(payload["generator"])
-    state = _TrainState()
+    state = _TrainState(patience)
     state.epoch = int(payload["epoch"])
     state.history = json.loads(payload["history"])
-    state.best_metric = float(payload["best_metric"])
+    state.best = float(payload["best_metric"])
     state.best_epoch = int(payload["best_epoch"])
-    state.best_model = dict(payload["best_model"])
+    state.best_weights = dict(payload["best_model"])
     state.bad_epochs = int(payload["bad_epochs"])
-    state.stopped = bool(payload["stopped"])
     return state
 
 

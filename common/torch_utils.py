@@ -19,6 +19,7 @@ from vidrec.features.atomic import atomic_path
 from vidrec.features.integrity import DamagedWeightsError, unsafe_pickle_error
 
 __all__ = [
+    "EarlyStopping",
     "NonFiniteLossError",
     "check_finite_loss",
     "load_weights",
@@ -33,6 +34,48 @@ def progress_bar(show: bool, **kwargs: Any) -> tqdm:
     """A tqdm bar, drawn only when `show` and stderr is a terminal. Redirected to a file, a bar
     is carriage-return noise; the trainers' one log line per epoch says how training goes."""
     return tqdm(disable=not (show and sys.stderr.isatty()), **kwargs)
+
+
+class EarlyStopping:
+    """The skeleton of both trainers' epoch loops: the best epoch so far by a validation metric,
+    a CPU copy of its weights, and whether `patience` epochs have passed without a gain.
+
+    `update(metric, epoch, model)` after each validated epoch; `keep(epoch, model)` where no
+    metric chooses (the last epoch's weights are kept); `stopped` ends the loop; `restore(model)`
+    loads the kept weights at the end. The fields are what a checkpoint saves to resume exactly.
+    """
+
+    def __init__(self, *, higher_is_better: bool, patience: int) -> None:
+        self.higher_is_better = higher_is_better
+        self.patience = int(patience)
+        self.best = -math.inf if higher_is_better else math.inf
+        self.best_epoch = 0
+        self.best_weights: dict[str, torch.Tensor] = {}
+        self.bad_epochs = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def update(self, metric: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record an epoch's validation metric; return True when it is the best so far."""
+        better = metric > self.best if self.higher_is_better else metric < self.best
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = float(metric), int(epoch), 0
+            self.keep(epoch, model)
+        else:
+            self.bad_epochs += 1
+        return better
+
+    def keep(self, epoch: int, model: torch.nn.Module) -> None:
+        """Keep `model`'s weights as those of epoch `epoch`."""
+        self.best_epoch = int(epoch)
+        self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Load the kept weights into `model` (nothing kept: `model` stays as it is)."""
+        if self.best_weights:
+            model.load_state_dict(self.best_weights)
 
 
 class NonFiniteLossError(ValueError):

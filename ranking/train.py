@@ -24,11 +24,9 @@ only rank 0 reads and writes checkpoints (the others receive its checkpoint by b
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vidrec.common import distributed as dist_utils
 from vidrec.common.torch_utils import (
+    EarlyStopping,
     check_finite_loss,
     load_weights,
     progress_bar,
@@ -556,9 +555,10 @@ def train_ranker(
     # early stopping keeps the epoch with the least validation loss; without a validation
     # frame, or when the epoch count was chosen elsewhere, the last epoch is kept
     select = valid_in is not None and select_on_valid
-    start_epoch, best_loss, best_epoch, bad_epochs = 1, math.inf, 0, 0
+    start_epoch = 1
+    early = EarlyStopping(higher_is_better=False, patience=config.patience if select else 0)
+    early.keep(0, model)
     history: list[dict[str, float]] = []
-    best_state = copy.deepcopy(model.state_dict())
     ck = None
     if ckpt_dir is not None:
         # one process loads onto its device; several share rank 0's copy (read on CPU)
@@ -566,9 +566,9 @@ def train_ranker(
     if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        best_state = ck["best_model"]
         start_epoch = int(ck["epoch"]) + 1
-        best_loss, best_epoch, bad_epochs = (
+        early.best_weights = {k: v.detach().cpu() for k, v in ck["best_model"].items()}
+        early.best, early.best_epoch, early.bad_epochs = (
             float(ck["best_loss"]),
             int(ck["best_epoch"]),
             int(ck["bad_epochs"]),
@@ -580,7 +580,7 @@ def train_ranker(
                 ckpt_dir,
                 start_epoch - 1,
             )
-        if select and bad_epochs >= config.patience:
+        if early.stopped:
             start_epoch = config.epochs + 1  # the run had already stopped early
 
     runner: torch.nn.Module = DistributedDataParallel(model) if world > 1 else model
@@ -634,13 +634,10 @@ def train_ranker(
             )
             v_loss = dist_utils.broadcast_object(v_loss)  # rank 0 decides for every rank
             record["valid_loss"] = v_loss
-        if not select:  # the last epoch's weights are kept
-            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
-        elif record["valid_loss"] < best_loss:
-            best_loss, best_epoch, bad_epochs = record["valid_loss"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
+        if select:
+            early.update(record["valid_loss"], epoch, model)
+        else:  # the last epoch's weights are kept
+            early.keep(epoch, model)
         history.append(record)
         if progress and rank == 0:
             log.info(
@@ -651,19 +648,19 @@ def train_ranker(
             checkpoint = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "best_model": best_state,
+                "best_model": early.best_weights,
                 "epoch": epoch,
-                "best_loss": best_loss,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
+                "best_loss": early.best,
+                "best_epoch": early.best_epoch,
+                "bad_epochs": early.bad_epochs,
                 "history": history,
             }
             # rank 0 writes (atomically); the others wait for it (a barrier)
             dist_utils.on_rank0(_write_checkpoint, ckpt_dir, checkpoint)
-        if select and bad_epochs >= config.patience:
+        if early.stopped:
             break
 
-    model.load_state_dict(best_state)
+    early.restore(model)
     calibrator = None
     if config.calibrate and config.weighting != "click" and valid_in is not None:
         calibrator = _fit_calibrator(model, valid_in, v_clicked, v_watch_time, device, config)
@@ -673,7 +670,7 @@ def train_ranker(
         normalizer,
         model,
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=early.best_epoch,
         device=device,
         calibrator=calibrator,
     )

@@ -161,3 +161,24 @@ def test_item_tower_rejects_a_schema_without_item_id(data) -> None:
     schema = dict(f.schema(), item_single=["channel_id"], item_single_cardinalities=[3])
     with pytest.raises(ValueError, match="first single-valued item feature to be 'item_id'"):
         TwoTowerModel(CandidateGenConfig(embedding_dim=8, user_layers=(8,)), schema)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    from vidrec.common.torch_utils import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stop = EarlyStopping(higher_is_better=False, patience=2)
+    for epoch, loss in enumerate([0.5, 0.4, 0.45, 0.41], start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))  # the weights say which epoch they are from
+        stop.update(loss, epoch, model)
+    assert (stop.best, stop.best_epoch, stop.bad_epochs, stop.stopped) == (0.4, 2, 2, True)
+    stop.restore(model)
+    assert model.weight.tolist() == [[2.0, 2.0]]
+    up = EarlyStopping(higher_is_better=True, patience=0)  # 0: never stops
+    for epoch, recall in enumerate([0.1, 0.05, 0.04, 0.03], start=1):
+        up.update(recall, epoch, model)
+    assert up.best_epoch == 1 and up.bad_epochs == 3 and not up.stopped
+    last = EarlyStopping(higher_is_better=False, patience=3)
+    last.restore(model)  # nothing kept: the model stays as it is
+    assert model.weight.tolist() == [[2.0, 2.0]]
