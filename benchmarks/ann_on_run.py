@@ -8,7 +8,7 @@ Queries: `--users` random users who watched before the end of the validation win
 serving vectors (user tower, example age 0) from the run's candidate generator; the reference
 is `ExactIndex`'s top-100 of each, timed one query at a time. Annoy: `AnnoyIndex` (the served
 "mips" metric) at each n_trees over search_k in {-1 (annoy's default), 10k, 30k, 100k}.
-hnswlib (`pip install hnswlib numpy` in a scratch venv; never our dependency) runs as
+hnswlib (`pip install hnswlib numpy` in a separate venv; never our dependency) runs as
 benchmarks/hnsw_worker.py in that Python over the same vectors and queries: the MIPS
 augmentation [v, sqrt(M^2 - |v|^2)] with L2 distance (so the L2 order is the inner-product
 order, as our annoy "mips" does with angles) and, for comparison, hnswlib's own "ip" space.

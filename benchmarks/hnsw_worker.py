@@ -1,4 +1,4 @@
-"""hnswlib side of benchmarks/ann_on_run.py; runs in a scratch Python with numpy + hnswlib.
+"""hnswlib side of benchmarks/ann_on_run.py; runs in a separate Python with numpy + hnswlib.
 
 argv: data.npz (ids, vectors, queries, top), M values (comma-separated), seed. Prints one JSON
 row per (space, M, ef): recall@100 against `top`, single-query p50/p99 ms (1 thread), build s.

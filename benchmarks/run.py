@@ -28,7 +28,7 @@ Benchmarks (`--only` takes names, comma-separated or repeated):
 meaningful. `--vectors FILE.npz` (ids, vectors) makes annoy_curve use learned item embeddings,
 e.g. RUN_DIR/index/item_vectors.npz. `--serving-users N` and `--serving-annoy TREES,SEARCH_K`
 set the serving benchmark's users and annoy setting (default: 200 users, the `default` preset's
-retrieval setting); `--rechub-python PATH` the scratch interpreter with torch-rechub
+retrieval setting); `--rechub-python PATH` the separate interpreter with torch-rechub
 (default /tmp/rechub-venv/bin/python); `--annoy-items`, `--annoy-trees`,
 `--annoy-trees-dot`, `--annoy-trees-normalised`, `--annoy-search-k` shrink annoy_learned's grid
 (comma-separated).
