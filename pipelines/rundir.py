@@ -608,7 +608,8 @@ class RunDir:
                     pass  # holds files vidrec did not write: kept
         d = self.path / name
         if checkpoints_only:
-            log.info("stage %s: removed its %d training checkpoint file(s)", name, files)
+            if files:
+                log.info("stage %s: removed its %d training checkpoint file(s)", name, files)
         elif d.is_dir() and not d.is_symlink():
             left = sum(len(fs) for _, _, fs in os.walk(d))
             if left:
