@@ -134,15 +134,19 @@ def render_table(records: list[dict[str, Any]]) -> str:
     """The README's headline rows: Recall@50, ranker loss and top-10 recall per record."""
     out = [
         "| run | CG Recall@50 (best baseline) | ranker weighted loss, lower is better "
-        "(best baseline) | top-10 recall (best baseline) | commit, machine |",
+        "(best baseline) | end to end: top-10 true watch time on a simulated world, else "
+        "top-10 recall (best baseline) | commit, machine |",
         "|---|---|---|---|---|",
     ]
     for r in records:
         cells = []
-        for key in ("retrieval", "ranking", "end_to_end"):
-            row = r["summary"].get(key) or {}
+        summary = r["summary"]
+        end = "end_to_end_true_watch_time" if "end_to_end_true_watch_time" in summary else "end_to_end"
+        for key in ("retrieval", "ranking", end):
+            row = summary.get(key) or {}
+            unit = " s" if key == "end_to_end_true_watch_time" else ""
             cells.append(
-                f"{_num(row.get('system'))} ({_num(row.get('best'))} "
+                f"{_num(row.get('system'))}{unit} ({_num(row.get('best'))}{unit} "
                 f"{row.get('best_baseline', '—')})"
             )
         m = r.get("machine") or {}
