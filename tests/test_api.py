@@ -131,3 +131,22 @@ def test_every_public_name_resolves():
     for name in fresh.__all__:
         assert getattr(fresh, name) is not None, name
     assert set(fresh.__all__) - {"__version__"} == set(fresh._API)
+
+
+def test_fit_candidate_generator_alone_saves_and_loads(my_logs: Path, tmp_path: Path):
+    import numpy as np
+
+    from vidrec.candidate_gen.train import TrainedCandidateGenerator
+
+    data = vidrec.load_data(my_logs / "my_logs")
+    config = vidrec.Config.for_data(my_logs / "my_logs").replace(SHORT)
+    model = vidrec.fit_candidate_generator(data, config)
+    assert [h["epoch"] for h in model.history] == [1, 2]
+    assert any(k.startswith("valid_recall@") for k in model.history[-1])  # early-stopped on the ranker window
+    model.save(tmp_path / "cg")
+    again = TrainedCandidateGenerator.load(tmp_path / "cg")
+    ids, vectors = model.item_embeddings()
+    ids2, vectors2 = again.item_embeddings()
+    np.testing.assert_array_equal(ids, ids2)
+    np.testing.assert_allclose(vectors, vectors2)
+    assert vectors.shape[1] == config["candidate_gen.embedding_dim"] == 8
