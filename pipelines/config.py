@@ -624,6 +624,12 @@ class Config:
 
     # -- construction
     @classmethod
+    def _of(cls, values: dict[str, Any]) -> Config:
+        # TOML has no null: a None (only ever in the records of derived statistics) is left out
+        # here, so that to_toml / from_toml give back an equal config
+        return cls(json.dumps(_without_none(values), sort_keys=True))
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """Return the config of a nested dict: a full config (as a run saves) or any part of one
         over the default preset; unknown keys and wrong types are a ConfigError."""
@@ -633,7 +639,7 @@ class Config:
         records = {k: values.pop(k) for k in _RECORDS if k in values}
         cfg = apply_overrides(load_preset("default"), flatten(values))
         cfg.update(records)
-        return cls(json.dumps(cfg, sort_keys=True))
+        return cls._of(cfg)
 
     @classmethod
     def preset(
@@ -641,7 +647,7 @@ class Config:
         *, seed: int | None = None,
     ) -> Config:
         """Return built-in preset `name` (`PRESETS`) with `overrides` ({"a.b": v} or ["a.b=v"])."""
-        return cls(json.dumps(resolve_config(name, overrides, seed=seed), sort_keys=True))
+        return cls._of(resolve_config(name, overrides, seed=seed))
 
     @classmethod
     def for_data(
@@ -663,7 +669,7 @@ class Config:
             given += [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
         elif overrides:
             given += list(overrides)
-        return cls(json.dumps(resolve_config(AUTO, given, seed=seed, data_stats=stats), sort_keys=True))
+        return cls._of(resolve_config(AUTO, given, seed=seed, data_stats=stats))
 
     @classmethod
     def from_toml(cls, source: str | Path) -> Config:
@@ -681,7 +687,7 @@ class Config:
         records = {k: cfg.pop(k) for k in _RECORDS if k in cfg}
         cfg = apply_overrides(cfg, overrides)
         cfg.update(records)
-        return Config(json.dumps(cfg, sort_keys=True))
+        return Config._of(cfg)
 
     # -- reading
     def to_dict(self) -> dict[str, Any]:

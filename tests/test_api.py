@@ -150,3 +150,9 @@ def test_fit_candidate_generator_alone_saves_and_loads(my_logs: Path, tmp_path: 
     np.testing.assert_array_equal(ids, ids2)
     np.testing.assert_allclose(vectors, vectors2)
     assert vectors.shape[1] == config["candidate_gen.embedding_dim"] == 8
+
+
+def test_a_config_with_null_statistics_round_trips_through_toml():
+    cfg = vidrec.Config.from_dict({"seed": 3, "derived": {"stats": {"span_days": None, "users": 9}}})
+    assert cfg["derived"] == {"stats": {"users": 9}}  # TOML has no null
+    assert vidrec.Config.from_toml(cfg.to_toml()) == cfg and cfg.seed == 3
