@@ -148,14 +148,18 @@ def _worker_train(trainer: str, ckpt_dir: Path, pause_at: str) -> None:
         real_save = torch.save
 
         def torn_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-            if str(f).endswith(".tmp") and ".checkpoint.pt." in str(f) and ckpt.exists():
+            # vidrec hands torch.save an open file (a full disk is then an OSError): its name
+            # is the atomic write's temporary
+            name = str(getattr(f, "name", f))
+            if name.endswith(".tmp") and ".checkpoint.pt." in name and ckpt.exists():
                 buf = io.BytesIO()
                 real_save(obj, buf, *args, **kwargs)
                 data = buf.getvalue()
-                with open(f, "wb") as fh:  # half of checkpoint 2 reaches the disk, then the kill
-                    fh.write(data[: len(data) // 2])
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                fh = f if hasattr(f, "write") else open(f, "wb")  # noqa: SIM115
+                # half of checkpoint 2 reaches the disk, then the kill
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
                 _pause(marker)
             real_save(obj, f, *args, **kwargs)
 
@@ -527,7 +531,7 @@ def _stable(report: dict[str, Any]) -> dict[str, Any]:
     """Report values without wall-clock dependent ones; NaN made comparable."""
     from vidrec.evaluation.report import flatten
 
-    timing = ("seconds", "_ms", "speedup", "per_second", "git_commit", "peak_rss")
+    timing = ("seconds", "_ms", "speedup", "per_second", "git_commit", "peak_rss", "load_avg")
     return {
         k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
         for k, v in flatten(report).items()
