@@ -73,21 +73,10 @@ def fit_candidate_generator(
 
     It trains on the config's training window [start, train_end) and stops early on the ranker
     window, as a run's first model does."""
-    from vidrec.candidate_gen.train import train_candidate_generator
-    from vidrec.features.split import TimeSplit
-    from vidrec.pipelines.run import featurizer_from_config, validation_examples
+    from vidrec.pipelines import run
 
-    config = config or Config.preset()
-    raw = config.to_dict()
-    cut = raw["split"]
-    split = TimeSplit.from_fractions(
-        data, train=cut["train_end"], valid=cut["valid_end"] - cut["train_end"]
+    raw = (config or Config.preset()).to_dict()
+    model, *_ = run.fit_candidate_generator(
+        raw, data, run.config_split(raw, data), progress=progress
     )
-    cfg = config.candidate_gen
-    featurizer = featurizer_from_config(raw).fit(data, split)
-    train = featurizer.examples(data, "train", max_examples_per_user=cfg.max_examples_per_user)
-    valid = validation_examples(raw, featurizer, data)
-    return train_candidate_generator(
-        cfg, train, featurizer.item_features(data),
-        valid=valid if len(valid) else None, progress=progress,
-    )
+    return model

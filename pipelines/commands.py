@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vidrec.pipelines.config import AUTO, PRESETS, UsageError, resolve_config
+from vidrec.pipelines.config import AUTO, PRESETS, UsageError, data_statistics, resolve_config
 
 INT64_MAX = 2**63 - 1
 
@@ -55,18 +55,6 @@ def id_value(text: str) -> int | str:
         )
     return text
 
-
-def data_statistics(source: str, path: str) -> tuple[dict, tuple]:
-    """Statistics of the log at `path` that `--preset auto` derives its settings from, and the
-    loaded (dataset, info), which the run's data stage takes instead of reading the log again."""
-    from vidrec.features.stats import log_statistics
-    from vidrec.pipelines.config import load_preset
-    from vidrec.pipelines.run import load_source
-
-    loaded = load_source(source, path)
-    split = load_preset("default")["split"]
-    stats = log_statistics(loaded[0], float(split["train_end"]), float(split["valid_end"]))
-    return stats, loaded
 
 
 def _stage_list(option: str, text: str | None, stages: tuple[str, ...]) -> tuple[str, ...]:

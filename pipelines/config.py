@@ -549,6 +549,18 @@ def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
     return out
 
 
+def data_statistics(source: str, path: str | Path) -> tuple[dict[str, Any], tuple[Any, Any]]:
+    """Statistics of the log at `path` that preset "auto" derives its settings from, and the
+    loaded (dataset, info), which the run's data stage takes instead of reading the log again."""
+    from vidrec.features.stats import log_statistics
+    from vidrec.pipelines.run import load_source
+
+    loaded = load_source(source, path)
+    split = load_preset("default")["split"]
+    stats = log_statistics(loaded[0], float(split["train_end"]), float(split["valid_end"]))
+    return stats, loaded
+
+
 def resolve_config(
     preset: str | None = "tiny",
     overrides: list[str] | dict[str, Any] | None = None,
@@ -658,12 +670,7 @@ class Config:
         preset with what `derive_settings` derives from the log's statistics (recorded under
         `derived`, each with the statistic it came from), then `overrides`. `dataset` is the
         directory's layout: "dir" (the data contract), "movielens" or "kuairand"."""
-        from vidrec.features.stats import log_statistics
-        from vidrec.pipelines.run import load_source
-
-        split = load_preset("default")["split"]
-        ds, _ = load_source(dataset, data)
-        stats = log_statistics(ds, float(split["train_end"]), float(split["valid_end"]))
+        stats, _ = data_statistics(dataset, data)
         given = [f"data.source={dataset}"]
         if isinstance(overrides, dict):
             given += [f"{k}={json.dumps(v)}" for k, v in overrides.items()]

@@ -175,11 +175,7 @@ def stage_data(ctx: RunContext, out: Path) -> dict[str, Any]:
 
     preflight(ds, cfg, simulated=ctx.is_synthetic)  # data a run cannot use fails here, untrained
     ctx.store_dataset(ds, out)
-    split = TimeSplit.from_fractions(
-        ds,
-        train=cfg["split"]["train_end"],
-        valid=cfg["split"]["valid_end"] - cfg["split"]["train_end"],
-    )
+    split = config_split(cfg, ds)
     ctx.cache["split"] = split
     atomic_write_json(out / "split.json", split.to_dict())
     counts = ds.counts()
@@ -200,6 +196,46 @@ def validation_examples(
     return featurizer.examples(ds, "valid", max_examples_per_user=cap)
 
 
+def config_split(config: dict[str, Any], ds: Dataset) -> TimeSplit:
+    """The time split a config's `split` fractions cut the log's watch time range into."""
+    cut = config["split"]
+    return TimeSplit.from_fractions(
+        ds, train=cut["train_end"], valid=cut["valid_end"] - cut["train_end"]
+    )
+
+
+def fit_candidate_generator(
+    config: dict[str, Any],
+    ds: Dataset,
+    split: TimeSplit,
+    *,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[TrainedCandidateGenerator, CandidateFeaturizer, CandidateExamples, CandidateExamples]:
+    """The candidate generator trained on [start, train_end) and early-stopped on the ranker
+    window, with its featurizer and its training and validation examples."""
+    cfg = cg_config(config)
+    featurizer = featurizer_from_config(config).fit(ds, split)
+    train = featurizer.examples(ds, "train", max_examples_per_user=cfg.max_examples_per_user)
+    valid = validation_examples(config, featurizer, ds)
+    log.info(
+        "candidate generator: %d training examples (%d dropped by the per-user cap), %d validation",
+        len(train),
+        train.n_dropped_by_cap,
+        len(valid),
+    )
+    model = train_candidate_generator(
+        cfg,
+        train,
+        featurizer.item_features(ds),
+        valid=valid if len(valid) else None,
+        checkpoint_dir=checkpoint_dir,
+        resume=checkpoint_dir is not None,
+        progress=progress,
+    )
+    return model, featurizer, train, valid
+
+
 def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
     """Train the candidate generator on [start, train_end), early-stopped on the ranker window's
     next watches: its scores are out of sample for the ranker's training rows. With
@@ -209,25 +245,9 @@ def stage_candidate_gen(ctx: RunContext, out: Path) -> dict[str, Any]:
     system retrains on its newest logs before it serves."""
     ds, split = ctx.dataset(), ctx.split()
     cfg = cg_config(ctx.config)
-    featurizer = featurizer_from_config(ctx.config).fit(ds, split)
-    train = featurizer.examples(ds, "train", max_examples_per_user=cfg.max_examples_per_user)
-    valid = validation_examples(ctx.config, featurizer, ds)
-    items = featurizer.item_features(ds)
-    log.info(
-        "candidate generator: %d training examples (%d dropped by the per-user cap), %d validation",
-        len(train),
-        train.n_dropped_by_cap,
-        len(valid),
-    )
     t0 = time.perf_counter()
-    model = train_candidate_generator(
-        cfg,
-        train,
-        items,
-        valid=valid if len(valid) else None,
-        checkpoint_dir=out / "checkpoints",
-        resume=True,
-        progress=ctx.progress,
+    model, featurizer, train, valid = fit_candidate_generator(
+        ctx.config, ds, split, checkpoint_dir=out / "checkpoints", progress=ctx.progress
     )
     seconds = time.perf_counter() - t0
     model.save(out / "model")
