@@ -32,6 +32,7 @@ import annoy
 import numpy as np
 import torch
 
+from vidrec.candidate_gen.config import INDEX_KINDS
 from vidrec.features.atomic import atomic_path, atomic_write_json
 from vidrec.features.integrity import ArtifactError, read_json_object, require_int, resolve_inside
 
@@ -44,6 +45,7 @@ __all__ = [
     "AnnoyIndex",
     "HnswIndex",
     "INDEX_KINDS",
+    "make_index",
     "load_index",
     "INDEX_META_FILE",
 ]
@@ -54,8 +56,6 @@ _IDS_FILE = "ids.npy"
 # "mips" (default): annoy's angular metric over MIPS-augmented vectors (see AnnoyIndex);
 # "dot": annoy's own dot metric (indexes saved before "mips" existed)
 ANNOY_METRICS: tuple[str, ...] = ("mips", "dot")
-#: the kinds of index `load_index` opens (each class's `kind`)
-INDEX_KINDS: tuple[str, ...] = ("exact", "annoy", "hnsw")
 
 
 def __getattr__(name: str) -> Any:
@@ -888,6 +888,20 @@ def _index_class(kind: str) -> type[ExactIndex] | type[AnnoyIndex] | type[HnswIn
 
         return HnswIndex
     return {ExactIndex.kind: ExactIndex, AnnoyIndex.kind: AnnoyIndex}[kind]
+
+
+def make_index(
+    kind: str, vectors: np.ndarray, ids: np.ndarray, *, seed: int = 0, **settings: Any
+) -> ExactIndex | AnnoyIndex | HnswIndex:
+    """Return a new index of `kind` (INDEX_KINDS) over `vectors` with item ids `ids`.
+
+    `settings` are the kind's own (annoy: n_trees, search_k; hnsw: m, ef_construction,
+    ef_search); `seed` seeds the approximate indexes (exact search has none)."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(INDEX_KINDS)}")
+    if kind == ExactIndex.kind:
+        return ExactIndex(vectors, ids, **settings)
+    return _index_class(kind)(vectors, ids, seed=seed, **settings)
 
 
 def load_index(directory: str | Path) -> ExactIndex | AnnoyIndex | HnswIndex:

@@ -581,3 +581,20 @@ def test_hnsw_loaded_vectors_are_memory_mapped_read_only(hnsw_dir: Path) -> None
     index = HnswIndex.load(hnsw_dir)
     assert not index._stored.flags.writeable and index._stored.shape == (60, 9)
     assert load_index(hnsw_dir).kind == "hnsw"
+
+
+def test_make_index_builds_each_kind() -> None:
+    from vidrec.candidate_gen.index import make_index
+
+    vectors, ids, queries = _random(n=80)
+    want, _ = ExactIndex(vectors, ids).search(queries, 5)
+    for kind, settings in [
+        ("exact", {}),
+        ("annoy", {"n_trees": 5, "search_k": 10_000}),
+        ("hnsw", {"m": 8, "ef_construction": 40, "ef_search": 80}),
+    ]:
+        index = make_index(kind, vectors, ids, seed=1, **settings)
+        assert index.kind == kind and isinstance(index, CandidateIndex)
+        np.testing.assert_array_equal(index.search(queries, 5)[0], want)
+    with pytest.raises(ValueError, match="unknown index kind 'faiss'"):
+        make_index("faiss", vectors, ids)
