@@ -116,11 +116,12 @@ class HnswIndex(_ApproximateIndex):
     so a row is padded only when fewer than k items remain.
 
     Determinism: the graph's levels come from faiss's generator seeded with `seed`, and a build
-    with one thread (`n_jobs=1`, the default) inserts the items in a fixed order, so the same
-    vectors, seed and parameters give the same graph and the same results. With `n_jobs` > 1
-    faiss inserts items concurrently and the links depend on the threads' timing, so two builds
-    may differ (slightly, in which items a search finds). Searches are deterministic for any
-    thread count: each query is searched alone.
+    with one thread (`n_jobs=1`, the default) inserts the items in a fixed order (in chunks of
+    `_ADD_CHUNK`), so the same vectors, seed and parameters give the same graph and the same
+    results. With `n_jobs` > 1 faiss inserts the items of a chunk concurrently; faiss does not
+    document that the links are then independent of the threads' timing (faiss 1.15 gave the
+    same graph in small checks), so a multi-threaded build is not promised to repeat. Searches
+    are deterministic for any thread count: each query is searched alone.
     """
 
     kind: ClassVar[str] = "hnsw"
