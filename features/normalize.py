@@ -52,10 +52,12 @@ class QuantileNormalizer:
             name = cols[col] if cols else f"#{col}"
             raise ValueError(f"QuantileNormalizer.fit: column {name} contains inf values")
         levels = np.linspace(0.0, 1.0, self.n_quantiles)
-        with np.errstate(all="ignore"):
-            q = np.nanquantile(arr, levels, axis=0)  # (n_quantiles, F)
-        all_nan = np.isnan(q).any(axis=0)
-        q[:, all_nan] = 0.0  # a column never observed in training maps everything to 0
+        # a column never observed in training maps everything to 0 (its quantiles are not
+        # computed: numpy would warn "All-NaN slice encountered" into the user's log)
+        q = np.zeros((self.n_quantiles, arr.shape[1]))
+        seen = ~np.isnan(arr).all(axis=0)
+        if seen.any():
+            q[:, seen] = np.nanquantile(arr[:, seen], levels, axis=0)  # (n_quantiles, F seen)
         self.quantiles_ = q.T.copy()  # (F, n_quantiles)
         self.levels_ = levels
         self.columns_ = cols

@@ -89,3 +89,19 @@ def test_string_vocabulary_small_and_bulk_lookups_agree():
     assert big.size > vocab_module._DICT_LOOKUP_MAX
     np.testing.assert_array_equal(v.transform(big), np.tile([1, 0, 0, 3, 2], len(big) // 5))
     assert v.transform(small.reshape(5, 1)).shape == (5, 1)
+
+
+def test_quantile_normalizer_column_never_observed_maps_to_zero_without_warning():
+    import warnings
+
+    x = np.column_stack([np.arange(10.0), np.full(10, np.nan), [np.nan] * 5 + list(range(5))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "All-NaN slice" warning must not reach a log
+        qn = QuantileNormalizer(n_quantiles=5).fit(x)
+        out = qn.transform(np.array([[3.0, 7.0, 2.0], [np.nan, np.nan, np.nan]]))
+    assert (qn.quantiles_[1] == 0).all()  # quantiles of a column never observed: 0
+    assert out[1].tolist() == [0, 0, 0]  # NaN maps to 0
+    assert 0 < out[0, 0] < 1 and 0 < out[0, 2] < 1
+    np.testing.assert_array_equal(
+        qn.quantiles_[[0, 2]], QuantileNormalizer(5).fit(x[:, [0, 2]]).quantiles_
+    )
