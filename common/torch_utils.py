@@ -3,10 +3,12 @@ shared by both trainers."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from vidrec.features.atomic import atomic_path
 from vidrec.features.integrity import DamagedWeightsError, unsafe_pickle_error
 
 __all__ = [
+    "intra_op_threads",
     "EarlyStopping",
     "NonFiniteLossError",
     "check_finite_loss",
@@ -28,6 +31,27 @@ __all__ = [
     "resolve_device",
     "save_weights",
 ]
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` torch intra-op threads (None: as they are), then restore them.
+
+    Serving is many small products (one user against 500 candidates): on a loaded machine a
+    second thread costs more in synchronisation than it saves, so a serving process runs one
+    thread per request and scales out with processes. Changing the count costs well under a
+    microsecond, so it is set per call and the caller's setting is left as it was."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be an integer >= 1 or None, got {n!r}")
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def progress_bar(show: bool, **kwargs: Any) -> tqdm:

@@ -14,12 +14,13 @@ A string given for integer ids (or an id beyond int64) is refused with `UnknownI
 
 from __future__ import annotations
 
+import functools
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ import pandas as pd
 from vidrec.candidate_gen.index import CandidateIndex
 from vidrec.candidate_gen.retrieve import Retriever
 from vidrec.candidate_gen.train import TrainedCandidateGenerator
+from vidrec.common.torch_utils import intra_op_threads
 from vidrec.features.examples import UserHistory
 from vidrec.features.ids import IdMaps, UnknownIdError
 from vidrec.features.integrity import read_json_object
@@ -49,6 +51,20 @@ from vidrec.ranking.train import TrainedRanker
 _SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
 # the ranker request columns, in build_ranker_frame's order
 _REQUEST_COLUMNS = ("user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serving_threads(method: _F) -> _F:
+    """Run a request method with the Recommender's torch thread count (`threads`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Recommender, *args: Any, **kwargs: Any) -> Any:
+        with intra_op_threads(self.threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 # the stages serving reads, and the stages each was built from (the pipeline's order)
 SERVING_STAGES: tuple[str, ...] = ("data", "candidate_gen", "index", "ranker")
@@ -90,6 +106,11 @@ class Recommender:
     ranker's training rows take them at the start of each impression's day (one item-tower
     pass per day of logs), so a few hours of upload age separate the two definitions.
     `predict` (arbitrary items) always uses "catalog".
+
+    `threads`: torch intra-op threads per request (default 1; None leaves the process's
+    setting). A request is a few small products, which a second thread slows on a busy
+    machine; serve in parallel with processes, one Recommender each. The caller's thread
+    count is restored after each request.
     """
 
     def __init__(
@@ -102,10 +123,13 @@ class Recommender:
         config: dict[str, Any],
         *,
         cg_features: str = "retrieval",
+        threads: int | None = 1,
     ) -> None:
         if cg_features not in CG_FEATURE_MODES:
             raise ValueError(f"cg_features must be one of {CG_FEATURE_MODES}, got {cg_features!r}")
         self.cg_features = cg_features
+        with intra_op_threads(threads):  # refuses a bad count now, not at the first request
+            self.threads = threads
         self.dataset = dataset
         self.split = split
         self.cg = cg
@@ -130,7 +154,9 @@ class Recommender:
         gc.freeze()
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, verify: bool = True) -> Recommender:
+    def load(
+        cls, run_dir: str | Path, *, verify: bool = True, threads: int | None = 1
+    ) -> Recommender:
         """Return a Recommender over the finished run in `run_dir`.
 
         With `verify` (the default) the artifacts must belong together before anything is
@@ -142,10 +168,10 @@ class Recommender:
         naming the artifact, what was expected, what was found and the `--redo` that fixes it.
         """
         with read_lock(run_dir):  # never while a `vidrec run` rewrites it
-            return cls._load(run_dir, verify=verify)
+            return cls._load(run_dir, verify=verify, threads=threads)
 
     @classmethod
-    def _load(cls, run_dir: str | Path, *, verify: bool) -> Recommender:
+    def _load(cls, run_dir: str | Path, *, verify: bool, threads: int | None) -> Recommender:
         rundir = RunDir.open(run_dir)
         root = rundir.path
         if verify:
@@ -168,7 +194,7 @@ class Recommender:
                 fix,
             )
         ranker = TrainedRanker.load(root / "ranker" / "deep_weighted" / "model")
-        return cls(ds, split, cg, index, ranker, rundir.config)
+        return cls(ds, split, cg, index, ranker, rundir.config, threads=threads)
 
     def _note(self, user: int | str, code: int, view: _View | None = None) -> str:
         if code in self._users:
@@ -305,6 +331,7 @@ class Recommender:
             codes,
         )
 
+    @_serving_threads
     def recommend(
         self,
         user: int | str,
@@ -376,6 +403,7 @@ class Recommender:
         server answers them; the models and indexes are loaded once)."""
         return [self.recommend(u, k, at=at) for u in users]
 
+    @_serving_threads
     def retrieve(
         self,
         user: int | str,
@@ -401,6 +429,7 @@ class Recommender:
             "note": self._note(given, code, view),
         }
 
+    @_serving_threads
     def predict(
         self,
         user: int | str,

@@ -481,3 +481,30 @@ def test_the_repositorys_results_pages_match_their_records():
 
     root = Path(__file__).resolve().parents[1]
     assert docs.build(root, check=True) == [], "run: python -m vidrec.pipelines.docs build"
+
+
+def test_requests_run_on_the_recommenders_thread_count_and_restore_the_callers(tiny_run):
+    import torch
+
+    from vidrec.pipelines.serve import Recommender
+
+    out, _, _ = tiny_run
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for threads, expect in ((1, 1), (None, 2), (2, 2)):
+            rec = Recommender.load(out, threads=threads)
+            score = rec.ranker.predict_expected_watch_time
+            rec.ranker.predict_expected_watch_time = lambda f, s=score: (
+                seen.append(torch.get_num_threads()) or s(f)
+            )
+            user = int(rec.dataset.watches["user_id"].iloc[0])
+            rec.recommend(user, k=3)
+            rec.predict(user, [int(rec.dataset.items["item_id"].iloc[0])])
+            assert seen[-2:] == [expect, expect], threads
+            assert torch.get_num_threads() == 2  # the caller's count is back
+        with pytest.raises(ValueError, match="threads must be"):
+            Recommender.load(out, threads=0)
+    finally:
+        torch.set_num_threads(before)

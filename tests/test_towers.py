@@ -182,3 +182,20 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
     last = EarlyStopping(higher_is_better=False, patience=3)
     last.restore(model)  # nothing kept: the model stays as it is
     assert model.weight.tolist() == [[2.0, 2.0]]
+
+
+def test_intra_op_threads_sets_the_count_for_the_block_and_restores_it() -> None:
+    from vidrec.common.torch_utils import intra_op_threads
+
+    torch.set_num_threads(2)
+    with intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with intra_op_threads(None):
+        assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), intra_op_threads(1):
+        raise RuntimeError("a failed request")
+    assert torch.get_num_threads() == 2
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="threads must be"), intra_op_threads(bad):
+            pass
