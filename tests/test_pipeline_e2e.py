@@ -508,3 +508,41 @@ def test_requests_run_on_the_recommenders_thread_count_and_restore_the_callers(t
             Recommender.load(out, threads=0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_rank_pages_matches_brute_force_with_ties_and_unservable_items():
+    import numpy as np
+    import torch
+
+    from vidrec.pipelines import scoring
+
+    rng = np.random.default_rng(5)
+    n_pages, n_items = 40, 3000
+    block = torch.from_numpy(rng.integers(0, 60, size=(n_pages, n_items)).astype(np.float32))
+    n_servable = rng.integers(1, n_items + 1, size=n_pages)
+    rows_of, row_slot, start = [], [], 0
+    for _ in range(n_pages):  # 1..32 rows a page, some on items not servable at its time
+        m = int(rng.integers(1, 33))
+        rows_of.append(np.arange(start, start + m))
+        row_slot.append(rng.integers(0, n_items, size=m))
+        start += m
+    row_slot = np.concatenate(row_slot)
+    score, rank = np.full(start, np.nan), np.full(start, np.nan)
+    few = np.ones(n_pages, dtype=bool)
+    few[::7] = False  # pages the caller counts itself are left alone
+    old = scoring._RANK_ELEMENTS
+    scoring._RANK_ELEMENTS = 4 * n_items  # several passes of 4 pages
+    try:
+        scoring._rank_pages(block, rows_of, few, n_servable, row_slot, score, rank)
+    finally:
+        scoring._RANK_ELEMENTS = old
+    b = block.numpy()
+    for p in range(n_pages):
+        rows = rows_of[p]
+        if not few[p]:
+            assert np.isnan(rank[rows]).all() and np.isnan(score[rows]).all()
+            continue
+        s = b[p, row_slot[rows]]
+        np.testing.assert_array_equal(score[rows], s)
+        servable = b[p, : n_servable[p]]
+        np.testing.assert_array_equal(rank[rows], 1 + (servable[None, :] > s[:, None]).sum(1))
