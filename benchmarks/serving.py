@@ -288,13 +288,15 @@ def run(
     # default, None the process's own count as before it set one)
     served: list[tuple[str, Any, str, int | None]] = [
         ("annoy", annoy, "retrieval", 1),
-        (f"annoy, {torch.get_num_threads()} threads", annoy, "retrieval", None),
+        (f"annoy, the process's {torch.get_num_threads()} thread(s)", annoy, "retrieval", None),
         ("annoy, catalog cg features", annoy, "catalog", 1),
         ("exact", exact, "retrieval", 1),
     ]
     if hnsw is not None:
         served.append(("hnsw", hnsw, "retrieval", 1))
-        served.append((f"hnsw, {torch.get_num_threads()} threads", hnsw, "retrieval", None))
+        served.append(
+            (f"hnsw, the process's {torch.get_num_threads()} thread(s)", hnsw, "retrieval", None)
+        )
     for label, index, mode, threads in served:
         rec.retriever.index = index  # the same preloaded Recommender, its index swapped
         rec.cg_features = mode

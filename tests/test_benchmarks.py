@@ -333,9 +333,13 @@ def test_serving_quick_times_the_real_path() -> None:
     res = serving.run(quick=True, repeats=1)
     assert scoring.add_cg_features is saved  # the wrappers are removed again
     totals = [r for r in res["rows"] if r["what"].startswith("recommend")]
-    assert len(totals) == 3  # annoy, annoy with catalog CG features, exact
+    # annoy (1 thread a request, and the process's count), with catalog CG features, exact
+    assert len(totals) == 4
     per_user = res["params"]["per_user_ms"]
-    for label in ("annoy", "annoy, catalog cg features", "exact"):
+    assert set(per_user) == {
+        "annoy", "annoy, the process's 1 thread(s)", "annoy, catalog cg features", "exact"
+    }  # fmt: skip
+    for label in per_user:
         t = per_user[label]
         assert len(t["total"]) == 5
         # the components add up to recommend()'s wall time (sort is the remainder, >= 0)
