@@ -11,7 +11,8 @@ is `ExactIndex`'s top-100 of each, timed one query at a time. Annoy: `AnnoyIndex
 "mips" metric) at each n_trees over search_k in {-1 (annoy's default), 10k, 30k, 100k}.
 HNSW: `HnswIndex` (faiss, the served "mips" metric; `retrieval.index = "hnsw"`) at each
 `--faiss-m` over ef_search in {200, 400, 800, 1600}, built with one thread as a run builds it
-(none when `--faiss-m` is empty).
+(none when `--faiss-m` is empty); when the run serves an HNSW index of that M and
+ef_construction (RUN_DIR/index/hnsw), that index itself is searched.
 hnswlib (`pip install hnswlib numpy` in a separate venv; never our dependency) runs as
 benchmarks/hnsw_worker.py in that Python over the same vectors and queries: the MIPS
 augmentation [v, sqrt(M^2 - |v|^2)] with L2 distance (so the L2 order is the inner-product
@@ -120,13 +121,26 @@ def annoy_rows(p: dict[str, np.ndarray], trees: list[int], seed: int) -> list[di
 
 
 def faiss_rows(
-    p: dict[str, np.ndarray], m_values: list[int], ef_construction: int, seed: int
+    p: dict[str, np.ndarray],
+    m_values: list[int],
+    ef_construction: int,
+    seed: int,
+    served: HnswIndex | None = None,
 ) -> list[dict]:
+    """HnswIndex rows per M over EF_SEARCH; the run's own served index (`served`) is searched
+    as it is when its M and ef_construction are asked for (build time: NaN, see the run's log)."""
     rows = []
     for m in m_values:
-        t0 = time.perf_counter()
-        index = HnswIndex(p["vectors"], p["ids"], m=m, ef_construction=ef_construction, seed=seed)
-        build = time.perf_counter() - t0
+        if served is not None and (served.m, served.ef_construction) == (m, ef_construction):
+            index, build = served, float("nan")
+            if not np.array_equal(np.sort(served.ids), np.sort(p["ids"])):
+                raise ValueError("the run's HNSW index holds other items than its item_vectors")
+        else:
+            t0 = time.perf_counter()
+            index = HnswIndex(
+                p["vectors"], p["ids"], m=m, ef_construction=ef_construction, seed=seed
+            )
+            build = time.perf_counter() - t0
         for ef in EF_SEARCH:
             setting = f"M {m}, ef_construction {ef_construction}, ef {ef}"
             name = "HnswIndex (faiss) mips"
@@ -171,7 +185,9 @@ def main() -> None:
     rows = annoy_rows(p, [int(x) for x in a.annoy_trees.split(",")], a.seed)
     if a.faiss_m:
         m_values = [int(x) for x in a.faiss_m.split(",")]
-        rows += faiss_rows(p, m_values, a.faiss_ef_construction, a.seed)
+        saved = a.run / "index" / "hnsw"
+        served = HnswIndex.load(saved) if (saved / "index.json").exists() else None
+        rows += faiss_rows(p, m_values, a.faiss_ef_construction, a.seed, served)
     if Path(a.hnsw_python).exists():
         rows += hnsw_rows(p, a.hnsw_python, [int(x) for x in a.hnsw_m.split(",")], a.seed)
     else:
