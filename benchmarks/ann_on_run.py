@@ -1,13 +1,17 @@
-"""ANN on a finished run's own item embeddings: annoy (ours) against exact search, and hnswlib
-in a separate virtual environment, all against the same held-out user queries.
+"""ANN on a finished run's own item embeddings: annoy and HNSW (ours) against exact search, and
+hnswlib in a separate virtual environment, all against the same held-out user queries.
 
     python benchmarks/ann_on_run.py RUN_DIR [--users 300] [--annoy-trees 50,150]
+        [--faiss-m 32] [--faiss-ef-construction 300]
         [--hnsw-python /tmp/hnsw-venv/bin/python] [--hnsw-m 32] [--out FILE.json]
 
 Queries: `--users` random users who watched before the end of the validation window, their
 serving vectors (user tower, example age 0) from the run's candidate generator; the reference
 is `ExactIndex`'s top-100 of each, timed one query at a time. Annoy: `AnnoyIndex` (the served
 "mips" metric) at each n_trees over search_k in {-1 (annoy's default), 10k, 30k, 100k}.
+HNSW: `HnswIndex` (faiss, the served "mips" metric; `retrieval.index = "hnsw"`) at each
+`--faiss-m` over ef_search in {200, 400, 800, 1600}, built with one thread as a run builds it
+(none when `--faiss-m` is empty).
 hnswlib (`pip install hnswlib numpy` in a separate venv; never our dependency) runs as
 benchmarks/hnsw_worker.py in that Python over the same vectors and queries: the MIPS
 augmentation [v, sqrt(M^2 - |v|^2)] with L2 distance (so the L2 order is the inner-product
@@ -25,12 +29,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex  # noqa: E402
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex, HnswIndex  # noqa: E402
 from vidrec.candidate_gen.retrieve import Retriever  # noqa: E402
 from vidrec.candidate_gen.train import TrainedCandidateGenerator  # noqa: E402
 from vidrec.features.integrity import read_json_object  # noqa: E402
@@ -39,6 +44,7 @@ from vidrec.features.split import TimeSplit  # noqa: E402
 from vidrec.pipelines.rundir import serving_cg_dir  # noqa: E402
 
 SEARCH_K = (-1, 10_000, 30_000, 100_000)
+EF_SEARCH = (200, 400, 800, 1600)
 K = 100
 
 
@@ -79,6 +85,27 @@ def recall(found: np.ndarray, top: np.ndarray) -> float:
     )
 
 
+def _row(
+    index: Any, p: dict[str, np.ndarray], name: str, setting: str, build: float, **search: Any
+) -> dict:
+    """Return the row of `index` searched one query at a time with `search` settings:
+    recall@K against the exact top-K and the latency p50/p99 (ms)."""
+    found, ms = [], []
+    for i in range(len(p["queries"])):
+        t1 = time.perf_counter()
+        got, _ = index.search(p["queries"][i : i + 1], K, **search)
+        ms.append((time.perf_counter() - t1) * 1e3)
+        found.append(got[0])
+    return {
+        "index": name,
+        "setting": setting,
+        "recall": recall(np.array(found), p["top"]),
+        "p50_ms": float(np.median(ms)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "build_s": build,
+    }
+
+
 def annoy_rows(p: dict[str, np.ndarray], trees: list[int], seed: int) -> list[dict]:
     rows = []
     for n_trees in trees:
@@ -86,23 +113,24 @@ def annoy_rows(p: dict[str, np.ndarray], trees: list[int], seed: int) -> list[di
         index = AnnoyIndex(p["vectors"], p["ids"], n_trees=n_trees, seed=seed, n_jobs=-1)
         build = time.perf_counter() - t0
         for sk in SEARCH_K:
-            index.search_k = sk
-            found, ms = [], []
-            for i in range(len(p["queries"])):
-                t1 = time.perf_counter()
-                got, _ = index.search(p["queries"][i : i + 1], K)
-                ms.append((time.perf_counter() - t1) * 1e3)
-                found.append(got[0])
-            rows.append(
-                {
-                    "index": "annoy mips",
-                    "setting": f"{n_trees} trees, search_k {sk}",
-                    "recall": recall(np.array(found), p["top"]),
-                    "p50_ms": float(np.median(ms)),
-                    "p99_ms": float(np.percentile(ms, 99)),
-                    "build_s": build,
-                }
-            )
+            setting = f"{n_trees} trees, search_k {sk}"
+            rows.append(_row(index, p, "annoy mips", setting, build, search_k=sk))
+        del index
+    return rows
+
+
+def faiss_rows(
+    p: dict[str, np.ndarray], m_values: list[int], ef_construction: int, seed: int
+) -> list[dict]:
+    rows = []
+    for m in m_values:
+        t0 = time.perf_counter()
+        index = HnswIndex(p["vectors"], p["ids"], m=m, ef_construction=ef_construction, seed=seed)
+        build = time.perf_counter() - t0
+        for ef in EF_SEARCH:
+            setting = f"M {m}, ef_construction {ef_construction}, ef {ef}"
+            name = "HnswIndex (faiss) mips"
+            rows.append(_row(index, p, name, setting, build, ef_search=ef, n_threads=1))
         del index
     return rows
 
@@ -128,6 +156,8 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--annoy-trees", default="50,150")
+    ap.add_argument("--faiss-m", default="", help="HnswIndex M values, e.g. 32 (none: skipped)")
+    ap.add_argument("--faiss-ef-construction", type=int, default=300)
     ap.add_argument("--hnsw-python", default="/tmp/hnsw-venv/bin/python")
     ap.add_argument("--hnsw-m", default="32")
     ap.add_argument("--seed", type=int, default=0)
@@ -139,6 +169,9 @@ def main() -> None:
     p = held_out_queries(a.run, a.users, a.seed)
     exact_p50 = float(np.median(p["exact_ms"]))
     rows = annoy_rows(p, [int(x) for x in a.annoy_trees.split(",")], a.seed)
+    if a.faiss_m:
+        m_values = [int(x) for x in a.faiss_m.split(",")]
+        rows += faiss_rows(p, m_values, a.faiss_ef_construction, a.seed)
     if Path(a.hnsw_python).exists():
         rows += hnsw_rows(p, a.hnsw_python, [int(x) for x in a.hnsw_m.split(",")], a.seed)
     else:

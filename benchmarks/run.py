@@ -26,7 +26,8 @@ Benchmarks (`--only` takes names, comma-separated or repeated):
 
 `--quick` shrinks every size for a smoke run (tests/test_benchmarks.py); its figures are not
 meaningful. `--vectors FILE.npz` (ids, vectors) makes annoy_curve use learned item embeddings,
-e.g. RUN_DIR/index/item_vectors.npz. `--serving-users N` and `--serving-annoy TREES,SEARCH_K`
+e.g. RUN_DIR/index/item_vectors.npz. `--serving-hnsw M,EF_CONSTRUCTION,EF_SEARCH` adds an HNSW
+index to the serving benchmark. `--serving-users N` and `--serving-annoy TREES,SEARCH_K`
 set the serving benchmark's users and annoy setting (default: 200 users, the `default` preset's
 retrieval setting); `--rechub-python PATH` the separate interpreter with torch-rechub
 (default /tmp/rechub-venv/bin/python); `--annoy-items`, `--annoy-trees`,
@@ -133,6 +134,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serving: annoy n_trees,search_k (default: the default preset's retrieval setting)",
     )
     p.add_argument(
+        "--serving-hnsw",
+        default=None,
+        metavar="M,EF_CONSTRUCTION,EF_SEARCH",
+        help="serving: also serve from an HNSW index (HnswIndex) of these settings (default: none)",
+    )
+    p.add_argument(
         "--annoy-trees",
         default=None,
         metavar="LIST",
@@ -215,6 +222,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if trees < 1 or search_k < -1 or search_k == 0:
             p.error(f"--serving-annoy: TREES >= 1 and SEARCH_K -1 or >= 1, got {trees},{search_k}")
         args.serving_annoy = (trees, search_k)
+    if args.serving_hnsw is not None:
+        try:
+            m, ef_construction, ef_search = (int(x) for x in args.serving_hnsw.split(","))
+        except ValueError:
+            p.error(
+                "--serving-hnsw takes M,EF_CONSTRUCTION,EF_SEARCH (integers), got "
+                f"{args.serving_hnsw!r}"
+            )
+        if m < 2 or ef_construction < 1 or ef_search < 1:
+            p.error(f"--serving-hnsw: M >= 2 and both ef >= 1, got {args.serving_hnsw}")
+        args.serving_hnsw = (m, ef_construction, ef_search)
     for name, low in (
         ("annoy_trees", 1),
         ("annoy_trees_dot", 1),
@@ -266,6 +284,7 @@ def run_in_process(name: str, args: argparse.Namespace) -> dict[str, Any]:
         rechub_python_path=args.rechub_python,
         serving_users=args.serving_users,
         serving_annoy=args.serving_annoy,
+        serving_hnsw=args.serving_hnsw,
         grid={
             key: getattr(args, f"annoy_{key}")
             for key in ("trees", "trees_dot", "trees_normalised", "search_k", "items")
@@ -307,6 +326,8 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
             cmd += ["--serving-users", str(args.serving_users)]
         if args.serving_annoy is not None:
             cmd += ["--serving-annoy", ",".join(str(x) for x in args.serving_annoy)]
+        if args.serving_hnsw is not None:
+            cmd += ["--serving-hnsw", ",".join(str(x) for x in args.serving_hnsw)]
         for key in ("trees", "trees_dot", "trees_normalised", "search_k", "items"):
             value = getattr(args, f"annoy_{key}")
             if value is not None:

@@ -9,7 +9,8 @@ embedded by the item tower. Everything is preloaded into the system's own servin
 at the end of the validation window: with the annoy index (the `default` preset's n_trees /
 search_k unless `--serving-annoy` says otherwise), the same with the CG score and rank computed
 over the catalog (`Recommender(cg_features="catalog")`) instead of taken from the retrieval,
-and with the exact index.
+with the exact index, and with an HNSW index when `--serving-hnsw M,EF_CONSTRUCTION,EF_SEARCH`
+asks for one (built on every core: its build time is not the run's single-thread one).
 
 Per user, `Recommender.recommend(user, k=10)` itself is timed (one process, one request at a
 time, p50/p99 over users and throughput = users / summed latency), with its components timed
@@ -57,7 +58,7 @@ from benchmarks.learned_world import (
     user_vectors,
 )
 from benchmarks.ranker_scoring import ranker_config
-from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
+from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex, HnswIndex
 from vidrec.features.ranker_features import build_ranker_frame
 from vidrec.features.tables import Dataset
 from vidrec.pipelines import scoring
@@ -229,6 +230,7 @@ def run(
     seed: int = 0,
     serving_users: int | None = None,
     serving_annoy: tuple[int, int] | None = None,
+    serving_hnsw: tuple[int, int, int] | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Return the serving-latency benchmark's result (table printed)."""
@@ -259,6 +261,16 @@ def run(
     annoy = AnnoyIndex(vectors, ids, n_trees=n_trees, search_k=search_k, seed=seed, n_jobs=-1)
     annoy_build_s = time.perf_counter() - t1
     exact = ExactIndex(vectors, ids)
+    hnsw, hnsw_build_s = None, None
+    if serving_hnsw is not None:
+        m, ef_construction, ef_search = serving_hnsw
+        t2 = time.perf_counter()
+        hnsw = HnswIndex(
+            vectors, ids, m=m, ef_construction=ef_construction, ef_search=ef_search, seed=seed,
+            n_jobs=-1,
+        )  # fmt: skip
+        hnsw_build_s = time.perf_counter() - t2
+        print(f"  hnsw M {m}, ef_construction {ef_construction} built in {hnsw_build_s:.0f} s")
     config = {"retrieval": {"n_candidates": cfg["candidates"]}}
     with PhasePeak() as load_peak:
         rec = Recommender(serving_ds, lw.split, lw.model, annoy, ranker, config)
@@ -272,11 +284,14 @@ def run(
     rows: list[dict[str, Any]] = []
     totals: dict[str, dict[str, np.ndarray]] = {}
     peaks: dict[str, float] = {"recommender_build_peak_mb": load_peak.peak_mb}
-    for label, index, mode in (
+    served: list[tuple[str, Any, str]] = [
         ("annoy", annoy, "retrieval"),
         ("annoy, catalog cg features", annoy, "catalog"),
         ("exact", exact, "retrieval"),
-    ):
+    ]
+    if hnsw is not None:
+        served.append(("hnsw", hnsw, "retrieval"))
+    for label, index, mode in served:
         rec.retriever.index = index  # the same preloaded Recommender, its index swapped
         rec.cg_features = mode
         with PhasePeak() as peak:
@@ -284,7 +299,11 @@ def run(
         peaks[f"serve_{label}_peak_mb"] = peak.peak_mb
         totals[label] = times
         mean_total = float(times["total"].mean())
-        setting = f"{n_trees} trees, search_k {search_k}" if index is annoy else "exact"
+        setting = {
+            "annoy": f"{n_trees} trees, search_k {search_k}",
+            "exact": "exact",
+            "hnsw": f"HNSW M {hnsw.m}, ef_search {hnsw.ef_search}" if hnsw is not None else "",
+        }[index.kind]
         setting += f"; CG score/rank from the {mode}"
         rows.append(
             {
@@ -355,6 +374,14 @@ def run(
             "users": len(users),
             "candidates": cfg["candidates"],
             "annoy": {"n_trees": n_trees, "search_k": search_k, "build_s": annoy_build_s},
+            "hnsw": None
+            if hnsw is None
+            else {
+                "m": hnsw.m,
+                "ef_construction": hnsw.ef_construction,
+                "ef_search": hnsw.ef_search,
+                "build_s": hnsw_build_s,
+            },
             "world": lw.spec.describe(),
             "seed": seed,
             "setup_seconds": round(setup_s, 1),

@@ -18,6 +18,8 @@ SSL_METHODS: tuple[str, ...] = ("none", "spread_out", "rfm", "cfm")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adagrad", "sgd")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ITEM_ENCODERS: tuple[str, ...] = ("features", "id_only")
+#: the indexes a run can serve candidates from (`candidate_gen.index`, retrieval.index)
+INDEX_KINDS: tuple[str, ...] = ("annoy", "hnsw", "exact")
 
 # Fields that may differ between the run that wrote a checkpoint and the run resuming it.
 RESUMABLE_CHANGES: frozenset[str] = frozenset({"epochs", "device"})

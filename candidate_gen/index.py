@@ -2,11 +2,14 @@
 
 Where it sits: the item tower exports one embedding per catalog item; an index over them
 answers "the k items with the largest u·v" for user vectors u. `ExactIndex` is the brute-force
-oracle (blocked matrix products, exact); `AnnoyIndex` is the sub-linear approximate index
-served in production (annoy, `dot` metric). Both implement `CandidateIndex`, so the retriever
-and the ANN evaluation (recall of annoy's top-k against the exact top-k) swap one for the other.
+oracle (blocked matrix products, exact); `AnnoyIndex` (annoy's forest over MIPS-augmented
+vectors) and `HnswIndex` (faiss's HNSW graph over the same augmentation, in
+`candidate_gen.hnsw`, re-exported here and imported on first use) are the sub-linear
+approximate indexes a run serves (`retrieval.index`). All implement `CandidateIndex`, so the
+retriever and the ANN evaluation (recall of the served index's top-k against the exact top-k)
+swap one for another.
 
-Conventions shared by both:
+Conventions shared by all:
 - `ids` are the caller's item ids (int64); results are ids, not row positions.
 - `exclude[q]` lists item ids that must not be returned for query q (e.g. already-watched
   items); ids that are not in the index are ignored.
@@ -23,16 +26,29 @@ import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import annoy
 import numpy as np
 import torch
 
+from vidrec.candidate_gen.config import INDEX_KINDS
 from vidrec.features.atomic import atomic_path, atomic_write_json
 from vidrec.features.integrity import ArtifactError, read_json_object, require_int, resolve_inside
 
-__all__ = ["CandidateIndex", "ExactIndex", "AnnoyIndex", "load_index", "INDEX_META_FILE"]
+if TYPE_CHECKING:
+    from vidrec.candidate_gen.hnsw import HnswIndex
+
+__all__ = [
+    "CandidateIndex",
+    "ExactIndex",
+    "AnnoyIndex",
+    "HnswIndex",
+    "INDEX_KINDS",
+    "make_index",
+    "load_index",
+    "INDEX_META_FILE",
+]
 
 INDEX_META_FILE = "index.json"
 _FORMAT_VERSION = 1
@@ -40,6 +56,15 @@ _IDS_FILE = "ids.npy"
 # "mips" (default): annoy's angular metric over MIPS-augmented vectors (see AnnoyIndex);
 # "dot": annoy's own dot metric (indexes saved before "mips" existed)
 ANNOY_METRICS: tuple[str, ...] = ("mips", "dot")
+
+
+def __getattr__(name: str) -> Any:
+    # HnswIndex lives in candidate_gen.hnsw (it imports faiss); loaded on first use
+    if name == "HnswIndex":
+        from vidrec.candidate_gen.hnsw import HnswIndex
+
+        return HnswIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @runtime_checkable
@@ -157,8 +182,11 @@ def _exclusion_pairs(
     return rows[known], order[at_clipped[known]]
 
 
-def _read_meta(directory: Path, kind: str) -> dict[str, Any]:
-    """Return the checked index.json of `directory` (kind, format, integer size and dim)."""
+def _read_meta(
+    directory: Path, kind: str, metrics: tuple[str, ...] = ANNOY_METRICS
+) -> dict[str, Any]:
+    """Return the checked index.json of `directory` (kind, format, integer size and dim, and a
+    metric among `metrics`, "dot" when absent)."""
     meta_path = directory / INDEX_META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(
@@ -176,14 +204,36 @@ def _read_meta(directory: Path, kind: str) -> dict[str, Any]:
             f"{directory} has index format {meta.get('format_version')!r}; this version reads "
             f"{_FORMAT_VERSION}; rebuild the index"
         )
-    if meta.get("metric", "dot") not in ANNOY_METRICS:
+    if meta.get("metric", "dot") not in metrics:
         raise ArtifactError(
-            f"{meta_path} says metric {meta.get('metric')!r}; vidrec indexes are inner-product "
-            f"indexes ({' or '.join(repr(m) for m in ANNOY_METRICS)}): rebuild the index"
+            f"{meta_path} says metric {meta.get('metric')!r}; vidrec {kind} indexes are "
+            f"inner-product indexes ({' or '.join(repr(m) for m in metrics)}): rebuild the index"
         )
     meta["size"] = require_int(meta, "size", meta_path, minimum=1)
     meta["dim"] = require_int(meta, "dim", meta_path, minimum=1)
     return meta
+
+
+def _max_norm(meta: dict[str, Any], meta_path: Path) -> float:
+    """Return index.json's 'max_norm' (the MIPS augmentation's M; 1.0 when absent), checked."""
+    max_norm = meta.get("max_norm", 1.0)
+    if (
+        isinstance(max_norm, bool)
+        or not isinstance(max_norm, int | float)
+        or not (math.isfinite(max_norm) and max_norm > 0)
+    ):
+        raise ArtifactError(
+            f"{meta_path}: 'max_norm' must be a finite number > 0, got {max_norm!r}; "
+            "rebuild the index"
+        )
+    return float(max_norm)
+
+
+def _mips_max_norm(vectors: np.ndarray) -> tuple[float, np.ndarray]:
+    """Return (M, norms (N,) float64): the largest item norm (1.0 for an all-zero catalog, so
+    that scores stay finite) and every item's norm, for the MIPS augmentation."""
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)  # (N,)
+    return (float(norms.max()) if norms.size and norms.max() > 0 else 1.0), norms
 
 
 def _meta_file(directory: Path, meta: dict[str, Any], key: str, default: str) -> Path:
@@ -576,7 +626,53 @@ class ExactIndex:
 # ----------------------------------------------------------------------------- annoy
 
 
-class AnnoyIndex:
+class _ApproximateIndex:
+    """What the approximate indexes share: item ids in the order the library numbers them."""
+
+    _ids: np.ndarray
+    _dim: int
+
+    @property
+    def size(self) -> int:
+        """Return the number of indexed items."""
+        return int(self._ids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Return the embedding dimension."""
+        return self._dim
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Return the item ids (N,) in the library's item order (its labels are positions)."""
+        return self._ids
+
+    kind: ClassVar[str]
+    metric: str
+    max_norm: float
+    seed: int
+
+    def _save_ids_and_meta(self, d: Path, fields: dict[str, Any]) -> Path:
+        """Write ids.npy, then index.json (last) with the shared fields and `fields`."""
+        _save_npy(d / _IDS_FILE, self._ids)
+        atomic_write_json(
+            d / INDEX_META_FILE,
+            {
+                "kind": self.kind,
+                "format_version": _FORMAT_VERSION,
+                "metric": self.metric,
+                "max_norm": self.max_norm,
+                "size": self.size,
+                "dim": self.dim,
+                "seed": self.seed,
+                "ids_file": _IDS_FILE,
+                **fields,
+            },
+        )
+        return d
+
+
+class AnnoyIndex(_ApproximateIndex):
     """Approximate inner-product top-k with annoy (the served index).
 
     `metric="mips"` (the default) reduces maximum inner product search to angular search
@@ -624,9 +720,7 @@ class AnnoyIndex:
         self.seed = int(seed)
         self._dim = int(v.shape[1])
         self.metric = metric
-        norms = np.linalg.norm(v.astype(np.float64), axis=1)  # (N,)
-        # M > 0 so that an all-zero catalog still gives finite (zero) scores
-        self.max_norm = float(norms.max()) if norms.size and norms.max() > 0 else 1.0
+        self.max_norm, norms = _mips_max_norm(v)
         index = annoy.AnnoyIndex(*self._annoy_spec())
         index.set_seed(self.seed)
         # annoy has no bulk insert; lists of Python floats are its fastest input, made per chunk
@@ -644,21 +738,6 @@ class AnnoyIndex:
     def _annoy_spec(self) -> tuple[int, str]:
         """Return annoy's (dimension, metric) for this index."""
         return (self._dim + 1, "angular") if self.metric == "mips" else (self._dim, "dot")
-
-    @property
-    def size(self) -> int:
-        """Return the number of indexed items."""
-        return int(self._ids.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Return the embedding dimension."""
-        return self._dim
-
-    @property
-    def ids(self) -> np.ndarray:
-        """Return the item ids (N,) in annoy item order."""
-        return self._ids
 
     def search(
         self,
@@ -743,25 +822,15 @@ class AnnoyIndex:
         with atomic_path(d / self.ANN_FILE) as tmp:
             if not self._index.save(str(tmp)):
                 raise OSError(f"annoy could not write {d / self.ANN_FILE}")
-        _save_npy(d / _IDS_FILE, self._ids)
-        atomic_write_json(
-            d / INDEX_META_FILE,
+        return self._save_ids_and_meta(
+            d,
             {
-                "kind": self.kind,
-                "format_version": _FORMAT_VERSION,
-                "metric": self.metric,
-                "max_norm": self.max_norm,
-                "size": self.size,
-                "dim": self.dim,
                 "n_trees": self.n_trees,
                 "search_k": self.search_k,
-                "seed": self.seed,
-                "ids_file": _IDS_FILE,
                 "ann_file": self.ANN_FILE,
                 "annoy_version": getattr(annoy, "__version__", None),
             },
         )
-        return d
 
     @classmethod
     def load(cls, directory: str | Path) -> AnnoyIndex:
@@ -784,18 +853,9 @@ class AnnoyIndex:
             raise ArtifactError(f"{meta_path}: 'search_k' must be -1 or >= 1, got 0")
         seed = require_int(meta, "seed", meta_path)
         metric = str(meta.get("metric", "dot"))
-        max_norm = meta.get("max_norm", 1.0)
-        if (
-            isinstance(max_norm, bool)
-            or not isinstance(max_norm, int | float)
-            or not (math.isfinite(max_norm) and max_norm > 0)
-        ):
-            raise ArtifactError(
-                f"{meta_path}: 'max_norm' must be a finite number > 0, got {max_norm!r}; "
-                "rebuild the index"
-            )
+        max_norm = _max_norm(meta, meta_path)
         self = cls.__new__(cls)
-        self._dim, self.metric, self.max_norm = dim, metric, float(max_norm)
+        self._dim, self.metric, self.max_norm = dim, metric, max_norm
         annoy_dim, annoy_metric = self._annoy_spec()
         _check_annoy_file(ann_path, dim, size)
         ids_path = _meta_file(d, meta, "ids_file", _IDS_FILE)
@@ -821,13 +881,30 @@ class AnnoyIndex:
         return self
 
 
-_KINDS: dict[str, type[ExactIndex] | type[AnnoyIndex]] = {
-    ExactIndex.kind: ExactIndex,
-    AnnoyIndex.kind: AnnoyIndex,
-}
+def _index_class(kind: str) -> type[ExactIndex] | type[AnnoyIndex] | type[HnswIndex]:
+    """Return the index class of `kind` (one of INDEX_KINDS)."""
+    if kind == "hnsw":
+        from vidrec.candidate_gen.hnsw import HnswIndex
+
+        return HnswIndex
+    return {ExactIndex.kind: ExactIndex, AnnoyIndex.kind: AnnoyIndex}[kind]
 
 
-def load_index(directory: str | Path) -> ExactIndex | AnnoyIndex:
+def make_index(
+    kind: str, vectors: np.ndarray, ids: np.ndarray, *, seed: int = 0, **settings: Any
+) -> ExactIndex | AnnoyIndex | HnswIndex:
+    """Return a new index of `kind` (INDEX_KINDS) over `vectors` with item ids `ids`.
+
+    `settings` are the kind's own (annoy: n_trees, search_k; hnsw: m, ef_construction,
+    ef_search); `seed` seeds the approximate indexes (exact search has none)."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(INDEX_KINDS)}")
+    if kind == ExactIndex.kind:
+        return ExactIndex(vectors, ids, **settings)
+    return _index_class(kind)(vectors, ids, seed=seed, **settings)
+
+
+def load_index(directory: str | Path) -> ExactIndex | AnnoyIndex | HnswIndex:
     """Return the index saved in `directory`, whichever kind its index.json names."""
     d = Path(directory)
     meta_path = d / INDEX_META_FILE
@@ -836,8 +913,8 @@ def load_index(directory: str | Path) -> ExactIndex | AnnoyIndex:
             f"no {INDEX_META_FILE} in {d}: not a saved index, or its save did not finish"
         )
     kind = read_json_object(meta_path, f"the index in {d}").get("kind")
-    if kind not in _KINDS:
+    if kind not in INDEX_KINDS:
         raise ArtifactError(
-            f"{meta_path} names unknown index kind {kind!r}; known: {sorted(_KINDS)}"
+            f"{meta_path} names unknown index kind {kind!r}; known: {sorted(INDEX_KINDS)}"
         )
-    return _KINDS[kind].load(d)
+    return _index_class(kind).load(d)

@@ -2,16 +2,18 @@
 
 Where it sits: a `TrainedCandidateGenerator` (towers + featurizer) gives user vectors with
 example age 0 from the history strictly before the serving time; a `CandidateIndex`
-(`ExactIndex` oracle or `AnnoyIndex`) over the model's item vectors answers the top-k; the
-result is a long table of candidates that `ranking` scores.
+(`ExactIndex` oracle, `AnnoyIndex` or `HnswIndex`) over the model's item vectors answers the
+top-k; the result is a long table of candidates that `ranking` scores.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from vidrec.candidate_gen.index import AnnoyIndex, CandidateIndex, ExactIndex
+from vidrec.candidate_gen.index import CandidateIndex, make_index
 from vidrec.candidate_gen.train import TrainedCandidateGenerator
 from vidrec.features.examples import UserHistory, watched_before
 from vidrec.features.tables import Dataset
@@ -22,20 +24,12 @@ CANDIDATE_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "score", "rank")
 
 
 def build_index(
-    model: TrainedCandidateGenerator,
-    kind: str = "annoy",
-    *,
-    n_trees: int = 50,
-    search_k: int = -1,
-    seed: int = 0,
+    model: TrainedCandidateGenerator, kind: str = "annoy", *, seed: int = 0, **settings: Any
 ) -> CandidateIndex:
-    """Return an index ("annoy" or "exact") over the model's vectors for its whole catalog."""
+    """Return an index ("annoy", "hnsw" or "exact") over the model's vectors for its whole
+    catalog; `settings` are the kind's own (`candidate_gen.index.make_index`)."""
     ids, vectors = model.item_embeddings()
-    if kind == "annoy":
-        return AnnoyIndex(vectors, ids, n_trees=n_trees, search_k=search_k, seed=seed)
-    if kind == "exact":
-        return ExactIndex(vectors, ids)
-    raise ValueError(f"unknown index kind {kind!r}; use 'annoy' or 'exact'")
+    return make_index(kind, vectors, ids, seed=seed, **settings)
 
 
 class Retriever:
@@ -115,7 +109,7 @@ class Retriever:
         The index is asked for n + (the user's watched items) so that dropping them still
         leaves n; a candidate's rank is 1 + the number of indexed items scoring strictly higher,
         watched ones included (ties share a rank). With an exact index that is its rank over
-        the whole catalog; with annoy, an item the forest missed is not counted. `history`
+        the whole catalog; with annoy or HNSW, an item the search missed is not counted. `history`
         replaces the dataset's indexed events (e.g. the user's with fresh watches added).
         """
         if not isinstance(n, int | np.integer) or n < 1:

@@ -68,8 +68,7 @@ def _arm(
     if policy in _WORLD:
         return name, world_policy(ctx.world(), policy, k, seed), ctx
     cg = TrainedCandidateGenerator.load(serving_cg_dir(run_dir))
-    r = ctx.config["retrieval"]
-    index = daily_index(cg, int(r["n_trees"]), int(r["search_k"]), ctx.seed)
+    index = daily_index(cg, ctx.config["retrieval"], ctx.seed)
     n_cand = int(ctx.config["retrieval"]["n_candidates"])
     if policy == "cg_only":
         return name, ranker_policy(cg, index, None, k, n_cand), ctx
@@ -185,8 +184,7 @@ def _retrainer(ctx: RunContext, k: int):
     from vidrec.pipelines.stages_rank import ranker_config, ranker_time_windows
 
     cg = TrainedCandidateGenerator.load(serving_cg_dir(ctx.path))
-    r = ctx.config["retrieval"]
-    index = daily_index(cg, int(r["n_trees"]), int(r["search_k"]), ctx.seed)
+    index = daily_index(cg, ctx.config["retrieval"], ctx.seed)
     n_cand = int(ctx.config["retrieval"]["n_candidates"])
     split = ctx.split()
     window = split.valid_end - split.train_end

@@ -106,7 +106,7 @@ def add_config_arguments(s: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "run",
-        help="the main job: data -> candidate generator -> annoy -> ranker -> slates -> report",
+        help="the main job: data -> candidate generator -> index -> ranker -> slates -> report",
         description="Run (or resume) the whole pipeline into a run directory and write "
         "report.json, report.md and report.html there. A rerun skips finished stages.",
     )

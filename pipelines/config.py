@@ -25,6 +25,7 @@ from typing import Any
 
 from vidrec.candidate_gen.config import (
     DEVICES,
+    INDEX_KINDS,
     ITEM_ENCODERS,
     LOSSES,
     NEGATIVE_SAMPLERS,
@@ -221,6 +222,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "candidate_gen.optimizer": OPTIMIZERS,
     "candidate_gen.device": DEVICES,
     "candidate_gen.valid_protocol": VALID_PROTOCOLS,
+    "retrieval.index": INDEX_KINDS,
     "ranking.weighting": WEIGHTINGS,
     "ranking.calibrator": CALIBRATION_METHODS,
     "ranking.device": DEVICES,
@@ -281,6 +283,9 @@ _RANGE_RULES: dict[str, tuple[Any, str]] = {
     "split.ranker_valid_share": _FRACTION_OPEN,
     "retrieval.n_trees": _AT_LEAST_1,
     "retrieval.search_k": (lambda v: v == -1 or v >= 1, "-1 (annoy's default) or an integer >= 1"),
+    "retrieval.hnsw_m": _rule(2),
+    "retrieval.hnsw_ef_construction": _AT_LEAST_1,
+    "retrieval.hnsw_ef_search": _AT_LEAST_1,
     "retrieval.n_candidates": _AT_LEAST_1,
     "evaluation.max_users": _NONNEG,
     "evaluation.ks": (lambda v: _positive_list(v, 1, strict=False), "a non-empty list of integers >= 1"),
@@ -422,6 +427,31 @@ def check_stage_configs(config: dict[str, Any]) -> None:
             raise ConfigError(f"config section [{section}]: {exc}") from None
 
 
+#: the catalog size from which `derive_settings` serves HNSW instead of annoy
+HNSW_MIN_ITEMS = 100_000
+
+
+def index_kind(retrieval: dict[str, Any]) -> str:
+    """Return the served index's kind that a config's [retrieval] section names (configs saved
+    before `index` existed: annoy)."""
+    return str(retrieval.get("index", "annoy"))
+
+
+def index_settings(retrieval: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Return (kind, keyword settings of `candidate_gen.index.make_index`) of the served index
+    that a config's [retrieval] section names."""
+    kind = index_kind(retrieval)
+    if kind == "annoy":
+        return kind, {"n_trees": int(retrieval["n_trees"]), "search_k": int(retrieval["search_k"])}
+    if kind == "hnsw":
+        return kind, {
+            "m": int(retrieval["hnsw_m"]),
+            "ef_construction": int(retrieval["hnsw_ef_construction"]),
+            "ef_search": int(retrieval["hnsw_ef_search"]),
+        }
+    return kind, {}
+
+
 def _pow2(x: float, lo: int, hi: int) -> int:
     """The power of two nearest to x (in log scale), clipped to [lo, hi]."""
     p = 2 ** int(round(math.log2(max(x, 1.0))))
@@ -475,6 +505,16 @@ def derive_settings(stats: dict[str, Any]) -> dict[str, tuple[Any, str]]:
         "the test serves each user once at the test window's start; early stopping measures "
         "the same on the ranker window (its users served at its start, their new items there "
         "as targets)",
+    )
+    n_items = int(stats["n_items"])
+    # HNSW from 100,000 items: annoy's forest keeps its recall on catalogs of up to about that
+    # size at a budget faster than exact search, and falls well short of it on the ~800k items
+    # of the large preset (docs/large.md), where the HNSW graph holds it; below, annoy builds in
+    # a fraction of the graph's time and exact search itself costs a few milliseconds
+    kind = "hnsw" if n_items >= HNSW_MIN_ITEMS else "annoy"
+    out["retrieval.index"] = (
+        kind,
+        f"{n_items:,} items (>= {HNSW_MIN_ITEMS:,}: hnsw, else annoy)",
     )
     small = int(stats["n_items"]) <= 50_000
     out["retrieval.n_trees"] = (

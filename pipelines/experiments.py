@@ -109,12 +109,18 @@ RANKER_VARIANTS: dict[str, dict[str, Any]] = {
 
 # The retrieval studies read exact-search metrics only; a small annoy index with annoy's default
 # search_k keeps the ANN part of each study run cheap (the ANN itself is measured by every
-# ordinary run and by the benchmarks).
-CHEAP_ANN: dict[str, Any] = {"retrieval.n_trees": 5, "retrieval.search_k": -1}
+# ordinary run and by the benchmarks), whatever index the base config serves.
+CHEAP_ANN: dict[str, Any] = {
+    "retrieval.index": "annoy",
+    "retrieval.n_trees": 5,
+    "retrieval.search_k": -1,
+}
+#: the [retrieval] keys of the served index alone, which the studies' exact metrics ignore
+_ANN_KEYS = ("index", "n_trees", "search_k", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")
 
 
 def _finished_study_run(run: Path, cfg: dict[str, Any], need_exact_ages: bool) -> bool:
-    """True when `run` holds finished retrieval metrics of `cfg` (annoy settings aside, and with
+    """True when `run` holds finished retrieval metrics of `cfg` (index settings aside, and with
     the exact-search upload ages when `need_exact_ages`): an interrupted study resumes from the
     variants it finished."""
     try:
@@ -132,10 +138,9 @@ def _finished_study_run(run: Path, cfg: dict[str, Any], need_exact_ages: bool) -
             return False
     # the sections the retrieval stages read (the rankers' sections play no part)
     keys = ("seed", "data", "split", "evaluation", "features", "candidate_gen")
-    annoy = ("n_trees", "search_k")
     return all(done.get(k) == cfg[k] for k in keys) and {
-        k: v for k, v in done["retrieval"].items() if k not in annoy
-    } == {k: v for k, v in cfg["retrieval"].items() if k not in annoy}
+        k: v for k, v in done["retrieval"].items() if k not in _ANN_KEYS
+    } == {k: v for k, v in cfg["retrieval"].items() if k not in _ANN_KEYS}
 
 
 def wasserstein_1(a: np.ndarray, b: np.ndarray, n_grid: int = 1001) -> float:

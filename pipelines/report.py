@@ -146,8 +146,9 @@ def summary_section(
     out: dict[str, Any] = {}
     if retr:
         m = retr["metrics"]
-        ours = m.get("annoy", {}).get("recall@50")
-        base = {n: v for n, v in m.items() if n not in ("annoy", "exact", HINDSIGHT)}
+        served = served_kind(retr)
+        ours = m.get(served, {}).get("recall@50")
+        base = {n: v for n, v in m.items() if n not in (served, "exact", HINDSIGHT)}
         best = _best(base, "recall@50")
         if isinstance(ours, int | float) and best:
             _compare(
@@ -162,7 +163,7 @@ def summary_section(
             )
         n_new, n_all = retr.get("n_users_new"), retr.get("n_users_with_targets")
         key = "history.returning.recall@50"
-        ret_ours = m.get("annoy", {}).get(key)
+        ret_ours = m.get(served, {}).get(key)
         ret_best = _best(base, key)
         if isinstance(n_new, int) and n_all and isinstance(ret_ours, int | float) and ret_best:
             _compare(
@@ -461,26 +462,66 @@ def _load_words(ann: dict[str, Any]) -> str:
     )
 
 
+def served_kind(retr: dict[str, Any]) -> str:
+    """The kind of index the run served ("annoy" in runs from before the choice existed)."""
+    return str(retr.get("index") or retr.get("ann", {}).get("index") or "annoy")
+
+
+def _index_words(kind: str, retrieval_cfg: dict[str, Any]) -> str:
+    """The served index and its settings, in words."""
+    if kind == "hnsw":
+        return (
+            f"an HNSW graph (faiss, L2 over MIPS-augmented vectors, M "
+            f"{retrieval_cfg.get('hnsw_m', '?')}, ef_construction "
+            f"{retrieval_cfg.get('hnsw_ef_construction', '?')}, ef_search "
+            f"{retrieval_cfg.get('hnsw_ef_search', '?')})"
+        )
+    if kind == "exact":
+        return 'exact brute-force search (retrieval.index = "exact")'
+    return (
+        f"an annoy index (inner product, {retrieval_cfg['n_trees']} trees, search_k "
+        f"{retrieval_cfg['search_k']})"
+    )
+
+
 def ann_section(ann: dict[str, Any], retrieval_cfg: dict[str, Any]) -> Section:
-    """Annoy against exact search on the same vectors: agreement and single-query latency,
-    with the machine's load when the latencies were measured."""
+    """The served index (annoy, HNSW) against exact search on the same vectors: agreement and
+    single-query latency, with the machine's load when the latencies were measured."""
+    kind = str(ann.get("index", "annoy"))
+    where = "in this run" if kind == "exact" else "side by side in this run"
+    timing = (
+        f"Latency is one query at a time ({ann['n_queries_timed']} queries x 3 repeats, top "
+        f"100), measured {where}{_load_words(ann)}."
+    )
+    if kind == "exact":
+        title = "Served index: exact search"
+        text = (
+            f"The run serves {_index_words(kind, retrieval_cfg)} over {ann['n_items']} item "
+            "vectors, so there is no approximate index to compare: the agreement with exact "
+            f"search is 1 by construction. {timing}"
+        )
+    else:
+        title = f"Approximate search ({kind}) against exact search"
+        text = (
+            f"The same {ann['n_items']} item vectors searched by the served index, "
+            f"{_index_words(kind, retrieval_cfg)}, and by exact brute force, for the held-out "
+            f"users' query vectors. {timing} On small catalogs exact search can be as fast as "
+            f"{kind}."
+        )
     return Section(
-        "Approximate search (annoy) against exact search",
-        f"The same {ann['n_items']} item vectors searched by annoy (inner product, "
-        f"{retrieval_cfg['n_trees']} trees, search_k {retrieval_cfg['search_k']}) and by "
-        "exact brute force, for the held-out users' query vectors. Latency is one query at a "
-        f"time ({ann['n_queries_timed']} queries x 3 repeats, top 100), measured side by side "
-        f"in this run{_load_words(ann)}. On small catalogs exact search can be as fast as annoy.",
+        title,
+        text,
         metrics=ann,
         key_prefix="retrieval.ann",
         metric_notes={
-            "recall@10": "share of the exact top-10 that annoy also returns (0-1)",
-            "recall@100": "share of the exact top-100 that annoy also returns (0-1)",
-            "annoy_p50_ms": "median single-query annoy latency (ms)",
-            "annoy_p99_ms": "99th-percentile single-query annoy latency (ms)",
+            "index": "the index the run serves (retrieval.index)",
+            "recall@10": f"share of the exact top-10 that {kind} also returns (0-1)",
+            "recall@100": f"share of the exact top-100 that {kind} also returns (0-1)",
+            f"{kind}_p50_ms": f"median single-query {kind} latency (ms)",
+            f"{kind}_p99_ms": f"99th-percentile single-query {kind} latency (ms)",
             "exact_p50_ms": "median single-query exact-search latency (ms)",
             "exact_p99_ms": "99th-percentile single-query exact-search latency (ms)",
-            "speedup_p50": "exact p50 latency / annoy p50 latency (>1: annoy faster)",
+            "speedup_p50": f"exact p50 latency / {kind} p50 latency (>1: {kind} faster)",
             "n_items": "items in the index (uploaded by serving time)",
             "n_queries_timed": "queries timed per method",
             "load_avg_1m": "the machine's 1-minute load average (processes running or waiting "
@@ -549,14 +590,15 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
     if retr:
         flat_m = _in_retrieval_order(retr["metrics"])
         m = {name: unflatten(v) for name, v in flat_m.items()}
-        metrics["retrieval"] = m["annoy"] | {"ann": retr["ann"], "upload_age": retr["upload_age"]}
+        served = served_kind(retr)
+        metrics["retrieval"] = m[served] | {"ann": retr["ann"], "upload_age": retr["upload_age"]}
         base["exact_search"] = {"retrieval": m["exact"]}
         base["most_popular"] = {"retrieval": m["most_popular"]}
         base["random"] = {"retrieval": m["random"]}
         if HINDSIGHT in m:
             base[HINDSIGHT] = {"retrieval": m[HINDSIGHT]}
         labels = {
-            "annoy": "candidate generator (annoy)",
+            served: f"candidate generator ({served})",
             "exact": "candidate generator (exact search)",
             "most_popular": "most popular",
             "random": "random",
@@ -624,11 +666,10 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
             + ["hitrate@50", "ndcg@10", "map@10", "coverage@50", "n_queries"]
         }
         headline["popularity"] = {
-            b: {"recall@50": v.get("recall@50")}
-            for b, v in m["annoy"].get("popularity", {}).items()
+            b: {"recall@50": v.get("recall@50")} for b, v in m[served].get("popularity", {}).items()
         }
         headline["freshness"] = {
-            b: {"recall@50": v.get("recall@50")} for b, v in m["annoy"].get("freshness", {}).items()
+            b: {"recall@50": v.get("recall@50")} for b, v in m[served].get("freshness", {}).items()
         }
         sections.append(
             Section(
@@ -642,8 +683,9 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
                 )
                 + ". Targets: the distinct items each watched in the "
                 f"test window{' (items already watched before are excluded from both the candidates and the targets)' if retr['exclude_watched'] else ''}. "
-                "The system retrieves from an annoy index (inner product) over item-tower embeddings of "
-                "every item uploaded by then; 'exact' is brute-force search over the same vectors. "
+                f"The system retrieves from {_index_words(served, cfg['retrieval'])} over "
+                "item-tower embeddings of every item uploaded by then; 'exact' is brute-force "
+                "search over the same vectors. "
                 f"Trained on {cg_stage.get('train_examples', '?')} next-watch examples.",
                 metrics=headline,
                 key_prefix="retrieval",
@@ -963,8 +1005,8 @@ def determinism_section(
         "What a rerun reproduces. Deterministic: on CPU with one torch thread "
         "(OMP_NUM_THREADS=1), the same seed, config, data and package versions on the same "
         "machine give bit-identical weights, indexes and metrics (every random draw takes an "
-        "explicit seeded generator; annoy "
-        "builds with one thread and a fixed seed; LightGBM runs with deterministic=True, a "
+        "explicit seeded generator; annoy and HNSW indexes "
+        "build with one thread and a fixed seed; LightGBM runs with deterministic=True, a "
         "seed and a fixed thread count; a run killed and resumed from its checkpoints "
         "reaches the same numbers; tests/test_crash_resume.py checks both). Only timings "
         "(seconds, latencies, throughput) differ between reruns. With several torch threads "
@@ -999,7 +1041,15 @@ def determinism_section(
 
 
 # retrieval rows: the candidate generator, then the baselines (report.json sorts keys)
-_RETRIEVAL_ORDER = ("annoy", "exact", "most_popular", "recent_popular", "item_knn", "ease")
+_RETRIEVAL_ORDER = (
+    "annoy",
+    "hnsw",
+    "exact",
+    "most_popular",
+    "recent_popular",
+    "item_knn",
+    "ease",
+)
 
 
 def _in_retrieval_order(d: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vidrec.candidate_gen.index import AnnoyIndex, ExactIndex
+from vidrec.candidate_gen.index import CandidateIndex, ExactIndex, make_index
 from vidrec.candidate_gen.retrieve import Retriever
 from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
 from vidrec.evaluation.retrieval import (
@@ -50,9 +50,21 @@ from vidrec.features.examples import CandidateExamples, CandidateFeaturizer
 from vidrec.features.ids import to_data_ids
 from vidrec.features.split import TimeSplit
 from vidrec.features.tables import Dataset
-from vidrec.pipelines.config import DATA_SOURCES, ConfigError, cg_config, none_if_zero
+from vidrec.pipelines.config import (
+    DATA_SOURCES,
+    ConfigError,
+    cg_config,
+    index_kind,
+    index_settings,
+    none_if_zero,
+)
 from vidrec.pipelines.context import RunContext, seed_everything
-from vidrec.pipelines.rundir import RunDir, check_data_outside_run, check_index_matches_model
+from vidrec.pipelines.rundir import (
+    RunDir,
+    check_data_outside_run,
+    check_index_matches_model,
+    load_served_index,
+)
 
 log = logging.getLogger("vidrec")
 
@@ -350,17 +362,18 @@ def serving_item_vectors(ctx: RunContext, at_time: int) -> tuple[np.ndarray, np.
 
 def stage_index(ctx: RunContext, out: Path) -> dict[str, Any]:
     split = ctx.split()
-    r = ctx.config["retrieval"]
+    kind, settings = index_settings(ctx.config["retrieval"])
     ids, vecs = serving_item_vectors(ctx, split.valid_end)
     t0 = time.perf_counter()
-    index = AnnoyIndex(vecs, ids, n_trees=r["n_trees"], search_k=r["search_k"], seed=ctx.seed)
+    index = make_index(kind, vecs, ids, seed=ctx.seed, **settings)
     build = time.perf_counter() - t0
-    index.save(out / "annoy")
+    index.save(out / kind)
     with atomic_path(out / "item_vectors.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, ids=ids, vectors=vecs)
-    ctx.cache["annoy"] = index
+    ctx.cache["served_index"] = index
     return {
+        "index": kind,
         "items_indexed": int(len(ids)),
         "dim": int(vecs.shape[1]),
         "build_seconds": round(build, 3),
@@ -368,12 +381,14 @@ def stage_index(ctx: RunContext, out: Path) -> dict[str, Any]:
     }
 
 
-def annoy_index(ctx: RunContext) -> AnnoyIndex:
-    if "annoy" not in ctx.cache:
-        index = AnnoyIndex.load(ctx.path / "index" / "annoy")
-        _check_index(ctx, ctx.path / "index" / "annoy", index.dim, index.ids)
-        ctx.cache["annoy"] = index
-    return ctx.cache["annoy"]
+def served_index(ctx: RunContext) -> CandidateIndex:
+    """The index the run serves (retrieval.index), as the index stage saved it."""
+    if "served_index" not in ctx.cache:
+        fix = f"rebuild it: {ctx.rundir.redo_hint('index')}"
+        index, where = load_served_index(ctx.path, ctx.config, fix)
+        _check_index(ctx, where, index.dim, index.ids)
+        ctx.cache["served_index"] = index
+    return ctx.cache["served_index"]
 
 
 def exact_index(ctx: RunContext) -> ExactIndex:
@@ -429,15 +444,20 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     kmax = max(max(ks), int(r["n_candidates"]))
     users = heldout_users(ctx)
     t_serve = split.valid_end
-    retriever = Retriever(cg_model(ctx, t_serve), annoy_index(ctx), ds)
+    kind = index_kind(r)
+    served = served_index(ctx)
+    retriever = Retriever(cg_model(ctx, t_serve), served, ds)
     vectors = retriever.user_vectors(users, t_serve)
     history = watched_lists(ds.watches, users, split.start - 10**12, t_serve)
     exclude = history if r["exclude_watched"] else None
     targets = watched_lists(ds.watches, users, *split.bounds("test"))
     if r["exclude_watched"]:
         targets = [np.setdiff1d(t, h) for t, h in zip(targets, history, strict=True)]
-    annoy_ids, annoy_scores = annoy_index(ctx).search(vectors, kmax, exclude)
-    exact_ids, exact_scores = exact_index(ctx).search(vectors, kmax, exclude)
+    served_ids, served_scores = served.search(vectors, kmax, exclude)
+    if kind == "exact":
+        exact_ids = served_ids
+    else:
+        exact_ids = exact_index(ctx).search(vectors, kmax, exclude)[0]
 
     # popularity buckets from training-window watch counts; freshness at serving time
     w = ds.watches
@@ -454,7 +474,8 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     evaluate = partial(
         retrieval_metrics, ks=ks, catalog_size=n_catalog, item_bucket=buckets, query_group=groups
     )
-    metrics = {"annoy": evaluate(annoy_ids, targets), "exact": evaluate(exact_ids, targets)}
+    # the served index's metrics under its kind ("annoy", "hnsw"; one entry when it is exact)
+    metrics = {kind: evaluate(served_ids, targets), "exact": evaluate(exact_ids, targets)}
     # baselines: most popular in the window before serving (train + valid), random
     before = w[w["timestamp"].to_numpy() < t_serve]
     top = before["item_id"].value_counts()
@@ -491,22 +512,27 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     with atomic_path(out / "baseline_slates.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, users=users, **tuned_slates)  # top slate_k per baseline (end to end)
 
-    # ANN quality and speed against exact search on the same vectors
-    ann = {
-        f"recall@{k}": ann_recall(annoy_ids[:, :k], exact_ids[:, :k])
-        for k in (10, 100)
-        if k <= kmax
-    }
-    q = vectors[: min(200, len(vectors))]
-    lat_annoy = _latency(lambda x: annoy_index(ctx).search(x, 100), q)
-    lat_exact = _latency(lambda x: exact_index(ctx).search(x, 100), q)
+    # ANN quality and speed of the served index against exact search on the same vectors
+    ann: dict[str, Any] = {"index": kind}
     ann.update(
         {
-            "annoy_p50_ms": lat_annoy["p50_ms"],
-            "annoy_p99_ms": lat_annoy["p99_ms"],
+            f"recall@{k}": ann_recall(served_ids[:, :k], exact_ids[:, :k])
+            for k in (10, 100)
+            if k <= kmax
+        }
+    )
+    q = vectors[: min(200, len(vectors))]
+    lat_served = _latency(lambda x: served.search(x, 100), q)
+    lat_exact = (
+        lat_served if kind == "exact" else _latency(lambda x: exact_index(ctx).search(x, 100), q)
+    )
+    ann.update(
+        {
+            f"{kind}_p50_ms": lat_served["p50_ms"],
+            f"{kind}_p99_ms": lat_served["p99_ms"],
             "exact_p50_ms": lat_exact["p50_ms"],
             "exact_p99_ms": lat_exact["p99_ms"],
-            "speedup_p50": lat_exact["p50_ms"] / max(lat_annoy["p50_ms"], 1e-9),
+            "speedup_p50": lat_exact["p50_ms"] / max(lat_served["p50_ms"], 1e-9),
             "n_items": n_catalog,
             "n_queries_timed": int(len(q)),
             **machine_load(),
@@ -519,7 +545,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
         top50 = ids[:, :50]
         return (t_serve - upload.reindex(top50[top50 >= 0].ravel()).to_numpy()) / 86400.0
 
-    ret_age, ret_age_exact = top50_ages(annoy_ids), top50_ages(exact_ids)
+    ret_age, ret_age_exact = top50_ages(served_ids), top50_ages(exact_ids)
     nxt = np.concatenate(targets) if targets else np.array([], dtype=np.int64)
     nxt_age = (t_serve - upload.reindex(nxt).to_numpy()) / 86400.0
     ages = {
@@ -534,8 +560,8 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     cands = pd.DataFrame(
         {
             "user_id": np.repeat(users, n_c),
-            "item_id": annoy_ids[:, :n_c].ravel(),
-            "score": annoy_scores[:, :n_c].ravel(),
+            "item_id": served_ids[:, :n_c].ravel(),
+            "score": served_scores[:, :n_c].ravel(),
             "rank": np.tile(np.arange(1, n_c + 1), len(users)),
         }
     )
@@ -543,6 +569,7 @@ def stage_retrieval(ctx: RunContext, out: Path) -> dict[str, Any]:
     # the data's own ids (string ids as given; the end-to-end stage reads them back)
     save_frame(to_data_ids(ds.ids, cands), out / "candidates.parquet")
     result = {
+        "index": kind,
         "metrics": metrics,
         "ann": ann,
         "upload_age": ages,

@@ -86,7 +86,7 @@ from vidrec.features.integrity import (
     sha256_file,
     short_digest,
 )
-from vidrec.pipelines.config import config_hash
+from vidrec.pipelines.config import config_hash, index_kind
 from vidrec.pipelines.peak_rss import peak_rss_mb
 
 log = logging.getLogger("vidrec")
@@ -110,7 +110,17 @@ LEDGER_FILE = ".vidrec-files"
 # names vidrec writes at the top level of a run directory besides the stage directories
 _TOP_LEVEL = ("manifest.json", "config.json", "report.json", "report.md", "report.html",
               "report_figures")
-_PACKAGES = ("vidrec", "torch", "numpy", "pandas", "pyarrow", "annoy", "lightgbm", "scikit-learn")
+_PACKAGES = (
+    "vidrec",
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "annoy",
+    "faiss-cpu",
+    "lightgbm",
+    "scikit-learn",
+)
 PROVENANCE_FILE = "provenance.json"
 # manifest key: stages whose directories hold an attempt that must not be continued
 _DISCARD = "discard_before_running"
@@ -1031,6 +1041,26 @@ def serving_cg_dir(run: str | Path) -> Path:
     model refit on everything before `valid_end` when the run made one, else the first model."""
     refit = Path(run) / "candidate_gen" / "serving_model"
     return refit if (refit / "model.pt").is_file() else Path(run) / "candidate_gen" / "model"
+
+
+def served_index_dir(run: str | Path, config: dict[str, Any]) -> Path:
+    """The index the run serves: index/<retrieval.index> ("annoy" for configs without it)."""
+    return Path(run) / "index" / index_kind(config["retrieval"])
+
+
+def load_served_index(run: str | Path, config: dict[str, Any], fix: str) -> tuple[Any, Path]:
+    """Return (the index the run serves, its directory), refusing another kind of index there
+    (RunIntegrityError ending with `fix`)."""
+    from vidrec.candidate_gen.index import load_index
+
+    where = served_index_dir(run, config)
+    index = load_index(where)
+    if index.kind != where.name:
+        raise RunIntegrityError(
+            f"{where} holds a {index.kind!r} index, not the {where.name!r} index the run's "
+            f"retrieval.index names: {fix}"
+        )
+    return index, where
 
 
 def check_index_matches_model(

@@ -1,7 +1,8 @@
 """Serving from a finished run: `Recommender.load(run_dir)` -> recommend(user, k) / predict(user, items).
 
 The serving path is the system's: user vector (history strictly before the serving time,
-example age 0) -> annoy top-N candidates (already-watched items excluded) -> ranker features
+example age 0) -> top-N candidates from the run's index (annoy, HNSW or exact search, as
+retrieval.index says; already-watched items excluded) -> ranker features
 -> expected watch time = exp(logit) -> sort. A user the data has never seen (cold start) is
 served from the candidate generator with an empty history, i.e. from popularity and whatever
 demographics are known, and the answer says so.
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vidrec.candidate_gen.index import AnnoyIndex
+from vidrec.candidate_gen.index import CandidateIndex
 from vidrec.candidate_gen.retrieve import Retriever
 from vidrec.candidate_gen.train import TrainedCandidateGenerator
 from vidrec.features.examples import UserHistory
@@ -36,7 +37,13 @@ from vidrec.features.stats import logs_watch_time
 from vidrec.features.tables import Dataset
 from vidrec.pipelines import scoring
 from vidrec.pipelines.config import UsageError
-from vidrec.pipelines.rundir import RunDir, check_index_matches_model, read_lock, serving_cg_dir
+from vidrec.pipelines.rundir import (
+    RunDir,
+    check_index_matches_model,
+    load_served_index,
+    read_lock,
+    serving_cg_dir,
+)
 from vidrec.ranking.train import TrainedRanker
 
 _SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
@@ -74,8 +81,8 @@ class Recommender:
     - "retrieval" (default): from the retrieval itself. The index is asked for N + (the user's
       watched items) candidates before the watched ones are dropped, so a candidate's rank is
       1 + the number of indexed (servable) items scoring strictly higher, and its score is the
-      index's u·v. With an exact index this equals "catalog"; with annoy, an item the forest
-      missed is not counted. No pass over the catalog per request.
+      index's u·v. With an exact index this equals "catalog"; with annoy or HNSW, an item the
+      search missed is not counted. No pass over the catalog per request.
     - "catalog": `scoring.add_cg_features` over the whole catalog per request (one
       matrix-vector product and a count of the items scoring above each candidate; the
       catalog's upload order and item vectors cached in a `scoring.CatalogCache`).
@@ -90,7 +97,7 @@ class Recommender:
         dataset: Dataset,
         split: TimeSplit,
         cg: TrainedCandidateGenerator,
-        index: AnnoyIndex,
+        index: CandidateIndex,
         ranker: TrainedRanker,
         config: dict[str, Any],
         *,
@@ -105,6 +112,7 @@ class Recommender:
         # the item tower's vectors per day of requests: the dataset is fixed while serving
         self._item_vectors = scoring.CatalogCache()
         self.index = index
+        self.index_kind = str(getattr(index, "kind", type(index).__name__))
         self.ranker = ranker
         self.config = config
         self.at = int(split.valid_end)
@@ -147,16 +155,17 @@ class Recommender:
         ds, _ = read_dataset(root / "data" / "tables")
         split = TimeSplit.from_dict(read_json_object(root / "data" / "split.json", "the split"))
         cg = TrainedCandidateGenerator.load(serving_cg_dir(root))
-        index = AnnoyIndex.load(root / "index" / "annoy")
+        fix = f"rebuild it: {rundir.redo_hint('index')}"
+        index, index_dir = load_served_index(root, rundir.config, fix)
         if verify:
             check_index_matches_model(
                 root,
-                root / "index" / "annoy",
+                index_dir,
                 index.dim,
                 index.ids,
                 cg.config.embedding_dim,
                 ds.items["item_id"].to_numpy(),
-                f"rebuild it: {rundir.redo_hint('index')}",
+                fix,
             )
         ranker = TrainedRanker.load(root / "ranker" / "deep_weighted" / "model")
         return cls(ds, split, cg, index, ranker, rundir.config)
@@ -348,7 +357,7 @@ class Recommender:
                 "expected_watch_time": float(ewt[j]),
                 "retrieval_rank": int(j) + 1,  # the row's place in the retrieved list
                 "cg_score": float(score[i]),
-                "stage": "candidate generator (annoy) -> deep ranker",
+                "stage": f"candidate generator ({self.index_kind}) -> deep ranker",
             }
             for i, j in enumerate(order.tolist())
         ]

@@ -50,18 +50,22 @@ class ArmResult:
     impressions: pd.DataFrame  # what this arm served and how users responded
 
 
-def daily_index(cg: Any, n_trees: int, search_k: int, seed: int) -> Callable[[Dataset, int], Any]:
+def daily_index(cg: Any, retrieval: dict[str, Any], seed: int) -> Callable[[Dataset, int], Any]:
     """Index factory: the item tower embeds every item uploaded by `day_start` (upload ages at
     that time), so items uploaded during the experiment enter retrieval the next day, as a
-    nightly index refresh would do in production."""
-    from vidrec.candidate_gen.index import AnnoyIndex
+    nightly index refresh would do in production. The index is the kind a run's [retrieval]
+    section names (retrieval.index and its settings)."""
+    from vidrec.candidate_gen.index import make_index
+    from vidrec.pipelines.config import index_settings
+
+    kind, settings = index_settings(retrieval)
 
     def make(logs: Dataset, day_start: int) -> Any:
         items = logs.items
         feats = cg.featurizer.item_features(logs, reference_time=day_start)
         ids, vecs = cg.item_embeddings(feats)
         keep = items["upload_time"].to_numpy() <= day_start
-        return AnnoyIndex(vecs[keep], ids[keep], n_trees=n_trees, search_k=search_k, seed=seed)
+        return make_index(kind, vecs[keep], ids[keep], seed=seed, **settings)
 
     return make
 

@@ -177,11 +177,14 @@ def test_runner_and_repeat_checks() -> None:
     assert "serving" in run.parse_args([]).names
     assert run.parse_args(["--only", "rechub_compare"]).names == ["rechub_compare"]
     assert run.parse_args(["--serving-annoy", "50,100000"]).serving_annoy == (50, 100_000)
+    assert run.parse_args(["--serving-hnsw", "32,300,1600"]).serving_hnsw == (32, 300, 1600)
+    assert run.parse_args([]).serving_hnsw is None
     grid = run.parse_args(["--annoy-trees", "10,50", "--annoy-search-k=-1,10000"])
     assert grid.annoy_trees == (10, 50) and grid.annoy_search_k == (-1, 10_000)
     for bad in (["--serving-annoy", "50"], ["--serving-annoy", "0,10"],
                 ["--serving-annoy", "5,0"], ["--serving-users", "0"], ["--annoy-trees", "0"],
-                ["--annoy-search-k=0,5"], ["--annoy-items=x"], ["--annoy-items="]):  # fmt: skip
+                ["--annoy-search-k=0,5"], ["--annoy-items=x"], ["--annoy-items="],
+                ["--serving-hnsw", "32,300"], ["--serving-hnsw", "1,300,1600"]):  # fmt: skip
         with pytest.raises(SystemExit):
             run.parse_args(bad)
     with pytest.raises(ValueError, match="repeats must be >= 5"):

@@ -48,3 +48,26 @@ def test_resolve_config_seed_and_hash():
     assert config_hash(a) == config_hash(resolve_config("tiny", seed=1))
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         resolve_config("huge")
+
+
+def test_the_served_index_is_a_checked_choice_with_its_settings():
+    from vidrec.pipelines.config import index_kind, index_settings
+
+    assert resolve_config("default")["retrieval"]["index"] == "annoy"
+    assert resolve_config("large")["retrieval"]["index"] == "hnsw"  # where annoy's recall falls
+    cfg = resolve_config("tiny", ["retrieval.index=hnsw", "retrieval.hnsw_ef_search=64"])
+    assert index_settings(cfg["retrieval"]) == (
+        "hnsw",
+        {"m": 32, "ef_construction": 300, "ef_search": 64},
+    )
+    assert index_settings(resolve_config("tiny")["retrieval"]) == (
+        "annoy",
+        {"n_trees": 20, "search_k": -1},
+    )
+    assert index_settings({"index": "exact"}) == ("exact", {})
+    assert index_kind({"n_trees": 50}) == "annoy"  # a config saved before the choice existed
+    with pytest.raises(ConfigError, match="'retrieval.index' expects one of 'annoy', 'hnsw'"):
+        resolve_config("tiny", ["retrieval.index=faiss"])
+    for key, value in [("hnsw_m", 1), ("hnsw_ef_construction", 0), ("hnsw_ef_search", 0)]:
+        with pytest.raises(ConfigError, match=f"'retrieval.{key}' expects a number >="):
+            resolve_config("tiny", [f"retrieval.{key}={value}"])

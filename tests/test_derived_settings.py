@@ -41,6 +41,7 @@ def test_small_and_large_logs_get_different_settings() -> None:
     assert small["candidate_gen.epochs"] > big["candidate_gen.epochs"] >= 3
     assert small["candidate_gen.num_negatives"] <= 9000 // 4 + 1
     assert big["retrieval.search_k"] == -1 and small["retrieval.search_k"] > 0
+    assert small["retrieval.index"] == "annoy" and big["retrieval.index"] == "hnsw"
     assert small["evaluation.max_users"] == 600
     # a few hundred optimizer steps an epoch on a small log, the widest batch on a big one
     assert 150 <= 70_000 / small["candidate_gen.batch_size"] <= 600
@@ -146,3 +147,16 @@ def test_logs_watch_time_tells_real_watch_times_from_unit_labels() -> None:
     assert not logs_watch_time(imp) and not logs_watch_time(None)
     assert not logs_watch_time(imp.iloc[:0])
     assert logs_watch_time(imp.assign(watch_time=[30.0, 0.0, 12.5]))
+
+
+@pytest.mark.parametrize(("n_items", "kind"), [(99_999, "annoy"), (100_000, "hnsw")])
+def test_the_served_index_follows_the_catalog_size(n_items: int, kind: str) -> None:
+    derived = derive_settings(_stats(n_items=n_items))
+    value, why = derived["retrieval.index"]
+    assert value == kind and f"{n_items:,} items" in why
+    cfg = resolve_config(AUTO, ["data.source=dir"], data_stats=_stats(n_items=n_items))
+    assert cfg["retrieval"]["index"] == kind
+    # a --set (or a config file) overrides the derived choice
+    cfg = resolve_config(AUTO, ["retrieval.index=exact"], data_stats=_stats(n_items=n_items))
+    assert cfg["retrieval"]["index"] == "exact"
+    assert cfg["derived"]["settings"]["retrieval.index"]["value"] == kind

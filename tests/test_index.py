@@ -1,20 +1,26 @@
-"""Tests of the candidate indexes (candidate_gen.index): exact oracle vs brute force, annoy vs exact."""
+"""Tests of the candidate indexes (candidate_gen.index): exact oracle vs brute force, annoy and
+HNSW vs exact."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
 
+from vidrec.candidate_gen import hnsw
 from vidrec.candidate_gen.index import (
     INDEX_META_FILE,
     AnnoyIndex,
     CandidateIndex,
     ExactIndex,
+    HnswIndex,
     load_index,
 )
+from vidrec.features.integrity import ArtifactError
 
 torch.set_num_threads(1)
 
@@ -35,6 +41,14 @@ def _brute(vectors, ids, queries, k, exclude=None):
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(scores, order, axis=1)
     return np.where(np.isfinite(top), ids[order], -1), top
+
+
+def _assert_excluded(got_ids: np.ndarray, exclude: list[np.ndarray]) -> None:
+    """No row holds an excluded id or an id twice."""
+    for r, ex in enumerate(exclude):
+        valid = got_ids[r][got_ids[r] >= 0]
+        assert not np.isin(valid, ex).any()
+        assert len(np.unique(valid)) == len(valid)
 
 
 def _clustered(n: int = 2000, e: int = 16, q: int = 40, seed: int = 0):
@@ -115,10 +129,7 @@ def test_annoy_exclusion_padding_and_determinism() -> None:
     index = AnnoyIndex(vectors, ids, n_trees=10, seed=3)
     exclude = [ids[:10], np.array([], dtype=np.int64), ids, ids[5:7], np.array([7]), ids[:1]]
     got_ids, got_scores = index.search(queries, 45, exclude=exclude)
-    for r, ex in enumerate(exclude):
-        valid = got_ids[r][got_ids[r] >= 0]
-        assert not np.isin(valid, ex).any()
-        assert len(np.unique(valid)) == len(valid)
+    _assert_excluded(got_ids, exclude)
     # search_k = -1 with k + excluded >= n visits everything: the rows are exact
     want_ids, _ = _brute(vectors, ids, queries, 45, exclude)
     np.testing.assert_array_equal(got_ids, want_ids)
@@ -131,7 +142,7 @@ def test_annoy_exclusion_padding_and_determinism() -> None:
     np.testing.assert_array_equal(threaded[1], got_scores)
 
 
-@pytest.mark.parametrize("cls", [ExactIndex, AnnoyIndex])
+@pytest.mark.parametrize("cls", [ExactIndex, AnnoyIndex, HnswIndex])
 def test_save_load_roundtrip(cls, tmp_path) -> None:
     vectors, ids, queries = _clustered(n=400, q=10)
     index = cls(vectors, ids)
@@ -152,6 +163,24 @@ def test_save_load_roundtrip(cls, tmp_path) -> None:
         np.testing.assert_array_equal(
             load_index(tmp_path / "again").search(queries, 15)[0], index.search(queries, 15)[0]
         )
+    if cls is HnswIndex:
+        assert (meta["m"], meta["ef_construction"], meta["ef_search"], meta["seed"]) == (
+            32,
+            300,
+            1600,
+            0,
+        )
+        assert meta["metric"] == "mips" and meta["hnsw_file_bytes"] > 0
+        loaded = cls.load(out)
+        assert (loaded.m, loaded.ef_construction, loaded.ef_search, loaded.seed) == (
+            32,
+            300,
+            1600,
+            0,
+        )
+        loaded.save(tmp_path / "again")  # a memory-mapped index can be saved elsewhere
+        again = load_index(tmp_path / "again")
+        np.testing.assert_array_equal(again.search(queries, 15)[0], index.search(queries, 15)[0])
 
 
 def test_load_errors(tmp_path) -> None:
@@ -179,7 +208,7 @@ def test_load_errors(tmp_path) -> None:
         load_index(exact_dir)
 
 
-@pytest.mark.parametrize("cls", [ExactIndex, AnnoyIndex])
+@pytest.mark.parametrize("cls", [ExactIndex, AnnoyIndex, HnswIndex])
 @pytest.mark.parametrize(
     ("vectors", "ids", "exc", "match"),
     [
@@ -197,7 +226,7 @@ def test_build_errors(cls, vectors, ids, exc, match) -> None:
         cls(vectors, ids)
 
 
-@pytest.mark.parametrize("cls", [ExactIndex, AnnoyIndex])
+@pytest.mark.parametrize("cls", [ExactIndex, AnnoyIndex, HnswIndex])
 def test_search_errors(cls) -> None:
     vectors, ids, queries = _random(n=20, q=3)
     index = cls(vectors, ids)
@@ -286,3 +315,286 @@ def test_annoy_metric_is_validated() -> None:
     vectors, ids, _ = _random(n=20)
     with pytest.raises(ValueError, match="metric must be one of"):
         AnnoyIndex(vectors, ids, metric="cosine")
+
+
+# ----------------------------------------------------------------------------- HNSW
+
+
+def _recall(got: np.ndarray, want: np.ndarray) -> float:
+    k = want.shape[1]
+    return float(np.mean([len(np.intersect1d(a, e)) / k for a, e in zip(got, want, strict=True)]))
+
+
+def _varied_norms(n: int = 2000, e: int = 16, q: int = 30, seed: int = 5):
+    # norms spread 0.2..3 (as learned embeddings' are): MIPS is not nearest-neighbour search
+    vectors, ids, queries = _random(n=n, e=e, q=q, seed=seed)
+    rng = np.random.default_rng(seed)
+    vectors *= rng.uniform(0.2, 3.0, size=(n, 1)).astype(np.float32)
+    return vectors, ids, queries
+
+
+@pytest.mark.parametrize(
+    ("data", "metric"),
+    [("clustered", "mips"), ("varied", "mips"), ("clustered", "ip"), ("varied", "ip")],
+)
+def test_hnsw_recall_and_scores_against_exact(data: str, metric: str) -> None:
+    vectors, ids, queries = _clustered() if data == "clustered" else _varied_norms()
+    exact = ExactIndex(vectors, ids)
+    index = HnswIndex(vectors, ids, m=16, ef_construction=100, ef_search=400, metric=metric)
+    assert isinstance(index, CandidateIndex) and index.size == len(ids) and index.dim == 16
+    e_ids, _ = exact.search(queries, 10)
+    h_ids, h_scores = index.search(queries, 10)
+    assert _recall(h_ids, e_ids) >= 0.95
+    # scores are u·v of the returned items, best first
+    rows = np.searchsorted(ids, h_ids, sorter=np.argsort(ids))
+    want = np.einsum("qe,qke->qk", queries, vectors[np.argsort(ids)][rows])
+    np.testing.assert_allclose(h_scores, want, rtol=1e-5, atol=1e-4)
+    assert (np.diff(h_scores, axis=1) <= 0).all()
+
+
+def test_hnsw_exclusion_padding_threads_and_determinism() -> None:
+    vectors, ids, queries = _random(n=50, q=6)
+    index = HnswIndex(vectors, ids, m=4, ef_construction=16, ef_search=8, seed=3)
+    exclude = [ids[:10], np.array([], dtype=np.int64), ids, ids[5:7], np.array([7]), ids[:1]]
+    got_ids, got_scores = index.search(queries, 45, exclude=exclude)
+    _assert_excluded(got_ids, exclude)
+    # k + excluded >= n: the whole index is searched, so the rows are exact
+    want_ids, want_scores = _brute(vectors, ids, queries, 45, exclude)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
+    assert (got_ids[2] == -1).all() and np.isneginf(got_scores[2]).all()
+    assert (got_ids[0, 40:] == -1).all()  # 50 - 10 excluded = 40 remain
+    # k beyond the catalog pads too
+    big_ids, big_scores = index.search(queries[:2], 60)
+    assert (big_ids[:, 50:] == -1).all() and np.isneginf(big_scores[:, 50:]).all()
+    assert sorted(big_ids[0, :50].tolist()) == sorted(ids.tolist())
+    # the same seed and parameters build the same graph; any thread count gives the same rows
+    again = HnswIndex(vectors, ids, m=4, ef_construction=16, ef_search=8, seed=3)
+    np.testing.assert_array_equal(index.search(queries, 5)[0], again.search(queries, 5)[0])
+    for n_threads in (1, 2):
+        threaded = index.search(queries, 45, exclude=exclude, n_threads=n_threads)
+        np.testing.assert_array_equal(threaded[0], got_ids)
+        np.testing.assert_array_equal(threaded[1], got_scores)
+    empty = index.search(np.zeros((0, 8), np.float32), 5)
+    assert empty[0].shape == (0, 5) and empty[1].shape == (0, 5)
+
+
+def test_hnsw_seed_sets_the_graph_levels() -> None:
+    vectors, ids, _ = _random(n=500)
+
+    def levels(seed: int) -> np.ndarray:
+        index = HnswIndex(vectors, ids, m=4, ef_construction=16, seed=seed)
+        return faiss.vector_to_array(index._index.hnsw.levels)
+
+    np.testing.assert_array_equal(levels(7), levels(7))
+    assert not np.array_equal(levels(7), levels(8))
+
+
+def test_hnsw_exclusions_against_exact_on_a_larger_catalog() -> None:
+    # many exclusions per query: over-fetching k + excluded keeps k results, none excluded
+    vectors, ids, queries = _clustered(n=2000, q=20)
+    exact = ExactIndex(vectors, ids)
+    rng = np.random.default_rng(2)
+    nearest, _ = exact.search(queries, 200)
+    exclude = [np.r_[nearest[i, : 50 * (i % 4)], rng.choice(ids, 30)] for i in range(20)]
+    index = HnswIndex(vectors, ids, m=16, ef_construction=100, ef_search=100)
+    h_ids, h_scores = index.search(queries, 20, exclude=exclude)
+    e_ids, _ = exact.search(queries, 20, exclude=exclude)
+    assert (h_ids >= 0).all()
+    assert not any(np.isin(h_ids[i], exclude[i]).any() for i in range(20))
+    assert _recall(h_ids, e_ids) >= 0.95
+    # one query alone gets the row it gets in a batch
+    one = index.search(queries[3:4], 20, exclude=[exclude[3]])
+    np.testing.assert_array_equal(one[0][0], h_ids[3])
+
+
+class _ShortGraph:
+    """Wraps a faiss index: its searches for fewer than `below` results return only `share`
+    of them (as a graph whose search ends early does)."""
+
+    def __init__(self, index, below: int, share: float = 0.5) -> None:
+        self.index, self.below, self.share, self.asked = index, below, share, []
+
+    def search(self, x, k, params=None):
+        self.asked.append(k)
+        dist, pos = self.index.search(x, k, params=params)
+        if k < self.below:
+            pos[:, int(k * self.share) :] = -1
+        return dist, pos
+
+
+def test_hnsw_asks_again_when_the_graph_returns_too_few() -> None:
+    vectors, ids, queries = _clustered(n=1000, q=8)
+    index = HnswIndex(vectors, ids, m=8, ef_construction=50, ef_search=50)
+    index._index = _ShortGraph(index._index, below=40)
+    exclude = [ids[:5]] * 8
+    got, _ = index.search(queries, 10, exclude=exclude)
+    assert (got >= 0).all() and not np.isin(got, ids[:5]).any()
+    assert index._index.asked == [16, 32]  # 10 + 5 excluded (rounded up), then twice as many
+    # a graph that returns nothing: the widths double until the whole index is searched exactly
+    index._index = _ShortGraph(index._index.index, below=10**9, share=0.0)
+    got, _ = index.search(queries, 10, exclude=exclude)
+    np.testing.assert_array_equal(got, ExactIndex(vectors, ids).search(queries, 10, exclude)[0])
+    assert index._index.asked == [16, 32, 64, 128, 256, 512]  # then 1,000 = every item
+
+
+def test_hnsw_width_rounds_up_within_a_quarter() -> None:
+    need = np.array([10, 11, 13, 100, 101, 1000, 5000])
+    got = hnsw._width(need, 10, 4000)
+    assert got.tolist() == [10, 12, 14, 112, 112, 1024, 4000]
+    assert (got >= np.minimum(need, 4000)).all()
+    assert (got <= np.maximum(np.ceil(need * 1.25), 10)).all()
+
+
+def test_hnsw_parameter_errors() -> None:
+    vectors, ids, queries = _random(n=20)
+    for kwargs, match in [
+        ({"m": 1}, "m must be an integer >= 2"),
+        ({"ef_construction": 0}, "ef_construction must be an integer >= 1"),
+        ({"ef_search": 0}, "ef_search must be an integer >= 1"),
+        ({"seed": -1}, r"seed must be in \[0, 2\*\*63\)"),
+        ({"n_jobs": 0}, "n_jobs must be -1"),
+        ({"metric": "cosine"}, "metric must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            HnswIndex(vectors, ids, **kwargs)
+    index = HnswIndex(vectors, ids, m=4, ef_construction=8)
+    with pytest.raises(ValueError, match="ef_search must be an integer >= 1"):
+        index.search(queries, 3, ef_search=0)
+    with pytest.raises(ValueError, match="n_threads must be an integer >= 1"):
+        index.search(queries, 3, n_threads=0)
+
+
+@pytest.fixture
+def hnsw_dir(tmp_path: Path) -> Path:
+    vectors, ids, _ = _random(n=60)
+    return HnswIndex(vectors, ids, m=4, ef_construction=16).save(tmp_path / "hnsw")
+
+
+def _write_faiss(index, path: Path) -> None:
+    """Write a faiss index over `path` and record its size in the index.json beside it."""
+    faiss.write_index(index, str(path))
+    meta_path = path.parent / INDEX_META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "hnsw_file_bytes": path.stat().st_size}))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "append", "random", "empty"])
+def test_hnsw_refuses_a_damaged_file(hnsw_dir: Path, damage: str) -> None:
+    path = hnsw_dir / HnswIndex.HNSW_FILE
+    data = path.read_bytes()
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "append":
+        data += b"\0" * 16
+    elif damage == "random":
+        data = np.random.default_rng(0).bytes(len(data))
+    else:
+        data = b""
+    path.write_bytes(data)
+    with pytest.raises(ArtifactError, match=f"{HnswIndex.HNSW_FILE}.*rebuild the index"):
+        load_index(hnsw_dir)
+
+
+def test_hnsw_refuses_random_bytes_of_the_recorded_size(hnsw_dir: Path) -> None:
+    path = hnsw_dir / HnswIndex.HNSW_FILE
+    data = bytearray(path.read_bytes())
+    data[:4] = b"IxHF"[::-1]  # another faiss index type's fourcc
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="faiss cannot read .*items.faiss"):
+        HnswIndex.load(hnsw_dir)
+
+
+@pytest.mark.parametrize("other", ["dimension", "size", "flat", "metric", "M"])
+def test_hnsw_refuses_a_file_of_another_index(hnsw_dir: Path, other: str) -> None:
+    vectors, ids, _ = _random(n=60)
+    path = hnsw_dir / HnswIndex.HNSW_FILE
+    if other == "dimension":
+        built = HnswIndex(vectors[:, :4].copy(), ids, m=4, ef_construction=16)._index
+    elif other == "size":
+        built = HnswIndex(vectors[:59], ids[:59], m=4, ef_construction=16)._index
+    elif other == "metric":
+        built = HnswIndex(vectors, ids, m=4, ef_construction=16, metric="ip")._index
+    elif other == "M":
+        built = HnswIndex(vectors, ids, m=6, ef_construction=16)._index
+    else:
+        built = faiss.IndexFlatL2(9)
+        built.add(np.zeros((60, 9), np.float32))
+    _write_faiss(built, path)
+    match = {"M": "M = 4 links", "flat": "not an HNSW index"}.get(other, "not 60 of dimension 9")
+    with pytest.raises(ArtifactError, match=match):
+        HnswIndex.load(hnsw_dir)
+
+
+@pytest.mark.parametrize("damage", ["link", "upper_link", "entry", "level"])
+def test_hnsw_refuses_a_graph_faiss_would_follow_out_of_bounds(hnsw_dir: Path, damage: str) -> None:
+    # recent faiss checks part of this itself when it reads the file; vidrec checks it all
+    vectors, ids, _ = _random(n=60)
+    built = HnswIndex(vectors, ids, m=4, ef_construction=16)._index
+    graph = built.hnsw
+    links = faiss.rev_swig_ptr(graph.neighbors.data(), graph.neighbors.size())
+    levels = faiss.vector_to_array(graph.levels)
+    if damage == "link":
+        links[3] = 60
+        match = "links point outside|out of range"
+    elif damage == "upper_link":
+        # a layer-1 link of an item on layer 1 that names an item of layer 0 only
+        upper = int(np.flatnonzero(levels > 1)[0])
+        start = int(faiss.vector_to_array(graph.offsets)[upper]) + 2 * 4
+        links[start] = int(np.flatnonzero(levels == 1)[0])
+        match = "layer-1 links to items below it"
+    elif damage == "entry":
+        graph.entry_point = 60
+        match = "entry point|entry_point"
+    else:
+        graph.levels.push_back(1)  # one item too many
+        match = "tables do not cover 60 items|offsets size"
+    path = hnsw_dir / HnswIndex.HNSW_FILE
+    with pytest.raises(ArtifactError, match=match.split("|")[0]):
+        hnsw._check_graph(graph, 60, 4, path, "rebuild the index")
+    _write_faiss(built, path)
+    with pytest.raises(ArtifactError, match=f"{HnswIndex.HNSW_FILE}.*({match})"):
+        HnswIndex.load(hnsw_dir)
+
+
+def test_hnsw_index_json_fields(hnsw_dir: Path) -> None:
+    meta = json.loads((hnsw_dir / INDEX_META_FILE).read_text())
+    for key, value, match in [
+        ("m", 1, "'m' must be an integer >= 2"),
+        ("ef_search", 0, "'ef_search' must be an integer >= 1"),
+        ("ef_construction", "16", "'ef_construction' must be an integer"),
+        ("hnsw_file_bytes", meta["hnsw_file_bytes"] + 1, "index.json says it was saved with"),
+        ("metric", "dot", "says metric 'dot'"),
+        ("max_norm", 0, "'max_norm' must be a finite number > 0"),
+        ("hnsw_file", "../items.faiss", "points outside"),
+    ]:
+        (hnsw_dir / INDEX_META_FILE).write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(ArtifactError, match=match):
+            HnswIndex.load(hnsw_dir)
+    (hnsw_dir / INDEX_META_FILE).write_text(json.dumps(meta))
+    (hnsw_dir / HnswIndex.HNSW_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="items.faiss is missing"):
+        load_index(hnsw_dir)
+
+
+def test_hnsw_loaded_vectors_are_memory_mapped_read_only(hnsw_dir: Path) -> None:
+    index = HnswIndex.load(hnsw_dir)
+    assert not index._stored.flags.writeable and index._stored.shape == (60, 9)
+    assert load_index(hnsw_dir).kind == "hnsw"
+
+
+def test_make_index_builds_each_kind() -> None:
+    from vidrec.candidate_gen.index import make_index
+
+    vectors, ids, queries = _random(n=80)
+    want, _ = ExactIndex(vectors, ids).search(queries, 5)
+    for kind, settings in [
+        ("exact", {}),
+        ("annoy", {"n_trees": 5, "search_k": 10_000}),
+        ("hnsw", {"m": 8, "ef_construction": 40, "ef_search": 80}),
+    ]:
+        index = make_index(kind, vectors, ids, seed=1, **settings)
+        assert index.kind == kind and isinstance(index, CandidateIndex)
+        np.testing.assert_array_equal(index.search(queries, 5)[0], want)
+    with pytest.raises(ValueError, match="unknown index kind 'faiss'"):
+        make_index("faiss", vectors, ids)

@@ -70,6 +70,7 @@ OTHER_INTERPRETER = {"pipelines/rechub_worker.py"}
 #: import names of distributions named otherwise, for those not installed here
 DISTRIBUTION_OF = {
     "sklearn": "scikit-learn",
+    "faiss": "faiss-cpu",
     "tomli_w": "tomli-w",
     "yaml": "pyyaml",
     "PIL": "pillow",

@@ -306,6 +306,10 @@ def test_summary_splits_new_and_returning_users_when_most_are_new():
     assert "retrieval_returning" in few_new.metrics
     old = {"metrics": {k: {"recall@50": v["recall@50"]} for k, v in retr["metrics"].items()}}
     assert "retrieval_returning" not in summary_section(old, None, None).metrics
+    # a run that served HNSW: its metrics stand under "hnsw", and the summary reads them
+    hnsw = dict(retr, index="hnsw")
+    hnsw["metrics"] = {("hnsw" if k == "annoy" else k): v for k, v in retr["metrics"].items()}
+    assert summary_section(hnsw, None, None).metrics == sec.metrics
 
 
 def test_summary_adds_the_random_exposure_view_when_the_log_has_one():

@@ -220,3 +220,23 @@ def test_latencies_carry_the_machine_load(monkeypatch):
     unknown = ann_section(ann | {"load_avg_1m": None, "cpu_count": 2}, retrieval_cfg)
     assert "load unknown" in unknown.description
     assert "load unknown" in ann_section(ann, retrieval_cfg).description  # a run before it
+
+
+def test_the_ann_section_names_the_served_index():
+    from vidrec.pipelines.report import ann_section, served_kind
+
+    common = {"n_items": 100, "n_queries_timed": 10, "exact_p50_ms": 0.1}
+    cfg = {"n_trees": 20, "search_k": -1, "hnsw_m": 16, "hnsw_ef_construction": 40,
+           "hnsw_ef_search": 80}  # fmt: skip
+    hnsw = ann_section(common | {"index": "hnsw", "hnsw_p50_ms": 0.2, "recall@10": 0.9}, cfg)
+    assert hnsw.title == "Approximate search (hnsw) against exact search"
+    assert "HNSW graph (faiss" in hnsw.description and "M 16, ef_construction 40" in hnsw.description
+    assert all(meaning for _, _, meaning in hnsw.metric_rows())
+    assert "top-10 that hnsw also returns" in dict(
+        (k, m) for k, _, m in hnsw.metric_rows()
+    )["retrieval.ann.recall@10"]
+    exact = ann_section(common | {"index": "exact"}, cfg)
+    assert exact.title == "Served index: exact search" and "1 by construction" in exact.description
+    annoy = ann_section(common | {"annoy_p50_ms": 0.2}, cfg)  # a run from before the choice
+    assert "annoy index (inner product, 20 trees" in annoy.description
+    assert served_kind({"metrics": {}}) == "annoy" and served_kind({"index": "hnsw"}) == "hnsw"

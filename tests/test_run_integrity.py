@@ -33,7 +33,7 @@ from test_cg_examples import random_dataset
 from test_ranker_model import SMALL, frames
 
 from vidrec.candidate_gen.config import CandidateGenConfig
-from vidrec.candidate_gen.index import AnnoyIndex
+from vidrec.candidate_gen.index import AnnoyIndex, make_index
 from vidrec.candidate_gen.train import TrainedCandidateGenerator, train_candidate_generator
 from vidrec.features.atomic import atomic_write_json, atomic_write_text, make_dirs
 from vidrec.features.examples import CandidateFeaturizer
@@ -56,8 +56,11 @@ torch.set_num_threads(1)
 STAGES = ("data", "candidate_gen", "index", "ranker")
 
 
-def _stage_fns(seed: int, dim: int, cache: dict[str, Any]) -> dict[str, Callable[[Path], None]]:
-    """The four stages serving reads, each writing real artifacts of a miniature run."""
+def _stage_fns(
+    seed: int, dim: int, cache: dict[str, Any], kind: str = "annoy"
+) -> dict[str, Callable[[Path], None]]:
+    """The four stages serving reads, each writing real artifacts of a miniature run (the index
+    of `kind`)."""
     ds = random_dataset(n_users=30, n_items=60, n_watches=1200, n_searches=100, seed=seed)
     split = TimeSplit.from_fractions(ds, 0.7, 0.15)
 
@@ -86,7 +89,8 @@ def _stage_fns(seed: int, dim: int, cache: dict[str, Any]) -> dict[str, Callable
 
     def index(out: Path) -> None:
         ids, vecs = cache["cg"].item_embeddings()
-        AnnoyIndex(vecs, ids, n_trees=2, seed=seed).save(out / "annoy")
+        small = {"annoy": {"n_trees": 2}, "hnsw": {"m": 4, "ef_construction": 16}}.get(kind, {})
+        make_index(kind, vecs, ids, seed=seed, **small).save(out / kind)
 
     def ranker(out: Path) -> None:
         _, tr, va = frames(seed=seed, n_imps=600)
@@ -96,10 +100,12 @@ def _stage_fns(seed: int, dim: int, cache: dict[str, Any]) -> dict[str, Callable
     return {"data": data, "candidate_gen": candidate_gen, "index": index, "ranker": ranker}
 
 
-def build_run(root: Path, *, seed: int, dim: int) -> RunDir:
-    """Return a finished miniature run in `root` (stages in pipeline order, with lineage)."""
-    rd = RunDir(root, {"seed": seed, "dim": dim, "retrieval": {"n_candidates": 20}})
-    fns = _stage_fns(seed, dim, {})
+def build_run(root: Path, *, seed: int, dim: int, kind: str | None = None) -> RunDir:
+    """Return a finished miniature run in `root` (stages in pipeline order, with lineage),
+    serving an index of `kind` (None: a config without retrieval.index, which serves annoy)."""
+    retrieval: dict[str, Any] = {"n_candidates": 20} | ({"index": kind} if kind else {})
+    rd = RunDir(root, {"seed": seed, "dim": dim, "retrieval": retrieval})
+    fns = _stage_fns(seed, dim, {}, kind or "annoy")
     for i, name in enumerate(STAGES):
         rd.run_stage(name, fns[name], inputs=STAGES[:i])
     return rd
@@ -147,6 +153,23 @@ def test_intact_run_loads_and_records_lineage(run_a: Path) -> None:
     # a rerun of a finished, intact stage is skipped
     again = RunDir(run_a, m["config"])
     assert again.run_stage("index", lambda d: pytest.fail("reran"), inputs=STAGES[:2]).skipped
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "exact"])
+def test_a_run_serves_the_index_its_config_names(tmp_path: Path, kind: str) -> None:
+    build_run(tmp_path / "run", seed=0, dim=8, kind=kind)
+    rec = Recommender.load(tmp_path / "run")
+    assert rec.index.kind == kind and rec.index.dim == 8
+    user = int(rec.dataset.users["user_id"].iloc[0])
+    slate = rec.recommend(user, k=3)["slate"]
+    assert len(slate) == 3 and slate[0]["stage"] == f"candidate generator ({kind}) -> deep ranker"
+    # another kind of index where the config names this one is refused, checksums aside
+    index_dir = tmp_path / "run" / "index" / kind
+    shutil.rmtree(index_dir)
+    ids, vecs = rec.cg.item_embeddings()
+    AnnoyIndex(vecs, ids, n_trees=2).save(index_dir)
+    with pytest.raises(RunIntegrityError, match=f"holds a 'annoy' index, not the '{kind}' index"):
+        Recommender.load(tmp_path / "run", verify=False)
 
 
 # ----------------------------------------------------------------------------- tampering
