@@ -43,6 +43,10 @@ class CandidateGenConfig:
         temperature well below 1).
     Features (YT16 Fig. 6 feature sets)
       use_searches, use_example_age, use_demographics, use_continuous.
+      recent_history: a second watch bag, the mean of the last this many watches of the
+        history bag, beside the mean of the whole bag (0 = none). On logs where the next watch
+        follows the last few, the tower then sees both what the user watches overall and
+        what they watched just now.
     Objective
       loss: "sampled" (num_negatives shared negatives per batch drawn from
         `negative_sampler`, logQ-corrected) or "in_batch" (the batch's other positives,
@@ -78,6 +82,7 @@ class CandidateGenConfig:
     use_example_age: bool = True
     use_demographics: bool = True
     use_continuous: bool = True
+    recent_history: int = 0
 
     loss: str = "sampled"
     num_negatives: int = 2048
@@ -137,6 +142,15 @@ class CandidateGenConfig:
         _positive_int("valid_max_examples", self.valid_max_examples)
         if self.max_examples_per_user is not None:
             _positive_int("max_examples_per_user", self.max_examples_per_user)
+        if (
+            not isinstance(self.recent_history, int)
+            or isinstance(self.recent_history, bool)
+            or self.recent_history < 0
+        ):
+            raise ValueError(
+                "CandidateGenConfig: recent_history must be an integer >= 0, got "
+                f"{self.recent_history!r}"
+            )
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(
                 f"CandidateGenConfig: patience must be an integer >= 0, got {self.patience!r}"

@@ -112,6 +112,14 @@ def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 
+def last_in_bag(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """`ids` (B, L), left-aligned bags padded with 0 on the right, with every slot before each
+    row's last `n` filled slots set to 0 (an out-of-vocabulary 0 inside a bag counts as a slot)."""
+    pos = torch.arange(1, ids.shape[1] + 1, device=ids.device)
+    length = torch.where(ids != 0, pos, 0).amax(dim=1, keepdim=True)  # (B, 1) last filled + 1
+    return ids.masked_fill(pos <= length - n, 0)
+
+
 def _embedding(rows: int, dim: int) -> nn.Embedding:
     """An embedding table whose row 0 (padding/OOV) is the zero vector and gets no gradient."""
     emb = nn.Embedding(rows, dim, padding_idx=0)
@@ -232,6 +240,7 @@ class UserTower(nn.Module):
             else None
         )
         in_dim = e
+        in_dim += e if config.recent_history else 0
         in_dim += e if config.use_searches else 0
         in_dim += len(self.categorical_embeddings) * config.categorical_dim
         in_dim += config.categorical_dim if self.tag_embedding is not None else 0
@@ -246,6 +255,9 @@ class UserTower(nn.Module):
     def forward(self, batch: UserBatch) -> torch.Tensor:
         """Return user vectors (B, E)."""
         parts = [mean_bag(batch.history, self.item_embedding.weight)]  # (B, E)
+        if self.config.recent_history:
+            parts.append(mean_bag(last_in_bag(batch.history, self.config.recent_history),
+                                  self.item_embedding.weight))  # (B, E)
         if self.token_embedding is not None:
             parts.append(mean_bag(batch.search_tokens, self.token_embedding.weight))  # (B, E)
         for j, table in enumerate(self.categorical_embeddings):

@@ -319,6 +319,7 @@ _RANGE_RULES: dict[str, tuple[Any, str]] = {
     "candidate_gen.valid_k": _AT_LEAST_1,
     "candidate_gen.valid_max_examples": _NONNEG,
     "candidate_gen.max_examples_per_user": _NONNEG,
+    "candidate_gen.recent_history": _NONNEG,
     "candidate_gen.label_fraction": _rule(0, 1, lo_open=True),
     "ranking.hidden": (lambda v: all(x >= 1 for x in v), "a list of integers >= 1"),
     "ranking.history_len": _AT_LEAST_1,

@@ -68,6 +68,7 @@ SEARCH_SPACE: dict[str, str] = {
     "candidate_gen.ssl_alpha": "uniform 0 .. 0.5 (weight of the self-supervised loss)",
     "candidate_gen.weight_decay": "0, 1e-6, 1e-5 or 1e-4",
     "features.max_history": "10, 25 or 50 recent watches averaged",
+    "candidate_gen.recent_history": "0 (none), 1 or 3: a second bag of the last watches",
 }
 # complete trials before the pruner judges, and epochs a trial always gets
 _STARTUP_TRIALS = 4
@@ -96,6 +97,7 @@ def suggest(trial: Any, n_items: int) -> dict[str, Any]:
             "weight_decay", [0.0, 1e-6, 1e-5, 1e-4]
         ),
         "features.max_history": trial.suggest_categorical("max_history", [10, 25, 50]),
+        "candidate_gen.recent_history": trial.suggest_categorical("recent_history", [0, 1, 3]),
     }
 
 

@@ -199,3 +199,41 @@ def test_intra_op_threads_sets_the_count_for_the_block_and_restores_it() -> None
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="threads must be"), intra_op_threads(bad):
             pass
+
+
+def test_last_in_bag_keeps_each_rows_last_filled_slots() -> None:
+    from vidrec.candidate_gen.towers import last_in_bag
+
+    bags = torch.tensor([[5, 6, 7, 0, 0], [1, 0, 3, 4, 0], [0, 0, 0, 0, 0], [9, 0, 0, 0, 0]])
+    # left-aligned, 0-padded; an out-of-vocabulary 0 inside a bag (row 1) takes a slot
+    assert last_in_bag(bags, 2).tolist() == [
+        [0, 6, 7, 0, 0],
+        [0, 0, 3, 4, 0],
+        [0, 0, 0, 0, 0],
+        [9, 0, 0, 0, 0],
+    ]
+    assert last_in_bag(bags, 1)[:, :4].tolist() == [
+        [0, 0, 7, 0],
+        [0, 0, 0, 4],
+        [0] * 4,
+        [9, 0, 0, 0],
+    ]
+    assert torch.equal(last_in_bag(bags, 5), bags)
+
+
+def test_recent_history_bag_makes_the_order_of_watches_matter(data) -> None:
+    # the whole bag is a mean, blind to order; the recent bag sees the last watches
+    f, ex, _ = data
+    users = UserBatch.from_features(ex.features.take(slice(0, 200)))
+    full = (users.history != 0).sum(dim=1) == users.history.shape[1]
+    assert full.sum() >= 2
+    users = users.index(torch.nonzero(full).squeeze(1))
+    flipped = UserBatch(**{**users.__dict__, "history": users.history.flip(1)})
+    plain = _model(f)
+    assert torch.allclose(plain.user_vectors(users), plain.user_vectors(flipped), atol=1e-6)
+    recent = _model(f, recent_history=3)
+    assert recent.user_tower.input_dim == plain.user_tower.input_dim + 8
+    assert not torch.allclose(recent.user_vectors(users), recent.user_vectors(flipped), atol=1e-4)
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="recent_history"):
+            CandidateGenConfig(recent_history=bad)
