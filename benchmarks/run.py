@@ -20,8 +20,6 @@ Benchmarks (`--only` takes names, comma-separated or repeated):
                   batch top-100 of 1024 learned users vs the GEMM floor
   serving         Recommender.recommend at 1M items: retrieve 500 (annoy, exact) + ranker
                   features + deep ranker + sort, p50/p99 per component and throughput
-  catalog_rank    the candidate generator's catalog rank of logged ranker rows: per-page count
-                  vs every page of a score block at once, against the GEMM floor
   rechub_compare  (optional, not run by default) training examples/s of our candidate
                   generator vs torch-rechub's YoutubeDNN on the same examples; needs
                   torch-rechub in a separate virtual environment (--rechub-python)
@@ -70,7 +68,6 @@ BENCHMARKS: tuple[str, ...] = (
     "cg_training",
     "annoy_learned",
     "serving",
-    "catalog_rank",
     "rechub_compare",
 )
 # run only when named with --only: they need something outside vidrec's environment

@@ -6,8 +6,6 @@ Lives in `pipelines` because it joins packages that must not import each other: 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import torch
@@ -18,8 +16,7 @@ from vidrec.features.tables import Dataset
 
 _DAY = 86_400
 _SCORE_ELEMENTS = 1 << 25  # scores held at once per block (128 MB of float32)
-_DIRECT_COUNT_MAX = 32  # pages with at most this many rows are counted together (_rank_pages)
-_RANK_ELEMENTS = 1 << 22  # scores per pass of _rank_pages (16 MB, and 32 MB of counts)
+_DIRECT_COUNT_MAX = 32  # pages with at most this many rows count per row, not by sorting
 
 
 class CatalogCache:
@@ -58,13 +55,10 @@ def add_cg_features(
     rows span many times); `exact_time=True` takes them at the request's own time instead, as
     the serving index does (serving: one time for every request, so one item-tower pass).
 
-    The rank is counted, not sorted (a full sort per page made the 1M-item `large` preset's
-    ranker stage run for hours). Pages of a few rows (logged slates) are counted together,
-    inside each block of the blocked product (`_rank_pages`): every item of every page is
-    placed among its page's sorted rows in one vectorized pass. A long page (a serving
-    request of hundreds of candidates) keeps the items servable at its time (a prefix of the
-    catalog in upload order) that score above its lowest row and counts them against each
-    row (`_count_higher`).
+    The rank is counted, not sorted (`_count_higher`): per page, one pass over the scores of
+    the items servable at its time (a prefix of the catalog in upload order, so nothing is
+    masked) keeps those above the page's lowest row, which are then counted against each row.
+    A full sort per page made the 1M-item `large` preset's ranker stage run for hours.
     """
     req = requests.reset_index(drop=True).copy()
     if len(req) == 0:
@@ -125,64 +119,15 @@ def add_cg_features(
             n_cols = max(
                 int(n_servable[pc].max()), int(row_slot[np.concatenate(rows_of)].max()) + 1
             )
-            block = torch.from_numpy(user_vecs[pc]) @ iv[:n_cols].T  # (C, n_cols)
-            scores = block.numpy()
-            sizes = np.array([len(r) for r in rows_of])
-            few = sizes <= _DIRECT_COUNT_MAX
-            if few.any():  # logged pages: every page of the block counted at once
-                _rank_pages(block, rows_of, few, n_servable[pc], row_slot, score, rank)
-            for c in np.flatnonzero(~few):  # long pages (serving candidates), one at a time
-                rows = rows_of[c]
+            scores = torch.from_numpy(user_vecs[pc]) @ iv[:n_cols].T  # (C, n_cols)
+            scores = scores.numpy()
+            for c, rows in enumerate(rows_of):
                 s_rows = scores[c, row_slot[rows]]  # (M,) the GEMM's own values
                 score[rows] = s_rows
                 rank[rows] = 1 + _count_higher(scores[c, : n_servable[pc[c]]], s_rows)
     req["cg_score"] = score
     req["cg_rank"] = rank
     return req
-
-
-def _rank_pages(
-    block: torch.Tensor,
-    rows_of: list[np.ndarray],
-    few: np.ndarray,
-    n_servable: np.ndarray,
-    row_slot: np.ndarray,
-    score: np.ndarray,
-    rank: np.ndarray,
-) -> None:
-    """Write the score and catalog rank of the rows of the pages `few` of a score block.
-
-    `block` (C, n_cols) holds each page's scores over the catalog in upload order; a page's
-    rows are its thresholds. Per page the thresholds are sorted, every servable item finds
-    how many of them it beats (one `searchsorted` over the block), and a suffix sum of those
-    counts gives each threshold the number of items scoring strictly above it: one pass over
-    the block whatever the number of rows, and no Python loop per page."""
-    pages = np.flatnonzero(few)
-    per = max(1, _RANK_ELEMENTS // max(block.shape[1], 1))  # pages per pass: bounded memory
-    for p0 in range(0, len(pages), per):
-        chunk = pages[p0 : p0 + per]
-        lengths = np.array([len(rows_of[c]) for c in chunk])
-        width = int(lengths.max())
-        flat_rows = np.concatenate([rows_of[c] for c in chunk])
-        local = np.repeat(np.arange(len(chunk)), lengths)  # the row's page within the chunk
-        slot = np.arange(len(flat_rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        at = torch.from_numpy(local), torch.from_numpy(slot)
-        sub = block[torch.from_numpy(chunk)]  # (P, n_cols) a copy, masked below
-        s_rows = sub[at[0], torch.from_numpy(row_slot[flat_rows])]  # the GEMM's own values
-        score[flat_rows] = s_rows.numpy()
-        thr = torch.full((len(chunk), width), math.inf, dtype=block.dtype)
-        thr[at] = s_rows
-        thr, order = torch.sort(thr, dim=1)  # ascending, the +inf padding last
-        cols = torch.arange(sub.shape[1])
-        sub.masked_fill_(cols >= torch.from_numpy(n_servable[chunk]).unsqueeze(1), -math.inf)
-        # beaten[p, j]: how many of page p's thresholds lie strictly below item j's score
-        beaten = torch.searchsorted(thr, sub)  # (P, n_cols) in 0..width
-        beaten += (torch.arange(len(chunk)) * (width + 1)).unsqueeze(1)
-        hist = torch.bincount(beaten.view(-1), minlength=len(chunk) * (width + 1))
-        # items above the k-th sorted threshold: those that beat more than k thresholds
-        above = hist.view(len(chunk), width + 1).flip(1).cumsum(1).flip(1)[:, 1:]
-        counts = torch.empty_like(above).scatter_(1, order, above)  # the rows' own order
-        rank[flat_rows] = 1 + counts[at].numpy()
 
 
 def _count_higher(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

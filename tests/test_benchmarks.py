@@ -400,12 +400,3 @@ def test_rechub_compare_quick() -> None:
     h = res["headline"]
     assert h["ratio"] == pytest.approx(h["figure"] / h["reference"])
     assert res["params"]["rechub_version"]
-
-
-def test_catalog_rank_quick() -> None:
-    from benchmarks import catalog_rank
-
-    res = catalog_rank.run(quick=True, repeats=1)
-    (row,) = res["rows"]
-    assert row["same_ranks"] is True  # both countings give the same integers
-    assert row["per_page_s"] > 0 and row["per_block_s"] > 0 and row["gemm_s"] > 0
