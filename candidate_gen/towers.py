@@ -111,7 +111,6 @@ def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
-
 def last_in_bag(ids: torch.Tensor, n: int) -> torch.Tensor:
     """`ids` (B, L), left-aligned bags padded with 0 on the right, with every slot before each
     row's last `n` filled slots set to 0 (an out-of-vocabulary 0 inside a bag counts as a slot)."""
@@ -256,8 +255,12 @@ class UserTower(nn.Module):
         """Return user vectors (B, E)."""
         parts = [mean_bag(batch.history, self.item_embedding.weight)]  # (B, E)
         if self.config.recent_history:
-            parts.append(mean_bag(last_in_bag(batch.history, self.config.recent_history),
-                                  self.item_embedding.weight))  # (B, E)
+            parts.append(
+                mean_bag(
+                    last_in_bag(batch.history, self.config.recent_history),
+                    self.item_embedding.weight,
+                )
+            )  # (B, E)
         if self.token_embedding is not None:
             parts.append(mean_bag(batch.search_tokens, self.token_embedding.weight))  # (B, E)
         for j, table in enumerate(self.categorical_embeddings):

@@ -21,6 +21,7 @@ from vidrec.features.atomic import atomic_path
 from vidrec.features.integrity import DamagedWeightsError, unsafe_pickle_error
 
 __all__ = [
+    "check_threads",
     "intra_op_threads",
     "EarlyStopping",
     "NonFiniteLossError",
@@ -33,6 +34,12 @@ __all__ = [
 ]
 
 
+def check_threads(n: int | None) -> None:
+    """Refuse a thread count that is neither None nor an integer >= 1 (ValueError)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be an integer >= 1 or None, got {n!r}")
+
+
 @contextlib.contextmanager
 def intra_op_threads(n: int | None) -> Iterator[None]:
     """Run the block with `n` torch intra-op threads (None: as they are), then restore them.
@@ -41,8 +48,7 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
     second thread costs more in synchronisation than it saves, so a serving process runs one
     thread per request and scales out with processes. Changing the count costs well under a
     microsecond, so it is set per call and the caller's setting is left as it was."""
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"threads must be an integer >= 1 or None, got {n!r}")
+    check_threads(n)
     before = torch.get_num_threads()
     if n is None or n == before:
         yield

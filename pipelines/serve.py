@@ -28,7 +28,7 @@ import pandas as pd
 from vidrec.candidate_gen.index import CandidateIndex
 from vidrec.candidate_gen.retrieve import Retriever
 from vidrec.candidate_gen.train import TrainedCandidateGenerator
-from vidrec.common.torch_utils import intra_op_threads
+from vidrec.common.torch_utils import check_threads, intra_op_threads
 from vidrec.features.examples import UserHistory
 from vidrec.features.ids import IdMaps, UnknownIdError
 from vidrec.features.integrity import read_json_object
@@ -128,15 +128,14 @@ class Recommender:
         if cg_features not in CG_FEATURE_MODES:
             raise ValueError(f"cg_features must be one of {CG_FEATURE_MODES}, got {cg_features!r}")
         self.cg_features = cg_features
-        with intra_op_threads(threads):  # refuses a bad count now, not at the first request
-            self.threads = threads
+        check_threads(threads)  # a bad count is refused now, not at the first request
+        self.threads = threads
         self.dataset = dataset
         self.split = split
         self.cg = cg
         # the item tower's vectors per day of requests: the dataset is fixed while serving
         self._item_vectors = scoring.CatalogCache()
         self.index = index
-        self.index_kind = str(getattr(index, "kind", type(index).__name__))
         self.ranker = ranker
         self.config = config
         self.at = int(split.valid_end)
@@ -155,6 +154,12 @@ class Recommender:
         # logs (measured: p50 21.8 -> 19.5 ms, p99 30.3 -> 26.8 ms on the default run)
         gc.collect()
         gc.freeze()
+
+    @property
+    def index_kind(self) -> str:
+        """The kind of the index that retrieval searches (annoy, hnsw, exact)."""
+        index = self.retriever.index
+        return str(getattr(index, "kind", type(index).__name__))
 
     @classmethod
     def load(
