@@ -124,7 +124,6 @@ _EMBED_CHUNK = 16_384  # rows per forward pass when exporting vectors
 _GROUP_CODES = 2048  # joint codes per group of item time-signal columns (`_code_groups`)
 
 
-
 # ----------------------------------------------------------------------------- catalog in time
 
 
@@ -398,9 +397,7 @@ def _linear_terms(model: TwoTowerModel, cols: list[int]) -> list[torch.Tensor] |
     e = model.config.embedding_dim
     weight = layers[0].weight
     # single col j > 0 -> other_embeddings[j - 1]; its slot of the linear layer's input
-    return [
-        tower.other_embeddings[c - 1].weight @ weight[:, c * e : (c + 1) * e].T for c in cols
-    ]
+    return [tower.other_embeddings[c - 1].weight @ weight[:, c * e : (c + 1) * e].T for c in cols]
 
 
 def _code_groups(cards: list[int], limit: int) -> list[list[tuple[int, int]]]:
@@ -795,7 +792,6 @@ def train_candidate_generator(
         runner = DistributedDataParallel(
             step, find_unused_parameters=config.ssl in ("none", "spread_out")
         )
-    show = progress and rank == 0
     n_train = len(keep)
     try:
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -810,7 +806,9 @@ def train_candidate_generator(
                 else torch.Generator().manual_seed(rank_seed(config.seed, epoch, rank))
             )
             bar = progress_bar(
-                show, desc=f"candidate_gen epoch {epoch}/{config.epochs}", leave=False
+                progress and rank == 0,
+                desc=f"candidate_gen epoch {epoch}/{config.epochs}",
+                leave=False,
             )
             totals = _run_epoch(
                 runner,
@@ -853,7 +851,7 @@ def train_candidate_generator(
                 state.update(recall, epoch, model)
             state.history.append(record)
             state.epoch = epoch
-            if show:
+            if rank == 0:  # one line an epoch, with or without the progress bar
                 log.info(_describe(record))
             if ckpt_path is not None:
                 # rank 0 writes (atomically); the others wait for it (a barrier)
@@ -1330,7 +1328,6 @@ def _save_checkpoint(
         "stopped": state.stopped,
     }
     save_weights(path, payload)
-
 
 
 def _read_checkpoint(

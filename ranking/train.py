@@ -83,7 +83,6 @@ _CALIBRATION_BIN_ROWS = 500
 _CALIBRATION_MIN_ROWS = 40
 
 
-
 def dense_features(
     config: RankerConfig, normalizer: QuantileNormalizer, frame: RankerFrame
 ) -> np.ndarray:
@@ -639,7 +638,7 @@ def train_ranker(
         else:  # the last epoch's weights are kept
             early.keep(epoch, model)
         history.append(record)
-        if progress and rank == 0:
+        if rank == 0:  # one line an epoch, with or without the progress bar
             log.info(
                 f"ranker epoch {epoch}: train {record['train_loss']:.4f}"
                 + (f" valid {record['valid_loss']:.4f}" if "valid_loss" in record else "")
@@ -815,7 +814,6 @@ def _read_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict[str, An
                 "from scratch"
             )
     return ck
-
 
 
 def _write_checkpoint(ckpt_dir: Path, checkpoint: dict[str, Any]) -> None:

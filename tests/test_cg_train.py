@@ -57,11 +57,15 @@ def _config(**kw) -> CandidateGenConfig:
     return CandidateGenConfig(**{**BASE, **kw})
 
 
-def test_tiny_training_beats_random_recall(world) -> None:
+def test_tiny_training_beats_random_recall(world, caplog: pytest.LogCaptureFixture) -> None:
     _, _, _, train, valid, items = world
-    model = train_candidate_generator(
-        _config(epochs=3, patience=0), train, items, valid=valid, progress=False
-    )
+    with caplog.at_level("INFO"):
+        model = train_candidate_generator(
+            _config(epochs=3, patience=0), train, items, valid=valid, progress=False
+        )
+    # without progress bars an epoch still logs its one line (a long run is not silent)
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("vidrec")]
+    assert sum("epoch" in m and "valid_recall@10" in m for m in logged) == 3, logged
     recall = [h["valid_recall@10"] for h in model.history]
     # random top-10 of 120 items holds the label with probability 10 / 120 = 0.083; users here
     # watch their own topic (30 items, Zipf inside) 90% of the time, so a model must do far better

@@ -607,10 +607,14 @@ def test_progress_goes_to_the_log_one_line_per_epoch_and_bars_only_on_a_terminal
     from vidrec.common.torch_utils import progress_bar
 
     _, tr, va = frames(n_imps=300)
-    with caplog.at_level("INFO"):
-        train_ranker(RankerConfig(**{**SMALL, "epochs": 2}), tr, va, progress=True)
-    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ranker epoch")]
-    assert [m.split(":")[0] for m in epochs] == ["ranker epoch 1", "ranker epoch 2"]
+    for progress in (True, False):  # without bars the epochs still log their lines
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            train_ranker(RankerConfig(**{**SMALL, "epochs": 2}), tr, va, progress=progress)
+        epochs = [
+            r.getMessage() for r in caplog.records if r.getMessage().startswith("ranker epoch")
+        ]
+        assert [m.split(":")[0] for m in epochs] == ["ranker epoch 1", "ranker epoch 2"]
     assert "\r" not in capsys.readouterr().err  # stderr is not a terminal here: no bar drawn
     assert progress_bar(True, total=3).disable
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
