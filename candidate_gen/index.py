@@ -406,7 +406,7 @@ class ExactIndex:
     """Exact inner-product top-k by blocked matrix products (the oracle for `AnnoyIndex`).
 
     Queries are processed in blocks of `query_block` rows and items in blocks sized so that a
-    score block holds about `block_elements` floats (the default, 8 MiB, stays in the L3 cache).
+    score block holds about `block_elements` floats (the default, 4 MiB, stays in the cache).
     The first item block's top-k (torch.topk) gives each query a threshold, the k-th best score
     so far. Every later block is one matrix product (items x queries) and one max over groups
     of `GROUP` consecutive items; only the groups whose max beats their query's threshold are
@@ -414,17 +414,18 @@ class ExactIndex:
     still loose and most groups pass, every score of the block is compared instead). The
     candidates are merged into the running top-k, raising the thresholds, once they outnumber
     it twice over. After the first blocks almost no group passes, so a large search costs
-    little more than its matrix products (benchmarks/exact_topk.py: ~1.4x the GEMM time for
-    1024 queries over 1M x 64 items). torch's intra-op threads parallelise the products
+    little more than its matrix products (benchmarks/exact_topk.py: 1.6-1.7x the time of the
+    same blocked products for 1024 queries over 1M x 64 items on the 2-core AVX2 machine). torch's intra-op threads parallelise the products
     (torch.set_num_threads). Exclusions set the excluded scores to -inf.
     """
 
     kind: ClassVar[str] = "exact"
     VECTORS_FILE: ClassVar[str] = "vectors.npy"
     DEFAULT_QUERY_BLOCK: ClassVar[int] = 1024
-    # 32 MiB of float32 scores per block: at 1M x 64 x 1,024 queries 1.80x the GEMM floor on the
-    # AVX-512 machine, against 1.93x with 8 MiB and 2.17x with 2 MiB blocks
-    DEFAULT_BLOCK_ELEMENTS: ClassVar[int] = 1 << 23
+    # 4 MiB of float32 scores per block: at 1M x 64 x 1,024 queries on the 2-core AVX2 machine
+    # 1.74 s against 2.68 s with 32 MiB blocks (their products and group maxima leave the
+    # cache); the AVX-512 machine had preferred 32 MiB
+    DEFAULT_BLOCK_ELEMENTS: ClassVar[int] = 1 << 20
     GROUP: ClassVar[int] = 32  # items per group whose max is tested against the threshold
     _MERGE_FACTOR: ClassVar[int] = 2  # merge when candidates outnumber this x (queries x k)
     _DENSE_HITS: ClassVar[int] = 4  # filter every score when > 1/this of the groups pass
