@@ -287,6 +287,7 @@ _RANGE_RULES: dict[str, tuple[Any, str]] = {
     "retrieval.hnsw_ef_construction": _AT_LEAST_1,
     "retrieval.hnsw_ef_search": _AT_LEAST_1,
     "retrieval.n_candidates": _AT_LEAST_1,
+    "data.world_scale": _POS,
     "evaluation.max_users": _NONNEG,
     "evaluation.ks": (lambda v: _positive_list(v, 1, strict=False), "a non-empty list of integers >= 1"),
     "evaluation.slate_k": _AT_LEAST_1,
@@ -381,6 +382,24 @@ def check_values(config: dict[str, Any]) -> None:
         )
 
 
+#: the world's sizes that `data.world_scale` multiplies (`world_config`)
+WORLD_SCALED: tuple[str, ...] = ("n_users", "n_items", "n_channels", "impressions")
+
+
+def world_config(data: dict[str, Any]) -> Any:
+    """The `WorldConfig` of a run's `data` section: the preset `world_preset` with `catalog`,
+    its users, items, channels and impressions multiplied by `world_scale` (1 when a config
+    from before the key lacks it; each size at least 1)."""
+    from vidrec.features.sources.synthetic import WorldConfig
+
+    base = WorldConfig.preset(data["world_preset"], catalog=data["catalog"])
+    scale = float(data.get("world_scale", 1.0))
+    if scale == 1.0:
+        return base
+    sizes = {name: max(1, round(getattr(base, name) * scale)) for name in WORLD_SCALED}
+    return WorldConfig.preset(data["world_preset"], catalog=data["catalog"], **sizes)
+
+
 def none_if_zero(value: int) -> int | None:
     """TOML has no null: 0 stands for "no limit" in caps such as max_examples_per_user."""
     return None if int(value) <= 0 else int(value)
@@ -425,6 +444,12 @@ def check_stage_configs(config: dict[str, Any]) -> None:
             build(config)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"config section [{section}]: {exc}") from None
+    data = config.get("data", {})
+    if data.get("source") == "synthetic" and "world_preset" in data:
+        try:
+            world_config(data)  # e.g. a world_scale that leaves fewer items than a slate
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config section [data]: {exc}") from None
 
 
 #: the catalog size from which `derive_settings` serves HNSW instead of annoy

@@ -64,10 +64,11 @@ class RunContext:
         if "world" not in self.cache:
             if not self.is_synthetic:
                 raise RuntimeError("this run's data is not the synthetic world; no ground truth")
-            from vidrec.features.sources.synthetic import WorldConfig, generate_world
+            from vidrec.features.sources.synthetic import generate_world
+            from vidrec.pipelines.config import world_config
 
             d = self.config["data"]
-            wcfg = WorldConfig.preset(d["world_preset"], catalog=d["catalog"])
+            wcfg = world_config(d)
             log.info(
                 "generating the synthetic world (preset %s, seed %d)", d["world_preset"], self.seed
             )

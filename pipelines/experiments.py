@@ -31,7 +31,7 @@ from vidrec.evaluation.ranking import ranking_metrics
 from vidrec.evaluation.watch_time import calibration_summary
 from vidrec.features.atomic import atomic_path, atomic_write_json, atomic_write_text
 from vidrec.features.ids import to_codes
-from vidrec.pipelines.config import apply_overrides, resolve_config
+from vidrec.pipelines.config import apply_overrides, resolve_config, world_config
 from vidrec.pipelines.context import RunContext
 from vidrec.pipelines.names import EXPERIMENTS
 from vidrec.pipelines.run import heldout_users, run_pipeline
@@ -178,12 +178,9 @@ def _retrieval_row(run: Path) -> dict[str, Any]:
 
 
 def _world(cfg: dict[str, Any]) -> Any:
-    from vidrec.features.sources.synthetic import WorldConfig, generate_world
+    from vidrec.features.sources.synthetic import generate_world
 
-    d = cfg["data"]
-    return generate_world(
-        WorldConfig.preset(d["world_preset"], catalog=d["catalog"]), seed=int(cfg["seed"])
-    )
+    return generate_world(world_config(cfg["data"]), seed=int(cfg["seed"]))
 
 
 def run_experiment(

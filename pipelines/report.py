@@ -860,7 +860,8 @@ def build_report(ctx: RunContext, extra: dict[str, Any] | None = None) -> Report
         dataset=dsname,
         split=windows,
         seed=ctx.seed,
-        preset=str(cfg["data"].get("world_preset", "custom")),
+        preset=str(cfg["data"].get("world_preset", "custom"))
+        + _scale_label(float(cfg["data"].get("world_scale", 1.0))),
         sections=sections,
         title=f"vidrec report: {dsname}",
         intro="Two-stage recommender (YouTube-DNN): candidate generation -> ranking by expected "
@@ -1178,3 +1179,8 @@ def _recall_curve_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _scale_label(scale: float) -> str:
+    """The label of a world scaled by `data.world_scale` (" x0.5"); "" at the preset's size."""
+    return "" if scale == 1.0 else f" x{scale:g}"

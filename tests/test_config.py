@@ -71,3 +71,25 @@ def test_the_served_index_is_a_checked_choice_with_its_settings():
     for key, value in [("hnsw_m", 1), ("hnsw_ef_construction", 0), ("hnsw_ef_search", 0)]:
         with pytest.raises(ConfigError, match=f"'retrieval.{key}' expects a number >="):
             resolve_config("tiny", [f"retrieval.{key}={value}"])
+
+
+def test_world_scale_multiplies_the_world_presets_sizes():
+    from vidrec.features.sources.synthetic import WorldConfig
+    from vidrec.pipelines.config import WORLD_SCALED, world_config
+
+    base = WorldConfig.preset("default")
+    assert world_config(resolve_config("default")["data"]) == base  # scale 1: the preset itself
+    half = world_config(resolve_config("default", ["data.world_scale=0.5"])["data"])
+    for name in WORLD_SCALED:
+        assert getattr(half, name) == round(getattr(base, name) / 2)
+    assert half.n_topics == base.n_topics and half.name == "default"  # only the sizes change
+    # a world too small for its own rules is refused when the config is resolved
+    with pytest.raises(ConfigError, match=r"\[data\].*n_items \(1\) must be >= slate_size"):
+        resolve_config("tiny", ["data.world_scale=1e-9"])
+    # a config written before the key existed reads as scale 1
+    assert world_config({"world_preset": "tiny", "catalog": "synthetic"}) == WorldConfig.preset(
+        "tiny"
+    )
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="world_scale"):
+            resolve_config("tiny", [f"data.world_scale={bad}"])
