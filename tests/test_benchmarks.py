@@ -419,3 +419,58 @@ def test_rechub_compare_quick() -> None:
     h = res["headline"]
     assert h["ratio"] == pytest.approx(h["figure"] / h["reference"])
     assert res["params"]["rechub_version"]
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def _manifest(events: int, seconds: dict[str, float], peaks: dict[str, float]) -> dict:
+    stages = {
+        n: {"status": "done", "seconds": s, "peak_rss_mb": peaks[n]} for n, s in seconds.items()
+    }
+    stages["data"]["counts"] = {"impressions": events - 10, "watches": 7, "searches": 3, "users": 5}
+    return {"stages": stages}
+
+
+def test_scaling_fits_the_exponents_of_time_and_memory_against_events() -> None:
+    from benchmarks import scaling
+
+    runs = []
+    for scale, events in ((0.25, 1_000), (0.5, 2_000), (1.0, 4_000)):
+        seconds = {"data": 0.01 * events, "candidate_gen": 1e-4 * events**1.5, "report": 2.0}
+        peaks = {"data": 100.0, "candidate_gen": 0.5 * events, "report": 0.5 * events}
+        runs.append(scaling.run_figures(scale, _manifest(events, seconds, peaks), 1.0))
+    assert [r["events"] for r in runs] == [1_000, 2_000, 4_000]  # users are not events
+    assert runs[-1]["peak_mb"] == 2_000.0
+    by = {row["what"]: row["exponent"] for row in scaling.fits(runs)}
+    assert by["stage data"] == pytest.approx(1.0)
+    assert by["stage candidate_gen"] == pytest.approx(1.5)
+    assert by["stage report"] == pytest.approx(0.0, abs=1e-9)
+    assert by["peak resident memory"] == pytest.approx(1.0)
+    assert 1.0 < by["total time (the stages' seconds)"] < 1.5
+    assert np.isnan(scaling.exponent([5, 5], [1.0, 2.0]))  # one size: no slope
+
+
+def test_scaling_reads_a_finished_run_instead_of_running_it(tmp_path: Path) -> None:
+    from benchmarks import scaling
+
+    run = scaling.scale_dir(tmp_path, 0.5)
+    assert run.name == "scale_0.5"
+    run.mkdir()
+    m = _manifest(100, {"data": 1.0, "report": 1.0}, {"data": 10.0, "report": 12.0})
+    (run / "manifest.json").write_text(json.dumps(m))
+    manifest, wall = scaling.run_scale("tiny", 0.5, 0, run, [])
+    assert manifest == m and wall is None  # nothing was run
+
+
+@pytest.mark.slow
+def test_scaling_runs_the_pipeline_at_two_scales(tmp_path: Path) -> None:
+    from benchmarks import scaling
+
+    out = tmp_path / "scaling"
+    assert scaling.main(["--preset", "tiny", "--scales", "0.5,1", "--out", str(out)]) == 0
+    got = json.loads((out / "scaling.json").read_text())
+    small, full = got["runs"]
+    assert small["events"] < full["events"] and full["peak_mb"] > 0
+    assert {"data", "candidate_gen", "report"} <= set(full["stage_seconds"])
+    assert (out / "scaling.md").read_text().startswith("# Scaling of the pipeline")
