@@ -14,6 +14,7 @@ date metadata, so the same inputs give the same bytes.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -88,13 +89,15 @@ def recall_curves_by_bucket(
     buckets = list(dict.fromkeys(frame["bucket"]))
     models = list(dict.fromkeys(frame["model"]))
     fig, axes = _new_figure(len(buckets), width=5.2, height=3.8)
+    handles: dict[str, Any] = {}  # one legend for every panel, in model order
     for ax, bucket in zip(axes, buckets, strict=True):
         part = frame[frame["bucket"] == bucket]
         for i, model in enumerate(models):
             rows = part[part["model"] == model].sort_values("k")
             if rows.empty:
                 continue
-            ax.plot(rows["k"], rows["value"], marker="o", color=f"C{i}", label=str(model))
+            (line,) = ax.plot(rows["k"], rows["value"], marker="o", color=f"C{i}")
+            handles.setdefault(str(model), line)
         ax.set_xscale("log")
         ks = sorted(set(part["k"]))
         ax.set_xticks(ks, [str(int(k)) for k in ks])
@@ -104,7 +107,12 @@ def recall_curves_by_bucket(
         ax.set_xlabel("k (number of retrieved items, log scale)")
         ax.set_ylabel(f"{metric} (fraction of next watches)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    # below the panels, long names wrapped: a legend inside each panel squeezed the panels to
+    # nothing once a baseline's name ran to a sentence
+    labels = [textwrap.fill(name, 60) for name in handles]
+    fig.legend(
+        list(handles.values()), labels, loc="outside lower center", ncols=2, fontsize="small"
+    )
     fig.suptitle(title)
     return _png(fig)
 

@@ -4,6 +4,7 @@ import base64
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -191,6 +192,21 @@ def test_every_plot_returns_png():
     ]  # fmt: skip
     for png in outputs:
         assert png.startswith(PNG) and len(png) > 5000
+
+
+def test_recall_curves_lay_out_many_models_with_long_names():
+    # eight models, one named by a sentence, over four buckets (a report's retrieval figure):
+    # the panels keep their size (matplotlib warns when the layout collapses them)
+    names = [f"model {i}" for i in range(7)] + ["best single list in hindsight " * 4]
+    recall = pd.DataFrame(
+        [(m, b, k, 0.01 * i) for i, m in enumerate(names) for b in ["head", "tail", "torso", "all"]
+         for k in (10, 50, 100, 500)],
+        columns=["model", "bucket", "k", "value"],
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = plots.recall_curves_by_bucket(recall)
+    assert png.startswith(PNG)
 
 
 def test_plot_input_errors():
