@@ -28,6 +28,7 @@ from vidrec.evaluation.watch_time import (
     watch_time_errors,
 )
 from vidrec.features.atomic import atomic_write_json
+from vidrec.features.examples import UserHistory
 from vidrec.features.ids import to_codes, to_data_ids
 from vidrec.features.ranker_features import RankerFrame, build_ranker_frame
 from vidrec.features.stats import CANDIDATES_PER_USER
@@ -360,14 +361,19 @@ def _bootstrap_mean(x: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
 
 
 def candidate_frame(
-    ctx: RunContext, cands: pd.DataFrame, t_serve: int
+    ctx: RunContext,
+    cands: pd.DataFrame,
+    t_serve: int,
+    cache: scoring.CatalogCache | None = None,
+    history: UserHistory | None = None,
 ) -> tuple[pd.DataFrame, RankerFrame]:
     """Ranker rows for retrieved candidates at serving time; the CG score and catalog rank are
-    computed exactly as for the training impressions (scoring.add_cg_features)."""
+    computed exactly as for the training impressions (scoring.add_cg_features; a caller
+    building several frames passes the item vectors' `cache` and the indexed `history`)."""
     ds = ctx.dataset()
     req = cands[["user_id", "item_id"]].copy()
     req["timestamp"] = np.int64(t_serve)
-    req = scoring.add_cg_features(cg_model(ctx, t_serve), ds, req)
+    req = scoring.add_cg_features(cg_model(ctx, t_serve), ds, req, cache, history)
     req["source"] = "candidate_gen"
     frame = build_ranker_frame(
         ds,
@@ -376,6 +382,48 @@ def candidate_frame(
         time_windows=ranker_time_windows(ctx),
     )
     return req, frame
+
+
+#: candidate rows (users x their candidates) scored at once by `ranked_slates`: the ranker
+#: features of every held-out user's candidates at once (about 1.1 KB a row) set the peak
+#: memory of a run; a chunk of this many rows takes ~150 MB
+E2E_CHUNK_ROWS = 131_072
+
+
+def ranked_slates(
+    ctx: RunContext,
+    cands: pd.DataFrame,
+    users: np.ndarray,
+    t_serve: int,
+    k: int,
+    chunk_rows: int = E2E_CHUNK_ROWS,
+) -> dict[str, np.ndarray]:
+    """Each ranker's top-k slate (U, k) of `users`' retrieved candidates, and the candidate
+    generator's own ("candidate_gen_only"), scored a chunk of users at a time (at most about
+    `chunk_rows` candidate rows, one user at least): every feature and score of a row depends
+    only on its user, item and the serving time, so the slates equal those of one pass."""
+    models = rankers(ctx)
+    cache = scoring.CatalogCache()  # the catalog's item vectors, computed once for all chunks
+    history = cg_model(ctx, t_serve).featurizer.index_history(ctx.dataset())  # logs sorted once
+    user_col = cands["user_id"].to_numpy()
+    per_user = int(np.bincount(pd.factorize(user_col)[0]).max()) if len(user_col) else 1
+    step = max(1, chunk_rows // per_user)
+    parts: dict[str, list[np.ndarray]] = {}
+    for lo in range(0, len(users), step):
+        chunk = users[lo : lo + step]
+        req, frame = candidate_frame(ctx, cands[np.isin(user_col, chunk)], t_serve, cache, history)
+        scores = score_all(models, frame)
+        scores["candidate_gen_only"] = req["cg_score"].to_numpy(dtype=np.float64)
+        for name, score in scores.items():
+            parts.setdefault(name, []).append(
+                scoring.top_k_per_user(
+                    req["user_id"].to_numpy(), req["item_id"].to_numpy(), score, chunk, k
+                )
+            )
+        del req, frame, scores
+    if not parts:  # no held-out user: empty slates of every ranker
+        return {n: np.zeros((0, k), dtype=np.int64) for n in (*models, "candidate_gen_only")}
+    return {name: np.concatenate(p) for name, p in parts.items()}
 
 
 def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
@@ -388,16 +436,8 @@ def stage_end_to_end(ctx: RunContext, out: Path) -> dict[str, Any]:
         "retrieval/candidates.parquet",
     )
     users = heldout_users(ctx)
-    req, frame = candidate_frame(ctx, cands, t_serve)
-    models = rankers(ctx)
-    scores = score_all(models, frame)
-    scores["candidate_gen_only"] = req["cg_score"].to_numpy(dtype=np.float64)
-    slates: dict[str, np.ndarray] = {
-        name: scoring.top_k_per_user(
-            req["user_id"].to_numpy(), req["item_id"].to_numpy(), s, users, k
-        )
-        for name, s in scores.items()
-    }
+    slates = ranked_slates(ctx, cands, users, t_serve, k)
+    del cands
     # the retrieval baselines' own top k (tuned in the retrieval stage; same users, exclusions)
     baseline_npz = ctx.path / "retrieval" / "baseline_slates.npz"
     if baseline_npz.exists():
