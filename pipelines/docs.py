@@ -76,7 +76,8 @@ def _num(x: Any) -> str:
 
 def _machine(r: dict[str, Any]) -> str:
     m = r.get("machine") or {}
-    threads = f", {r['threads']} torch threads" if r.get("threads") else ""
+    n = r.get("threads")
+    threads = f", {n} torch thread{'s' if n != 1 else ''}" if n else ""
     return f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores{threads}"
 
 
