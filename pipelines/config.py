@@ -33,7 +33,7 @@ from vidrec.candidate_gen.config import (
     SSL_METHODS,
     CandidateGenConfig,
 )
-from vidrec.features.sources.synthetic import CATALOGS
+from vidrec.features.sources.synthetic import CATALOGS, WorldConfig
 from vidrec.features.sources.synthetic import PRESETS as WORLD_PRESETS
 from vidrec.ranking.config import CALIBRATION_METHODS, WEIGHTINGS, RankerConfig
 
@@ -386,12 +386,10 @@ def check_values(config: dict[str, Any]) -> None:
 WORLD_SCALED: tuple[str, ...] = ("n_users", "n_items", "n_channels", "impressions")
 
 
-def world_config(data: dict[str, Any]) -> Any:
+def world_config(data: dict[str, Any]) -> WorldConfig:
     """The `WorldConfig` of a run's `data` section: the preset `world_preset` with `catalog`,
     its users, items, channels and impressions multiplied by `world_scale` (1 when a config
     from before the key lacks it; each size at least 1)."""
-    from vidrec.features.sources.synthetic import WorldConfig
-
     base = WorldConfig.preset(data["world_preset"], catalog=data["catalog"])
     scale = float(data.get("world_scale", 1.0))
     if scale == 1.0:
