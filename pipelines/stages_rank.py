@@ -409,9 +409,15 @@ def ranked_slates(
     per_user = int(np.bincount(pd.factorize(user_col)[0]).max()) if len(user_col) else 1
     step = max(1, chunk_rows // per_user)
     parts: dict[str, list[np.ndarray]] = {}
+    names = (*models, "candidate_gen_only")
     for lo in range(0, len(users), step):
         chunk = users[lo : lo + step]
-        req, frame = candidate_frame(ctx, cands[np.isin(user_col, chunk)], t_serve, cache, history)
+        rows = np.isin(user_col, chunk)
+        if not rows.any():  # no candidates for these users: empty slates (-1), nothing to score
+            for name in names:
+                parts.setdefault(name, []).append(np.full((len(chunk), k), -1, dtype=np.int64))
+            continue
+        req, frame = candidate_frame(ctx, cands[rows], t_serve, cache, history)
         scores = score_all(models, frame)
         scores["candidate_gen_only"] = req["cg_score"].to_numpy(dtype=np.float64)
         for name, score in scores.items():
@@ -422,7 +428,7 @@ def ranked_slates(
             )
         del req, frame, scores
     if not parts:  # no held-out user: empty slates of every ranker
-        return {n: np.zeros((0, k), dtype=np.int64) for n in (*models, "candidate_gen_only")}
+        return {n: np.zeros((0, k), dtype=np.int64) for n in names}
     return {name: np.concatenate(p) for name, p in parts.items()}
 
 

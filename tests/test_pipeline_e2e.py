@@ -540,3 +540,11 @@ def test_end_to_end_slates_scored_in_chunks_of_users_equal_one_pass(tiny_run):
         np.testing.assert_array_equal(uneven[name], one_pass[name], err_msg=name)
     served = pd.read_parquet(out / "end_to_end" / "slates.parquet")
     assert served["item_id"].to_numpy().tolist() == one_pass["deep_weighted"].ravel().tolist()
+    # users without candidates get empty slates (-1), in a chunk of their own or not
+    absent = np.array([cands["user_id"].max() + 1, cands["user_id"].max() + 2])
+    more = np.concatenate([users, absent])
+    for rows in (1, len(cands)):
+        got = ranked_slates(ctx, cands, more, t_serve, k, chunk_rows=rows)
+        for name in one_pass:
+            np.testing.assert_array_equal(got[name][: len(users)], one_pass[name])
+            assert (got[name][len(users) :] == -1).all()
