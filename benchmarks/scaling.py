@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--scales needs at least two scales, all > 0")
     a.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    load_start = load_average()
+    load_start = machine["load_average"]
     runs = []
     for scale in scales:
         manifest, wall = run_scale(a.preset, scale, a.seed, scale_dir(a.out, scale), a.set)

@@ -415,8 +415,9 @@ class ExactIndex:
     candidates are merged into the running top-k, raising the thresholds, once they outnumber
     it twice over. After the first blocks almost no group passes, so a large search costs
     little more than its matrix products (benchmarks/exact_topk.py: 1.6-1.7x the time of the
-    same blocked products for 1024 queries over 1M x 64 items on the 2-core AVX2 machine). torch's intra-op threads parallelise the products
-    (torch.set_num_threads). Exclusions set the excluded scores to -inf.
+    same blocked products for 1024 queries over 1M x 64 items on the 2-core AVX2 machine).
+    torch's intra-op threads parallelise the products (torch.set_num_threads). Exclusions set
+    the excluded scores to -inf.
     """
 
     kind: ClassVar[str] = "exact"

@@ -392,8 +392,6 @@ def world_config(data: dict[str, Any]) -> WorldConfig:
     from before the key lacks it; each size at least 1)."""
     base = WorldConfig.preset(data["world_preset"], catalog=data["catalog"])
     scale = float(data.get("world_scale", 1.0))
-    if scale == 1.0:
-        return base
     sizes = {name: max(1, round(getattr(base, name) * scale)) for name in WORLD_SCALED}
     return WorldConfig.preset(data["world_preset"], catalog=data["catalog"], **sizes)
 

@@ -20,6 +20,7 @@ import torch
 from vidrec.features.io import read_dataset, write_dataset
 from vidrec.features.split import TimeSplit
 from vidrec.features.tables import Dataset
+from vidrec.pipelines.config import world_config
 from vidrec.pipelines.rundir import RunDir
 
 log = logging.getLogger("vidrec")
@@ -65,7 +66,6 @@ class RunContext:
             if not self.is_synthetic:
                 raise RuntimeError("this run's data is not the synthetic world; no ground truth")
             from vidrec.features.sources.synthetic import generate_world
-            from vidrec.pipelines.config import world_config
 
             d = self.config["data"]
             wcfg = world_config(d)

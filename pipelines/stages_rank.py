@@ -405,19 +405,26 @@ def ranked_slates(
     models = rankers(ctx)
     cache = scoring.CatalogCache()  # the catalog's item vectors, computed once for all chunks
     history = cg_model(ctx, t_serve).featurizer.index_history(ctx.dataset())  # logs sorted once
-    user_col = cands["user_id"].to_numpy()
-    per_user = int(np.bincount(pd.factorize(user_col)[0]).max()) if len(user_col) else 1
+    pos = pd.Index(users).get_indexer(cands["user_id"].to_numpy())  # -1: not a held-out user
+    held = np.flatnonzero(pos >= 0)
+    per_user = int(np.bincount(pos[held]).max()) if len(held) else 1
     step = max(1, chunk_rows // per_user)
+    # the rows grouped by chunk once (in their own order within a chunk), sliced per chunk
+    n_chunks = -(-len(users) // step)
+    chunk_of = pos[held] // step
+    order = np.argsort(chunk_of, kind="stable")
+    by_chunk = held[order]
+    bounds = np.searchsorted(chunk_of[order], np.arange(n_chunks + 1))
     parts: dict[str, list[np.ndarray]] = {}
     names = (*models, "candidate_gen_only")
-    for lo in range(0, len(users), step):
-        chunk = users[lo : lo + step]
-        rows = np.isin(user_col, chunk)
-        if not rows.any():  # no candidates for these users: empty slates (-1), nothing to score
+    for c in range(n_chunks):
+        chunk = users[c * step : (c + 1) * step]
+        rows = by_chunk[bounds[c] : bounds[c + 1]]
+        if len(rows) == 0:  # no candidates for these users: empty slates (-1), nothing to score
             for name in names:
                 parts.setdefault(name, []).append(np.full((len(chunk), k), -1, dtype=np.int64))
             continue
-        req, frame = candidate_frame(ctx, cands[rows], t_serve, cache, history)
+        req, frame = candidate_frame(ctx, cands.iloc[rows], t_serve, cache, history)
         scores = score_all(models, frame)
         scores["candidate_gen_only"] = req["cg_score"].to_numpy(dtype=np.float64)
         for name, score in scores.items():
