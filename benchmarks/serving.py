@@ -20,8 +20,10 @@ by wrapping the functions it calls, so the path is the real one:
   before they are dropped);
 - cg features: `pipelines.scoring.add_cg_features` (CG score and rank over the whole
   servable catalog; only in catalog mode, otherwise 0: the retrieval carries them);
-- ranker frame: `build_ranker_frame` over the preloaded `RankerFeatureIndex`;
-- score: `TrainedRanker.predict_expected_watch_time`;
+- ranker frame: the ranker's features and codes of the candidates (`TrainedRanker.
+  score_requests`' first step: `request_features` over the preloaded `RankerFeatureIndex`,
+  codes gathered from the catalog codes the Recommender built once, the dense inputs);
+- score: the deep ranker's forward pass and exp(logit) (`score_requests`' second step);
 - sort + slate: the rest of `recommend` (argsort, the slate's dicts).
 Reference: the 20 ms p99 budget on 2 cores. Diagnosis rows time the pieces of
 `add_cg_features` at this catalog size (item features of the catalog, item-tower pass, one
@@ -38,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import vidrec.pipelines.serve as serve_module
 from benchmarks.common import (
     Column,
     PhasePeak,
@@ -148,22 +149,20 @@ class _Timer:
 def instrumented(rec: Recommender, timer: _Timer) -> Iterator[None]:
     """Time `rec.recommend`'s components by wrapping the functions it calls; restore after."""
     saved_cg = scoring.add_cg_features
-    saved_frame = serve_module.build_ranker_frame
     rec.retriever.retrieve = timer.wrap("retrieve", rec.retriever.retrieve)  # type: ignore[method-assign]
     rec._retrieve = timer.wrap("retrieve", rec._retrieve)  # type: ignore[method-assign]
-    rec.ranker.predict_expected_watch_time = timer.wrap(  # type: ignore[method-assign]
-        "score", rec.ranker.predict_expected_watch_time
-    )
+    ranker = rec.ranker
+    ranker._request_inputs = timer.wrap("ranker_frame", ranker._request_inputs)  # type: ignore[method-assign]
+    ranker._predict_inputs = timer.wrap("score", ranker._predict_inputs)  # type: ignore[method-assign]
     scoring.add_cg_features = timer.wrap("cg_features", saved_cg)  # type: ignore[assignment]
-    serve_module.build_ranker_frame = timer.wrap("ranker_frame", saved_frame)  # type: ignore[assignment]
     try:
         yield
     finally:
         del rec.retriever.retrieve  # back to the class's method
         del rec._retrieve
-        del rec.ranker.predict_expected_watch_time
+        del ranker._request_inputs
+        del ranker._predict_inputs
         scoring.add_cg_features = saved_cg  # type: ignore[assignment]
-        serve_module.build_ranker_frame = saved_frame  # type: ignore[assignment]
 
 
 def serve_users(

@@ -359,14 +359,12 @@ def _str_codes_of(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.asarray(names, dtype=object)
 
 
-def _block_frame(
-    columns: dict[str, np.ndarray], order: tuple[str, ...], dtype: Any
-) -> pd.DataFrame:
-    """A DataFrame of `dtype` with `order`'s columns, stored as one 2-D block."""
+def _block(columns: dict[str, np.ndarray], order: tuple[str, ...], dtype: Any) -> np.ndarray:
+    """(N, len(order)) array of `dtype` with `order`'s columns side by side."""
     block = np.empty((len(next(iter(columns.values()))), len(order)), dtype=dtype)
     for j, name in enumerate(order):
         block[:, j] = columns[name]
-    return pd.DataFrame(block, columns=list(order), copy=False)
+    return block
 
 
 def _topic_codes_of(topics: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -605,9 +603,7 @@ class RankerFeatureIndex:
         else:
             self.i_user = self.i_t = self.i_ipos = self.i_clicked = np.zeros(0, dtype=np.int64)
 
-    def for_user(
-        self, user: int, items: np.ndarray, times: np.ndarray
-    ) -> RankerFeatureIndex:
+    def for_user(self, user: int, items: np.ndarray, times: np.ndarray) -> RankerFeatureIndex:
         """A view of this index for requests of `user` alone, with the watches `items` at
         `times` added to that user's logged ones (fresh watches a caller passes at serving).
 
@@ -650,48 +646,54 @@ class RankerFeatureIndex:
         return item_signal_values(counts, self.first_watch()[ipos], t, tuple(windows))
 
 
-def build_ranker_frame(
-    dataset: Dataset | RankerFeatureIndex,
-    requests: pd.DataFrame,
-    *,
-    history_len: int = 50,
-    time_windows: tuple[int, ...] | None = None,
-) -> RankerFrame:
-    """Return the `RankerFrame` of `requests` (user_id, item_id, timestamp[, source, cg_score, cg_rank]).
+@dataclass
+class RequestFeatures:
+    """The numeric features of N requests: everything of a `RankerFrame` but its strings.
 
-    Every feature uses only `dataset` events strictly before the request's timestamp. Pass a
-    `RankerFeatureIndex` instead of the dataset to build repeatedly (serving) without re-sorting
-    the logs. Requests of items absent from `dataset.items` are refused (their attributes are
-    unknown); a user absent from `dataset.users` gets a missing (OOV) language. Labels
-    (`clicked`, `watch_time`) and `position` are carried through when present. With
-    `time_windows` (seconds, shortest first) the item time signals `ITEM_TIME_VALUES` are added
-    as the last continuous columns; without, the frame is as it was before them.
+    `build_ranker_frame` names these values (categories, topic names, DataFrames);
+    `RankerVocabularies.encode_requests` turns them into codes through a `CatalogCodes`
+    without any string, for serving.
+
+    ipos            (N,) the row's item's position in the index's catalog
+    upos            (N,) the row's user's position in the index's users (-1: not in the data)
+    uniq_ipos       (I,) the frame's distinct item positions; topic_row (N,) indexes them
+    continuous      (N, len(continuous_columns)) float64, raw
+    flags           (N, len(FLAG_COLUMNS)) float32 0/1
+    history_items, history_end, history_count: as in `RankerFrame`
     """
-    if history_len < 1:
-        raise ValueError(f"build_ranker_frame: history_len must be >= 1, got {history_len}")
-    req = _validate_requests(requests)
-    ix = dataset if isinstance(dataset, RankerFeatureIndex) else RankerFeatureIndex(dataset)
-    n = len(req)
+
+    ipos: np.ndarray
+    upos: np.ndarray
+    uniq_ipos: np.ndarray
+    topic_row: np.ndarray
+    continuous: np.ndarray
+    continuous_columns: tuple[str, ...]
+    flags: np.ndarray
+    history_items: np.ndarray
+    history_end: np.ndarray
+    history_count: np.ndarray
+
+
+def request_features(
+    ix: RankerFeatureIndex,
+    r_user: np.ndarray,
+    ipos: np.ndarray,
+    r_t: np.ndarray,
+    cg_score: np.ndarray | None = None,
+    cg_rank: np.ndarray | None = None,
+    time_windows: tuple[int, ...] | None = None,
+) -> RequestFeatures:
+    """Return the numeric features of the requests (user `r_user`, catalog item `ipos`, time
+    `r_t`), each from `ix`'s events strictly before its time (see `build_ranker_frame`).
+
+    `cg_score` (NaN = none for that row) and `cg_rank` (the rank to use where a score is
+    given) are the candidate generator's, or None when the requests carry none. Every `ipos`
+    must be a catalog position (>= 0): `build_ranker_frame` refuses other items first.
+    """
+    n = len(r_user)
     n_items = ix.n_items
-
-    r_user = req["user_id"].to_numpy(dtype=np.int64)
-    r_item = req["item_id"].to_numpy(dtype=np.int64)
-    r_t = req["timestamp"].to_numpy(dtype=np.int64)
-
-    # ---- items: attribute codes once per item, gathered per row
-    ipos = ix.item_index.get_indexer(r_item)
-    unknown = ipos < 0
-    if unknown.any():
-        raise ValueError(
-            f"requests reference {int(unknown.sum())} row(s) with item_id absent from "
-            f"dataset.items; first offending rows:\n{_first_rows(req, unknown)}\n"
-            "score only items of the catalog (or add them to the items table)"
-        )
     ch_codes, tp_codes = ix.channel_codes, ix.topic_codes
     uniq_ipos, topic_row = np.unique(ipos, return_inverse=True)
-    tp_rows = tp_codes[uniq_ipos]  # (I, T)
-    topics = np.full(tp_rows.shape, None, dtype=object)  # (I, T) topic names, None = padding
-    topics[tp_rows >= 0] = ix.topic_names[tp_rows[tp_rows >= 0]]
     requested = np.zeros(n_items, dtype=bool)
     requested[ipos] = True
 
@@ -700,12 +702,6 @@ def build_ranker_frame(
     n_u = len(uniq_users)
     r_uc = np.searchsorted(uniq_users, r_user).astype(np.int64)
     upos = ix.user_index.get_indexer(r_user)
-    user_lang = _categorical(
-        np.where(upos >= 0, ix.user_language_codes[np.maximum(upos, 0)], -1)
-        if len(ix.user_language_codes)
-        else np.full(n, -1, dtype=np.int64),
-        ix.user_language_categories,
-    )
 
     # ---- the requesting users' watches, in (user, time) order
     t_cap = int(r_t.max()) if n else 0  # no event at or after the last request can matter
@@ -764,31 +760,15 @@ def build_ranker_frame(
     m0 = ix.i_clicked[sel][m] == 0
     unclicked, _ = _count_and_last(ev_g[m0], i_t[m][m0], q_g, r_t, n_g)
 
-    # ---- candidate generator score and its rank within the page (user, timestamp)
-    if "cg_score" in req.columns:
-        cg = _as_float(req["cg_score"])
-        has_cg = ~np.isnan(cg)
-        if "cg_rank" in req.columns:  # the caller's rank (e.g. over the whole catalog)
-            rank = _as_float(req["cg_rank"])
-        else:  # rank within the page
-            rank = (
-                pd.Series(cg)
-                .groupby([r_user, r_t], sort=False)
-                .rank(ascending=False, method="first")
-                .to_numpy()
-            )
-        cg_rank = np.where(has_cg, rank, 0.0)
-        cg_score = np.where(has_cg, cg, CG_SCORE_ABSENT)
+    # ---- the candidate generator's score and rank
+    if cg_score is not None:
+        has_cg = ~np.isnan(cg_score)
+        cg_rank = np.where(has_cg, cg_rank if cg_rank is not None else 0.0, 0.0)
+        cg_score = np.where(has_cg, cg_score, CG_SCORE_ABSENT)
     else:
         has_cg = np.zeros(n, dtype=bool)
         cg_rank = np.zeros(n)
         cg_score = np.full(n, CG_SCORE_ABSENT)
-
-    attributes = None
-    if ix.attribute_codes is not None:
-        at_rows = ix.attribute_codes[uniq_ipos]  # (I, A)
-        attributes = np.full(at_rows.shape, None, dtype=object)
-        attributes[at_rows >= 0] = ix.attribute_names[at_rows[at_rows >= 0]]
 
     cont = {
         "user_channel_watches": user_channel_watches,
@@ -805,22 +785,95 @@ def build_ranker_frame(
         "user_activity": user_activity,
     }
     cont.update({name: values[ipos] for name, values in ix.extra_continuous.items()})
-    # one 2-D block each (a frame built column by column costs ~1 ms more per serving request)
-    continuous = _block_frame(cont, CONTINUOUS_COLUMNS + tuple(ix.extra_continuous), np.float64)
+    columns = CONTINUOUS_COLUMNS + tuple(ix.extra_continuous)
     if time_windows:  # the item's recent popularity as of t
         values = ix.item_time_values(ipos, r_t, tuple(int(w) for w in time_windows))
-        timed = pd.DataFrame(values, columns=list(ITEM_TIME_VALUES), copy=False)
-        continuous = pd.concat([continuous, timed], axis=1)
-    flags = _block_frame(
-        {
-            "never_watched_channel": never_ch,
-            "never_watched_topic": never_topic,
-            "has_cg_score": has_cg,
-        },
-        FLAG_COLUMNS,
-        np.float32,
+        cont.update({name: values[:, j] for j, name in enumerate(ITEM_TIME_VALUES)})
+        columns += ITEM_TIME_VALUES
+    flags = np.empty((n, len(FLAG_COLUMNS)), dtype=np.float32)
+    for j, values in enumerate((never_ch, never_topic, has_cg)):  # FLAG_COLUMNS' order
+        flags[:, j] = values
+    return RequestFeatures(
+        ipos=ipos,
+        upos=upos,
+        uniq_ipos=uniq_ipos,
+        topic_row=topic_row.astype(np.int64),
+        continuous=_block(cont, columns, np.float64),
+        continuous_columns=columns,
+        flags=flags,
+        history_items=history_items.astype(np.int64),
+        history_end=hist_end.astype(np.int64),
+        history_count=user_activity.astype(np.int64),
     )
 
+
+def build_ranker_frame(
+    dataset: Dataset | RankerFeatureIndex,
+    requests: pd.DataFrame,
+    *,
+    history_len: int = 50,
+    time_windows: tuple[int, ...] | None = None,
+) -> RankerFrame:
+    """Return the `RankerFrame` of `requests` (user_id, item_id, timestamp[, source, cg_score, cg_rank]).
+
+    Every feature uses only `dataset` events strictly before the request's timestamp. Pass a
+    `RankerFeatureIndex` instead of the dataset to build repeatedly (serving) without re-sorting
+    the logs. Requests of items absent from `dataset.items` are refused (their attributes are
+    unknown); a user absent from `dataset.users` gets a missing (OOV) language. Labels
+    (`clicked`, `watch_time`) and `position` are carried through when present. With
+    `time_windows` (seconds, shortest first) the item time signals `ITEM_TIME_VALUES` are added
+    as the last continuous columns; without, the frame is as it was before them.
+    """
+    if history_len < 1:
+        raise ValueError(f"build_ranker_frame: history_len must be >= 1, got {history_len}")
+    req = _validate_requests(requests)
+    ix = dataset if isinstance(dataset, RankerFeatureIndex) else RankerFeatureIndex(dataset)
+    n = len(req)
+
+    r_user = req["user_id"].to_numpy(dtype=np.int64)
+    r_item = req["item_id"].to_numpy(dtype=np.int64)
+    r_t = req["timestamp"].to_numpy(dtype=np.int64)
+
+    ipos = ix.item_index.get_indexer(r_item)
+    unknown = ipos < 0
+    if unknown.any():
+        raise ValueError(
+            f"requests reference {int(unknown.sum())} row(s) with item_id absent from "
+            f"dataset.items; first offending rows:\n{_first_rows(req, unknown)}\n"
+            "score only items of the catalog (or add them to the items table)"
+        )
+
+    # ---- the candidate generator score, and its rank within the page (user, timestamp)
+    # unless the requests give one (e.g. over the whole catalog)
+    cg, rank = None, None
+    if "cg_score" in req.columns:
+        cg = _as_float(req["cg_score"])
+        if "cg_rank" in req.columns:
+            rank = _as_float(req["cg_rank"])
+        else:
+            rank = (
+                pd.Series(cg)
+                .groupby([r_user, r_t], sort=False)
+                .rank(ascending=False, method="first")
+                .to_numpy()
+            )
+    f = request_features(ix, r_user, ipos, r_t, cg, rank, time_windows)
+
+    # ---- names: the items' topics and attributes, the rows' categories
+    tp_rows = ix.topic_codes[f.uniq_ipos]  # (I, T)
+    topics = np.full(tp_rows.shape, None, dtype=object)  # (I, T) topic names, None = padding
+    topics[tp_rows >= 0] = ix.topic_names[tp_rows[tp_rows >= 0]]
+    attributes = None
+    if ix.attribute_codes is not None:
+        at_rows = ix.attribute_codes[f.uniq_ipos]  # (I, A)
+        attributes = np.full(at_rows.shape, None, dtype=object)
+        attributes[at_rows >= 0] = ix.attribute_names[at_rows[at_rows >= 0]]
+    user_lang = _categorical(
+        np.where(f.upos >= 0, ix.user_language_codes[np.maximum(f.upos, 0)], -1)
+        if len(ix.user_language_codes)
+        else np.full(n, -1, dtype=np.int64),
+        ix.user_language_categories,
+    )
     if "source" in req.columns:
         src_codes, src_names = _str_codes_of(req["source"])
     else:
@@ -833,7 +886,7 @@ def build_ranker_frame(
             "source": _categorical(src_codes, src_names),
             "user_language": user_lang,
             "item_language": _categorical(ix.language_codes[ipos], ix.language_categories),
-            "channel_id": _categorical(ch_codes[ipos], ix.channel_categories),
+            "channel_id": _categorical(ix.channel_codes[ipos], ix.channel_categories),
         }
     )
     if "position" in req.columns:
@@ -844,13 +897,14 @@ def build_ranker_frame(
 
     return RankerFrame(
         rows=rows,
-        continuous=continuous,
-        flags=flags,
-        history_items=history_items.astype(np.int64),
-        history_end=hist_end.astype(np.int64),
-        history_count=user_activity.astype(np.int64),
+        # one 2-D block each (a frame built column by column costs ~1 ms more per request)
+        continuous=pd.DataFrame(f.continuous, columns=list(f.continuous_columns), copy=False),
+        flags=pd.DataFrame(f.flags, columns=list(FLAG_COLUMNS), copy=False),
+        history_items=f.history_items,
+        history_end=f.history_end,
+        history_count=f.history_count,
         topics=topics,
-        topic_row=topic_row.astype(np.int64),
+        topic_row=f.topic_row,
         history_len=int(history_len),
         attributes=attributes,
     )
@@ -905,6 +959,21 @@ class EncodedRankerFrame:
         if self.attribute_codes is None:
             return None
         return self.attribute_codes[self.topic_row[rows]]
+
+
+@dataclass(frozen=True)
+class CatalogCodes:
+    """A `RankerFeatureIndex`'s catalog and users in a `RankerVocabularies`' codes (0 = padding
+    or OOV), per catalog position (item, language, channel: (n_items,); topics (n_items, T);
+    attributes (n_items, A) or None) and per user position (user_language (n_users,)).
+    Built once by `RankerVocabularies.catalog_codes`; shared by the index's `for_user` views."""
+
+    item: np.ndarray
+    language: np.ndarray
+    channel: np.ndarray
+    topics: np.ndarray
+    user_language: np.ndarray
+    attributes: np.ndarray | None = None
 
 
 def _covered(end: np.ndarray, count: np.ndarray, history_len: int, size: int) -> np.ndarray:
@@ -1045,6 +1114,51 @@ class RankerVocabularies:
             topic_codes=self._object_codes(self.topic, frame.topics),
             topic_row=frame.topic_row,
             attribute_codes=self._attribute_codes(frame),
+        )
+
+    def catalog_codes(self, ix: RankerFeatureIndex) -> CatalogCodes:
+        """Return the codes of every catalog item and user of `ix`, looked up once: what
+        `encode_requests` gathers per request instead of naming and looking up strings."""
+
+        def table(vocab: IdVocabulary, names: np.ndarray) -> np.ndarray:
+            # name position -> code, position -1 (missing) -> 0, as `_codes` maps them
+            return self._object_codes(vocab, np.concatenate([[None], names]).astype(object))
+
+        attributes = None
+        if self.attribute is not None:
+            if ix.attribute_codes is None:  # a catalog without those columns: all OOV
+                attributes = np.zeros((ix.n_items, 1), dtype=np.int64)
+            else:
+                attributes = table(self.attribute, ix.attribute_names)[ix.attribute_codes + 1]
+        return CatalogCodes(
+            item=self.item.transform(ix.item_index.to_numpy()),
+            language=table(self.language, ix.language_names)[ix.language_codes + 1],
+            channel=table(self.channel, ix.channel_names)[ix.channel_codes + 1],
+            topics=table(self.topic, ix.topic_names)[ix.topic_codes + 1],
+            user_language=table(self.language, ix.user_language_names)[ix.user_language_codes + 1],
+            attributes=attributes,
+        )
+
+    def encode_requests(
+        self, f: RequestFeatures, codes: CatalogCodes, source: str | None
+    ) -> EncodedRankerFrame:
+        """Return the codes of requests' features `f` (`request_features`) through the
+        catalog's `codes` (`catalog_codes` of the same index): equal to
+        `encode(build_ranker_frame(...))` of the same requests, with every row's `source`."""
+        n = len(f.ipos)
+        src = 0 if source is None else int(self.source.transform(np.array([str(source)]))[0])
+        return EncodedRankerFrame(
+            item=codes.item[f.ipos],
+            user_language=np.where(f.upos >= 0, codes.user_language[np.maximum(f.upos, 0)], 0),
+            item_language=codes.language[f.ipos],
+            channel=codes.channel[f.ipos],
+            source=np.full(n, src, dtype=np.int64),
+            history_codes=self.item.transform(f.history_items),
+            history_end=f.history_end,
+            history_count=f.history_count,
+            topic_codes=codes.topics[f.uniq_ipos],
+            topic_row=f.topic_row,
+            attribute_codes=None if codes.attributes is None else codes.attributes[f.uniq_ipos],
         )
 
     def _attribute_codes(self, frame: RankerFrame) -> np.ndarray | None:

@@ -33,7 +33,7 @@ from vidrec.features.examples import UserHistory
 from vidrec.features.ids import IdMaps, UnknownIdError
 from vidrec.features.integrity import read_json_object
 from vidrec.features.io import read_dataset
-from vidrec.features.ranker_features import RankerFeatureIndex, build_ranker_frame
+from vidrec.features.ranker_features import RankerFeatureIndex
 from vidrec.features.split import TimeSplit
 from vidrec.features.stats import logs_watch_time
 from vidrec.features.tables import Dataset
@@ -48,9 +48,8 @@ from vidrec.pipelines.rundir import (
 )
 from vidrec.ranking.train import TrainedRanker
 
-_SOURCES = pd.Index(["candidate_gen"], dtype=object)  # the serving candidates' one source
-# the ranker request columns, in build_ranker_frame's order
-_REQUEST_COLUMNS = ("user_id", "item_id", "timestamp", "source", "cg_score", "cg_rank")
+#: the source of every served candidate (the ranker's `source` feature)
+CANDIDATE_SOURCE = "candidate_gen"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -141,6 +140,8 @@ class Recommender:
         self.at = int(split.valid_end)
         self.retriever = Retriever(cg, index, dataset)
         self.features = RankerFeatureIndex(dataset)  # logs sorted once, so a request reads one user
+        # the catalog and users in the ranker's codes, looked up once (no string per request)
+        self._ranker_codes = ranker.catalog_codes(self.features)
         self._users = set(dataset.users["user_id"].tolist())
         self._items = pd.Index(dataset.items["item_id"].to_numpy())
         # titles read once: converting a 1M-item title column per request cost ~150 ms
@@ -257,40 +258,43 @@ class Recommender:
             return [int(c) for c in np.asarray(codes, dtype=np.int64).tolist()]
         return ids.labels("item", codes).tolist()
 
-    def _requests(
-        self,
-        user: int,
-        item_ids: np.ndarray,
-        cg: tuple[np.ndarray, np.ndarray] | None,
-        view: _View,
-    ) -> pd.DataFrame:
-        """Ranker requests with the CG score and rank: `cg` = (scores, ranks) when given, else
-        computed over the catalog as for training rows."""
+    def _catalog_cg(
+        self, user: int, item_ids: np.ndarray, view: _View
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The CG scores and catalog ranks of `item_ids` for `user`, computed over the catalog
+        as for training rows (upload ages at the serving time, as in the index)."""
         n = len(item_ids)
-        cols = {
-            "user_id": np.full(n, user, dtype=np.int64),
-            "item_id": np.asarray(item_ids, dtype=np.int64),
-            "timestamp": np.full(n, view.at, dtype=np.int64),
-        }
-        if cg is None:
-            req = scoring.add_cg_features(
-                self.cg,
-                self.dataset,
-                pd.DataFrame(cols),
-                self._item_vectors,
-                history=view.history,
-                exact_time=True,  # upload ages at the serving time, as in the index
-            )
-            cols["cg_score"], cols["cg_rank"] = (
-                req["cg_score"].to_numpy(),
-                req["cg_rank"].to_numpy(),
-            )
-        else:
-            cols["cg_score"], cols["cg_rank"] = cg
-        # one frame built at once, in build_ranker_frame's column order (adding columns one by
-        # one cost ~2 ms per request)
-        cols["source"] = pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), _SOURCES)
-        return pd.DataFrame(cols, columns=list(_REQUEST_COLUMNS))
+        req = scoring.add_cg_features(
+            self.cg,
+            self.dataset,
+            pd.DataFrame(
+                {
+                    "user_id": np.full(n, user, dtype=np.int64),
+                    "item_id": np.asarray(item_ids, dtype=np.int64),
+                    "timestamp": np.full(n, view.at, dtype=np.int64),
+                }
+            ),
+            self._item_vectors,
+            history=view.history,
+            exact_time=True,
+        )
+        return req["cg_score"].to_numpy(), req["cg_rank"].to_numpy()
+
+    def _expected_watch_time(
+        self, user: int, item_ids: np.ndarray, cg: tuple[np.ndarray, np.ndarray], view: _View
+    ) -> np.ndarray:
+        """The deep ranker's expected watch time of `item_ids` for `user` at the view's time,
+        with their (CG scores, CG ranks), from the candidate generator's source."""
+        return self.ranker.score_requests(
+            view.features,
+            self._ranker_codes,
+            user,
+            item_ids,
+            view.at,
+            cg_scores=cg[0],
+            cg_ranks=cg[1],
+            source=CANDIDATE_SOURCE,
+        )
 
     def _retrieve(
         self, user: int, n: int, view: _View
@@ -363,26 +367,20 @@ class Recommender:
         given, user = user, self._user_code(user)
         view = self._view(user, history, at)
         n = int(n_candidates or self.config["retrieval"]["n_candidates"])
+        # rows best first, watched dropped (the view's history holds the fresh watches too)
         if self.cg_features == "retrieval" or len(view.fresh):
             item_ids, cg = self._retrieve(user, n, view)
         else:
             cands = self.retriever.retrieve(
                 np.array([user]), n, at_time=view.at, exclude_watched=True
             )
-            item_ids, cg = cands["item_id"].to_numpy(), None
-        # the view's history holds the fresh watches too: retrieval excluded them
-        req = self._requests(user, item_ids, cg, view)  # rows best first, watched dropped
-        frame = build_ranker_frame(
-            view.features,
-            req,
-            history_len=self.ranker.config.history_len,
-            time_windows=self.ranker.config.time_windows or None,
-        )
-        ewt = self.ranker.predict_expected_watch_time(frame)
+            item_ids = cands["item_id"].to_numpy()
+            cg = self._catalog_cg(user, item_ids, view)
+        ewt = self._expected_watch_time(user, item_ids, cg, view)
         order = np.argsort(-ewt, kind="stable")[:k]
         item = self._item_labels(item_ids[order])
         titles = self._titles(item_ids[order])
-        score = req["cg_score"].to_numpy(dtype=np.float64)[order].tolist()
+        score = np.asarray(cg[0], dtype=np.float64)[order].tolist()
         slate = [
             {
                 "rank": i + 1,
@@ -452,26 +450,17 @@ class Recommender:
         view = self._view(user, history, at)
         codes = self._item_codes(list(items))
         known = codes >= 0
-        req = self._requests(user, codes[known], None, view)
-        frame = build_ranker_frame(
-            view.features,
-            req,
-            history_len=self.ranker.config.history_len,
-            time_windows=self.ranker.config.time_windows or None,
+        item_ids = codes[known]
+        ewt = self._expected_watch_time(
+            user, item_ids, self._catalog_cg(user, item_ids, view), view
         )
-        scored = pd.DataFrame(
-            {
-                "item_id": req["item_id"],
-                "expected_watch_time": self.ranker.predict_expected_watch_time(frame),
-            }
-        )
-        labels = self._item_labels(scored["item_id"].to_numpy())
+        labels = self._item_labels(item_ids)
         return {
             "user": given,
             "at": _iso(view.at),
             "items": [
                 {"item_id": i, "expected_watch_time": float(e)}
-                for i, e in zip(labels, scored["expected_watch_time"], strict=True)
+                for i, e in zip(labels, ewt.tolist(), strict=True)
             ],
             "unknown_items": [v for v, ok in zip(items, known.tolist(), strict=True) if not ok],
             "score_unit": self.score_unit,

@@ -59,11 +59,13 @@ from vidrec.features.integrity import (
 )
 from vidrec.features.normalize import QuantileNormalizer
 from vidrec.features.ranker_features import (
+    CatalogCodes,
     EncodedRankerFrame,
     RankerFeatureIndex,
     RankerFrame,
     RankerVocabularies,
     build_ranker_frame,
+    request_features,
 )
 from vidrec.features.tables import Dataset
 from vidrec.ranking.calibration import WatchTimeCalibrator
@@ -90,11 +92,20 @@ def dense_features(
 
     D = 0 when config.use_continuous is False (the ablation).
     """
+    return _dense(config, normalizer, frame.continuous, frame.flags.to_numpy(dtype=np.float32))
+
+
+def _dense(
+    config: RankerConfig,
+    normalizer: QuantileNormalizer,
+    continuous: pd.DataFrame | np.ndarray,
+    flags: np.ndarray,
+) -> np.ndarray:
+    """`dense_features` of raw continuous values (N, F) and flags (N, n_flags)."""
     if not config.use_continuous:
-        return np.zeros((len(frame), 0), dtype=np.float32)
-    xt = normalizer.transform(frame.continuous)  # (N, F) in [0, 1)
-    parts = [QuantileNormalizer.expand(xt) if config.continuous_powers else xt]
-    parts.append(frame.flags.to_numpy(dtype=np.float32))  # (N, n_flags)
+        return np.zeros((len(flags), 0), dtype=np.float32)
+    xt = normalizer.transform(continuous)  # (N, F) in [0, 1)
+    parts = [QuantileNormalizer.expand(xt) if config.continuous_powers else xt, flags]
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
@@ -198,10 +209,105 @@ class TrainedRanker:
         watch time for the watch-time weightings; for the click-only variant it is the click
         odds (never calibrated).
         """
-        logits = self.predict_logit(frame, batch_size=batch_size)
+        return self._watch_time(self.predict_logit(frame, batch_size=batch_size))
+
+    def _watch_time(self, logits: np.ndarray) -> np.ndarray:
         if self.calibrator is not None:
             return self.calibrator.expected_watch_time(logits)
         return np.exp(logits)
+
+    def catalog_codes(self, index: RankerFeatureIndex) -> CatalogCodes:
+        """Return the codes of `index`'s catalog and users in this ranker's vocabularies, for
+        `score_requests`: built once (a catalog of 1M items takes tens of ms), valid for the
+        index and its `for_user` views."""
+        return self.vocabularies.catalog_codes(index)
+
+    def score_requests(
+        self,
+        index: RankerFeatureIndex,
+        codes: CatalogCodes,
+        user_id: int,
+        item_ids: np.ndarray,
+        t: int,
+        *,
+        cg_scores: np.ndarray | None = None,
+        cg_ranks: np.ndarray | None = None,
+        source: str | None = None,
+    ) -> np.ndarray:
+        """Return the expected watch time (N,) of one user's `item_ids` at time t, in order:
+        the same values as `score_items`, computed for serving without a DataFrame or a string
+        per request (`codes` = `catalog_codes(index)`, built once).
+
+        `cg_scores` (NaN: none for that item) and `cg_ranks` are the candidate generator's;
+        without `cg_ranks` a scored item's rank is its place among the given scores. Every item
+        must be in the index's catalog."""
+        inputs = self._request_inputs(
+            index, codes, user_id, item_ids, t, cg_scores, cg_ranks, source
+        )
+        return self._predict_inputs(inputs)
+
+    def _request_inputs(
+        self,
+        index: RankerFeatureIndex,
+        codes: CatalogCodes,
+        user_id: int,
+        item_ids: np.ndarray,
+        t: int,
+        cg_scores: np.ndarray | None,
+        cg_ranks: np.ndarray | None,
+        source: str | None,
+    ) -> _Inputs:
+        ids = np.asarray(item_ids, dtype=np.int64)
+        n = len(ids)
+        ipos = index.item_index.get_indexer(ids)
+        if (ipos < 0).any():
+            raise ValueError(
+                f"score_requests: item(s) {ids[ipos < 0][:10].tolist()} are not in the "
+                "catalog of the feature index; score only catalog items"
+            )
+        if len(codes.item) != index.n_items:
+            raise ValueError(
+                f"score_requests: the catalog codes cover {len(codes.item)} items, the index "
+                f"{index.n_items}: build them with catalog_codes(index) of this index"
+            )
+        score = rank = None
+        if cg_scores is not None:
+            score = _per_item(cg_scores, n, "cg_scores")
+            if np.isinf(score).any():
+                raise ValueError("score_requests: cg_scores contains inf")
+            if cg_ranks is None:  # the place among the given scores (ties: the earlier first)
+                rank = np.empty(n)
+                rank[np.argsort(-score, kind="stable")] = np.arange(1, n + 1)
+            else:
+                rank = _per_item(cg_ranks, n, "cg_ranks")
+                if (~np.isnan(score) & ~(np.isfinite(rank) & (rank >= 1))).any():
+                    raise ValueError("score_requests: cg_ranks must be >= 1 where a score is given")
+        elif cg_ranks is not None:
+            raise ValueError("score_requests: cg_ranks without cg_scores; give both or only scores")
+        f = request_features(
+            index,
+            np.full(n, int(user_id), dtype=np.int64),
+            ipos,
+            np.full(n, int(t), dtype=np.int64),
+            score,
+            rank,
+            self.config.time_windows or None,
+        )
+        fitted = self.normalizer.columns_
+        if fitted is not None and list(f.continuous_columns) != fitted:
+            raise ValueError(
+                f"score_requests: the index gives continuous features {list(f.continuous_columns)}"
+                f", the ranker was trained on {fitted} (another catalog or time windows)"
+            )
+        return _Inputs(
+            codes=self.vocabularies.encode_requests(f, codes, source),
+            dense=_dense(self.config, self.normalizer, f.continuous, f.flags),
+            history_len=self.config.history_len,
+        )
+
+    def _predict_inputs(self, inputs: _Inputs) -> np.ndarray:
+        n = len(inputs.codes)
+        return self._watch_time(_batched_logits(self.model, inputs, n, self.device, 8192))
 
     def score_items(
         self,
@@ -347,6 +453,14 @@ def predict_expected_watch_time(
     return ranker.score_items(
         dataset, user_id, item_ids, t, cg_scores=cg_scores, cg_ranks=cg_ranks, source=source
     )
+
+
+def _per_item(values: Sequence[float] | np.ndarray, n: int, name: str) -> np.ndarray:
+    """`values` as float64 (n,), refused when not one per item."""
+    out = np.asarray(values, dtype=np.float64)
+    if out.shape != (n,):
+        raise ValueError(f"score_requests: {name} has shape {out.shape} for {n} item_ids")
+    return out
 
 
 def _check_files(directory: Path, digests: object) -> None:

@@ -258,9 +258,9 @@ def test_recommend_cg_features_from_retrieval_equal_the_catalog_definition(tiny_
     for user in users:
         view = rec._view(int(user), None, None)
         cands, (score, rank) = rec._retrieve(int(user), 40, view)
-        req = rec._requests(int(user), cands, None, view)  # catalog definition
-        np.testing.assert_array_equal(rank, req["cg_rank"].to_numpy())
-        np.testing.assert_allclose(score, req["cg_score"].to_numpy(), rtol=1e-4, atol=1e-5)
+        want_score, want_rank = rec._catalog_cg(int(user), cands, view)  # catalog definition
+        np.testing.assert_array_equal(rank, want_rank)
+        np.testing.assert_allclose(score, want_score, rtol=1e-4, atol=1e-5)
         # the same candidates as the retriever's own exclusion of watched items
         want = rec.retriever.retrieve(np.array([user]), 40, at_time=rec.at, exclude_watched=True)
         # (items with identical vectors tie, and which tied items fill the last places may
@@ -383,6 +383,7 @@ def test_fresh_history_and_serving_time(tiny_run):
     """`history` serves a user from watches the logs do not hold yet; `at` moves the serving
     time; both leave the default request as it was."""
     import numpy as np
+    import pandas as pd
 
     from vidrec.features.ids import UnknownIdError
     from vidrec.features.ranker_features import build_ranker_frame
@@ -397,8 +398,9 @@ def test_fresh_history_and_serving_time(tiny_run):
     assert rec.recommend(user, k=5, at=rec.at) == base
     assert rec.recommend(user, k=5, at=base["at"].replace(" UTC", "")) == base  # ISO, UTC
     # a view with no fresh watches builds the same ranker rows as the whole log's index
-    req = rec._requests(user, np.array([s["item_id"] for s in base["slate"]]), None,
-                        rec._view(user, None, None))
+    items = np.array([s["item_id"] for s in base["slate"]])
+    req = pd.DataFrame({"user_id": np.full(len(items), user), "item_id": items,
+                        "timestamp": np.full(len(items), rec.at)})
     whole = build_ranker_frame(rec.features, req, history_len=rec.ranker.config.history_len)
     one = build_ranker_frame(rec.features.for_user(user, np.zeros(0, np.int64),
                                                    np.zeros(0, np.int64)),
@@ -498,8 +500,8 @@ def test_requests_run_on_the_recommenders_thread_count_and_restore_the_callers(t
     try:
         for threads, expect in ((1, 1), (None, 2), (2, 2)):
             rec = Recommender.load(out, threads=threads)
-            score = rec.ranker.predict_expected_watch_time
-            rec.ranker.predict_expected_watch_time = lambda f, s=score: (
+            score = rec.ranker._predict_inputs
+            rec.ranker._predict_inputs = lambda f, s=score: (
                 seen.append(torch.get_num_threads()) or s(f)
             )
             user = int(rec.dataset.watches["user_id"].iloc[0])

@@ -619,3 +619,66 @@ def test_progress_goes_to_the_log_one_line_per_epoch_and_bars_only_on_a_terminal
     assert progress_bar(True, total=3).disable
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert not progress_bar(True, total=3).disable and progress_bar(False, total=3).disable
+
+
+def test_score_requests_gives_the_frame_paths_numbers_without_strings():
+    """The serving path (numeric features, catalog codes built once) against score_items
+    (a DataFrame of requests, a RankerFrame, string lookups): equal expected watch times for
+    known and unknown users, with and without CG scores and ranks, missing channels and
+    languages, extra item columns of every kind, item time signals and fresh watches."""
+    from dataclasses import replace
+
+    base = world(n_imps=1500)
+    items = base.items.assign(
+        channel_id=["bait", None, "docs", "misc"],
+        language=["en", "en", None, "de"],
+        studio=["a", "b", "a", None],
+        rating=[1.0, 2.5, np.nan, 4.0],
+        tags=[["x"], ["y", "z"], [], ["x"]],
+    )
+    columns = {"items": {"studio": "categorical", "rating": "continuous", "tags": "multi"}}
+    ds = replace(base, items=items, columns=columns)
+    windows = (600, 3600, 7200)
+    imps = ds.impressions.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    cut = int(len(imps) * 0.8)
+    tr, va = (
+        build_ranker_frame(ds, part, history_len=5, time_windows=windows)
+        for part in (imps.iloc[:cut], imps.iloc[cut:])
+    )
+    r = train_ranker(
+        RankerConfig(**{**SMALL, "epochs": 1, "time_windows": windows}), tr, va, progress=False
+    )
+    assert r.vocabularies.attribute is not None  # the extra columns reach the model
+    ix = RankerFeatureIndex(ds)
+    codes = r.catalog_codes(ix)
+    ids = np.array([2, 0, 1, 3, 0], dtype=np.int64)
+    scores = np.array([0.1, 0.3, np.nan, 0.2, 0.3])
+    cases = [
+        {},
+        {"cg_scores": scores},
+        {"cg_scores": scores, "cg_ranks": np.array([9.0, 1.0, np.nan, 4.0, 2.0])},
+        {"source": "ann"},
+        {"source": "never seen"},
+    ]
+    for user in (3, 17, 10_000):  # 10_000: not in the data
+        for t in (0, 5000, 20_000):
+            for kw in cases:
+                fast = r.score_requests(ix, codes, user, ids, t, **kw)
+                slow = r.score_items(ix, user, ids, t, **kw)["expected_watch_time"].to_numpy()
+                np.testing.assert_array_equal(fast, slow)
+    # a view with fresh watches shares the catalog, and so the codes
+    view = ix.for_user(3, np.array([1, 1, 2]), np.array([4990, 4995, 4999]))
+    np.testing.assert_array_equal(
+        r.score_requests(view, codes, 3, ids, 5000, source="ann"),
+        r.score_items(view, 3, ids, 5000, source="ann")["expected_watch_time"].to_numpy(),
+    )
+    assert len(r.score_requests(ix, codes, 3, np.zeros(0, dtype=np.int64), 5000)) == 0
+    with pytest.raises(ValueError, match=r"item\(s\) \[77\] are not in the catalog"):
+        r.score_requests(ix, codes, 3, np.array([1, 77]), 5000)
+    with pytest.raises(ValueError, match="cg_scores has shape"):
+        r.score_requests(ix, codes, 3, ids, 5000, cg_scores=[0.1])
+    with pytest.raises(ValueError, match="cg_ranks must be >= 1"):
+        r.score_requests(ix, codes, 3, ids[:1], 5000, cg_scores=[0.1], cg_ranks=[0.0])
+    other = RankerFeatureIndex(replace(ds, items=items.iloc[:3], columns=columns))
+    with pytest.raises(ValueError, match="catalog codes cover 4 items, the index 3"):
+        r.score_requests(other, codes, 3, ids[:1], 5000)
