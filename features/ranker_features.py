@@ -701,7 +701,7 @@ def request_features(
     uniq_users = np.unique(r_user)
     n_u = len(uniq_users)
     r_uc = np.searchsorted(uniq_users, r_user).astype(np.int64)
-    upos = ix.user_index.get_indexer(r_user)
+    upos = ix.user_index.get_indexer(uniq_users)[r_uc]  # one lookup per distinct user
 
     # ---- the requesting users' watches, in (user, time) order
     t_cap = int(r_t.max()) if n else 0  # no event at or after the last request can matter
