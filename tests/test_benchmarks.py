@@ -474,3 +474,26 @@ def test_scaling_runs_the_pipeline_at_two_scales(tmp_path: Path) -> None:
     assert small["events"] < full["events"] and full["peak_mb"] > 0
     assert {"data", "candidate_gen", "report"} <= set(full["stage_seconds"])
     assert (out / "scaling.md").read_text().startswith("# Scaling of the pipeline")
+
+
+def test_step_flops_grow_with_the_negatives_as_the_logits_and_item_tower_do(
+    tiny_world: LearnedWorld,
+) -> None:
+    """One more sampled negative adds its logit column (B x E products, forward and two
+    backward) and its pass through the id-only item tower's E x E layer (likewise)."""
+    from benchmarks.cg_training import cg_config
+
+    fz, ds = tiny_world.model.featurizer, tiny_world.dataset
+    ex = fz.examples(ds, "train", max_examples_per_user=5)
+    items = fz.item_features(ds)
+    b = 32
+    flops = {}
+    for k in (16, 48):
+        config = cg_config(
+            True, 0, num_negatives=k, batch_size=b, item_encoder="id_only", ssl="none"
+        )
+        flops[k] = rechub_compare.step_flops(config, ex, items, b)
+    e = config.embedding_dim
+    assert flops[16] > 0
+    assert flops[48] - flops[16] == pytest.approx(3 * 2 * (48 - 16) * (b * e + e * e), rel=0.05)
+    assert rechub_compare.gemm_flops_per_s(64, repeats=2) > 0
