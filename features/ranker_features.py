@@ -790,9 +790,11 @@ def request_features(
         values = ix.item_time_values(ipos, r_t, tuple(int(w) for w in time_windows))
         cont.update({name: values[:, j] for j, name in enumerate(ITEM_TIME_VALUES)})
         columns += ITEM_TIME_VALUES
-    flags = np.empty((n, len(FLAG_COLUMNS)), dtype=np.float32)
-    for j, values in enumerate((never_ch, never_topic, has_cg)):  # FLAG_COLUMNS' order
-        flags[:, j] = values
+    flags = {
+        "never_watched_channel": never_ch,
+        "never_watched_topic": never_topic,
+        "has_cg_score": has_cg,
+    }
     return RequestFeatures(
         ipos=ipos,
         upos=upos,
@@ -800,7 +802,7 @@ def request_features(
         topic_row=topic_row.astype(np.int64),
         continuous=_block(cont, columns, np.float64),
         continuous_columns=columns,
-        flags=flags,
+        flags=_block(flags, FLAG_COLUMNS, np.float32),
         history_items=history_items.astype(np.int64),
         history_end=hist_end.astype(np.int64),
         history_count=user_activity.astype(np.int64),
