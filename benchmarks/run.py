@@ -28,7 +28,7 @@ Benchmarks (`--only` takes names, comma-separated or repeated):
 meaningful. `--vectors FILE.npz` (ids, vectors) makes annoy_curve use learned item embeddings,
 e.g. RUN_DIR/index/item_vectors.npz. `--serving-hnsw M,EF_CONSTRUCTION,EF_SEARCH` adds an HNSW
 index to the serving benchmark. `--serving-users N` and `--serving-annoy TREES,SEARCH_K`
-set the serving benchmark's users and annoy setting (default: 200 users, the `default` preset's
+set the serving benchmark's users and annoy setting (default: 1,000 users, the `default` preset's
 retrieval setting); `--rechub-python PATH` the separate interpreter with torch-rechub
 (default /tmp/rechub-venv/bin/python); `--annoy-items`, `--annoy-trees`,
 `--annoy-trees-dot`, `--annoy-trees-normalised`, `--annoy-search-k` shrink annoy_learned's grid
@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="N",
-        help="serving: users served per index (default 200; --quick 5)",
+        help="serving: users served per index (default 1000; --quick 5)",
     )
     p.add_argument(
         "--serving-annoy",
