@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Column, load_average, machine_info, markdown_table  # noqa: E402
+from vidrec.features.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 EVENT_TABLES = ("impressions", "watches", "searches")
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start": load_start,
         "load_average_end": load_average(),
     }
-    (a.out / "scaling.json").write_text(json.dumps(out, indent=2), "utf-8")
+    atomic_write_json(a.out / "scaling.json", out)
     cmd = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = [
         "# Scaling of the pipeline with the log",
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(runs)} scales; per-stage peaks are the process's peak at the end of each stage.",
         "",
     ]
-    (a.out / "scaling.md").write_text("\n".join(md), "utf-8")
+    atomic_write_text(a.out / "scaling.md", "\n".join(md))
     print("\n".join(md))
     return 0
 

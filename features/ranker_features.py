@@ -809,6 +809,17 @@ def request_features(
     )
 
 
+def page_ranks(cg_score: np.ndarray, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(N,) float64: each row's 1-based rank by CG score within its page (user, timestamp),
+    highest first, ties in row order; NaN where the score is NaN."""
+    return (
+        pd.Series(cg_score)
+        .groupby([users, times], sort=False)
+        .rank(ascending=False, method="first")
+        .to_numpy()
+    )
+
+
 def build_ranker_frame(
     dataset: Dataset | RankerFeatureIndex,
     requests: pd.DataFrame,
@@ -850,15 +861,9 @@ def build_ranker_frame(
     cg, rank = None, None
     if "cg_score" in req.columns:
         cg = _as_float(req["cg_score"])
-        if "cg_rank" in req.columns:
-            rank = _as_float(req["cg_rank"])
-        else:
-            rank = (
-                pd.Series(cg)
-                .groupby([r_user, r_t], sort=False)
-                .rank(ascending=False, method="first")
-                .to_numpy()
-            )
+        rank = (
+            _as_float(req["cg_rank"]) if "cg_rank" in req.columns else page_ranks(cg, r_user, r_t)
+        )
     f = request_features(ix, r_user, ipos, r_t, cg, rank, time_windows)
 
     # ---- names: the items' topics and attributes, the rows' categories

@@ -65,6 +65,7 @@ from vidrec.features.ranker_features import (
     RankerFrame,
     RankerVocabularies,
     build_ranker_frame,
+    page_ranks,
     request_features,
 )
 from vidrec.features.tables import Dataset
@@ -73,6 +74,8 @@ from vidrec.ranking.config import RankerConfig
 from vidrec.ranking.model import DeepRanker, RankerBatch, example_weights, weighted_logistic_loss
 
 _CHECKPOINT = "checkpoint.pt"
+#: rows scored per forward pass when predicting
+SCORE_BATCH = 8192
 log = logging.getLogger(__name__)
 _TRANSFORMS = ("vocabularies.json", "normalizer.json")
 _MODEL = "model.pt"
@@ -180,7 +183,7 @@ class TrainedRanker:
         )
 
     def predict_logit(
-        self, frame: RankerFrame, *, batch_size: int = 8192, distributed: bool = False
+        self, frame: RankerFrame, *, batch_size: int = SCORE_BATCH, distributed: bool = False
     ) -> np.ndarray:
         """Return the logits (N,) float64 of the frame's rows, in row order.
 
@@ -200,7 +203,7 @@ class TrainedRanker:
         return _batched_logits(self.model, self._inputs(frame), len(frame), self.device, batch_size)
 
     def predict_expected_watch_time(
-        self, frame: RankerFrame, *, batch_size: int = 8192
+        self, frame: RankerFrame, *, batch_size: int = SCORE_BATCH
     ) -> np.ndarray:
         """Return the expected watch time (N,) in seconds (the ranking score): exp(logit), or
         exp(g(logit)) with the validation-fitted calibrator g when the ranker has one.
@@ -270,14 +273,15 @@ class TrainedRanker:
                 f"score_requests: the catalog codes cover {len(codes.item)} items, the index "
                 f"{index.n_items}: build them with catalog_codes(index) of this index"
             )
+        users = np.full(n, int(user_id), dtype=np.int64)
+        times = np.full(n, int(t), dtype=np.int64)
         score = rank = None
         if cg_scores is not None:
             score = _per_item(cg_scores, n, "cg_scores")
             if np.isinf(score).any():
                 raise ValueError("score_requests: cg_scores contains inf")
-            if cg_ranks is None:  # the place among the given scores (ties: the earlier first)
-                rank = np.empty(n)
-                rank[np.argsort(-score, kind="stable")] = np.arange(1, n + 1)
+            if cg_ranks is None:  # the place among the given scores, as build_ranker_frame's
+                rank = page_ranks(score, users, times)
             else:
                 rank = _per_item(cg_ranks, n, "cg_ranks")
                 if (~np.isnan(score) & ~(np.isfinite(rank) & (rank >= 1))).any():
@@ -285,13 +289,7 @@ class TrainedRanker:
         elif cg_ranks is not None:
             raise ValueError("score_requests: cg_ranks without cg_scores; give both or only scores")
         f = request_features(
-            index,
-            np.full(n, int(user_id), dtype=np.int64),
-            ipos,
-            np.full(n, int(t), dtype=np.int64),
-            score,
-            rank,
-            self.config.time_windows or None,
+            index, users, ipos, times, score, rank, self.config.time_windows or None
         )
         fitted = self.normalizer.columns_
         if fitted is not None and list(f.continuous_columns) != fitted:
@@ -307,7 +305,7 @@ class TrainedRanker:
 
     def _predict_inputs(self, inputs: _Inputs) -> np.ndarray:
         n = len(inputs.codes)
-        return self._watch_time(_batched_logits(self.model, inputs, n, self.device, 8192))
+        return self._watch_time(_batched_logits(self.model, inputs, n, self.device, SCORE_BATCH))
 
     def score_items(
         self,
